@@ -1,0 +1,32 @@
+# Two set-up commands on a fresh machine with Python 3.11+ and make:
+#   make run    start everything (embedded NATS + PostgreSQL, schema, demo sale, all processes)
+#   make test   run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test test-unit bench bench-quick clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m flashsale dev
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m bench --quick
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,1 @@
+"""Settings (environment + optional TOML file), sample sales, NATS config, dashboards."""

@@ -1,0 +1,108 @@
+"""Settings for every flashsale process.
+
+Precedence: defaults < TOML file named by FLASHSALE_CONFIG (default config/dev.toml when present)
+< environment variables (FLASHSALE_<FIELD>, plus the conventional NATS_URL and DATABASE_URL).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from proto.subjects import Names
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    nats_url: str = "nats://127.0.0.1:14222"
+    database_url: str = "postgresql://postgres@127.0.0.1:15432/flashsale"
+    namespace: str = "fs"
+    shards: int = 2
+
+    # ingest
+    ingest_host: str = "127.0.0.1"
+    ingest_port: int = 8080
+    admin_token: str = "dev-admin-token"
+    body_max_bytes: int = 4096
+    qty_max: int = 100
+    wait_max_s: float = 30.0  # cap on Prefer: wait=N and ?wait=N
+    waiters_max: int = 50_000  # long-polls held open per ingest instance
+    results_cache_max: int = 200_000  # decided purchases remembered per ingest instance
+    inflight_max: int = 20_000  # publishes awaiting a JetStream ack per ingest instance
+    retry_after_s: int = 1
+
+    # committer
+    batch_max: int = 2_000
+    fetch_timeout_s: float = 0.5  # idle wait for intents; also the expiry tick when idle
+    seen_max: int = 2_000_000  # purchase ids a committer remembers before asking Postgres
+    ack_wait_s: float = 30.0
+    max_ack_pending: int = 50_000
+    committer_metrics_port: int = 0  # 0 = none; else port + shard
+
+    # streams
+    intents_max_age_s: float = 7 * 24 * 3600.0
+    intents_max_bytes: int = 1 << 30  # beyond this ingest answers 503 instead of losing intents
+    results_max_age_s: float = 600.0
+    duplicate_window_s: float = 120.0
+
+    # gateway / payments
+    psp_url: str = "http://127.0.0.1:8090"
+    psp_api_key: str = "sk_test_flashsale"
+    payment_attempts_max: int = 6
+    payment_backoff_base_s: float = 0.2
+    payment_backoff_max_s: float = 5.0
+
+    # embedded dev servers
+    data_dir: str = "data"
+    nats_port: int = 14222
+    pg_port: int = 15432
+
+    log_level: str = "INFO"
+
+    @property
+    def names(self) -> Names:
+        return Names(self.namespace)
+
+
+_ENV_ALIASES = {"NATS_URL": "nats_url", "DATABASE_URL": "database_url", "PSP_URL": "psp_url"}
+
+
+def _default_file() -> Path | None:
+    named = os.environ.get("FLASHSALE_CONFIG")
+    if named:
+        return Path(named)
+    dev = CONFIG_DIR / "dev.toml"
+    return dev if dev.exists() else None
+
+
+def load(env: dict[str, str] | None = None, file: Path | None = None, **overrides: Any) -> Settings:
+    env = dict(os.environ if env is None else env)
+    values: dict[str, Any] = {}
+    path = file if file is not None else _default_file()
+    if path is not None:
+        values.update(tomllib.loads(Path(path).read_text()))
+    fields = set(Settings.__struct_fields__)
+    for key, value in env.items():
+        if key in _ENV_ALIASES:
+            values[_ENV_ALIASES[key]] = value
+        elif key.startswith("FLASHSALE_") and key[len("FLASHSALE_") :].lower() in fields:
+            values[key[len("FLASHSALE_") :].lower()] = value
+    values.update(overrides)
+    unknown = set(values) - fields
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}")
+    # strict=False lets "8080" from the environment become an int.
+    return msgspec.convert(values, Settings, strict=False)
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process load exactly these settings."""
+    out = {f"FLASHSALE_{k.upper()}": str(v) for k, v in msgspec.structs.asdict(settings).items()}
+    out["NATS_URL"] = settings.nats_url
+    out["DATABASE_URL"] = settings.database_url
+    return out

@@ -1,0 +1,1 @@
+"""Shared plumbing: embedded dev servers, schema, stream setup, CLI, logging."""

@@ -1,0 +1,101 @@
+"""Start flashsale processes as real OS processes (tests, bench, chaos): kill -9 must be real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from config.settings import Settings, to_env
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_http_ok(self, url: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} not ready at {url}:\n{self.log_tail()}")
+
+
+def python_module(
+    name: str, module: str, args: list[str], settings: Settings, log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Process:
+    env = {**os.environ, **to_env(settings), **(extra_env or {})}
+    env.pop("FLASHSALE_CONFIG", None)
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    return Process(name, [sys.executable, "-m", module, *args], env, Path(log_dir) / f"{name}.log")
+
+
+def ingest(settings: Settings, log_dir: Path, name: str = "ingest") -> Process:
+    return python_module(name, "ingest", [], settings, log_dir)
+
+
+def committer(settings: Settings, shard: int, log_dir: Path, name: str | None = None) -> Process:
+    return python_module(name or f"committer-{shard}", "committer", ["--shard", str(shard)], settings, log_dir)
+
+
+def committer_ready_url(settings: Settings, shard: int) -> str:
+    return f"http://127.0.0.1:{settings.committer_metrics_port + shard}/readyz"
+
+
+def ingest_ready_url(settings: Settings) -> str:
+    return f"http://{settings.ingest_host}:{settings.ingest_port}/readyz"

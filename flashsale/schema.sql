@@ -1,0 +1,47 @@
+-- flashsale schema. Idempotent: applied at every start. Times are epoch milliseconds.
+
+CREATE TABLE IF NOT EXISTS skus (
+    sku               text PRIMARY KEY,
+    stock             integer NOT NULL CHECK (stock >= 0),
+    reserved          integer NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    sold              integer NOT NULL DEFAULT 0 CHECK (sold >= 0),
+    price_cents       bigint  NOT NULL DEFAULT 0 CHECK (price_cents >= 0),
+    max_per_user      integer CHECK (max_per_user IS NULL OR max_per_user > 0),
+    payment           text    NOT NULL DEFAULT 'none' CHECK (payment IN ('none', 'required')),
+    reservation_ttl_s integer NOT NULL DEFAULT 600 CHECK (reservation_ttl_s > 0),
+    sale_start_ms     bigint,
+    sale_end_ms       bigint,
+    updated_at_ms     bigint  NOT NULL,
+    -- Invariant 1, enforced by the database itself at every commit.
+    CONSTRAINT never_oversell CHECK (reserved + sold <= stock)
+);
+
+CREATE TABLE IF NOT EXISTS purchases (
+    id             text PRIMARY KEY,  -- derived from (user, idempotency key): invariant 2
+    sku            text    NOT NULL,
+    user_id        text    NOT NULL,
+    qty            integer NOT NULL CHECK (qty > 0),
+    status         text    NOT NULL
+        CHECK (status IN ('reserved', 'confirmed', 'rejected', 'expired', 'cancelled')),
+    reason         text,
+    amount_cents   bigint  NOT NULL,
+    request_hash   text    NOT NULL,
+    accepted_at_ms bigint  NOT NULL,
+    decided_at_ms  bigint  NOT NULL,
+    updated_at_ms  bigint  NOT NULL,
+    expires_at_ms  bigint,
+    psp_ref        text,
+    CHECK (status <> 'reserved' OR expires_at_ms IS NOT NULL)
+);
+CREATE INDEX IF NOT EXISTS purchases_sku_user ON purchases (sku, user_id);
+CREATE INDEX IF NOT EXISTS purchases_reserved ON purchases (sku) WHERE status = 'reserved';
+
+-- Invariant 5: one writer per shard. A committer bumps the epoch when it starts and every batch
+-- it commits checks it still holds that epoch, in the same transaction.
+CREATE TABLE IF NOT EXISTS shard_leases (
+    shard          integer PRIMARY KEY,
+    epoch          bigint  NOT NULL,
+    owner          text    NOT NULL,
+    acquired_at_ms bigint  NOT NULL,
+    renewed_at_ms  bigint  NOT NULL
+);

@@ -1,0 +1,1 @@
+"""The wire contract shared by every flashsale process: messages, subjects, sharding. No I/O."""

@@ -1,0 +1,38 @@
+"""Deterministic purchase ids and request fingerprints.
+
+A retry of the same click (same user, same Idempotency-Key) must land on the same purchase on
+any ingest instance, so the id is a keyed hash of both - never a counter or a random value.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+
+PURCHASE_ID_PREFIX = "p_"
+IDEMPOTENCY_KEY_MAX_LEN = 255
+
+
+def purchase_id(user_id: str, idempotency_key: str) -> str:
+    # NUL separates the parts so ("ab", "c") and ("a", "bc") cannot collide.
+    digest = hashlib.blake2b(
+        f"{user_id}\x00{idempotency_key}".encode(), digest_size=15, person=b"flashsale.pid"
+    ).digest()
+    # base32 lowercase: URL- and NATS-subject-safe, 24 characters.
+    return PURCHASE_ID_PREFIX + base64.b32encode(digest).decode().lower()
+
+
+def is_purchase_id(value: str) -> bool:
+    if len(value) != len(PURCHASE_ID_PREFIX) + 24 or not value.startswith(PURCHASE_ID_PREFIX):
+        return False
+    return all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in value[len(PURCHASE_ID_PREFIX) :])
+
+
+def request_hash(canonical_body: bytes) -> str:
+    """Fingerprint of what the buyer asked for; the same key with another body is a 422."""
+    return hashlib.blake2b(canonical_body, digest_size=8).hexdigest()
+
+
+def new_idempotency_key() -> str:
+    return "srv_" + secrets.token_urlsafe(18)

@@ -1,0 +1,156 @@
+"""msgspec Structs for everything that crosses a process boundary.
+
+Times are integer milliseconds since the Unix epoch (`*_ms`): cheap to encode, no time zones.
+Intents flow ingest/gateway -> committer on the shard's intent subjects; a `ResultBatch` flows
+committer -> everyone after the batch it describes is committed in Postgres.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import msgspec
+
+Status = Literal["pending", "reserved", "confirmed", "rejected", "expired", "cancelled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"confirmed", "rejected", "expired", "cancelled"})
+
+# Rejection / closing reasons a buyer can see.
+Reason = Literal[
+    "sold_out",
+    "limit_exceeded",
+    "sale_not_open",
+    "sale_ended",
+    "unknown_sku",
+    "payment_declined",
+    "payment_failed",
+    "buyer_cancelled",
+    "ttl_passed",
+]
+
+Payment = Literal["none", "required"]
+
+
+class Purchase(msgspec.Struct, tag="purchase", frozen=True):
+    """A buyer pressed buy. `id` is derived from (user_id, idempotency key)."""
+
+    id: str
+    sku: str
+    qty: int
+    user_id: str
+    request_hash: str
+    accepted_at_ms: int
+    payment_token: str | None = None
+
+
+class Confirm(msgspec.Struct, tag="confirm", frozen=True):
+    """The gateway captured the money for a reservation."""
+
+    id: str
+    psp_ref: str
+    amount_cents: int
+
+
+class Release(msgspec.Struct, tag="release", frozen=True):
+    """The gateway gives a reservation's stock back (declined or failed payment)."""
+
+    id: str
+    reason: Literal["payment_declined", "payment_failed"]
+
+
+class Cancel(msgspec.Struct, tag="cancel", frozen=True):
+    """The buyer gives a reservation back."""
+
+    id: str
+
+
+class SkuUpsert(msgspec.Struct, tag="sku_upsert", frozen=True):
+    """Operator creates or adjusts a SKU. Fields left as None keep their current value."""
+
+    request_id: str
+    sku: str
+    stock: int
+    price_cents: int | None = None
+    max_per_user: int | None = None
+    payment: Payment | None = None
+    reservation_ttl_s: int | None = None
+    sale_start_ms: int | None = None
+    sale_end_ms: int | None = None
+
+
+Intent = Union[Purchase, Confirm, Release, Cancel, SkuUpsert]
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """The committed state of one purchase."""
+
+    id: str
+    sku: str
+    user_id: str
+    qty: int
+    status: Status
+    reason: Reason | None
+    amount_cents: int
+    accepted_at_ms: int
+    decided_at_ms: int
+    updated_at_ms: int
+    expires_at_ms: int | None = None
+    request_hash: str = ""
+
+
+class SkuState(msgspec.Struct, frozen=True):
+    """Public availability of a SKU after a batch."""
+
+    sku: str
+    stock: int
+    reserved: int
+    sold: int
+    price_cents: int
+    max_per_user: int | None
+    payment: Payment
+    reservation_ttl_s: int
+    sale_start_ms: int | None
+    sale_end_ms: int | None
+
+    @property
+    def remaining(self) -> int:
+        return self.stock - self.reserved - self.sold
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """An intent the committer could not apply: a confirm after expiry, a cancel of a confirmed
+    purchase, an admin change that would oversell. The sender decides what to do (refund, 409)."""
+
+    kind: Literal["confirm", "release", "cancel", "sku_upsert"]
+    key: str  # purchase id, or the admin request id
+    reason: str
+    status: Status | None = None  # the purchase's state when refused
+
+
+class PaymentJob(msgspec.Struct, frozen=True):
+    """A reservation the gateway must charge for (or release)."""
+
+    id: str
+    sku: str
+    user_id: str
+    amount_cents: int
+    payment_token: str | None
+    expires_at_ms: int
+    shard: int
+
+
+class ResultBatch(msgspec.Struct, frozen=True):
+    """Everything one committed batch changed, for long-polls, caches and the gateway."""
+
+    shard: int
+    epoch: int
+    decisions: list[Decision] = []
+    skus: list[SkuState] = []
+    refusals: list[Refusal] = []
+    admin_applied: list[str] = []  # request ids of SkuUpserts applied in this batch
+
+
+# Reusable encoders/decoders: constructing them per message costs more than using them.
+encode = msgspec.msgpack.Encoder().encode
+intent_decoder = msgspec.msgpack.Decoder(Intent)
+result_decoder = msgspec.msgpack.Decoder(ResultBatch)
+payment_decoder = msgspec.msgpack.Decoder(PaymentJob)

@@ -1,0 +1,57 @@
+"""Subject and stream names. Every name hangs off a namespace so tests can share one server."""
+
+from __future__ import annotations
+
+import msgspec
+
+# One-letter subject tokens per intent kind: the subject of a purchase intent is unique per
+# purchase id, which lets JetStream refuse a second copy forever (max 1 message per subject).
+KIND_TOKEN = {"purchase": "p", "confirm": "c", "release": "r", "cancel": "x", "sku_upsert": "admin"}
+
+
+class Names(msgspec.Struct, frozen=True):
+    namespace: str = "fs"
+
+    @property
+    def intents_stream(self) -> str:
+        return f"{self.namespace.upper()}_INTENTS"
+
+    @property
+    def results_stream(self) -> str:
+        return f"{self.namespace.upper()}_RESULTS"
+
+    @property
+    def payments_stream(self) -> str:
+        return f"{self.namespace.upper()}_PAYMENTS"
+
+    @property
+    def deadletter_stream(self) -> str:
+        return f"{self.namespace.upper()}_DEADLETTER"
+
+    def intents_all(self) -> str:
+        return f"{self.namespace}.intents.>"
+
+    def intents_of_shard(self, shard: int) -> str:
+        return f"{self.namespace}.intents.{shard}.>"
+
+    def intent(self, shard: int, kind: str, key: str) -> str:
+        """Subject of one intent; `key` is the purchase id (or admin request id)."""
+        return f"{self.namespace}.intents.{shard}.{KIND_TOKEN[kind]}.{key}"
+
+    def results(self, shard: int) -> str:
+        return f"{self.namespace}.results.{shard}"
+
+    def results_all(self) -> str:
+        return f"{self.namespace}.results.>"
+
+    def payments(self, shard: int) -> str:
+        return f"{self.namespace}.payments.{shard}"
+
+    def payments_all(self) -> str:
+        return f"{self.namespace}.payments.>"
+
+    def deadletter(self) -> str:
+        return f"{self.namespace}.deadletter"
+
+    def committer_durable(self, shard: int) -> str:
+        return f"committer-{shard}"

@@ -1,0 +1,117 @@
+"""Shared fixtures: one real nats-server (JetStream) and one real PostgreSQL per test session,
+on free ports in a temp dir. Each test gets its own database and NATS namespace, so tests never
+see each other's data, and spawns the flashsale processes it needs as real OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from config.settings import Settings, load
+from flashsale import procs
+from flashsale.db import apply_schema, ensure_database
+from flashsale.embedded import Embedded, free_port, start_nats, start_postgres
+
+_counter = itertools.count(1)
+
+
+@dataclass
+class Servers:
+    nats: Embedded
+    postgres: Embedded
+    root: Path
+
+
+@pytest.fixture(scope="session")
+def servers():
+    root = Path(tempfile.mkdtemp(prefix="flashsale-test-"))
+    nats_server = start_nats(root / "nats")
+    postgres = start_postgres(root / "pg")
+    yield Servers(nats_server, postgres, root)
+    nats_server.stop()
+    postgres.stop()
+
+
+@pytest.fixture
+def settings(servers: Servers, tmp_path: Path) -> Settings:
+    n = next(_counter)
+    base = servers.postgres.url.rpartition("/")[0]
+    s = load(
+        env={},
+        file=None,
+        nats_url=servers.nats.url,
+        database_url=f"{base}/t{n}",
+        namespace=f"t{n}",
+        shards=2,
+        ingest_port=free_port(),
+        committer_metrics_port=free_port(),
+        data_dir=str(tmp_path / "data"),
+        log_level="INFO",
+    )
+    asyncio.run(_prepare_db(s.database_url))
+    return s
+
+
+async def _prepare_db(url: str) -> None:
+    await ensure_database(url)
+    await apply_schema(url)
+
+
+@pytest.fixture
+async def db(settings: Settings):
+    conn = await asyncpg.connect(settings.database_url)
+    yield conn
+    await conn.close()
+
+
+@dataclass
+class System:
+    """The flashsale processes of one test. Stopped (and their logs kept) at teardown."""
+
+    settings: Settings
+    log_dir: Path
+    processes: dict[str, procs.Process] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.ingest_host}:{self.settings.ingest_port}"
+
+    def start_committer(self, shard: int, name: str | None = None, wait: bool = True) -> procs.Process:
+        p = procs.committer(self.settings, shard, self.log_dir, name).start()
+        self.processes[p.name] = p
+        if wait:
+            p.wait_http_ok(procs.committer_ready_url(self.settings, shard))
+        return p
+
+    def start_ingest(self, settings: Settings | None = None, name: str = "ingest") -> procs.Process:
+        s = settings or self.settings
+        p = procs.ingest(s, self.log_dir, name).start()
+        self.processes[name] = p
+        p.wait_http_ok(procs.ingest_ready_url(s))
+        return p
+
+    def start(self, ingest: bool = True) -> "System":
+        for shard in range(self.settings.shards):
+            self.start_committer(shard)
+        if ingest:
+            self.start_ingest()
+        return self
+
+    def stop(self) -> None:
+        for p in self.processes.values():
+            p.stop()
+
+
+@pytest.fixture
+def system(settings: Settings, tmp_path: Path):
+    sys_ = System(settings, tmp_path / "logs")
+    yield sys_
+    sys_.stop()
+    for p in sys_.processes.values():
+        print(f"--- {p.name} log tail ---\n{p.log_tail(20)}")
