@@ -1,0 +1,325 @@
+"""The committer's decision logic: a pure, single-threaded state machine (sans I/O).
+
+Feed it intents and the clock; it returns a `Step`: the rows to write, the results to publish
+and the payment jobs to hand to the gateway. It owns the stock of its shard's SKUs, so it decides
+without locks; the I/O shell (`committer/loop.py`) commits each Step in one Postgres transaction
+before anything it describes becomes visible.
+
+It must never oversell, never decide one purchase id twice and never break a per-user cap; those
+are asserted here (a violation would cost money) and tested exhaustively in tests/unit/.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import msgspec
+
+from proto.messages import (
+    Cancel,
+    Confirm,
+    Decision,
+    Intent,
+    PaymentJob,
+    Purchase,
+    Refusal,
+    Release,
+    SkuState,
+    SkuUpsert,
+)
+
+DEFAULT_RESERVATION_TTL_S = 600
+
+
+class InvariantViolation(AssertionError):
+    """The machine was about to break a money invariant. Fail loudly: never commit this."""
+
+
+@dataclass
+class Sku:
+    sku: str
+    stock: int
+    price_cents: int = 0
+    max_per_user: int | None = None
+    payment: str = "none"
+    reservation_ttl_s: int = DEFAULT_RESERVATION_TTL_S
+    sale_start_ms: int | None = None
+    sale_end_ms: int | None = None
+    reserved: int = 0
+    sold: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.stock - self.reserved - self.sold
+
+    def state(self) -> SkuState:
+        return SkuState(
+            sku=self.sku, stock=self.stock, reserved=self.reserved, sold=self.sold,
+            price_cents=self.price_cents, max_per_user=self.max_per_user, payment=self.payment,
+            reservation_ttl_s=self.reservation_ttl_s, sale_start_ms=self.sale_start_ms,
+            sale_end_ms=self.sale_end_ms,
+        )
+
+
+@dataclass
+class Step:
+    """What one batch of intents changed. Written atomically, then published."""
+
+    inserts: list[Decision] = field(default_factory=list)  # new purchases
+    updates: dict[str, Decision] = field(default_factory=dict)  # reserved -> final, by id
+    skus: dict[str, Sku] = field(default_factory=dict)  # SKUs whose row must be written
+    results: list[Decision] = field(default_factory=list)  # every decision to announce
+    refusals: list[Refusal] = field(default_factory=list)
+    payments: list[PaymentJob] = field(default_factory=list)
+    admin_applied: list[str] = field(default_factory=list)
+    psp_refs: dict[str, str] = field(default_factory=dict)  # confirmed id -> PSP reference
+
+    @property
+    def has_writes(self) -> bool:
+        return bool(self.inserts or self.updates or self.skus)
+
+
+class Machine:
+    def __init__(self, shard: int, seen_max: int = 2_000_000) -> None:
+        self.shard = shard
+        self.seen_max = seen_max
+        self.skus: dict[str, Sku] = {}
+        # Every decision this shard remembers, oldest first; final ones may be evicted.
+        self.decisions: OrderedDict[str, Decision] = OrderedDict()
+        self.reserved: dict[str, Decision] = {}  # never evicted: they still hold stock
+        self.user_qty: dict[tuple[str, str], int] = {}  # (sku, user) -> qty reserved+confirmed
+        self._expiry_heap: list[tuple[int, str]] = []
+        self.forgot_any = False  # once true, unknown ids must be checked against Postgres
+
+    # -- rebuilding from Postgres -------------------------------------------------------------
+
+    def load_sku(self, sku: Sku) -> None:
+        self.skus[sku.sku] = sku
+
+    def load_decision(self, d: Decision) -> None:
+        """Restore one committed decision (startup, or an id the shell looked up).
+
+        Per-user quantities are not derived here: they are loaded whole (`user_qty`), since
+        the decisions kept in memory may be only the most recent ones."""
+        if d.id in self.decisions:
+            return
+        self._remember(d)
+        if d.status == "reserved":
+            self.reserved[d.id] = d
+            assert d.expires_at_ms is not None
+            heapq.heappush(self._expiry_heap, (d.expires_at_ms, d.id))
+
+    def unknown_ids(self, intents: list[Intent]) -> list[str]:
+        """Purchase ids this machine cannot vouch for: ask Postgres before deciding them."""
+        if not self.forgot_any:
+            return []
+        return [i.id for i in intents if isinstance(i, Purchase) and i.id not in self.decisions]
+
+    # -- deciding -----------------------------------------------------------------------------
+
+    def step(self, intents: list[Intent], now_ms: int) -> Step:
+        step = Step()
+        self._expire(now_ms, step)
+        for intent in intents:
+            if isinstance(intent, Purchase):
+                self._purchase(intent, now_ms, step)
+            elif isinstance(intent, Confirm):
+                self._confirm(intent, now_ms, step)
+            elif isinstance(intent, Release):
+                self._close(intent.id, "release", intent.reason, now_ms, step)
+            elif isinstance(intent, Cancel):
+                self._close(intent.id, "cancel", "buyer_cancelled", now_ms, step)
+            elif isinstance(intent, SkuUpsert):
+                self._upsert(intent, now_ms, step)
+            else:  # pragma: no cover - the decoder only yields the Intent union
+                raise TypeError(f"unknown intent {intent!r}")
+        self._evict()
+        return step
+
+    def next_expiry_ms(self) -> int | None:
+        while self._expiry_heap and self._expiry_heap[0][1] not in self.reserved:
+            heapq.heappop(self._expiry_heap)
+        return self._expiry_heap[0][0] if self._expiry_heap else None
+
+    def _purchase(self, p: Purchase, now_ms: int, step: Step) -> None:
+        known = self.decisions.get(p.id)
+        if known is not None:
+            # A retry, a redelivery or a replay: announce the one decision again, change nothing.
+            step.results.append(known)
+            return
+        sku = self.skus.get(p.sku)
+        # The buyer's click time, as stamped by ingest, decides the sale window; never the future.
+        at_ms = min(p.accepted_at_ms, now_ms)
+        reason = None
+        if sku is None:
+            reason = "unknown_sku"
+        elif sku.sale_start_ms is not None and at_ms < sku.sale_start_ms:
+            reason = "sale_not_open"
+        elif sku.sale_end_ms is not None and at_ms >= sku.sale_end_ms:
+            reason = "sale_ended"
+        elif sku.remaining < p.qty:
+            reason = "sold_out"
+        elif (
+            sku.max_per_user is not None
+            and self.user_qty.get((p.sku, p.user_id), 0) + p.qty > sku.max_per_user
+        ):
+            reason = "limit_exceeded"
+
+        if reason is not None:
+            d = Decision(
+                id=p.id, sku=p.sku, user_id=p.user_id, qty=p.qty, status="rejected",
+                reason=reason, amount_cents=0, accepted_at_ms=p.accepted_at_ms,
+                decided_at_ms=now_ms, updated_at_ms=now_ms, request_hash=p.request_hash,
+            )
+        else:
+            assert sku is not None
+            amount = sku.price_cents * p.qty
+            key = (p.sku, p.user_id)
+            self.user_qty[key] = self.user_qty.get(key, 0) + p.qty
+            if sku.payment == "required":
+                sku.reserved += p.qty
+                expires = now_ms + sku.reservation_ttl_s * 1000
+                d = Decision(
+                    id=p.id, sku=p.sku, user_id=p.user_id, qty=p.qty, status="reserved",
+                    reason=None, amount_cents=amount, accepted_at_ms=p.accepted_at_ms,
+                    decided_at_ms=now_ms, updated_at_ms=now_ms, expires_at_ms=expires,
+                    request_hash=p.request_hash,
+                )
+                self.reserved[p.id] = d
+                heapq.heappush(self._expiry_heap, (expires, p.id))
+                step.payments.append(
+                    PaymentJob(
+                        id=p.id, sku=p.sku, user_id=p.user_id, amount_cents=amount,
+                        payment_token=p.payment_token, expires_at_ms=expires, shard=self.shard,
+                    )
+                )
+            else:
+                sku.sold += p.qty
+                d = Decision(
+                    id=p.id, sku=p.sku, user_id=p.user_id, qty=p.qty, status="confirmed",
+                    reason=None, amount_cents=amount, accepted_at_ms=p.accepted_at_ms,
+                    decided_at_ms=now_ms, updated_at_ms=now_ms, request_hash=p.request_hash,
+                )
+            self._check_sku(sku)
+            self._check_cap(sku, p.user_id)
+            step.skus[sku.sku] = sku
+        self._remember(d)
+        step.inserts.append(d)
+        step.results.append(d)
+
+    def _confirm(self, c: Confirm, now_ms: int, step: Step) -> None:
+        d = self.reserved.pop(c.id, None)
+        if d is None:
+            known = self.decisions.get(c.id)
+            if known is not None and known.status == "confirmed":
+                step.results.append(known)  # a repeated confirm: same answer, no change
+                return
+            # Expired, cancelled or unknown: the money must go back (the gateway refunds).
+            step.refusals.append(
+                Refusal(kind="confirm", key=c.id, reason="not_reserved",
+                        status=known.status if known else None)
+            )
+            return
+        sku = self.skus[d.sku]
+        sku.reserved -= d.qty
+        sku.sold += d.qty
+        self._check_sku(sku)
+        confirmed = _with_status(d, "confirmed", None, now_ms)
+        self._finish(confirmed, sku, step)
+        step.psp_refs[c.id] = c.psp_ref
+
+    def _close(self, pid: str, kind: str, reason: str, now_ms: int, step: Step) -> None:
+        """Release (payment failed) or cancel (buyer): a reservation gives its stock back."""
+        d = self.reserved.pop(pid, None)
+        if d is None:
+            known = self.decisions.get(pid)
+            if known is not None and known.status in ("cancelled", "expired", "rejected"):
+                step.results.append(known)  # already closed: idempotent
+                return
+            step.refusals.append(
+                Refusal(kind=kind, key=pid, reason="not_reserved",  # type: ignore[arg-type]
+                        status=known.status if known else None)
+            )
+            return
+        status = "rejected" if reason == "payment_declined" else "cancelled"
+        self._give_back(d, status, reason, now_ms, step)
+
+    def _expire(self, now_ms: int, step: Step) -> None:
+        heap = self._expiry_heap
+        while heap and heap[0][0] <= now_ms:
+            _, pid = heapq.heappop(heap)
+            d = self.reserved.pop(pid, None)
+            if d is not None:
+                self._give_back(d, "expired", "ttl_passed", now_ms, step)
+
+    def _give_back(self, d: Decision, status: str, reason: str, now_ms: int, step: Step) -> None:
+        sku = self.skus[d.sku]
+        sku.reserved -= d.qty
+        key = (d.sku, d.user_id)
+        self.user_qty[key] -= d.qty
+        self._check_sku(sku)
+        if self.user_qty[key] < 0:
+            raise InvariantViolation(f"negative user quantity for {key}")
+        self._finish(_with_status(d, status, reason, now_ms), sku, step)
+
+    def _finish(self, d: Decision, sku: Sku, step: Step) -> None:
+        self.decisions[d.id] = d
+        step.updates[d.id] = d
+        step.results.append(d)
+        step.skus[sku.sku] = sku
+
+    def _upsert(self, u: SkuUpsert, now_ms: int, step: Step) -> None:
+        sku = self.skus.get(u.sku)
+        committed = (sku.reserved + sku.sold) if sku else 0
+        if u.stock < committed:
+            step.refusals.append(
+                Refusal(kind="sku_upsert", key=u.request_id,
+                        reason=f"stock {u.stock} is below the {committed} already reserved or sold")
+            )
+            return
+        if sku is None:
+            sku = Sku(sku=u.sku, stock=u.stock)
+            self.skus[u.sku] = sku
+        sku.stock = u.stock
+        for name in ("price_cents", "max_per_user", "payment", "reservation_ttl_s",
+                     "sale_start_ms", "sale_end_ms"):
+            value = getattr(u, name)
+            if value is not None:
+                setattr(sku, name, value)
+        self._check_sku(sku)
+        step.skus[sku.sku] = sku
+        step.admin_applied.append(u.request_id)
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _remember(self, d: Decision) -> None:
+        self.decisions[d.id] = d
+
+    def _evict(self) -> None:
+        """Bound memory: forget the oldest final decisions; Postgres still has them."""
+        while len(self.decisions) > self.seen_max:
+            pid, d = next(iter(self.decisions.items()))
+            if pid in self.reserved:
+                # Still holding stock: move to the back rather than forget it.
+                self.decisions.move_to_end(pid)
+                if len(self.reserved) >= self.seen_max:
+                    break
+                continue
+            del self.decisions[pid]
+            self.forgot_any = True
+
+    def _check_sku(self, sku: Sku) -> None:
+        if sku.reserved < 0 or sku.sold < 0 or sku.reserved + sku.sold > sku.stock:
+            raise InvariantViolation(
+                f"{sku.sku}: reserved {sku.reserved} + sold {sku.sold} vs stock {sku.stock}"
+            )
+
+    def _check_cap(self, sku: Sku, user_id: str) -> None:
+        if sku.max_per_user is not None and self.user_qty[(sku.sku, user_id)] > sku.max_per_user:
+            raise InvariantViolation(f"{sku.sku}: user {user_id} above cap {sku.max_per_user}")
+
+
+def _with_status(d: Decision, status: str, reason: str | None, now_ms: int) -> Decision:
+    return msgspec.structs.replace(d, status=status, reason=reason, updated_at_ms=now_ms)

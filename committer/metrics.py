@@ -1,0 +1,29 @@
+"""Prometheus metrics of a committer (the SLIs it owns)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DECISIONS = Counter(
+    "flashsale_decisions_total", "Purchase decisions committed", ["shard", "status", "reason"]
+)
+DECISION_LATENCY = Histogram(
+    "flashsale_decision_latency_seconds",
+    "Accepted at ingest -> committed decision (first decision of a purchase)",
+    ["shard"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+)
+BATCH_SIZE = Histogram(
+    "flashsale_batch_size", "Intents per committed batch", ["shard"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
+COMMIT_SECONDS = Histogram(
+    "flashsale_commit_seconds", "Postgres transaction time per batch", ["shard"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1),
+)
+BACKLOG = Gauge("flashsale_backlog_intents", "Intents waiting or unacked for this shard", ["shard"])
+REFUSALS = Counter("flashsale_refusals_total", "Intents refused", ["shard", "kind", "reason"])
+DUPLICATES = Counter(
+    "flashsale_duplicate_intents_total", "Redelivered or retried intents answered from memory",
+    ["shard"],
+)
+STOCK_REMAINING = Gauge("flashsale_stock_remaining", "Stock neither reserved nor sold", ["sku"])
+EPOCH = Gauge("flashsale_shard_epoch", "Lease epoch held by this committer", ["shard"])

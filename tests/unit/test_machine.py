@@ -1,0 +1,229 @@
+"""The committer's pure decision machine: examples first, then hypothesis interleavings."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from committer.machine import InvariantViolation, Machine, Sku
+from proto.messages import Cancel, Confirm, Purchase, Release, SkuUpsert
+
+T0 = 1_700_000_000_000
+
+
+def purchase(pid: str, sku: str = "s", user: str = "u", qty: int = 1, at: int = T0, token=None):
+    return Purchase(id=pid, sku=sku, qty=qty, user_id=user, request_hash="h", accepted_at_ms=at,
+                    payment_token=token)
+
+
+def machine(stock: int = 3, **kw) -> Machine:
+    m = Machine(shard=0)
+    m.load_sku(Sku(sku="s", stock=stock, price_cents=100, **kw))
+    return m
+
+
+def test_sells_exactly_the_stock_then_sold_out():
+    m = machine(stock=2)
+    step = m.step([purchase("a", user="1"), purchase("b", user="2"), purchase("c", user="3")], T0)
+    assert [d.status for d in step.inserts] == ["confirmed", "confirmed", "rejected"]
+    assert step.inserts[2].reason == "sold_out"
+    assert m.skus["s"].sold == 2 and m.skus["s"].remaining == 0
+    assert step.inserts[0].amount_cents == 100
+
+
+def test_duplicate_id_is_answered_not_decided_again():
+    m = machine(stock=5)
+    first = m.step([purchase("a")], T0)
+    again = m.step([purchase("a"), purchase("a")], T0 + 5)
+    assert again.inserts == [] and not again.has_writes
+    assert again.results == [first.inserts[0], first.inserts[0]]
+    assert m.skus["s"].sold == 1
+
+
+def test_duplicate_inside_one_batch():
+    m = machine(stock=5)
+    step = m.step([purchase("a"), purchase("a")], T0)
+    assert len(step.inserts) == 1 and len(step.results) == 2
+    assert m.skus["s"].sold == 1
+
+
+def test_per_user_cap():
+    m = machine(stock=10, max_per_user=2)
+    step = m.step([purchase("a", qty=2), purchase("b", qty=1), purchase("c", user="v", qty=2)], T0)
+    assert [(d.status, d.reason) for d in step.inserts] == [
+        ("confirmed", None), ("rejected", "limit_exceeded"), ("confirmed", None)]
+
+
+def test_unknown_sku_and_sale_window():
+    m = machine(stock=10, sale_start_ms=T0, sale_end_ms=T0 + 1000)
+    step = m.step([
+        purchase("a", sku="nope"), purchase("b", at=T0 - 1), purchase("c", at=T0 + 1000),
+        purchase("d", at=T0 + 10),
+    ], T0 + 2000)
+    assert [d.reason for d in step.inserts] == ["unknown_sku", "sale_not_open", "sale_ended", None]
+
+
+def test_click_time_in_the_future_is_clamped_to_now():
+    m = machine(stock=1, sale_end_ms=T0 + 10)
+    step = m.step([purchase("a", at=T0 + 10_000)], T0)
+    assert step.inserts[0].status == "confirmed"
+
+
+def test_reservation_confirm_and_replay():
+    m = machine(stock=1, payment="required", reservation_ttl_s=60)
+    step = m.step([purchase("a", token="tok_visa")], T0)
+    d = step.inserts[0]
+    assert d.status == "reserved" and d.expires_at_ms == T0 + 60_000
+    assert step.payments[0].payment_token == "tok_visa" and step.payments[0].amount_cents == 100
+    assert m.skus["s"].reserved == 1
+    done = m.step([Confirm(id="a", psp_ref="pi_1", amount_cents=100)], T0 + 10)
+    assert done.updates["a"].status == "confirmed" and done.psp_refs == {"a": "pi_1"}
+    assert (m.skus["s"].reserved, m.skus["s"].sold) == (0, 1)
+    again = m.step([Confirm(id="a", psp_ref="pi_1", amount_cents=100)], T0 + 20)
+    assert not again.has_writes and again.refusals == []
+
+
+def test_expiry_returns_stock_and_late_confirm_is_refused():
+    m = machine(stock=1, payment="required", reservation_ttl_s=1)
+    m.step([purchase("a")], T0)
+    assert m.next_expiry_ms() == T0 + 1000
+    assert not m.step([], T0 + 999).has_writes
+    step = m.step([], T0 + 1000)
+    assert step.updates["a"].status == "expired" and m.skus["s"].remaining == 1
+    late = m.step([Confirm(id="a", psp_ref="pi", amount_cents=100)], T0 + 1001)
+    assert late.refusals[0].kind == "confirm" and late.refusals[0].status == "expired"
+    # The returned unit sells again.
+    assert m.step([purchase("b", user="w")], T0 + 1002).inserts[0].status == "reserved"
+
+
+def test_release_and_cancel():
+    m = machine(stock=2, payment="required", max_per_user=1)
+    m.step([purchase("a"), purchase("b", user="v")], T0)
+    step = m.step([Release(id="a", reason="payment_declined"), Cancel(id="b")], T0 + 1)
+    assert (step.updates["a"].status, step.updates["a"].reason) == ("rejected", "payment_declined")
+    assert (step.updates["b"].status, step.updates["b"].reason) == ("cancelled", "buyer_cancelled")
+    assert m.skus["s"].remaining == 2
+    # The cap counted them; released, the user may buy again.
+    assert m.step([purchase("c")], T0 + 2).inserts[0].status == "reserved"
+    # Idempotent: a second release changes nothing.
+    assert not m.step([Release(id="a", reason="payment_declined")], T0 + 3).has_writes
+
+
+def test_cancel_of_confirmed_is_refused():
+    m = machine(stock=1)
+    m.step([purchase("a")], T0)
+    step = m.step([Cancel(id="a")], T0 + 1)
+    assert step.refusals[0].kind == "cancel" and step.refusals[0].status == "confirmed"
+    assert m.skus["s"].sold == 1
+
+
+def test_admin_upsert_creates_adjusts_and_refuses_overselling_stock():
+    m = Machine(shard=0)
+    step = m.step([SkuUpsert(request_id="r1", sku="n", stock=2, price_cents=5)], T0)
+    assert step.admin_applied == ["r1"] and m.skus["n"].price_cents == 5
+    m.step([purchase("a", sku="n", qty=2)], T0)
+    refused = m.step([SkuUpsert(request_id="r2", sku="n", stock=1)], T0)
+    assert refused.refusals[0].key == "r2" and m.skus["n"].stock == 2
+    grown = m.step([SkuUpsert(request_id="r3", sku="n", stock=5)], T0)
+    assert grown.admin_applied == ["r3"] and m.skus["n"].remaining == 3 and m.skus["n"].price_cents == 5
+
+
+def test_invariant_violation_is_loud():
+    m = machine(stock=1, payment="required")
+    m.step([purchase("a")], T0)
+    m.skus["s"].reserved = 0  # corrupt the counter: giving the unit back would go negative
+    with pytest.raises(InvariantViolation):
+        m.step([Cancel(id="a")], T0 + 1)
+
+
+def test_eviction_keeps_reservations_and_flags_lookups():
+    m = Machine(shard=0, seen_max=3)
+    m.load_sku(Sku(sku="s", stock=100, payment="required"))
+    m.step([purchase("r")], T0)
+    m.load_sku(Sku(sku="t", stock=100))
+    m.step([purchase(f"p{i}", sku="t", user=str(i)) for i in range(5)], T0)
+    assert len(m.decisions) == 3 and "r" in m.decisions and m.forgot_any
+    assert m.unknown_ids([purchase("p0", sku="t", user="0"), purchase("p4", sku="t")]) == ["p0"]
+
+
+# -- properties ----------------------------------------------------------------------------
+
+ids = st.sampled_from([f"id{i}" for i in range(12)])
+users = st.sampled_from(["u1", "u2", "u3", "u4"])
+skus = st.sampled_from(["s", "t"])
+intent = st.one_of(
+    st.builds(lambda i, s, u, q, dt: purchase(i, sku=s, user=u, qty=q, at=T0 + dt),
+              ids, skus, users, st.integers(1, 3), st.integers(-500, 5000)),
+    st.builds(lambda i: Confirm(id=i, psp_ref="pi_" + i, amount_cents=1), ids),
+    st.builds(lambda i, r: Release(id=i, reason=r), ids,
+              st.sampled_from(["payment_declined", "payment_failed"])),
+    st.builds(lambda i: Cancel(id=i), ids),
+    st.builds(lambda s, n: SkuUpsert(request_id="r", sku=s, stock=n), skus, st.integers(0, 8)),
+)
+batches = st.lists(st.tuples(st.lists(intent, max_size=8), st.integers(0, 2000)), max_size=25)
+
+
+@settings(max_examples=400, deadline=None)
+@given(batches=batches, stock_s=st.integers(0, 6), stock_t=st.integers(0, 6),
+       cap=st.one_of(st.none(), st.integers(1, 4)))
+def test_random_interleavings_keep_every_invariant(batches, stock_s, stock_t, cap):
+    m = Machine(shard=0)
+    m.load_sku(Sku(sku="s", stock=stock_s, max_per_user=cap, payment="required",
+                   reservation_ttl_s=1, sale_start_ms=T0, sale_end_ms=T0 + 4000))
+    m.load_sku(Sku(sku="t", stock=stock_t, max_per_user=cap))
+    now = T0
+    first_decision: dict[str, tuple] = {}
+    rows: dict[str, object] = {}  # what Postgres would hold
+    for intents, dt in batches:
+        now += dt
+        step = m.step(intents, now)
+        for d in step.inserts:
+            assert d.id not in rows, "an id was decided twice"
+            rows[d.id] = d
+            first_decision[d.id] = (d.sku, d.user_id, d.qty)
+        for d in step.updates.values():
+            assert rows[d.id].status == "reserved" and d.status != "reserved"  # type: ignore[attr-defined]
+            assert first_decision[d.id] == (d.sku, d.user_id, d.qty)
+            rows[d.id] = d
+        for d in step.results:
+            assert rows[d.id] == d or d.id in step.updates, "announced something not written"
+        # Never oversell, per SKU, counted from the rows themselves.
+        for sku in m.skus.values():
+            live = [r for r in rows.values() if r.sku == sku.sku and r.status in ("reserved", "confirmed")]  # type: ignore[attr-defined]
+            assert sum(r.qty for r in live) == sku.reserved + sku.sold <= sku.stock  # type: ignore[attr-defined]
+            assert sum(r.qty for r in live if r.status == "reserved") == sku.reserved  # type: ignore[attr-defined]
+            if sku.max_per_user is not None:
+                for user in {r.user_id for r in live}:  # type: ignore[attr-defined]
+                    assert sum(r.qty for r in live if r.user_id == user) <= sku.max_per_user  # type: ignore[attr-defined]
+        # Nothing reserved outlives its deadline by more than one step.
+        for d in m.reserved.values():
+            assert d.expires_at_ms > now
+
+
+@settings(max_examples=100, deadline=None)
+@given(batches=batches)
+def test_rebuilding_from_rows_gives_the_same_machine(batches):
+    """A crash at any point: a machine rebuilt from the committed rows decides the same way."""
+    m = Machine(shard=0)
+    for name in ("s", "t"):
+        m.load_sku(Sku(sku=name, stock=4, max_per_user=2, payment="required" if name == "s" else "none"))
+    now = T0
+    rows: dict = {}
+    for intents, dt in batches:
+        now += dt
+        step = m.step(intents, now)
+        rows.update({d.id: d for d in step.inserts})
+        rows.update(step.updates)
+    rebuilt = Machine(shard=0)
+    for sku in m.skus.values():
+        rebuilt.load_sku(Sku(**{k: getattr(sku, k) for k in sku.__dataclass_fields__}))
+    for d in sorted(rows.values(), key=lambda d: d.decided_at_ms):
+        rebuilt.load_decision(d)
+        if d.status in ("reserved", "confirmed"):
+            key = (d.sku, d.user_id)
+            rebuilt.user_qty[key] = rebuilt.user_qty.get(key, 0) + d.qty
+    probe = [purchase(f"n{i}", sku=s, user=u) for i, (s, u) in enumerate([("s", "u1"), ("t", "u1"), ("t", "u2")])]
+    probe += [purchase(pid) for pid in list(rows)[:3]]
+    a = m.step(list(probe), now + 1)
+    b = rebuilt.step(list(probe), now + 1)
+    assert a.inserts == b.inserts and a.results == b.results and a.updates == b.updates
