@@ -26,8 +26,8 @@ EXIT_FENCED = 3
 EXIT_CORRUPT = 4
 
 
-async def _serve_status(committer_ref: list[Committer], settings: Settings, shard: int) -> web.AppRunner | None:
-    if not settings.committer_metrics_port:
+async def _serve_status(committer_ref: list[Committer], port: int) -> web.AppRunner | None:
+    if not port:
         return None
 
     async def healthz(_: web.Request) -> web.Response:
@@ -46,17 +46,17 @@ async def _serve_status(committer_ref: list[Committer], settings: Settings, shar
     app.router.add_get("/metrics", metrics)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", settings.committer_metrics_port + shard).start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner
 
 
-async def main(settings: Settings, shard: int) -> int:
+async def main(settings: Settings, shard: int, status_port: int) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     current: list[Committer] = []
-    runner = await _serve_status(current, settings, shard)
+    runner = await _serve_status(current, status_port)
     epoch: int | None = None
     try:
         while not stopping.is_set():
@@ -89,10 +89,17 @@ async def main(settings: Settings, shard: int) -> int:
 def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m committer")
     parser.add_argument("--shard", type=int, required=True)
+    parser.add_argument(
+        "--status-port", type=int, default=None,
+        help="port for /metrics, /healthz, /readyz (default: committer_metrics_port + shard; 0: none)",
+    )
     args = parser.parse_args(argv)
     settings = load()
+    port = args.status_port
+    if port is None:
+        port = settings.committer_metrics_port + args.shard if settings.committer_metrics_port else 0
     setup(f"committer-{args.shard}", settings.log_level)
-    sys.exit(uvloop.run(main(settings, args.shard)))
+    sys.exit(uvloop.run(main(settings, args.shard, port)))
 
 
 if __name__ == "__main__":

@@ -89,12 +89,22 @@ def ingest(settings: Settings, log_dir: Path, name: str = "ingest") -> Process:
     return python_module(name, "ingest", [], settings, log_dir)
 
 
-def committer(settings: Settings, shard: int, log_dir: Path, name: str | None = None) -> Process:
-    return python_module(name or f"committer-{shard}", "committer", ["--shard", str(shard)], settings, log_dir)
+def committer(
+    settings: Settings, shard: int, log_dir: Path, name: str | None = None,
+    status_port: int | None = None,
+) -> Process:
+    args = ["--shard", str(shard)]
+    if status_port is not None:
+        args += ["--status-port", str(status_port)]
+    return python_module(name or f"committer-{shard}", "committer", args, settings, log_dir)
 
 
-def committer_ready_url(settings: Settings, shard: int) -> str:
-    return f"http://127.0.0.1:{settings.committer_metrics_port + shard}/readyz"
+def committer_status_port(settings: Settings, shard: int) -> int:
+    return settings.committer_metrics_port + shard
+
+
+def committer_ready_url(settings: Settings, shard: int, status_port: int | None = None) -> str:
+    return f"http://127.0.0.1:{status_port or committer_status_port(settings, shard)}/readyz"
 
 
 def ingest_ready_url(settings: Settings) -> str:

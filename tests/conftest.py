@@ -82,11 +82,14 @@ class System:
     def base_url(self) -> str:
         return f"http://{self.settings.ingest_host}:{self.settings.ingest_port}"
 
-    def start_committer(self, shard: int, name: str | None = None, wait: bool = True) -> procs.Process:
-        p = procs.committer(self.settings, shard, self.log_dir, name).start()
+    def start_committer(
+        self, shard: int, name: str | None = None, wait: bool = True, status_port: int | None = None
+    ) -> procs.Process:
+        """A second committer for a running shard needs its own `status_port`."""
+        p = procs.committer(self.settings, shard, self.log_dir, name, status_port).start()
         self.processes[p.name] = p
         if wait:
-            p.wait_http_ok(procs.committer_ready_url(self.settings, shard))
+            p.wait_http_ok(procs.committer_ready_url(self.settings, shard, status_port))
         return p
 
     def start_ingest(self, settings: Settings | None = None, name: str = "ingest") -> procs.Process:
