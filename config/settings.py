@@ -40,7 +40,9 @@ class Settings(msgspec.Struct, kw_only=True):
     batch_max: int = 2_000
     fetch_timeout_s: float = 0.5  # idle wait for intents; also the expiry tick when idle
     seen_max: int = 2_000_000  # purchase ids a committer remembers before asking Postgres
-    ack_wait_s: float = 30.0
+    # Unacked intents of a killed committer come back after this. Short is safe: a redelivered
+    # intent that was in fact committed is recognised by id and only announced again.
+    ack_wait_s: float = 3.0
     max_ack_pending: int = 50_000
     committer_metrics_port: int = 0  # 0 = none; else port + shard
 
@@ -56,6 +58,14 @@ class Settings(msgspec.Struct, kw_only=True):
     payment_attempts_max: int = 6
     payment_backoff_base_s: float = 0.2
     payment_backoff_max_s: float = 5.0
+    psp_timeout_s: float = 10.0  # one PSP HTTP call; past it the call counts as transient
+    psp_currency: str = "usd"
+    payment_start_margin_s: float = 2.0  # don't start charging a reservation this close to expiry
+    payment_ack_wait_s: float = 60.0  # a killed gateway's jobs are redelivered after this
+    gateway_concurrency: int = 64  # payment jobs in flight per gateway process
+    gateway_metrics_port: int = 0  # 0 = none; /metrics, /healthz, /readyz
+    reconcile_grace_s: float = 120.0  # captures younger than this may still be confirming
+    reconcile_page_size: int = 100
 
     # embedded dev servers
     data_dir: str = "data"
