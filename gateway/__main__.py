@@ -1,0 +1,83 @@
+"""`python -m gateway`: one payment gateway process. Run as many as you like; they share the
+durable consumers, so each job and each refused confirm is handled by one of them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+import nats
+import uvloop
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from config.settings import Settings, load
+from flashsale.streams import ensure_streams
+from gateway import logs
+from gateway.psp import StripeLikePsp
+from gateway.worker import Gateway
+
+log = logging.getLogger("gateway")
+
+
+async def _serve_http(port: int, ready: asyncio.Event) -> web.AppRunner:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        return web.json_response({"ready": ready.is_set()}, status=200 if ready.is_set() else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    ready = asyncio.Event()
+    runner = await _serve_http(settings.gateway_metrics_port, ready) if settings.gateway_metrics_port else None
+    nc = await nats.connect(settings.nats_url, name="gateway", max_reconnect_attempts=-1)
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    psp = StripeLikePsp(settings.psp_url, settings.psp_api_key, timeout_s=settings.psp_timeout_s,
+                        currency=settings.psp_currency,
+                        connections_max=max(10, settings.gateway_concurrency))
+    gateway = Gateway(settings, js, psp)
+    jobs, refusals = await gateway.subscribe()
+    ready.set()
+    log.info("gateway ready", extra={"psp_url": settings.psp_url,
+                                     "concurrency": settings.gateway_concurrency})
+    try:
+        await asyncio.gather(gateway.run_jobs(jobs, stop), gateway.run_refusals(refusals, stop))
+    finally:
+        await psp.close()
+        await nc.drain()
+        if runner is not None:
+            await runner.cleanup()
+        log.info("gateway stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway")
+    parser.add_argument("--metrics-port", type=int, help="overrides gateway_metrics_port")
+    args = parser.parse_args(argv)
+    overrides = {"gateway_metrics_port": args.metrics_port} if args.metrics_port is not None else {}
+    settings = load(**overrides)
+    logs.setup(settings.log_level, "gateway")
+    uvloop.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""`python -m gateway.fakepsp --port 8090`; rates come from FAKEPSP_* variables (see app.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+import uvloop
+from aiohttp import web
+
+from gateway.fakepsp.app import FakePspConfig, create_app
+
+
+async def serve(config: FakePspConfig, host: str, port: int) -> None:
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    logging.info("listening on %s:%s rates=%s", host, port, config.rates)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()  # flushes the ledger file
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway.fakepsp")
+    parser.add_argument("--host", default=os.environ.get("FAKEPSP_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("FAKEPSP_PORT", 8090)))
+    parser.add_argument("--ledger", help="JSON file the ledger is kept in across restarts")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s fakepsp %(levelname)s %(message)s")
+    config = FakePspConfig.from_env()
+    if args.ledger:
+        config.ledger_path = args.ledger
+    uvloop.run(serve(config, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The PSP adapter: a small interface the gateway and reconciliation use, and its Stripe-style
+HTTP implementation.
+
+Every mutating call carries an idempotency key derived from the purchase id and the step, so a
+retry, a redelivered job or a restarted gateway replays the first result instead of charging
+again. Errors are sorted into transient (retry with the same key) and final (act on them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator, Literal, Protocol
+
+import aiohttp
+import msgspec
+from prometheus_client import Counter, Histogram
+
+IntentStatus = Literal[
+    "requires_payment_method", "requires_confirmation", "requires_action", "processing",
+    "requires_capture", "canceled", "succeeded",
+]
+
+PSP_CALLS = Counter("gateway_psp_calls_total", "PSP HTTP calls by operation and outcome",
+                    ["op", "outcome"])
+PSP_SECONDS = Histogram("gateway_psp_call_seconds", "PSP HTTP call latency", ["op"],
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+class PaymentIntent(msgspec.Struct, kw_only=True):
+    """The subset of a Stripe PaymentIntent the gateway reads (unknown fields are ignored)."""
+
+    id: str
+    status: IntentStatus
+    amount: int
+    currency: str = "usd"
+    amount_capturable: int = 0
+    amount_received: int = 0
+    amount_refunded: int = 0  # fake PSP extension; on Stripe it lives on the charge
+    created: int = 0  # epoch seconds
+    metadata: dict[str, str] = {}
+
+    @property
+    def purchase_id(self) -> str | None:
+        return self.metadata.get("purchase_id")
+
+    @property
+    def net_captured_cents(self) -> int:
+        return self.amount_received - self.amount_refunded
+
+
+class Refund(msgspec.Struct, kw_only=True):
+    id: str
+    payment_intent: str
+    amount: int
+    status: str
+
+
+class _ErrorBody(msgspec.Struct):
+    type: str = "api_error"
+    message: str = ""
+    code: str | None = None
+    decline_code: str | None = None
+    payment_intent: PaymentIntent | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorBody
+
+
+class _IntentList(msgspec.Struct):
+    data: list[PaymentIntent]
+    has_more: bool = False
+
+
+class PspError(Exception):
+    """A PSP call failed. `transient`: the same call with the same key may still succeed."""
+
+    def __init__(self, message: str, *, transient: bool, code: str | None = None,
+                 http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.code = code
+        self.http_status = http_status
+
+
+class CardDeclined(PspError):
+    def __init__(self, message: str, payment_intent: PaymentIntent | None) -> None:
+        super().__init__(message, transient=False, code="card_declined", http_status=402)
+        self.payment_intent = payment_intent
+
+
+class PaymentProvider(Protocol):
+    async def authorize(self, purchase_id: str, amount_cents: int, token: str) -> PaymentIntent:
+        """Create and confirm a manual-capture intent. Raises CardDeclined."""
+
+    async def capture(self, purchase_id: str, intent_id: str) -> PaymentIntent: ...
+
+    async def void(self, purchase_id: str, intent_id: str) -> PaymentIntent:
+        """Release an authorization that was never captured."""
+
+    async def refund(self, purchase_id: str, intent_id: str) -> Refund | None:
+        """Refund everything still captured on the intent; None if nothing was left."""
+
+    async def retrieve(self, intent_id: str) -> PaymentIntent: ...
+
+    async def intents_for(self, purchase_id: str) -> list[PaymentIntent]: ...
+
+    def ledger(self, page_size: int = 100) -> AsyncIterator[PaymentIntent]: ...
+
+    async def close(self) -> None: ...
+
+
+def idempotency_key(purchase_id: str, step: str, intent_id: str | None = None) -> str:
+    # One key per (purchase, step[, intent]) so a replay of any step returns that step's first
+    # result; refunds and voids name the intent because one purchase may have two captures.
+    return f"{purchase_id}:{step}" if intent_id is None else f"{purchase_id}:{step}:{intent_id}"
+
+
+_intent_decoder = msgspec.json.Decoder(PaymentIntent)
+_refund_decoder = msgspec.json.Decoder(Refund)
+_error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
+_list_decoder = msgspec.json.Decoder(_IntentList)
+
+
+class StripeLikePsp:
+    """PaymentProvider over a Stripe-compatible HTTP API (the fake PSP speaks it)."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout_s: float, currency: str = "usd",
+                 connections_max: int = 100) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.currency = currency
+        self.session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            connector=aiohttp.TCPConnector(limit=connections_max),
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _call(self, op: str, method: str, path: str, *, data: dict[str, str] | None = None,
+                    params: dict[str, str] | None = None, key: str | None = None) -> bytes:
+        headers = {"Idempotency-Key": key} if key else {}
+        started = time.perf_counter()
+        try:
+            async with self.session.request(method, self.base_url + path, data=data,
+                                            params=params, headers=headers) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            PSP_CALLS.labels(op, "transport_error").inc()
+            raise PspError(f"{op}: {type(e).__name__}: {e}", transient=True) from e
+        finally:
+            PSP_SECONDS.labels(op).observe(time.perf_counter() - started)
+        if status < 300:
+            PSP_CALLS.labels(op, "ok").inc()
+            return body
+        try:
+            err = _error_decoder.decode(body).error
+        except msgspec.DecodeError:
+            err = _ErrorBody(message=body[:200].decode(errors="replace"))
+        if status == 402 and err.type == "card_error":
+            PSP_CALLS.labels(op, "declined").inc()
+            raise CardDeclined(err.message, err.payment_intent)
+        # 409: the first request with this key is still running; 429/5xx: the PSP is struggling.
+        transient = status in (409, 429) or status >= 500
+        PSP_CALLS.labels(op, "transient" if transient else "error").inc()
+        raise PspError(f"{op}: HTTP {status} {err.type}: {err.message}", transient=transient,
+                       code=err.code, http_status=status)
+
+    async def authorize(self, purchase_id: str, amount_cents: int, token: str) -> PaymentIntent:
+        body = await self._call("authorize", "POST", "/v1/payment_intents", data={
+            "amount": str(amount_cents),
+            "currency": self.currency,
+            "payment_method": token,
+            "capture_method": "manual",
+            "confirm": "true",
+            "metadata[purchase_id]": purchase_id,
+        }, key=idempotency_key(purchase_id, "authorize"))
+        return _intent_decoder.decode(body)
+
+    async def capture(self, purchase_id: str, intent_id: str) -> PaymentIntent:
+        try:
+            body = await self._call("capture", "POST", f"/v1/payment_intents/{intent_id}/capture",
+                                    data={}, key=idempotency_key(purchase_id, "capture"))
+        except PspError as e:
+            # The key was forgotten but the capture happened (or the intent was voided):
+            # the intent's state is the truth.
+            if e.code == "payment_intent_unexpected_state":
+                intent = await self.retrieve(intent_id)
+                if intent.status == "succeeded":
+                    return intent
+            raise
+        return _intent_decoder.decode(body)
+
+    async def void(self, purchase_id: str, intent_id: str) -> PaymentIntent:
+        try:
+            body = await self._call("void", "POST", f"/v1/payment_intents/{intent_id}/cancel",
+                                    data={"cancellation_reason": "abandoned"},
+                                    key=idempotency_key(purchase_id, "void", intent_id))
+        except PspError as e:
+            if e.code == "payment_intent_unexpected_state":
+                intent = await self.retrieve(intent_id)
+                if intent.status == "canceled":
+                    return intent
+            raise
+        return _intent_decoder.decode(body)
+
+    async def refund(self, purchase_id: str, intent_id: str) -> Refund | None:
+        # No amount: "refund whatever is still captured", so the same key always means the same
+        # request, whoever (worker or reconciliation) sends it first.
+        try:
+            body = await self._call("refund", "POST", "/v1/refunds", data={
+                "payment_intent": intent_id,
+                "reason": "requested_by_customer",
+                "metadata[purchase_id]": purchase_id,
+            }, key=idempotency_key(purchase_id, "refund", intent_id))
+        except PspError as e:
+            if e.code == "charge_already_refunded":
+                return None
+            raise
+        return _refund_decoder.decode(body)
+
+    async def retrieve(self, intent_id: str) -> PaymentIntent:
+        return _intent_decoder.decode(await self._call("retrieve", "GET",
+                                                       f"/v1/payment_intents/{intent_id}"))
+
+    async def intents_for(self, purchase_id: str) -> list[PaymentIntent]:
+        body = await self._call("search", "GET", "/v1/payment_intents/search",
+                                params={"query": f"metadata['purchase_id']:'{purchase_id}'"})
+        return _list_decoder.decode(body).data
+
+    async def ledger(self, page_size: int = 100) -> AsyncIterator[PaymentIntent]:
+        after: str | None = None
+        while True:
+            params = {"limit": str(page_size)}
+            if after:
+                params["starting_after"] = after
+            page = _list_decoder.decode(await self._call("list", "GET", "/v1/payment_intents",
+                                                         params=params))
+            for intent in page.data:
+                yield intent
+            if not page.has_more or not page.data:
+                return
+            after = page.data[-1].id

@@ -1,0 +1,324 @@
+"""The payment worker: reservation in, money moved (or not), confirm/release back to the shard.
+
+Crash safety comes from ordering, not from local state:
+1. every PSP call uses an idempotency key derived from the purchase id, so running a job twice
+   (redelivery after a crash, two gateways racing) replays the first results instead of
+   charging again;
+2. the confirm/release intent is published before the job is acked, and the intents stream keeps
+   one message per (purchase, kind) forever, so a second publish is refused by the server
+   (err 10077) and treated as "already sent";
+3. a job that is never acked is redelivered by JetStream after `payment_ack_wait_s`.
+A capture whose confirm the committer refuses (reservation expired meanwhile) is refunded when
+the refusal comes back on the results stream; anything that still slips through (a capture whose
+answer was lost on every retry) is found by reconciliation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Awaitable, Callable, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter, Gauge, Histogram
+
+from config.settings import Settings
+from gateway.messages import DeadLetter, encode_deadletter
+from gateway.psp import CardDeclined, PaymentIntent, PaymentProvider, PspError
+from proto.messages import (
+    Confirm, PaymentJob, Release, ResultBatch, encode, payment_decoder, result_decoder,
+)
+
+log = logging.getLogger("gateway.worker")
+
+T = TypeVar("T")
+
+ERR_MAX_MSGS_PER_SUBJECT = 10077  # the intents stream already holds this (purchase, kind)
+PAYMENTS_DURABLE = "gateway"
+REFUSALS_DURABLE = "gateway-refusals"
+PUBLISH_ATTEMPTS_MAX = 5
+
+JOBS = Counter("gateway_jobs_total", "Payment jobs finished, by outcome", ["outcome"])
+JOB_SECONDS = Histogram("gateway_job_seconds", "Time from job start to confirm/release",
+                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+JOBS_INFLIGHT = Gauge("gateway_jobs_inflight", "Payment jobs being worked on")
+PSP_RETRIES = Counter("gateway_psp_retries_total", "Transient PSP failures retried", ["step"])
+DEADLETTERS = Counter("gateway_deadletters_total", "Jobs sent to the dead-letter stream",
+                      ["reason"])
+COMPENSATIONS = Counter("gateway_compensations_total",
+                        "Refunds and voids after a refused confirm", ["action"])
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random = random._inst) -> float:
+    """Full jitter (sleep uniformly in [0, min(max, base * 2**attempt)]): retries from many
+    jobs that failed together spread out instead of hammering the PSP in lock-step."""
+    return rng.uniform(0, min(max_s, base_s * (2 ** attempt)))
+
+
+class GiveUp(Exception):
+    def __init__(self, step: str, reason: str, error: str, attempts: int) -> None:
+        super().__init__(f"{step}: {reason} after {attempts} attempts: {error}")
+        self.step = step
+        self.reason = reason
+        self.error = error
+        self.attempts = attempts
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Gateway:
+    def __init__(self, settings: Settings, js: JetStreamContext, psp: PaymentProvider) -> None:
+        self.settings = settings
+        self.names = settings.names
+        self.js = js
+        self.psp = psp
+
+    # -- one payment job -----------------------------------------------------------------------
+
+    async def settle(self, job: PaymentJob) -> str:
+        """Charge for one reservation and tell its shard. Returns the outcome (for metrics)."""
+        if _now_ms() >= job.expires_at_ms - self.settings.payment_start_margin_s * 1000:
+            # The committer expires it on its own; charging now would only be refunded.
+            log.info("job expired before charging", extra={"purchase_id": job.id})
+            return "skipped_expired"
+        if not job.payment_token:
+            await self._send_release(job, "payment_declined")
+            return "declined"
+        try:
+            intent = await self._retrying(
+                "authorize", lambda: self.psp.authorize(job.id, job.amount_cents, job.payment_token),
+                deadline_ms=job.expires_at_ms)
+        except CardDeclined:
+            await self._send_release(job, "payment_declined")
+            return "declined"
+        except GiveUp as e:
+            await self._give_up(job, e)
+            return "failed"
+        if intent.status == "requires_capture":
+            if _now_ms() >= job.expires_at_ms:
+                # Stock is already back on sale: let go of the hold instead of capturing.
+                await self._void_quietly(job.id, intent)
+                return "expired_before_capture"
+            try:
+                intent = await self._retrying("capture", lambda: self.psp.capture(job.id, intent.id))
+            except GiveUp as e:
+                # The capture may have happened with every answer lost; a void then fails and
+                # reconciliation refunds it. Otherwise the void frees the buyer's hold now.
+                await self._void_quietly(job.id, intent)
+                await self._give_up(job, e)
+                return "failed"
+        if intent.status != "succeeded" or intent.amount_received <= 0:
+            await self._give_up(job, GiveUp("capture", "psp_rejected",
+                                            f"unexpected intent status {intent.status}", 1))
+            return "failed"
+        await self._publish_intent(job.shard, "confirm", job.id,
+                                   Confirm(job.id, intent.id, intent.amount_received))
+        return "confirmed"
+
+    async def _retrying(self, step: str, call: Callable[[], Awaitable[T]],
+                        deadline_ms: int | None = None) -> T:
+        s = self.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except CardDeclined:
+                raise
+            except PspError as e:
+                if not e.transient:
+                    raise GiveUp(step, "psp_rejected", str(e), attempt) from e
+                if attempt >= s.payment_attempts_max:
+                    raise GiveUp(step, "retry_budget_exhausted", str(e), attempt) from e
+                delay_s = backoff_s(attempt - 1, s.payment_backoff_base_s, s.payment_backoff_max_s)
+                if deadline_ms is not None and _now_ms() + delay_s * 1000 >= deadline_ms:
+                    raise GiveUp(step, "expired_while_retrying", str(e), attempt) from e
+                PSP_RETRIES.labels(step).inc()
+                log.info("psp transient failure, retrying",
+                         extra={"step": step, "attempt": attempt, "delay_s": round(delay_s, 3),
+                                "error": str(e)})
+                await asyncio.sleep(delay_s)
+
+    async def _void_quietly(self, purchase_id: str, intent: PaymentIntent) -> None:
+        try:
+            await self._retrying("void", lambda: self.psp.void(purchase_id, intent.id))
+        except (GiveUp, PspError) as e:
+            log.warning("void failed; reconciliation will settle it",
+                        extra={"purchase_id": purchase_id, "psp_ref": intent.id, "error": str(e)})
+
+    async def _give_up(self, job: PaymentJob, e: GiveUp) -> None:
+        DEADLETTERS.labels(e.reason).inc()
+        log.warning("payment failed, dead-lettering and releasing",
+                    extra={"purchase_id": job.id, "step": e.step, "reason": e.reason,
+                           "attempts": e.attempts, "error": e.error})
+        letter = DeadLetter(job=job, reason=e.reason, step=e.step, error=e.error[:500],
+                            attempts=e.attempts, at_ms=_now_ms())
+        await self._publish(self.names.deadletter(), encode_deadletter(letter),
+                            headers={"Nats-Msg-Id": f"deadletter:{job.id}"})
+        await self._send_release(job, "payment_failed")
+
+    async def _send_release(self, job: PaymentJob, reason: str) -> None:
+        await self._publish_intent(job.shard, "release", job.id, Release(job.id, reason))  # type: ignore[arg-type]
+
+    async def _publish_intent(self, shard: int, kind: str, purchase_id: str,
+                              intent: Confirm | Release) -> None:
+        try:
+            await self._publish(self.names.intent(shard, kind, purchase_id), encode(intent))
+        except nats.js.errors.APIError as e:
+            if e.err_code != ERR_MAX_MSGS_PER_SUBJECT:
+                raise
+            # A previous run of this job already sent it (the stream keeps one per subject).
+            log.info("intent already sent", extra={"purchase_id": purchase_id, "kind": kind})
+
+    async def _publish(self, subject: str, payload: bytes,
+                       headers: dict[str, str] | None = None) -> None:
+        for attempt in range(1, PUBLISH_ATTEMPTS_MAX + 1):
+            try:
+                await self.js.publish(subject, payload, headers=headers)
+                return
+            except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
+                    nats.errors.ConnectionReconnectingError):
+                if attempt == PUBLISH_ATTEMPTS_MAX:
+                    raise
+                await asyncio.sleep(backoff_s(attempt, self.settings.payment_backoff_base_s,
+                                              self.settings.payment_backoff_max_s))
+
+    # -- refused confirms ---------------------------------------------------------------------
+
+    async def compensate(self, batch: ResultBatch) -> None:
+        """Give the money back for every confirm the committer refused (reservation gone)."""
+        for refusal in batch.refusals:
+            if refusal.kind != "confirm" or refusal.status == "confirmed":
+                continue
+            purchase_id = refusal.key
+            intents = await self._retrying("search", lambda: self.psp.intents_for(purchase_id))
+            for intent in intents:
+                if intent.net_captured_cents > 0:
+                    await self._retrying("refund", lambda: self.psp.refund(purchase_id, intent.id))
+                    COMPENSATIONS.labels("refund").inc()
+                    log.info("refunded refused confirm",
+                             extra={"purchase_id": purchase_id, "psp_ref": intent.id,
+                                    "status": refusal.status, "reason": refusal.reason,
+                                    "amount_cents": intent.net_captured_cents})
+                elif intent.status == "requires_capture":
+                    await self._retrying("void", lambda: self.psp.void(purchase_id, intent.id))
+                    COMPENSATIONS.labels("void").inc()
+
+    # -- consumers -----------------------------------------------------------------------------
+
+    async def subscribe(self) -> tuple[JetStreamContext.PullSubscription, JetStreamContext.PullSubscription]:
+        s = self.settings
+        jobs = await self.js.pull_subscribe(
+            self.names.payments_all(), durable=PAYMENTS_DURABLE, stream=self.names.payments_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=s.payment_ack_wait_s,
+                max_deliver=-1,  # a job is never dropped: it ends in confirm, release or DLQ
+                max_ack_pending=max(s.gateway_concurrency * 4, 1000),
+            ))
+        refusals = await self.js.pull_subscribe(
+            self.names.results_all(), durable=REFUSALS_DURABLE, stream=self.names.results_stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=s.payment_ack_wait_s,
+                max_deliver=-1,
+            ))
+        return jobs, refusals
+
+    async def run_jobs(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        inflight: set[asyncio.Task[None]] = set()
+        while not stop.is_set():
+            free = self.settings.gateway_concurrency - len(inflight)
+            if free <= 0:
+                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await sub.fetch(batch=free, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._on_job(msg))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+        if inflight:
+            # Unfinished jobs are simply redelivered later; give them a moment to finish first.
+            await asyncio.wait(inflight, timeout=self.settings.psp_timeout_s)
+
+    async def _on_job(self, msg: Msg) -> None:
+        try:
+            job = payment_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.error("undecodable payment job, terminating it", extra={"subject": msg.subject})
+            await msg.term()
+            return
+        started = time.perf_counter()
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        JOBS_INFLIGHT.inc()
+        try:
+            outcome = await self.settle(job)
+        except Exception as e:
+            JOBS.labels("error").inc()
+            log.exception("payment job failed, will be redelivered",
+                          extra={"purchase_id": job.id, "error": str(e)})
+            await _quietly(msg.nak(delay=self.settings.payment_backoff_max_s))
+            return
+        finally:
+            heartbeat.cancel()
+            JOBS_INFLIGHT.dec()
+        # Only now: the confirm/release is stored in JetStream, so losing this ack costs a replay.
+        await _quietly(msg.ack())
+        JOBS.labels(outcome).inc()
+        JOB_SECONDS.observe(time.perf_counter() - started)
+        log.info("payment job done", extra={"purchase_id": job.id, "outcome": outcome,
+                                            "shard": job.shard})
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        # Retries can outlast ack_wait; tell JetStream we are still on it so it is not handed
+        # to another gateway mid-charge.
+        while True:
+            await asyncio.sleep(self.settings.payment_ack_wait_s / 3)
+            await _quietly(msg.in_progress())
+
+    async def run_refusals(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch=100, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                try:
+                    batch = result_decoder.decode(msg.data)
+                except msgspec.DecodeError:
+                    await msg.term()
+                    continue
+                try:
+                    await self.compensate(batch)
+                except (GiveUp, PspError) as e:
+                    log.warning("compensation failed, will retry", extra={"error": str(e)})
+                    await _quietly(msg.nak(delay=self.settings.payment_backoff_max_s))
+                    continue
+                await _quietly(msg.ack())
+
+
+async def _quietly(aw: Awaitable[object]) -> None:
+    # Ack/nak failures only mean a redelivery, which every step here tolerates.
+    try:
+        await aw
+    except Exception as e:  # noqa: BLE001
+        log.debug("ack-type call failed", extra={"error": str(e)})
