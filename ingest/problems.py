@@ -1,0 +1,81 @@
+"""RFC 9457 problem details: every error ingest answers is `application/problem+json`.
+
+`type` is a stable URI per kind of problem, so clients switch on it rather than on `title`
+(which is for humans) or the status code (which several problems share).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+PROBLEM_BASE = "https://flashsale.dev/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    path: str  # JSONPath of the offending value, "$" for the whole body
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+    retry_after_s: int | None = None
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    errors: list[FieldError] | None = None,
+    retry_after_s: int | None = None,
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+) -> web.Response:
+    body = Problem(
+        type=PROBLEM_BASE + slug,
+        title=title,
+        status=status,
+        detail=detail,
+        instance=instance,
+        errors=errors,
+        retry_after_s=retry_after_s,
+    )
+    out_headers: dict[str, Any] = dict(headers or {})
+    if retry_after_s is not None:
+        out_headers["Retry-After"] = str(retry_after_s)
+    return web.Response(
+        status=status, body=_encode_json(body), content_type=PROBLEM_CONTENT_TYPE, headers=out_headers
+    )
+
+
+def overloaded(detail: str, retry_after_s: int) -> web.Response:
+    return problem(503, "overloaded", "Service overloaded", detail, retry_after_s=retry_after_s)
+
+
+def not_found(detail: str) -> web.Response:
+    return problem(404, "not_found", "Not found", detail)
+
+
+def validation(detail: str, errors: list[FieldError]) -> web.Response:
+    return problem(422, "validation", "Invalid request", detail, errors=errors)
+
+
+def from_msgspec_error(exc: msgspec.ValidationError) -> FieldError:
+    """msgspec reports "Expected `int`, got `str` - at `$.qty`"; split the path out for clients."""
+    text = str(exc)
+    message, sep, path = text.rpartition(" - at ")
+    if not sep:
+        return FieldError(path="$", message=text)
+    return FieldError(path=path.strip("`"), message=message)

@@ -1,0 +1,116 @@
+"""HTTP request and response bodies of the v1 API (msgspec Structs, strict decoding).
+
+Times on the HTTP API are ISO 8601 / RFC 3339 strings in UTC with millisecond precision
+("2026-11-24T13:51:34.123Z"); inside the system they are epoch milliseconds (proto/).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from proto.messages import Decision, Purchase, SkuState
+
+# SKUs travel in URL paths and log lines: a conservative, documented alphabet.
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+SKU_MAX_LEN = 64
+Sku = Annotated[str, Meta(min_length=1, max_length=SKU_MAX_LEN, pattern=SKU_PATTERN)]
+# Visible ASCII, no spaces: ids from any identity provider (uuid, email, numeric) fit.
+UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+PaymentToken = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[!-~]+$")]
+# Postgres columns are int4; the cap of qty is a runtime setting checked by the handler.
+Qty = Annotated[int, Meta(ge=1, le=2_000_000_000)]
+Stock = Annotated[int, Meta(ge=0, le=2_000_000_000)]
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+
+STATUSES = ("pending", "reserved", "confirmed", "rejected", "expired", "cancelled")
+
+
+class PurchaseRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    sku: Sku
+    qty: Qty
+    user_id: UserId
+    payment_token: PaymentToken | None = None
+
+
+class SkuUpsertRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    stock: Stock
+    price_cents: Annotated[int, Meta(ge=0, le=10**15)] | None = None
+    max_per_user: Annotated[int, Meta(ge=1, le=2_000_000_000)] | None = None
+    payment: Literal["none", "required"] | None = None
+    reservation_ttl_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
+    sale_start: AwareDatetime | None = None
+    sale_end: AwareDatetime | None = None
+
+
+class PurchaseView(msgspec.Struct):
+    id: str
+    status: str
+    reason: str | None
+    sku: str
+    qty: int
+    user_id: str
+    amount_cents: int | None  # null while pending: the price is the committer's, never the client's
+    accepted_at: str | None
+    decided_at: str | None
+    updated_at: str | None
+    expires_at: str | None  # deadline of a reservation
+
+
+class SkuView(msgspec.Struct):
+    sku: str
+    remaining: int
+    stock: int
+    reserved: int
+    sold: int
+    sold_out: bool
+    price_cents: int
+    max_per_user: int | None
+    payment: str
+    reservation_ttl_s: int
+    sale_start: str | None
+    sale_end: str | None
+
+
+purchase_request_decoder = msgspec.json.Decoder(PurchaseRequest)
+sku_upsert_decoder = msgspec.json.Decoder(SkuUpsertRequest)
+encode_json = msgspec.json.Encoder().encode
+
+
+def iso_ms(epoch_ms: int | None) -> str | None:
+    if epoch_ms is None:
+        return None
+    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def epoch_ms(dt: datetime | None) -> int | None:
+    return None if dt is None else int(dt.timestamp() * 1000)
+
+
+def view_of(item: Decision | Purchase) -> PurchaseView:
+    if isinstance(item, Purchase):
+        return PurchaseView(
+            id=item.id, status="pending", reason=None, sku=item.sku, qty=item.qty,
+            user_id=item.user_id, amount_cents=None, accepted_at=iso_ms(item.accepted_at_ms),
+            decided_at=None, updated_at=None, expires_at=None,
+        )
+    return PurchaseView(
+        id=item.id, status=item.status, reason=item.reason, sku=item.sku, qty=item.qty,
+        user_id=item.user_id, amount_cents=item.amount_cents,
+        accepted_at=iso_ms(item.accepted_at_ms), decided_at=iso_ms(item.decided_at_ms),
+        updated_at=iso_ms(item.updated_at_ms), expires_at=iso_ms(item.expires_at_ms),
+    )
+
+
+def sku_view_of(s: SkuState) -> SkuView:
+    remaining = s.remaining
+    return SkuView(
+        sku=s.sku, remaining=remaining, stock=s.stock, reserved=s.reserved, sold=s.sold,
+        sold_out=remaining <= 0 and s.reserved == 0, price_cents=s.price_cents,
+        max_per_user=s.max_per_user, payment=s.payment, reservation_ttl_s=s.reservation_ttl_s,
+        sale_start=iso_ms(s.sale_start_ms), sale_end=iso_ms(s.sale_end_ms),
+    )
