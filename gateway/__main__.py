@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings, load
 from flashsale.streams import ensure_streams
-from gateway import logs
+from flashsale.logs import setup as setup_logs
 from gateway.psp import StripeLikePsp
 from gateway.worker import Gateway
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {"gateway_metrics_port": args.metrics_port} if args.metrics_port is not None else {}
     settings = load(**overrides)
-    logs.setup(settings.log_level, "gateway")
+    setup_logs("gateway", settings.log_level)
     uvloop.run(run(settings))
 
 

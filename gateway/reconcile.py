@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 
 from config.settings import Settings, load
+from flashsale.logs import setup as setup_logs
 from gateway.psp import PaymentIntent, PaymentProvider, StripeLikePsp
 
 log = logging.getLogger("gateway.reconcile")
@@ -179,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, metavar="S", help="run again every S seconds")
     args = parser.parse_args(argv)
     settings = load()
-    from gateway import logs
-    logs.setup(settings.log_level, "reconcile")
+    setup_logs("reconcile", settings.log_level)
 
     async def loop() -> int:
         while True:

@@ -1,0 +1,187 @@
+"""The payment worker in-process against real NATS JetStream and the fake PSP process, with no
+committer: jobs are published straight to the PAYMENTS stream and the confirm/release intents
+read back from the INTENTS stream."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+import msgspec
+import nats
+import nats.js.errors
+import pytest
+
+from config.settings import Settings
+from flashsale.streams import ensure_streams
+from gateway.messages import deadletter_decoder
+from gateway.psp import StripeLikePsp
+from gateway.testing import FakePspAdmin, fakepsp_process
+from gateway.worker import Gateway, backoff_s
+from proto.messages import (
+    Confirm, PaymentJob, Refusal, Release, ResultBatch, encode, intent_decoder,
+)
+
+CALM = dict(latency_ms=0, decline_rate=0, timeout_rate=0, lost_rate=0, hang_s=0.4)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory):
+    from config.settings import load
+    base = load(env={}, file=None)
+    proc, url = fakepsp_process(base, tmp_path_factory.mktemp("psp"), seed=11)
+    proc.start()
+    proc.wait_http_ok(url + "/healthz")
+    yield url, FakePspAdmin(url, base.psp_api_key)
+    proc.stop()
+
+
+class Harness:
+    def __init__(self, settings: Settings, js, psp: StripeLikePsp, admin: FakePspAdmin) -> None:
+        self.settings = settings
+        self.js = js
+        self.psp = psp
+        self.admin = admin
+        self.gateway = Gateway(settings, js, psp)
+
+    async def job(self, token: str | None, ttl_s: float = 30, amount_cents: int = 1500) -> PaymentJob:
+        job = PaymentJob(id="p_" + secrets.token_hex(8), sku="hot", user_id="u",
+                         amount_cents=amount_cents, payment_token=token,
+                         expires_at_ms=int((time.time() + ttl_s) * 1000), shard=1)
+        await self.js.publish(self.settings.names.payments(1), encode(job),
+                              headers={"Nats-Msg-Id": job.id})
+        return job
+
+    async def intent(self, kind: str, purchase_id: str):
+        try:
+            msg = await self.js.get_last_msg(self.settings.names.intents_stream,
+                                             self.settings.names.intent(1, kind, purchase_id))
+        except nats.js.errors.NotFoundError:
+            return None
+        return intent_decoder.decode(msg.data)
+
+    async def outcome(self, purchase_id: str, timeout_s: float = 20):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for kind in ("confirm", "release"):
+                found = await self.intent(kind, purchase_id)
+                if found is not None:
+                    return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no confirm/release for {purchase_id}")
+
+
+@pytest.fixture
+async def harness(settings: Settings, fake):
+    url, admin = fake
+    admin.set_rates(**CALM)
+    s = msgspec.structs.replace(settings, psp_url=url, psp_timeout_s=0.25,
+                                payment_backoff_base_s=0.05, payment_backoff_max_s=0.4,
+                                payment_attempts_max=8, payment_start_margin_s=1.0,
+                                payment_ack_wait_s=5.0, gateway_concurrency=16)
+    nc = await nats.connect(s.nats_url)
+    js = nc.jetstream()
+    await ensure_streams(js, s)
+    psp = StripeLikePsp(url, s.psp_api_key, timeout_s=s.psp_timeout_s)
+    h = Harness(s, js, psp, admin)
+    jobs, refusals = await h.gateway.subscribe()
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(h.gateway.run_jobs(jobs, stop)),
+             asyncio.create_task(h.gateway.run_refusals(refusals, stop))]
+    yield h
+    stop.set()
+    await asyncio.wait(tasks, timeout=5)
+    await psp.close()
+    await nc.close()
+    admin.set_rates(**CALM)
+
+
+def test_backoff_is_jittered_exponential_and_capped():
+    import random
+    rng = random.Random(1)
+    for attempt in range(10):
+        cap = min(5.0, 0.2 * 2 ** attempt)
+        samples = [backoff_s(attempt, 0.2, 5.0, rng) for _ in range(200)]
+        assert all(0 <= x <= cap for x in samples)
+        assert max(samples) > cap * 0.8  # spread over the whole window, not fixed
+
+
+async def test_confirm_decline_and_expired(harness: Harness):
+    ok = await harness.job("tok_visa")
+    declined = await harness.job("tok_chargeDeclined")
+    no_token = await harness.job(None)
+    expired = await harness.job("tok_visa", ttl_s=0.5)  # inside the start margin
+    confirm = await harness.outcome(ok.id)
+    assert isinstance(confirm, Confirm) and confirm.amount_cents == 1500
+    intent = await harness.psp.retrieve(confirm.psp_ref)
+    assert intent.status == "succeeded" and intent.purchase_id == ok.id
+    assert await harness.outcome(declined.id) == Release(declined.id, "payment_declined")
+    assert await harness.outcome(no_token.id) == Release(no_token.id, "payment_declined")
+    await asyncio.sleep(0.5)
+    assert await harness.intent("confirm", expired.id) is None
+    assert await harness.intent("release", expired.id) is None
+    assert await harness.psp.intents_for(expired.id) == []
+    info = await harness.js.stream_info(harness.settings.names.payments_stream)
+    assert info.state.messages == 0  # every job acked (work-queue retention removes them)
+
+
+async def test_transient_failures_are_retried_without_double_charging(harness: Harness):
+    harness.admin.set_rates(timeout_rate=0.25, lost_rate=0.25, hang_s=0.4, decline_rate=0.2)
+    jobs = [await harness.job("tok_any") for _ in range(30)]
+    outcomes = [await harness.outcome(j.id, timeout_s=40) for j in jobs]
+    stats = harness.admin.stats()
+    assert stats.get("timeouts", 0) > 0 and stats.get("lost_responses", 0) > 0
+    for job, outcome in zip(jobs, outcomes):
+        intents = await harness.psp.intents_for(job.id)
+        assert len(intents) == 1, f"{job.id} has {len(intents)} payment intents"
+        if isinstance(outcome, Confirm):
+            assert intents[0].id == outcome.psp_ref
+            assert intents[0].net_captured_cents == job.amount_cents
+        else:
+            assert outcome.reason in ("payment_declined", "payment_failed")
+            assert intents[0].net_captured_cents == 0
+    assert sum(isinstance(o, Confirm) for o in outcomes) >= 15
+
+
+async def test_retry_budget_dead_letters_and_releases(harness: Harness):
+    harness.admin.set_rates(lost_rate=1.0)
+    job = await harness.job("tok_flaky")
+    sub = await harness.js.subscribe(harness.settings.names.deadletter(),
+                                     stream=harness.settings.names.deadletter_stream)
+    outcome = await harness.outcome(job.id)
+    assert outcome == Release(job.id, "payment_failed")
+    letter = deadletter_decoder.decode((await sub.next_msg(timeout=5)).data)
+    assert letter.job == job and letter.step == "authorize"
+    assert letter.reason in ("retry_budget_exhausted", "expired_while_retrying")
+    assert letter.attempts >= 2
+    await sub.unsubscribe()
+
+
+async def test_running_a_job_twice_charges_once(harness: Harness):
+    job = PaymentJob(id="p_" + secrets.token_hex(8), sku="hot", user_id="u", amount_cents=999,
+                     payment_token="tok_any", expires_at_ms=int((time.time() + 30) * 1000), shard=1)
+    # As after a crash between publishing the confirm and acking the job: the redelivered job
+    # runs again from the top.
+    assert await harness.gateway.settle(job) == "confirmed"
+    assert await harness.gateway.settle(job) == "confirmed"  # confirm publish -> 10077, fine
+    [intent] = await harness.psp.intents_for(job.id)
+    assert intent.net_captured_cents == 999
+    confirm = await harness.intent("confirm", job.id)
+    assert confirm == Confirm(job.id, intent.id, 999)
+
+
+async def test_refused_confirm_is_refunded(harness: Harness):
+    job = await harness.job("tok_visa")
+    confirm = await harness.outcome(job.id)
+    assert isinstance(confirm, Confirm)
+    # The committer's answer when the reservation expired before the confirm arrived.
+    batch = ResultBatch(shard=1, epoch=1, refusals=[
+        Refusal(kind="confirm", key=job.id, reason="not_reserved", status="expired")])
+    await harness.js.publish(harness.settings.names.results(1), encode(batch))
+    deadline = time.monotonic() + 10
+    while (await harness.psp.retrieve(confirm.psp_ref)).amount_refunded == 0:
+        assert time.monotonic() < deadline, "refused confirm was not refunded"
+        await asyncio.sleep(0.05)
+    assert (await harness.psp.retrieve(confirm.psp_ref)).net_captured_cents == 0
