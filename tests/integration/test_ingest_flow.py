@@ -1,0 +1,139 @@
+"""End to end through ingest with real committers: admin creates a SKU, buyers buy and wait,
+the sold-out fast path, admin refusals, reservations and cancels."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from proto.ids import purchase_id
+from tests.integration.test_ingest_api import intents_count
+
+PROBLEM = "application/problem+json"
+
+
+class Client:
+    def __init__(self, http: aiohttp.ClientSession, base: str, admin_token: str) -> None:
+        self.http = http
+        self.base = base
+        self.admin = {"Authorization": f"Bearer {admin_token}"}
+
+    async def call(self, method: str, path: str, body=None, headers=None):
+        async with self.http.request(method, self.base + path, json=body, headers=headers) as resp:
+            return resp.status, resp.headers.copy(), await resp.json(content_type=None)
+
+    async def put_sku(self, sku: str, **fields):
+        return await self.call("PUT", f"/v1/admin/skus/{sku}", fields, self.admin)
+
+    async def buy(self, sku: str, user: str, key: str, qty: int = 1, wait_s: int | None = 5, **extra):
+        headers = {"Idempotency-Key": key}
+        if wait_s is not None:
+            headers["Prefer"] = f"wait={wait_s}"
+        return await self.call("POST", "/v1/purchases", {"sku": sku, "qty": qty, "user_id": user, **extra}, headers)
+
+
+async def test_buy_until_sold_out_then_restock(system, settings, db):
+    system.start()
+    async with aiohttp.ClientSession() as http:
+        c = Client(http, system.base_url, settings.admin_token)
+        status, headers, sku = await c.put_sku(
+            "sneaker-42", stock=2, price_cents=1500, max_per_user=1, payment="none",
+            sale_start="2020-01-01T00:00:00+02:00",
+        )
+        assert status == 200, sku
+        assert headers["X-Request-Id"]
+        assert sku["remaining"] == 2 and sku["price_cents"] == 1500 and sku["max_per_user"] == 1
+        assert sku["sale_start"] == "2019-12-31T22:00:00.000Z" and sku["sale_end"] is None
+        status, _, public = await c.call("GET", "/v1/skus/sneaker-42")
+        assert status == 200 and public == sku
+
+        # Prefer: wait answers the decision; the price is the SKU's, never the client's.
+        status, headers, p = await c.buy("sneaker-42", "alice", "k1")
+        assert status == 200, p
+        assert headers["Preference-Applied"] == "wait=5"
+        assert p["status"] == "confirmed" and p["amount_cents"] == 1500 and p["decided_at"]
+
+        status, _, p2 = await c.buy("sneaker-42", "alice", "k2")
+        assert status == 200 and p2["status"] == "rejected" and p2["reason"] == "limit_exceeded"
+
+        # Without wait: 202 pending, then a long-poll GET returns the decision.
+        status, headers, p3 = await c.buy("sneaker-42", "bob", "k1", wait_s=None)
+        assert status == 202 and headers["Location"] == f"/v1/purchases/{p3['id']}"
+        status, _, got = await c.call("GET", f"/v1/purchases/{p3['id']}?wait=10&seen=pending")
+        assert status == 200 and got["status"] == "confirmed"
+
+        status, _, public = await c.call("GET", "/v1/skus/sneaker-42")
+        assert public["remaining"] == 0 and public["sold_out"] is True
+
+        # Sold-out fast path: nothing published for a new purchase...
+        before = await intents_count(settings)
+        status, headers, problem = await c.buy("sneaker-42", "carol", "k1")
+        assert status == 409 and headers["Content-Type"].startswith(PROBLEM)
+        assert problem["type"].endswith("/sold_out")
+        assert await intents_count(settings) == before
+        # ...but a retry of an accepted key still gets its purchase.
+        status, _, again = await c.buy("sneaker-42", "alice", "k1", wait_s=None)
+        assert status == 202 and again["id"] == p["id"] and again["status"] == "confirmed"
+        status, _, reused = await c.buy("sneaker-42", "alice", "k1", qty=2, wait_s=None)
+        assert status == 422 and reused["type"].endswith("/idempotency_key_reused")
+
+        # Admin refusal: stock below what is sold.
+        status, _, problem = await c.put_sku("sneaker-42", stock=1)
+        assert status == 409 and problem["type"].endswith("/sku_upsert_refused")
+        assert "below" in problem["detail"]
+
+        # Restock: the fast path lets buyers through again.
+        status, _, sku = await c.put_sku("sneaker-42", stock=3)
+        assert status == 200 and sku["remaining"] == 1 and sku["sold_out"] is False
+        status, _, p4 = await c.buy("sneaker-42", "carol", "k1")
+        assert status == 200 and p4["status"] == "confirmed"
+
+        # Confirmed purchases cannot be cancelled.
+        status, _, problem = await c.call("POST", f"/v1/purchases/{p['id']}/cancel")
+        assert status == 409 and problem["type"].endswith("/cannot_cancel")
+
+        # Unknown SKU: decided by the committer.
+        status, _, p5 = await c.buy("no-such-sku", "dave", "k1")
+        assert status == 200 and p5["status"] == "rejected" and p5["reason"] == "unknown_sku"
+
+    rows = await db.fetch("SELECT id, status FROM purchases WHERE sku = 'sneaker-42' ORDER BY id")
+    confirmed = {r["id"] for r in rows if r["status"] == "confirmed"}
+    assert confirmed == {p["id"], p3["id"], p4["id"]}
+    assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'sneaker-42'") == 3
+
+
+async def test_reserve_then_cancel(system, settings):
+    system.start()  # no gateway: a reservation stays reserved until cancelled or expired
+    async with aiohttp.ClientSession() as http:
+        c = Client(http, system.base_url, settings.admin_token)
+        status, _, _ = await c.put_sku("console-x", stock=1, price_cents=49900, payment="required",
+                                       reservation_ttl_s=120)
+        assert status == 200
+        status, _, p = await c.buy("console-x", "erin", "k1", payment_token="tok_visa")
+        assert status == 200 and p["status"] == "reserved" and p["expires_at"].endswith("Z")
+        assert p["amount_cents"] == 49900
+        pid = p["id"]
+        assert pid == purchase_id("erin", "k1")
+
+        # A long-poll that sees nothing change returns the same state when its wait ends.
+        status, _, same = await c.call("GET", f"/v1/purchases/{pid}?wait=0.3")
+        assert status == 200 and same["status"] == "reserved"
+        status, _, sku = await c.call("GET", "/v1/skus/console-x")
+        assert sku["remaining"] == 0 and sku["reserved"] == 1 and sku["sold_out"] is False
+
+        poll = asyncio.create_task(c.call("GET", f"/v1/purchases/{pid}", headers={"Prefer": "wait=10"}))
+        await asyncio.sleep(0.2)
+        status, _, cancelled = await c.call("POST", f"/v1/purchases/{pid}/cancel", headers={"Prefer": "wait=5"})
+        assert status == 200 and cancelled["status"] == "cancelled", cancelled
+        assert cancelled["reason"] == "buyer_cancelled"
+        status, headers, polled = await asyncio.wait_for(poll, 12)
+        assert status == 200 and polled["status"] == "cancelled"
+        assert headers["Preference-Applied"] == "wait=10"
+
+        # Cancelling again is idempotent.
+        status, _, again = await c.call("POST", f"/v1/purchases/{pid}/cancel")
+        assert status == 200 and again["status"] == "cancelled"
+        status, _, sku = await c.call("GET", "/v1/skus/console-x")
+        assert sku["remaining"] == 1 and sku["reserved"] == 0
