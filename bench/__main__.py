@@ -1,0 +1,233 @@
+"""`python -m bench [--quick] [--scenarios ...] [--systems ...] [--shards 1,2,4] [--duration-s N]`
+
+Starts embedded NATS + PostgreSQL under a temp dir, then for every scenario and system: starts
+the system as real processes, seeds its SKUs, runs the phases, drains, checks the invariants in
+Postgres and stops it. Writes bench/results/<timestamp>/ (results.json, report.md, *.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import msgspec
+import psutil
+
+from bench import plots
+from bench.report import RunResult, headline, render_report
+from bench.runner import PhasePlan, SystemRun, db_figures, finish_phase, run_phase, wrk_available
+from bench.systems import Baseline, Flashsale, System
+from flashsale.embedded import start_nats, start_postgres
+
+SCENARIOS = ["hot-sku", "many-skus", "retry-storm"]
+SYSTEMS = ["echo", "naive", "rowlock", "flashsale"]
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+HOT_STOCK = 1_000  # far below demand: a few hundred ms of load sells it out
+MANY_SKUS = 1_000
+MANY_STOCK = 100  # per SKU
+STORM_STOCK = 1_000
+SAMPLER_RATE = 20.0  # buyers/s who wait for their decision beside a closed-loop max phase
+DRAIN_TIMEOUT_S = 60.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short phases, fewer runs: under two minutes")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {SCENARIOS}")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {SYSTEMS}")
+    ap.add_argument("--shards", default=None, help="committer counts for the many-skus sweep (default 1,2,4)")
+    ap.add_argument("--hot-shards", type=int, default=2, help="committers for hot-sku and retry-storm")
+    ap.add_argument("--duration-s", type=float, default=None, help="seconds per phase (default 10; quick 3)")
+    ap.add_argument("--fractions", default=None,
+                    help="open-loop rates as fractions of the max (default 0.25,0.5,0.8,1.0; quick 0.8)")
+    ap.add_argument("--connections", type=int, default=64, help="closed-loop connections")
+    ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument("--out", default=None, help="results directory (default bench/results/<timestamp>)")
+    args = ap.parse_args(argv)
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.systems = [s for s in args.systems.split(",") if s]
+    for s in args.scenarios:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s!r}")
+    for s in args.systems:
+        if s not in SYSTEMS:
+            ap.error(f"unknown system {s!r}")
+    args.shards = [int(x) for x in (args.shards or ("1,2" if args.quick else "1,2,4")).split(",")]
+    args.duration_s = args.duration_s or (3.0 if args.quick else 10.0)
+    args.fractions = [float(x) for x in (args.fractions or ("0.8" if args.quick else "0.25,0.5,0.8,1.0")).split(",")]
+    if args.generator == "auto":
+        args.generator = "wrk" if wrk_available() else "python"
+    elif args.generator == "wrk" and not wrk_available():
+        ap.error("wrk not found (apt-get install wrk), or use --generator python")
+    return args
+
+
+def plan_systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    out: list[tuple[str, int | None]] = []
+    for name in args.systems:
+        if name == "echo" and scenario != "hot-sku":
+            continue  # echo keeps no state: only its HTTP limit on hot-sku means anything
+        if name == "rowlock" and args.quick and scenario != "hot-sku":
+            continue  # quick mode: keep under two minutes
+        if name == "flashsale":
+            for shards in (args.shards if scenario == "many-skus" else [args.hot_shards]):
+                out.append((name, shards))
+        else:
+            out.append((name, None))
+    return out
+
+
+def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[dict[str, int], list[PhasePlan]]:
+    """(stock by SKU to seed, phases). Each hot-sku phase gets its own fresh hot SKU, so every
+    phase starts with stock to sell and then sells out."""
+    d, wrk = args.duration_s, args.generator == "wrk"
+    sampler = 0.0 if system == "echo" else SAMPLER_RATE
+    if scenario == "hot-sku":
+        stock = {f"hot-{i}": HOT_STOCK for i in range(1 + len(args.fractions))}
+        plans = [PhasePlan("max", "closed", ["hot-0"], d, connections=args.connections,
+                           sampler_rate=sampler, use_wrk=wrk)]
+        # echo decides nothing: no request of its open-loop phases waits for a decision.
+        plans += [PhasePlan(f"open@{f:g}", "open", [f"hot-{i + 1}"], d, wait_every=0 if system == "echo" else 10)
+                  for i, f in enumerate(args.fractions)]
+        return stock, plans
+    if scenario == "many-skus":
+        skus = [f"m-{i:04d}" for i in range(MANY_SKUS)]
+        return ({s: MANY_STOCK for s in skus},
+                [PhasePlan("max", "closed", skus, d, connections=args.connections, sampler_rate=sampler,
+                           use_wrk=wrk)])
+    return {"storm": STORM_STOCK}, [PhasePlan("retry", "retry", ["storm"], d, connections=64)]
+
+
+def machine_info() -> dict[str, str]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load avg at start": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+    }
+
+
+async def run_system(sut: System, scenario: str, args: argparse.Namespace, work: Path, n: int) -> SystemRun:
+    stock, plans = phases_for(scenario, sut.name, args)
+    run = SystemRun(scenario=scenario, system=sut.label(), shards=getattr(sut, "shards", None))
+    await sut.seed(stock)
+    ids: set[str] = set()
+    max_rate: float | None = None
+    for plan in plans:
+        if plan.mode == "open":
+            if not max_rate:
+                continue
+            plan.rate = round(max_rate * float(plan.phase.split("@")[1]), 1)
+        result, phase_ids = await run_phase(sut, scenario, plan, work, f"r{n}{plan.phase.replace('@', '')}")
+        if plan.phase == "max":
+            max_rate = result.accepted_per_s
+        ids |= phase_ids
+        run.drained = await finish_phase(sut, result, DRAIN_TIMEOUT_S) and run.drained
+        await db_figures(sut, result)
+        run.phases.append(result)
+    run.invariants = await sut.invariants(ids, sum(stock.values()))
+    run.invariants.id_mismatch = sum((p.retry or {}).get("id_mismatch", 0) for p in run.phases)
+    return run
+
+
+def make_system(name: str, shards: int | None, root: Path, pg, nats) -> System:
+    if name == "flashsale":
+        return Flashsale(name, root, pg, nats, shards=shards or 1)
+    return Baseline(name, root, pg, nats)
+
+
+def write_outputs(result: RunResult, out_dir: Path) -> None:
+    result.headline = headline(result.runs)
+    (out_dir / "results.json").write_bytes(msgspec.json.format(msgspec.json.encode(result)))
+    made = plots.write_all(result.runs, out_dir)
+    report = render_report(result)
+    if made:
+        report += "\n## Plots\n\n" + "\n".join(f"![{m}]({m})" for m in made) + "\n"
+    (out_dir / "report.md").write_text(report)
+
+
+async def amain(args: argparse.Namespace) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(args.out) if args.out else RESULTS_DIR / stamp
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
+    work = root / "gen"
+    work.mkdir()
+    result = RunResult(
+        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        command="python -m bench " + shlex.join(sys.argv[1:]),
+        machine=machine_info(),
+        settings={
+            "postgres": "16 (pgserver wheel), fsync=on, synchronous_commit=on, full_page_writes=on, "
+                        "shared_buffers=256MB",
+            "nats": "JetStream file storage, sync_interval=always",
+            "generator": args.generator + ("" if args.generator == "wrk" else
+                                           " (wrk not installed: Python generator for closed loop)"),
+            "phase seconds": f"{args.duration_s:g}",
+            "closed-loop connections": str(args.connections),
+        },
+    )
+    if "flashsale" in args.systems and importlib.util.find_spec("ingest.__main__") is None:
+        result.notes.append("flashsale not runnable here (no `python -m ingest`): skipped")
+        args.systems = [s for s in args.systems if s != "flashsale"]
+    print(f"bench: servers under {root}, results in {out_dir}", file=sys.stderr)
+    nats = start_nats(root / "nats")
+    pg = start_postgres(root / "pg")
+    n = 0
+    try:
+        for scenario in args.scenarios:
+            for name, shards in plan_systems(scenario, args):
+                n += 1
+                sut = make_system(name, shards, root, pg, nats)
+                try:
+                    await sut.start()
+                    result.runs.append(await run_system(sut, scenario, args, work, n))
+                except Exception as e:  # one broken system must not lose the others' figures
+                    traceback.print_exc()
+                    result.notes.append(f"{scenario} {sut.label()} failed: {type(e).__name__}: {e}")
+                finally:
+                    await sut.close()
+                    sut.stop()
+                write_outputs(result, out_dir)  # after every system: a crash keeps what was measured
+    finally:
+        nats.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    write_outputs(result, out_dir)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import uvloop
+
+    uvloop.install()
+    started = time.monotonic()
+    out_dir = asyncio.run(amain(args))
+    print((out_dir / "report.md").read_text())
+    print(f"bench: done in {time.monotonic() - started:.0f}s -> {out_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The baselines flashsale is compared with, behind the same HTTP API (the parts the bench uses).
+
+- echo:    reads the request and answers 202 without doing anything: the HTTP limit of the box.
+- naive:   per request, one transaction: conditional `UPDATE ... SET sold = sold + qty WHERE
+           stock - sold >= qty` plus an order INSERT. What most shops write first.
+- rowlock: per request, one transaction: `SELECT ... FOR UPDATE`, then UPDATE and INSERT.
+
+naive and rowlock decide synchronously, so their POST answers 200 with the decided state (what
+flashsale answers to `Prefer: wait=N`). They use their own database and tables (`bench_skus`,
+`bench_orders`) on the same PostgreSQL server as flashsale, with the same durable settings
+(fsync=on, synchronous_commit=on): every 200 is a committed, fsynced transaction.
+
+An order id is derived from (user, Idempotency-Key) exactly as flashsale does, and is the primary
+key, so a retry never creates a second order: the INSERT conflicts and the transaction (with its
+stock change) is rolled back, and the existing order is answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Literal
+
+import asyncpg
+import msgspec
+import uvloop
+from aiohttp import web
+
+from proto.ids import new_idempotency_key, purchase_id
+
+Kind = Literal["echo", "naive", "rowlock"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bench_skus (
+    sku   text PRIMARY KEY,
+    stock integer NOT NULL CHECK (stock >= 0),
+    sold  integer NOT NULL DEFAULT 0 CHECK (sold >= 0)
+);
+CREATE TABLE IF NOT EXISTS bench_orders (
+    id             text PRIMARY KEY,
+    sku            text    NOT NULL,
+    user_id        text    NOT NULL,
+    qty            integer NOT NULL,
+    status         text    NOT NULL,
+    reason         text,
+    accepted_at_ms bigint  NOT NULL,
+    decided_at_ms  bigint  NOT NULL
+);
+"""
+# No CHECK (sold <= stock) on purpose: the baselines must be correct by their own logic, and the
+# bench's oversell check is what shows whether they are.
+
+POOL_MAX = 20  # bounded: 2 cores cannot use more concurrent transactions than this anyway
+
+
+class PurchaseBody(msgspec.Struct):
+    sku: str
+    qty: int
+    user_id: str
+
+
+class SkuBody(msgspec.Struct):
+    stock: int
+
+
+class Order(msgspec.Struct):
+    id: str
+    status: str
+    reason: str | None = None
+
+
+_decode_purchase = msgspec.json.Decoder(PurchaseBody).decode
+_decode_sku = msgspec.json.Decoder(SkuBody).decode
+_encode = msgspec.json.Encoder().encode
+_ECHO_BODY = _encode(Order("p_echo", "pending"))
+
+
+class _Duplicate(Exception):
+    """The order id exists: roll the whole transaction back and answer the existing order."""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def _problem(status: int, title: str) -> web.Response:
+    return web.Response(
+        body=_encode({"type": "about:blank", "title": title, "status": status}),
+        status=status, content_type="application/problem+json",
+    )
+
+
+class Baseline:
+    def __init__(self, kind: Kind, database_url: str | None) -> None:
+        self.kind = kind
+        self.database_url = database_url
+        self.pool: asyncpg.Pool | None = None
+        self.handled = 0  # requests answered, for the bench's live progress line
+
+    async def start(self, app: web.Application) -> None:
+        if self.kind == "echo":
+            return
+        assert self.database_url, "naive/rowlock need --database-url"
+        self.pool = await asyncpg.create_pool(self.database_url, min_size=POOL_MAX, max_size=POOL_MAX)
+        async with self.pool.acquire() as conn:
+            await conn.execute(SCHEMA)
+
+    async def stop(self, app: web.Application) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+
+    async def post_purchase(self, request: web.Request) -> web.Response:
+        self.handled += 1
+        raw = await request.read()
+        if self.kind == "echo":
+            return _json(_ECHO_BODY, 202)
+        try:
+            body = _decode_purchase(raw)
+        except msgspec.ValidationError as e:
+            return _problem(400, str(e))
+        if body.qty < 1:
+            return _problem(400, "qty must be >= 1")
+        key = request.headers.get("Idempotency-Key") or new_idempotency_key()
+        pid = purchase_id(body.user_id, key)
+        accepted = _now_ms()
+        assert self.pool is not None
+        async with self.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if self.kind == "naive":
+                        done = await conn.execute(
+                            "UPDATE bench_skus SET sold = sold + $2 WHERE sku = $1 AND stock - sold >= $2",
+                            body.sku, body.qty,
+                        )
+                        ok = done == "UPDATE 1"
+                    else:
+                        row = await conn.fetchrow(
+                            "SELECT stock, sold FROM bench_skus WHERE sku = $1 FOR UPDATE", body.sku
+                        )
+                        ok = row is not None and row["stock"] - row["sold"] >= body.qty
+                        if ok:
+                            await conn.execute(
+                                "UPDATE bench_skus SET sold = sold + $2 WHERE sku = $1", body.sku, body.qty
+                            )
+                    status, reason = ("confirmed", None) if ok else ("rejected", "sold_out")
+                    inserted = await conn.fetchval(
+                        "INSERT INTO bench_orders (id, sku, user_id, qty, status, reason, accepted_at_ms,"
+                        " decided_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (id) DO NOTHING"
+                        " RETURNING 1",
+                        pid, body.sku, body.user_id, body.qty, status, reason, accepted, _now_ms(),
+                    )
+                    if inserted is None:
+                        raise _Duplicate
+            except _Duplicate:
+                row = await conn.fetchrow("SELECT status, reason FROM bench_orders WHERE id = $1", pid)
+                status, reason = row["status"], row["reason"]
+        return _json(_encode(Order(pid, status, reason)), 200, {"Location": f"/v1/purchases/{pid}"})
+
+    async def get_purchase(self, request: web.Request) -> web.Response:
+        pid = request.match_info["id"]
+        if self.pool is None:
+            return _json(_encode(Order(pid, "pending")))
+        row = await self.pool.fetchrow("SELECT status, reason FROM bench_orders WHERE id = $1", pid)
+        if row is None:
+            return _problem(404, "no such purchase")
+        return _json(_encode(Order(pid, row["status"], row["reason"])))
+
+    async def put_sku(self, request: web.Request) -> web.Response:
+        # The baselines trust the bench: no admin token check (they only listen on loopback).
+        body = _decode_sku(await request.read())
+        if self.pool is not None:
+            await self.pool.execute(
+                "INSERT INTO bench_skus (sku, stock) VALUES ($1, $2)"
+                " ON CONFLICT (sku) DO UPDATE SET stock = EXCLUDED.stock",
+                request.match_info["sku"], body.stock,
+            )
+        return _json(b'{"ok":true}')
+
+    async def ready(self, request: web.Request) -> web.Response:
+        return _json(b'{"ready":true}')
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json(_encode({"handled": self.handled}))
+
+
+def make_app(kind: Kind, database_url: str | None) -> web.Application:
+    b = Baseline(kind, database_url)
+    app = web.Application(client_max_size=4096)
+    app.on_startup.append(b.start)
+    app.on_cleanup.append(b.stop)
+    app.router.add_post("/v1/purchases", b.post_purchase)
+    app.router.add_get("/v1/purchases/{id}", b.get_purchase)
+    app.router.add_put("/v1/admin/skus/{sku}", b.put_sku)
+    app.router.add_get("/readyz", b.ready)
+    app.router.add_get("/bench/stats", b.stats)
+    return app
+
+
+def main(kind: Kind) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m bench.baselines.{kind}")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    uvloop.install()
+    web.run_app(
+        make_app(kind, args.database_url), host=args.host, port=args.port,
+        access_log=None, print=None, backlog=4096,
+    )

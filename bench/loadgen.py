@@ -1,0 +1,306 @@
+"""The Python load generator: one process, raw asyncio streams over keep-alive connections.
+
+`python -m bench.loadgen SPEC_JSON OUT_PATH` runs one phase and writes a msgpack `GenResult` to
+OUT_PATH; it prints one JSON progress line per second on stdout for the harness's live line.
+The harness runs several of these side by side (one per core is the useful maximum) because one
+Python process cannot saturate an HTTP server on its own.
+
+Modes:
+- open:   fixed arrival rate; each request's latency counts from its *intended* send time, so a
+          stalled server cannot hide its stall by slowing the generator (no coordinated omission).
+- closed: N connections, each sends its next request as soon as the last one is answered.
+- retry:  closed loop of buyers that give up after a short timeout and retry with the same
+          Idempotency-Key on a fresh connection (the retry storm).
+
+Why not aiohttp's client: its per-request overhead is several times that of a pre-encoded
+request written to a stream, and the generator must not be the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import resource
+import sys
+import time
+from typing import Literal
+
+import msgspec
+import uvloop
+
+# uvloop's loop.time() has millisecond resolution: latencies need the perf counter.
+now = time.perf_counter
+
+Mode = Literal["open", "closed", "retry"]
+ACCEPTED = (200, 201, 202)
+DECIDED = frozenset({"reserved", "confirmed", "rejected", "expired", "cancelled"})
+
+
+class GenSpec(msgspec.Struct, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int
+    mode: Mode
+    duration_s: float
+    start_at: float  # epoch seconds: every process of a phase starts at the same instant
+    tag: str  # user-id prefix, unique per process and phase: one buyer per logical purchase
+    skus: list[str]
+    rate: float = 0.0  # open loop, requests/s for this process
+    concurrency: int = 64  # closed/retry: connections; open: most connections in flight
+    wait_every: int = 0  # every Nth request carries `Prefer: wait=wait_s` (0 = none)
+    wait_s: int = 5
+    timeout_s: float = 10.0  # per request; past this it counts as an error (open/closed)
+    retry_timeout_s: float = 0.05  # retry mode: the impatient buyer's timeout
+    retry_attempts: int = 5
+
+
+class GenResult(msgspec.Struct):
+    sent: int = 0
+    accept_ms: list[float] = []  # POST -> 2xx, for requests without Prefer: wait
+    decision_ms: list[float] = []  # POST -> decided state in the answer
+    undecided: int = 0  # Prefer: wait requests still pending when answered
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    accepted_ids: list[str] = []
+    per_second: list[int] = []  # 2xx answers per second since start
+    lag_ms: list[float] = []  # how late requests went out vs their intended time (open loop)
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    # retry mode
+    logical: int = 0
+    retries: int = 0
+    gave_up: int = 0
+    id_mismatch: int = 0  # one key answered with two different ids: a duplicate
+
+
+class _Answer(msgspec.Struct):
+    id: str | None = None
+    status: str | None = None
+
+
+_decode_answer = msgspec.json.Decoder(_Answer).decode
+
+
+class HttpConn:
+    """One HTTP/1.1 keep-alive connection; one request at a time."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(data)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        i = lower.find(b"\r\ncontent-length:")
+        if i >= 0:
+            j = lower.index(b"\r\n", i + 2)
+            body = await self.reader.readexactly(int(lower[i + 17 : j]))
+        elif b"transfer-encoding: chunked" in lower:
+            body = await self._read_chunked()
+        else:
+            body = b""
+        if b"connection: close" in lower:
+            self.close()
+        return status, body
+
+    async def _read_chunked(self) -> bytes:
+        assert self.reader is not None
+        parts = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await self.reader.readuntil(b"\r\n")
+                return b"".join(parts)
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
+
+
+class Generator:
+    def __init__(self, spec: GenSpec) -> None:
+        self.spec = spec
+        self.result = GenResult()
+        self.window: list[float] = []  # latencies of the current second, for the progress line
+        self.window_errors = 0
+        self.t0 = 0.0
+        host = f"{spec.host}:{spec.port}".encode()
+        self._head = (
+            b"POST /v1/purchases HTTP/1.1\r\nHost: " + host + b"\r\nContent-Type: application/json\r\n"
+        )
+        self._prefer = b"Prefer: wait=%d\r\n" % spec.wait_s
+        self._skus = [s.encode() for s in spec.skus]
+        self._tag = spec.tag.encode()
+
+    def build(self, n: int, wait: bool) -> bytes:
+        """Request n: user `<tag>-n` with key `k<n>`; the SKU cycles through the list."""
+        body = b'{"sku":"%s","qty":1,"user_id":"%s-%d"}' % (self._skus[n % len(self._skus)], self._tag, n)
+        return b"%sIdempotency-Key: k%d\r\n%sContent-Length: %d\r\n\r\n%s" % (
+            self._head, n, self._prefer if wait else b"", len(body), body,
+        )
+
+    def _count(self, table: dict[str, int], key: str) -> None:
+        table[key] = table.get(key, 0) + 1
+
+    def _record(self, status: int, body: bytes, latency_ms: float, wait: bool) -> _Answer | None:
+        r = self.result
+        self._count(r.statuses, str(status))
+        self.window.append(latency_ms)
+        if status not in ACCEPTED:
+            self.window_errors += 1
+            return None
+        second = int(now() - self.t0)
+        if second >= 0:
+            while len(r.per_second) <= second:
+                r.per_second.append(0)
+            r.per_second[second] += 1
+        answer = _decode_answer(body) if body else _Answer()
+        if answer.id:
+            r.accepted_ids.append(answer.id)
+        if not wait:
+            r.accept_ms.append(latency_ms)
+        if answer.status in DECIDED:
+            r.decision_ms.append(latency_ms)
+        elif wait:
+            r.undecided += 1
+        return answer
+
+    def _error(self, kind: str) -> None:
+        self._count(self.result.errors, kind)
+        self.window_errors += 1
+
+    async def _send(self, conn: HttpConn, data: bytes, timeout_s: float) -> tuple[int, bytes] | None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await conn.request(data)
+        except TimeoutError:
+            conn.close()
+            self._error("timeout")
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            conn.close()
+            self._error(type(e).__name__)
+        return None
+
+    async def open_worker(self, counter: itertools.count) -> None:
+        spec, conn = self.spec, HttpConn(self.spec.host, self.spec.port)
+        end = self.t0 + spec.duration_s
+        while True:
+            n = next(counter)
+            due = self.t0 + n / spec.rate
+            if due >= end:
+                break
+            delay = due - now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.result.lag_ms.append((now() - due) * 1000)
+            wait = spec.wait_every > 0 and n % spec.wait_every == 0
+            self.result.sent += 1
+            got = await self._send(conn, self.build(n, wait), spec.timeout_s)
+            if got is not None:
+                self._record(got[0], got[1], (now() - due) * 1000, wait)
+        conn.close()
+
+    async def closed_worker(self, counter: itertools.count) -> None:
+        spec, conn = self.spec, HttpConn(self.spec.host, self.spec.port)
+        end = self.t0 + spec.duration_s
+        while now() < end:
+            n = next(counter)
+            wait = spec.wait_every > 0 and n % spec.wait_every == 0
+            self.result.sent += 1
+            start = now()
+            got = await self._send(conn, self.build(n, wait), spec.timeout_s)
+            if got is not None:
+                self._record(got[0], got[1], (now() - start) * 1000, wait)
+        conn.close()
+
+    async def retry_worker(self, counter: itertools.count) -> None:
+        """Each logical purchase: send with a short timeout; on timeout, 429 or 503, resend the
+        very same request (same user, same key) on a fresh connection, up to retry_attempts."""
+        spec, r = self.spec, self.result
+        conn = HttpConn(spec.host, spec.port)
+        end = self.t0 + spec.duration_s
+        while now() < end:
+            n = next(counter)
+            data = self.build(n, True)
+            r.logical += 1
+            first = now()
+            ids: set[str] = set()
+            done = False
+            for attempt in range(spec.retry_attempts):
+                if attempt:
+                    r.retries += 1
+                r.sent += 1
+                got = await self._send(conn, data, spec.retry_timeout_s)
+                if got is None:
+                    continue
+                answer = self._record(got[0], got[1], (now() - first) * 1000, True)
+                if answer is None:
+                    await asyncio.sleep(0.01)  # overload answer: back off a little, then retry
+                    continue
+                if answer.id:
+                    ids.add(answer.id)
+                done = True
+                break
+            if not done:
+                r.gave_up += 1
+            if len(ids) > 1:
+                r.id_mismatch += 1
+        conn.close()
+
+    async def progress(self) -> None:
+        """One JSON line per second: answers, errors and p99 of the last second."""
+        last_sent = 0
+        while True:
+            await asyncio.sleep(1.0)
+            w = sorted(self.window)
+            p99 = w[max(0, int(len(w) * 0.99) - 1)] if w else None
+            line = {"n": len(w), "sent": self.result.sent - last_sent, "err": self.window_errors, "p99": p99}
+            last_sent = self.result.sent
+            self.window, self.window_errors = [], 0
+            print(json.dumps(line), flush=True)
+
+    async def run(self) -> GenResult:
+        spec = self.spec
+        self.t0 = now() + max(0.0, spec.start_at - time.time())
+        await asyncio.sleep(max(0.0, self.t0 - now()))
+        counter = itertools.count()
+        if spec.mode == "open":
+            # Enough connections for the rate at up to ~1 s latency, within the bound: past that
+            # requests go out late, and their latency still counts from the intended time.
+            workers = max(8, min(spec.concurrency, int(spec.rate) + 8))
+            job = self.open_worker
+        else:
+            workers = spec.concurrency
+            job = self.closed_worker if spec.mode == "closed" else self.retry_worker
+        ticker = asyncio.create_task(self.progress())
+        await asyncio.gather(*(job(counter) for _ in range(workers)))
+        ticker.cancel()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.result.cpu_s = usage.ru_utime + usage.ru_stime
+        self.result.wall_s = now() - self.t0
+        return self.result
+
+
+async def _main(spec: GenSpec, out_path: str) -> None:
+    result = await Generator(spec).run()
+    with open(out_path, "wb") as f:
+        f.write(msgspec.msgpack.encode(result))
+
+
+def main() -> None:
+    spec = msgspec.json.decode(sys.argv[1].encode(), type=GenSpec)
+    uvloop.install()
+    asyncio.run(_main(spec, sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Runs the phases of a scenario against one system and measures them.
+
+A phase is one stretch of load: `max` (closed loop, to find the maximum), `open@F` (open loop at
+F x that maximum, latency from the intended send time) or `retry` (the retry storm). While a
+phase runs, a live line on stderr shows the answer rate, p99, errors and the backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from bench.loadgen import GenResult, GenSpec
+from bench.stats import LatencySummary, summarize
+from bench.systems import Invariants, System, cpu_seconds
+
+WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "purchases.lua"
+GEN_PROCESSES = 2  # one per core: more Python processes only fight over the same two cores
+
+
+class PhaseResult(msgspec.Struct, kw_only=True):
+    scenario: str
+    system: str
+    phase: str  # max | open@0.8 | retry ...
+    mode: str  # closed | open | retry
+    generator: str  # wrk | python
+    duration_s: float
+    started_ms: int = 0
+    ended_ms: int = 0
+    offered_rate: float | None = None
+    accepted_per_s: float = 0.0
+    decisions_per_s: float | None = None
+    accept: LatencySummary = msgspec.field(default_factory=LatencySummary)
+    decision: LatencySummary = msgspec.field(default_factory=LatencySummary)
+    decision_db: LatencySummary = msgspec.field(default_factory=LatencySummary)
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    cpu_pct: dict[str, float] = {}  # % of one core over the load window
+    gen_lag_p99_ms: float | None = None
+    accepted_per_second: list[int] = []
+    decided_per_second: list[int] = []
+    retry: dict[str, int] | None = None
+    notes: list[str] = []
+
+
+class SystemRun(msgspec.Struct, kw_only=True):
+    scenario: str
+    system: str
+    shards: int | None = None
+    phases: list[PhaseResult] = []
+    invariants: Invariants = msgspec.field(default_factory=Invariants)
+    drained: bool = True
+
+
+@dataclass
+class Live:
+    """What the progress line shows; fed by the generators' per-second lines."""
+
+    label: str
+    gen_lines: dict[int, dict] = field(default_factory=dict)
+
+    def update(self, idx: int, line: dict) -> None:
+        self.gen_lines[idx] = line
+
+
+async def _pump(idx: int, stream: asyncio.StreamReader, live: Live, sink: list[str]) -> None:
+    while True:
+        raw = await stream.readline()
+        if not raw:
+            return
+        text = raw.decode(errors="replace").strip()
+        if text.startswith("{"):
+            try:
+                live.update(idx, json.loads(text))
+                continue
+            except ValueError:
+                pass
+        sink.append(text)
+
+
+async def _progress(sut: System, live: Live, started: float) -> None:
+    last_count, last_t = None, time.monotonic()
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            count, backlog = await sut.live()
+        except Exception:  # the live line is best effort; the phase's figures come from elsewhere
+            count, backlog = None, None
+        t = time.monotonic()
+        rate = None if count is None or last_count is None else (count - last_count) / (t - last_t)
+        last_count, last_t = count, t
+        p99s = [l["p99"] for l in live.gen_lines.values() if l.get("p99") is not None]
+        errs = sum(l.get("err", 0) for l in live.gen_lines.values())
+        print(
+            f"\r\x1b[K{live.label} t={t - started:4.0f}s rate={_fmt(rate)}/s "
+            f"p99={_fmt(max(p99s) if p99s else None, 1)}ms errors={errs}/s backlog={_fmt(backlog)}",
+            end="", file=sys.stderr, flush=True,
+        )
+
+
+def _fmt(v: float | None, digits: int = 0) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+async def _spawn_gen(spec: GenSpec, out: Path, idx: int, live: Live, sink: list[str]) -> tuple[asyncio.subprocess.Process, asyncio.Task]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.loadgen", msgspec.json.encode(spec).decode(), str(out),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    return proc, asyncio.create_task(_pump(idx, proc.stdout, live, sink))
+
+
+async def _spawn_wrk(sut: System, tag: str, skus: list[str], duration_s: float, connections: int,
+                     start_at: float) -> asyncio.subprocess.Process:
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    return await asyncio.create_subprocess_exec(
+        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
+        "-s", str(WRK_SCRIPT), sut.base_url, "--", tag, ",".join(skus),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def _children_cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def _self_cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+@dataclass
+class PhasePlan:
+    phase: str
+    mode: str  # closed | open | retry
+    skus: list[str]
+    duration_s: float
+    rate: float | None = None  # open loop, total over all generator processes
+    connections: int = 64  # closed loop / retry: total
+    wait_every: int = 10  # open loop: every Nth request waits for its decision
+    sampler_rate: float = 0.0  # closed loop: decision-latency sampler beside the load
+    use_wrk: bool = True
+    retry_timeout_s: float = 0.05
+
+
+async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
+                    tag: str) -> tuple[PhaseResult, set[str]]:
+    label = f"[{scenario} {sut.label()} {plan.phase}]"
+    live = Live(label)
+    sink: list[str] = []
+    groups = sut.cpu_groups()
+    cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    children_before, self_before = _children_cpu(), _self_cpu()
+    start_at = time.time() + 0.3
+    start_ms = int(start_at * 1000)
+    generator = "wrk" if plan.mode == "closed" and plan.use_wrk else "python"
+    gens: list[tuple[asyncio.subprocess.Process, asyncio.Task, Path]] = []
+    wrk_proc = None
+
+    def spec(i: int, **kw: object) -> GenSpec:
+        return GenSpec(port=sut.port, duration_s=plan.duration_s, start_at=start_at,
+                       tag=f"{tag}-{i}", skus=plan.skus, **kw)  # type: ignore[arg-type]
+
+    specs: list[GenSpec] = []
+    if plan.mode == "open":
+        assert plan.rate
+        specs = [spec(i, mode="open", rate=plan.rate / GEN_PROCESSES, concurrency=1000,
+                      wait_every=plan.wait_every) for i in range(GEN_PROCESSES)]
+    elif plan.mode == "retry":
+        specs = [spec(i, mode="retry", concurrency=plan.connections // GEN_PROCESSES, wait_s=1,
+                      retry_timeout_s=plan.retry_timeout_s) for i in range(GEN_PROCESSES)]
+    elif generator == "python":
+        specs = [spec(i, mode="closed", concurrency=plan.connections // GEN_PROCESSES)
+                 for i in range(GEN_PROCESSES)]
+    if plan.mode == "closed" and plan.sampler_rate > 0:
+        # The sampler: a trickle of buyers who wait for their decision, beside the full load.
+        specs.append(spec(len(specs), mode="open", rate=plan.sampler_rate, concurrency=200, wait_every=1))
+    for i, s in enumerate(specs):
+        out = work_dir / f"{tag}-{i}.gen"
+        proc, pump = await _spawn_gen(s, out, i, live, sink)
+        gens.append((proc, pump, out))
+    if generator == "wrk":
+        wrk_proc = await _spawn_wrk(sut, f"{tag}-w", plan.skus, plan.duration_s, plan.connections, start_at)
+        groups["wrk"] = [wrk_proc.pid]
+
+    progress = asyncio.create_task(_progress(sut, live, time.monotonic()))
+    wrk_out = b""
+    try:
+        if wrk_proc is not None:
+            wrk_out, _ = await wrk_proc.communicate()
+        for proc, pump, _ in gens:
+            await proc.wait()
+            await pump
+    finally:
+        progress.cancel()
+        print(file=sys.stderr)
+    end_ms = int(time.time() * 1000)
+    wall = max(0.001, (end_ms - start_ms) / 1000)
+    cpu_after = {name: cpu_seconds(pids) for name, pids in groups.items() if name != "wrk"}
+    cpu = {n: round(100 * (cpu_after[n] - cpu_before[n]) / wall, 1) for n in cpu_after}
+    cpu["generator"] = round(100 * (_children_cpu() - children_before) / wall, 1)
+    cpu["bench harness"] = round(100 * (_self_cpu() - self_before) / wall, 1)
+
+    result = PhaseResult(scenario=scenario, system=sut.label(), phase=plan.phase, mode=plan.mode,
+                         generator=generator, duration_s=plan.duration_s, offered_rate=plan.rate,
+                         cpu_pct=cpu, started_ms=start_ms, ended_ms=end_ms)
+    ids: set[str] = set()
+    accept_ms: list[float] = []
+    decision_ms: list[float] = []
+    lag_ms: list[float] = []
+    per_second: list[int] = []
+    ok = 0
+    retry = {"logical": 0, "retries": 0, "gave_up": 0, "id_mismatch": 0}
+    for proc, _, out in gens:
+        if proc.returncode != 0 or not out.exists():
+            result.notes.append(f"generator failed: {' | '.join(sink[-5:])}")
+            continue
+        g = msgspec.msgpack.decode(out.read_bytes(), type=GenResult)
+        _merge(result.statuses, g.statuses)
+        _merge(result.errors, g.errors)
+        ids.update(g.accepted_ids)
+        accept_ms += g.accept_ms
+        decision_ms += g.decision_ms
+        lag_ms += g.lag_ms
+        ok += sum(n for code, n in g.statuses.items() if code.startswith("2"))
+        per_second = _add_lists(per_second, g.per_second)
+        for k in retry:
+            retry[k] += getattr(g, k)
+        if g.undecided:
+            result.errors["undecided_after_wait"] = result.errors.get("undecided_after_wait", 0) + g.undecided
+    result.accept = summarize(accept_ms)
+    result.decision = summarize(decision_ms)
+    if lag_ms:
+        result.gen_lag_p99_ms = summarize(lag_ms).p99
+    if plan.mode == "retry":
+        result.retry = retry
+    if wrk_proc is not None:
+        w = _parse_wrk(wrk_out)
+        if w is None:
+            result.notes.append("wrk gave no result: " + wrk_out.decode(errors="replace")[-300:])
+        else:
+            _merge(result.statuses, {str(k): v for k, v in w["statuses"].items()})
+            for k, v in w["errors"].items():
+                if v and k != "status":  # "status" = non-2xx answers, already in statuses
+                    result.errors[k] = result.errors.get(k, 0) + v
+            ids.update(i for i in w["ids"] if i != "p_echo")
+            ok += sum(n for code, n in w["statuses"].items() if str(code).startswith("2"))
+            lat = w["latency_us"]
+            # wrk's latencies are closed-loop (coordinated omission applies): POST -> answer.
+            result.accept = LatencySummary(count=w["requests"], p50=lat["p50"] / 1000,
+                                           p95=lat["p95"] / 1000, p99=lat["p99"] / 1000,
+                                           max=lat["max"] / 1000, mean=lat["mean"] / 1000)
+            secs = sorted((int(k), v) for k, v in w["seconds"].items())
+            if secs:
+                first = secs[0][0]
+                wrk_ps = [0] * (secs[-1][0] - first + 1)
+                for s, v in secs:
+                    wrk_ps[s - first] += v
+                per_second = _add_lists(per_second, wrk_ps)
+    result.accepted_per_s = round(ok / plan.duration_s, 1)
+    result.accepted_per_second = per_second
+    return result, ids
+
+
+def _merge(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+def _add_lists(a: list[int], b: list[int]) -> list[int]:
+    out = [0] * max(len(a), len(b))
+    for i, v in enumerate(a):
+        out[i] += v
+    for i, v in enumerate(b):
+        out[i] += v
+    return out
+
+
+def _parse_wrk(out: bytes) -> dict | None:
+    for line in out.decode(errors="replace").splitlines():
+        if line.startswith("WRK_JSON "):
+            return json.loads(line[len("WRK_JSON "):])
+    return None
+
+
+async def finish_phase(sut: System, result: PhaseResult, drain_timeout_s: float) -> bool:
+    """After the load: wait for the backlog, then take decisions and their latency from the DB."""
+    drained = await sut.drain(drain_timeout_s)
+    if not drained:
+        result.notes.append(f"backlog not drained within {drain_timeout_s:.0f}s")
+    return drained
+
+
+async def db_figures(sut: System, result: PhaseResult) -> None:
+    start_ms, end_ms = result.started_ms, result.ended_ms
+    decided, lat, per_s = await sut.decisions_between(start_ms, end_ms)
+    if decided or lat:
+        result.decisions_per_s = round(decided / max(0.001, (end_ms - start_ms) / 1000), 1)
+        result.decision_db = summarize(lat)
+        result.decided_per_second = per_s

@@ -1,0 +1,371 @@
+"""The systems under test, started as real processes against one embedded NATS + PostgreSQL.
+
+Each `System` owns a fresh database (and, for flashsale, a fresh NATS namespace) so runs never
+see each other's rows; all share the same servers and so the same durable settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import msgspec
+import psutil
+
+from config.settings import Settings, load
+from flashsale import procs
+from flashsale.db import apply_schema, ensure_database
+from flashsale.embedded import Embedded, free_port
+
+FINAL_OR_RESERVED = ["reserved", "confirmed", "rejected", "expired", "cancelled"]
+_run_numbers = itertools.count(1)
+
+
+class Invariants(msgspec.Struct):
+    """All must be 0. See docs/benchmarks.md for exactly what each one counts."""
+
+    oversold_skus: int = 0  # SKUs whose committed counters or orders exceed their stock
+    duplicate_orders: int = 0  # extra rows for one buyer (each buyer makes one logical purchase)
+    lost: int = 0  # ids answered 2xx with no final (or reserved) row after the drain
+    id_mismatch: int = 0  # one (user, key) answered with two different ids (retry storm)
+    accepted_ids: int = 0  # distinct ids answered 2xx (what `lost` was checked against)
+    rows: int = 0  # order rows in the database
+    sold: int = 0  # units confirmed or reserved
+    stock: int = 0  # units offered
+
+
+@dataclass
+class System:
+    """Base: one system under test. Subclasses start their processes and know their tables."""
+
+    name: str
+    root: Path
+    postgres: Embedded
+    nats: Embedded
+    port: int = 0
+    database_url: str = ""
+    processes: list[procs.Process] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def label(self) -> str:
+        return self.name
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        for p in reversed(self.processes):
+            p.stop()
+
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """Process name -> pids whose CPU (with their children) is charged to that name."""
+        groups = {p.name: [p.proc.pid] for p in self.processes if p.proc is not None}
+        groups["postgres"] = [self.postgres.proc.pid]
+        groups["nats-server"] = [self.nats.proc.pid]
+        return groups
+
+    async def close(self) -> None:
+        """Close the harness's own connections to the system (before stop())."""
+
+    async def seed(self, stock_by_sku: dict[str, int]) -> None:
+        raise NotImplementedError
+
+    async def live(self) -> tuple[int, int | None]:
+        """(answers so far, backlog of undecided intents) for the live progress line."""
+        raise NotImplementedError
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until everything accepted is decided. Baselines decide synchronously."""
+        return True
+
+    async def invariants(self, accepted_ids: set[str], stock: int) -> Invariants:
+        raise NotImplementedError
+
+    async def decisions_between(self, start_ms: int, end_ms: int) -> tuple[int, list[float], list[int]]:
+        """(decisions decided in the window, decided-accepted latencies of those accepted in it,
+        decisions per second) from the database's own timestamps."""
+        return 0, [], []
+
+
+async def _new_database(postgres: Embedded, name: str) -> str:
+    url = postgres.url.rpartition("/")[0] + "/" + name
+    await ensure_database(url)
+    return url
+
+
+async def _http_put_all(base_url: str, stock_by_sku: dict[str, int], headers: dict[str, str],
+                        body_extra: dict[str, object]) -> None:
+    """PUT every SKU, 32 at a time (bounded: the admin path is not what is measured)."""
+    sem = asyncio.Semaphore(32)
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async def put(sku: str, stock: int) -> None:
+            async with sem:
+                for attempt in range(20):
+                    async with http.put(f"{base_url}/v1/admin/skus/{sku}",
+                                        json={"stock": stock, **body_extra}) as r:
+                        if r.status < 300:
+                            return
+                        text = await r.text()
+                    await asyncio.sleep(0.1 * (attempt + 1))
+                raise RuntimeError(f"seeding {sku} failed: {r.status} {text[:300]}")
+        await asyncio.gather(*(put(s, n) for s, n in stock_by_sku.items()))
+
+
+async def _wait_ready(p: procs.Process, url: str, timeout_s: float = 60.0) -> None:
+    await asyncio.to_thread(p.wait_http_ok, url, timeout_s)
+
+
+@dataclass
+class Baseline(System):
+    """echo, naive or rowlock: `python -m bench.baselines.<name>`."""
+
+    _http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self.port = free_port()
+        args = ["--port", str(self.port)]
+        if self.name != "echo":
+            self.database_url = await _new_database(self.postgres, f"bench_{self.name}_{next(_run_numbers)}")
+            args += ["--database-url", self.database_url]
+        log_dir = self.root / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        p = procs.Process(self.name, [sys.executable, "-m", f"bench.baselines.{self.name}", *args],
+                          dict(os.environ), log_dir / f"{self.name}.log").start()
+        self.processes.append(p)
+        await _wait_ready(p, f"{self.base_url}/readyz")
+        self._http = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    async def seed(self, stock_by_sku: dict[str, int]) -> None:
+        if self.name == "echo":
+            return
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            await conn.executemany(
+                "INSERT INTO bench_skus (sku, stock) VALUES ($1, $2)"
+                " ON CONFLICT (sku) DO UPDATE SET stock = EXCLUDED.stock",
+                list(stock_by_sku.items()),
+            )
+        finally:
+            await conn.close()
+
+    async def live(self) -> tuple[int, int | None]:
+        assert self._http is not None
+        async with self._http.get(f"{self.base_url}/bench/stats") as r:
+            return (await r.json())["handled"], 0
+
+    async def invariants(self, accepted_ids: set[str], stock: int) -> Invariants:
+        if self.name == "echo":
+            return Invariants(accepted_ids=len(accepted_ids))
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return await _check(conn, accepted_ids, stock, "bench_skus", "bench_orders",
+                                "s.sold > s.stock", "s.sold")
+        finally:
+            await conn.close()
+
+    async def decisions_between(self, start_ms: int, end_ms: int) -> tuple[int, list[float], list[int]]:
+        if self.name == "echo":
+            return 0, [], []
+        return await _decisions(self.database_url, "bench_orders", start_ms, end_ms)
+
+
+@dataclass
+class Flashsale(System):
+    """ingest + one committer per shard (`python -m ingest`, `python -m committer --shard N`)."""
+
+    shards: int = 2
+    settings: Settings | None = None
+    _nc: object = None
+
+    def label(self) -> str:
+        return f"flashsale/{self.shards}sh"
+
+    async def start(self) -> None:
+        n = next(_run_numbers)
+        self.database_url = await _new_database(self.postgres, f"bench_fs_{n}")
+        await apply_schema(self.database_url)
+        self.port = free_port()
+        self.settings = s = load(
+            env={}, file=None, nats_url=self.nats.url, database_url=self.database_url,
+            namespace=f"b{n}", shards=self.shards, ingest_port=self.port,
+            committer_metrics_port=free_port_block(self.shards), data_dir=str(self.root / f"fs{n}"),
+            log_level="WARNING",
+        )
+        log_dir = self.root / "logs" / f"fs{n}"
+        for shard in range(self.shards):
+            self.processes.append(procs.committer(s, shard, log_dir).start())
+        for shard in range(self.shards):
+            await _wait_ready(self.processes[shard], procs.committer_ready_url(s, shard))
+        ingest = procs.ingest(s, log_dir).start()
+        self.processes.append(ingest)
+        await _wait_ready(ingest, procs.ingest_ready_url(s))
+        import nats
+
+        self._nc = await nats.connect(self.nats.url)
+        self._js = self._nc.jetstream()
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+    async def seed(self, stock_by_sku: dict[str, int]) -> None:
+        assert self.settings is not None
+        await _http_put_all(self.base_url, stock_by_sku,
+                            {"Authorization": f"Bearer {self.settings.admin_token}"}, {"payment": "none"})
+        # The PUT may answer before the committer has written the SKU: wait for the rows.
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                have = await conn.fetchval(
+                    "SELECT count(*) FROM skus WHERE sku = ANY($1::text[])", list(stock_by_sku))
+                if have == len(stock_by_sku):
+                    return
+                await asyncio.sleep(0.1)
+            raise TimeoutError(f"only {have}/{len(stock_by_sku)} SKUs reached Postgres")
+        finally:
+            await conn.close()
+
+    async def live(self) -> tuple[int, int | None]:
+        assert self.settings is not None
+        names = self.settings.names
+        accepted = (await self._js.stream_info(names.intents_stream)).state.messages
+        return accepted, await self.backlog()
+
+    async def backlog(self) -> int | None:
+        """Intents published but not yet acked by their committer (JetStream's own count)."""
+        assert self.settings is not None
+        names = self.settings.names
+        total = 0
+        try:
+            for shard in range(self.shards):
+                info = await self._js.consumer_info(names.intents_stream, names.committer_durable(shard))
+                total += info.num_pending + info.num_ack_pending
+        except Exception:  # another consumer naming: the live line shows "?" instead
+            return None
+        return total
+
+    async def drain(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            last, stable_since = -1, time.monotonic()
+            while time.monotonic() < deadline:
+                backlog = await self.backlog()
+                rows = await conn.fetchval("SELECT count(*) FROM purchases")
+                if rows != last:
+                    last, stable_since = rows, time.monotonic()
+                if backlog == 0 or (backlog is None and time.monotonic() - stable_since > 2):
+                    return True
+                await asyncio.sleep(0.2)
+            return False
+        finally:
+            await conn.close()
+
+    async def invariants(self, accepted_ids: set[str], stock: int) -> Invariants:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return await _check(conn, accepted_ids, stock, "skus", "purchases",
+                                "s.reserved + s.sold > s.stock", "s.reserved + s.sold")
+        finally:
+            await conn.close()
+
+    async def decisions_between(self, start_ms: int, end_ms: int) -> tuple[int, list[float], list[int]]:
+        return await _decisions(self.database_url, "purchases", start_ms, end_ms)
+
+
+def free_port_block(n: int) -> int:
+    """A base port such that base..base+n-1 are free now (committer metrics ports)."""
+    import socket
+
+    for _ in range(100):
+        base = free_port()
+        ok = True
+        for p in range(base, base + n):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+async def _check(conn: asyncpg.Connection, accepted_ids: set[str], stock: int, skus: str,
+                 orders: str, oversold_cond: str, sold_expr: str) -> Invariants:
+    inv = Invariants(accepted_ids=len(accepted_ids), stock=stock)
+    counters = await conn.fetchval(f"SELECT count(*) FROM {skus} s WHERE {oversold_cond}")
+    by_orders = await conn.fetchval(
+        f"SELECT count(*) FROM (SELECT o.sku FROM {orders} o JOIN {skus} s USING (sku)"
+        " WHERE o.status IN ('confirmed', 'reserved') GROUP BY o.sku, s.stock"
+        " HAVING sum(o.qty) > s.stock) x"
+    )
+    inv.oversold_skus = counters + by_orders
+    # Every logical purchase the bench makes has its own buyer: two rows for one buyer means one
+    # click became two orders.
+    inv.duplicate_orders = await conn.fetchval(
+        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) n FROM {orders}"
+        " GROUP BY user_id HAVING count(*) > 1) x"
+    )
+    inv.lost = await conn.fetchval(
+        f"SELECT count(*) FROM unnest($1::text[]) a(id) LEFT JOIN {orders} o USING (id)"
+        " WHERE o.id IS NULL OR o.status <> ALL($2::text[])",
+        list(accepted_ids), FINAL_OR_RESERVED,
+    )
+    inv.rows = await conn.fetchval(f"SELECT count(*) FROM {orders}")
+    inv.sold = await conn.fetchval(f"SELECT coalesce(sum({sold_expr}), 0) FROM {skus} s")
+    return inv
+
+
+async def _decisions(url: str, orders: str, start_ms: int, end_ms: int) -> tuple[int, list[float], list[int]]:
+    conn = await asyncpg.connect(url)
+    try:
+        decided = await conn.fetchval(
+            f"SELECT count(*) FROM {orders} WHERE decided_at_ms >= $1 AND decided_at_ms < $2",
+            start_ms, end_ms)
+        lat = await conn.fetch(
+            f"SELECT decided_at_ms - accepted_at_ms AS d FROM {orders}"
+            " WHERE accepted_at_ms >= $1 AND accepted_at_ms < $2", start_ms, end_ms)
+        secs = await conn.fetch(
+            f"SELECT (decided_at_ms - $1) / 1000 AS s, count(*) AS n FROM {orders}"
+            " WHERE decided_at_ms >= $1 AND decided_at_ms < $2 GROUP BY 1 ORDER BY 1", start_ms, end_ms)
+        per_s = [0] * max(1, (end_ms - start_ms + 999) // 1000)
+        for r in secs:
+            if 0 <= r["s"] < len(per_s):
+                per_s[r["s"]] += r["n"]
+        return decided, [float(r["d"]) for r in lat], per_s
+    finally:
+        await conn.close()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU (user + system) of these processes and their live children, in seconds."""
+    total = 0.0
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            for q in [p, *p.children(recursive=True)]:
+                try:
+                    t = q.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+    return total

@@ -1,0 +1,62 @@
+-- wrk script: POST /v1/purchases with a unique buyer and Idempotency-Key per request.
+-- Arguments (after `--`): tag, comma-separated SKUs.
+-- Every thread keeps the ids of the purchases answered 2xx (for the bench's "lost" check), the
+-- count of answers per status and per second; done() prints one JSON object for the harness.
+
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  tag = args[1]
+  skus = {}
+  for s in string.gmatch(args[2], "[^,]+") do table.insert(skus, s) end
+  n = 0
+  statuses = {}
+  ids = {}
+  seconds = {}
+end
+
+function request()
+  n = n + 1
+  local sku = skus[(n % #skus) + 1]
+  local body = '{"sku":"' .. sku .. '","qty":1,"user_id":"' .. tag .. "-" .. tid .. "-" .. n .. '"}'
+  return wrk.format("POST", "/v1/purchases",
+    {["Content-Type"] = "application/json", ["Idempotency-Key"] = "k" .. n}, body)
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if status >= 200 and status < 300 then
+    local s = os.time()
+    seconds[s] = (seconds[s] or 0) + 1
+    local id = string.match(body, '"id":%s*"([^"]+)"')
+    if id then ids[#ids + 1] = id end
+  end
+end
+
+local function json_counts(t)
+  local parts = {}
+  for k, v in pairs(t) do parts[#parts + 1] = '"' .. tostring(k) .. '":' .. v end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+
+function done(summary, latency, requests)
+  local st, secs, all_ids = {}, {}, {}
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do st[k] = (st[k] or 0) + v end
+    for k, v in pairs(t:get("seconds")) do secs[k] = (secs[k] or 0) + v end
+    for _, id in ipairs(t:get("ids")) do all_ids[#all_ids + 1] = '"' .. id .. '"' end
+  end
+  local e = summary.errors
+  io.write('WRK_JSON {"requests":', summary.requests, ',"duration_us":', summary.duration,
+    ',"errors":{"connect":', e.connect, ',"read":', e.read, ',"write":', e.write,
+    ',"timeout":', e.timeout, ',"status":', e.status, '}',
+    ',"latency_us":{"p50":', latency:percentile(50), ',"p95":', latency:percentile(95),
+    ',"p99":', latency:percentile(99), ',"max":', latency.max, ',"mean":', latency.mean, '}',
+    ',"statuses":', json_counts(st), ',"seconds":', json_counts(secs),
+    ',"ids":[', table.concat(all_ids, ","), ']}\n')
+end
