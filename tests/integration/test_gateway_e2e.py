@@ -1,0 +1,242 @@
+"""The payment saga end to end: real committers, the gateway and the fake PSP as real processes,
+real NATS JetStream and Postgres. Purchases are published straight to the shard's intent subject
+(ingest's own tests cover the HTTP edge), which keeps the 2,000 buyers cheap on a small machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+
+from config.settings import Settings
+from flashsale.embedded import free_port
+from gateway.reconcile import reconcile
+from gateway.testing import FakePspAdmin, fakepsp_process, gateway_process, gateway_ready_url
+from proto.messages import Purchase, SkuUpsert, encode
+from proto.sharding import shard_of
+
+SKU = "hot"
+PRICE_CENTS = 1000
+
+
+def saga_settings(settings: Settings, psp_url: str) -> Settings:
+    committer_ports = range(settings.committer_metrics_port,
+                            settings.committer_metrics_port + settings.shards)
+    port = free_port()
+    while port in committer_ports:  # committers bind base + shard later
+        port = free_port()
+    return msgspec.structs.replace(
+        settings, psp_url=psp_url, psp_timeout_s=0.3, payment_backoff_base_s=0.05,
+        payment_backoff_max_s=0.5, payment_attempts_max=8, payment_start_margin_s=1.0,
+        payment_ack_wait_s=3.0, gateway_concurrency=64, gateway_metrics_port=port,
+    )
+
+
+@dataclass
+class Saga:
+    system: object
+    settings: Settings
+    db: object
+    admin: FakePspAdmin
+    js: object = None
+    nc: object = None
+    peak_held: int = 0  # highest reserved + confirmed seen in purchases during the run
+    violations: list[str] = field(default_factory=list)
+
+    def start_gateway(self, name: str = "gateway"):
+        p = gateway_process(self.settings, self.system.log_dir, name).start()
+        self.system.processes[name] = p
+        p.wait_http_ok(gateway_ready_url(self.settings))
+        return p
+
+    async def connect(self) -> None:
+        self.nc = await nats.connect(self.settings.nats_url)
+        self.js = self.nc.jetstream()
+
+    async def upsert_sku(self, stock: int, ttl_s: int) -> None:
+        rid = "r_" + secrets.token_hex(4)
+        upsert = SkuUpsert(request_id=rid, sku=SKU, stock=stock, price_cents=PRICE_CENTS,
+                           payment="required", reservation_ttl_s=ttl_s)
+        await self.js.publish(self.settings.names.intent(self.shard, "sku_upsert", rid), encode(upsert))
+        await self.until(lambda: self.db.fetchval("SELECT count(*) = 1 FROM skus WHERE sku = $1", SKU))
+
+    @property
+    def shard(self) -> int:
+        return shard_of(SKU, self.settings.shards)
+
+    async def buy(self, buyers: int, token: str, wave: str) -> list[str]:
+        now = int(time.time() * 1000)
+        ids = [f"p_{wave}{i:05d}" for i in range(buyers)]
+
+        async def one(pid: str) -> None:
+            p = Purchase(id=pid, sku=SKU, qty=1, user_id=f"u_{pid}", request_hash="h",
+                         accepted_at_ms=now, payment_token=token)
+            await self.js.publish(self.settings.names.intent(self.shard, "purchase", pid), encode(p))
+
+        for i in range(0, buyers, 250):
+            await asyncio.gather(*(one(pid) for pid in ids[i:i + 250]))
+        return ids
+
+    async def until(self, predicate, timeout_s: float = 60.0, interval_s: float = 0.1):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = await predicate()
+            if value:
+                return value
+            await asyncio.sleep(interval_s)
+        raise AssertionError(f"condition not met in {timeout_s}s")
+
+    async def watch_stock(self, stop: asyncio.Event) -> None:
+        """Invariant 1 sampled all along (the schema's CHECK enforces it on skus; this checks
+        the purchases themselves)."""
+        while not stop.is_set():
+            held = await self.db.fetchval(
+                "SELECT coalesce(sum(qty), 0) FROM purchases WHERE sku = $1"
+                " AND status IN ('reserved', 'confirmed')", SKU)
+            stock = await self.db.fetchval("SELECT stock FROM skus WHERE sku = $1", SKU)
+            self.peak_held = max(self.peak_held, held)
+            if held > stock:
+                self.violations.append(f"held {held} > stock {stock}")
+            await asyncio.sleep(0.05)
+
+    async def all_decided(self, count: int) -> bool:
+        row = await self.db.fetchrow(
+            "SELECT count(*) AS n, count(*) FILTER (WHERE status = 'reserved') AS open"
+            " FROM purchases WHERE sku = $1", SKU)
+        return row["n"] >= count and row["open"] == 0
+
+    async def statuses(self) -> dict[str, int]:
+        rows = await self.db.fetch(
+            "SELECT status || coalesce(':' || reason, '') AS s, count(*) AS n FROM purchases"
+            " WHERE sku = $1 GROUP BY 1", SKU)
+        return {r["s"]: r["n"] for r in rows}
+
+    async def money_squares(self) -> str | None:
+        """None when every live capture matches exactly one confirmed purchase and back."""
+        captures: dict[str, list[str]] = {}
+        for pi in self.admin.ledger():
+            if pi["amount_received"] - pi["amount_refunded"] > 0:
+                captures.setdefault(pi["metadata"].get("purchase_id"), []).append(pi["id"])
+        confirmed = {r["id"]: r["psp_ref"] for r in await self.db.fetch(
+            "SELECT id, psp_ref FROM purchases WHERE status = 'confirmed' AND sku = $1", SKU)}
+        doubles = {p: refs for p, refs in captures.items() if len(refs) > 1}
+        if doubles:
+            return f"charged twice: {list(doubles.items())[:3]}"
+        uncaptured = [p for p, ref in confirmed.items() if captures.get(p) != [ref]]
+        if uncaptured:
+            return f"confirmed without its capture: {uncaptured[:5]}"
+        orphans = [p for p in captures if p not in confirmed]
+        if orphans:
+            return f"captured but not confirmed: {orphans[:5]}"
+        return None
+
+    async def settle_money(self, timeout_s: float = 20.0) -> None:
+        # Refused confirms are refunded asynchronously by the gateway: give it a moment.
+        deadline = time.monotonic() + timeout_s
+        while (problem := await self.money_squares()) is not None:
+            if time.monotonic() > deadline:
+                raise AssertionError(problem)
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+
+@pytest.fixture
+async def saga(system, settings, db):
+    proc, url = fakepsp_process(settings, system.log_dir, latency_ms=2, decline_rate=0.2,
+                                timeout_rate=0.1, lost_rate=0.05, hang_s=0.6, seed=5)
+    proc.start()
+    system.processes["fakepsp"] = proc
+    proc.wait_http_ok(url + "/healthz")
+    s = saga_settings(settings, url)
+    system.settings = s
+    saga = Saga(system, s, db, FakePspAdmin(url, s.psp_api_key))
+    await saga.connect()
+    yield saga
+    await saga.close()
+
+
+async def run_two_waves(saga: Saga, stock: int, buyers: int, chaos=None) -> dict:
+    """Wave 1: `buyers` race for `stock` through a flaky PSP. Wave 2: exactly the stock that
+    came back is bought with tok_visa. Returns figures for the report."""
+    await saga.upsert_sku(stock, ttl_s=30)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(saga.watch_stock(stop))
+    started = time.monotonic()
+    await saga.buy(buyers, "tok_any", "a")
+    if chaos is not None:
+        await chaos(saga)
+    await saga.until(lambda: saga.all_decided(buyers), timeout_s=60)
+    wave1_s = time.monotonic() - started
+    first = await saga.statuses()
+    confirmed = first.get("confirmed", 0)
+    returned = stock - confirmed
+    sku = await saga.db.fetchrow("SELECT stock, reserved, sold FROM skus WHERE sku = $1", SKU)
+    assert (sku["reserved"], sku["sold"]) == (0, confirmed), (dict(sku), first)
+    assert first.get("rejected:payment_declined", 0) > 0 and returned > 0, first
+    assert sum(first.values()) == buyers
+    await saga.settle_money()
+
+    # Wave 2: twice as many buyers as units came back; they get exactly those units.
+    await saga.buy(2 * returned, "tok_visa", "b")
+    await saga.until(lambda: saga.all_decided(buyers + 2 * returned), timeout_s=40)
+    stop.set()
+    await watcher
+    final = await saga.statuses()
+    assert final.get("confirmed", 0) == stock, final
+    assert await saga.db.fetchval("SELECT sold FROM skus WHERE sku = $1", SKU) == stock
+    await saga.settle_money()
+    assert not saga.violations, saga.violations[:3]
+    assert saga.peak_held <= stock
+    return {"wave1": first, "wave1_s": round(wave1_s, 1), "final": final,
+            "psp": saga.admin.stats(), "peak_held": saga.peak_held}
+
+
+async def test_flaky_psp_two_waves_money_squares(system, saga: Saga):
+    system.start(ingest=False)
+    saga.start_gateway()
+    figures = await run_two_waves(saga, stock=300, buyers=2000)
+    print("figures:", figures)
+    stats = figures["psp"]
+    assert stats.get("timeouts", 0) > 0 and stats.get("lost_responses", 0) > 0
+    report = await reconcile(saga.settings, repair=False, grace_s=0)
+    assert report.clean and report.captures_matched == 300, report
+
+
+async def test_unpaid_reservations_expire_on_time_and_sell_again(system, saga: Saga):
+    system.start(ingest=False)  # no gateway yet: nobody pays
+    ttl_s = 2
+    await saga.upsert_sku(20, ttl_s=ttl_s)
+    ids = await saga.buy(30, "tok_visa", "a")
+    await saga.until(lambda: saga.db.fetchval(
+        "SELECT count(*) = 30 FROM purchases WHERE sku = $1", SKU))
+    rows = await saga.db.fetch("SELECT status, decided_at_ms, expires_at_ms FROM purchases"
+                               " WHERE sku = $1 AND status = 'reserved'", SKU)
+    assert len(rows) == 20
+    assert all(r["expires_at_ms"] - r["decided_at_ms"] == ttl_s * 1000 for r in rows)
+    deadline_ms = max(r["expires_at_ms"] for r in rows)
+    await saga.until(lambda: saga.db.fetchval(
+        "SELECT count(*) = 20 FROM purchases WHERE sku = $1 AND status = 'expired'", SKU),
+        timeout_s=ttl_s + 5, interval_s=0.05)
+    late_ms = time.time() * 1000 - deadline_ms
+    assert late_ms < 1500, f"expired {late_ms:.0f} ms after the deadline"
+    assert await saga.db.fetchval("SELECT reserved FROM skus WHERE sku = $1", SKU) == 0
+
+    # The gateway now sees 20 stale jobs: it must not charge any of them.
+    saga.start_gateway()
+    await saga.buy(40, "tok_visa", "b")
+    await saga.until(lambda: saga.all_decided(70))
+    statuses = await saga.statuses()
+    assert statuses["confirmed"] == 20 and statuses["expired:ttl_passed"] == 20, statuses
+    charged = {pi["metadata"]["purchase_id"] for pi in saga.admin.ledger()}
+    assert not charged & set(ids), "an expired reservation was charged"
+    await saga.settle_money()
