@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
+from flashsale.logs import kv
 from flashsale.streams import ensure_streams
 from ingest import admission, metrics, problems
 from ingest.publisher import Overloaded, Publisher
@@ -88,7 +89,7 @@ class Ingest:
         metrics.INFLIGHT.set_function(lambda: self.publisher.inflight)
         metrics.WAITERS.set_function(lambda: self.hub.watch_count)
         await self.hub.start(self.js)
-        log.info("ingest connected", extra={"nats": s.nats_url, "namespace": s.namespace})
+        log.info("ingest connected", extra=kv(nats=s.nats_url, namespace=s.namespace))
 
     async def stop(self) -> None:
         await self.hub.stop()
@@ -108,6 +109,7 @@ class Ingest:
 
     async def _nats_reconnected(self) -> None:
         log.info("nats reconnected")
+        self.hub.on_reconnected()
 
     # -- lookups: cache -> Postgres -> intent stream ---------------------------------------
 
@@ -334,8 +336,8 @@ async def create_purchase(request: web.Request) -> web.Response:
             # A retry (or a concurrent twin) of an existing purchase: same body or 422.
             existing = existing or await ing.stored_intent(subject)
             if existing is None:
-                # Refused as a duplicate yet not readable: the stream is mid-change. Retryable.
-                raise Overloaded("intent_unreadable")
+                # Refused as a duplicate yet not readable (purged meanwhile?): retryable.
+                raise Overloaded("intent_missing")
             if existing.request_hash != rhash:
                 metrics.REJECTS.labels("idempotency_key_reused").inc()
                 return problems.problem(

@@ -14,9 +14,10 @@ from nats.js import JetStreamContext
 
 log = logging.getLogger("ingest.publisher")
 
-# JetStream refuses a second message on a subject of a stream with max 1 per subject and
-# discard-new-per-subject: for the INTENTS stream that means "this intent already exists".
-ERR_MAX_MSGS_PER_SUBJECT = 10077
+# JetStream's "store failed" error code. It covers both "maximum messages per subject exceeded"
+# (the INTENTS stream holds one message per subject: this intent already exists) and "maximum
+# bytes/messages exceeded" (the stream is full), so only the description tells them apart.
+ERR_STORE_FAILED = 10077
 # A publish that got no ack in this long may or may not be stored; the client retries with the
 # same Idempotency-Key, which is safe either way.
 PUBLISH_TIMEOUT_S = 5.0
@@ -53,8 +54,11 @@ class Publisher:
                 subject, payload, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": msg_id}
             )
         except nats.js.errors.APIError as exc:
-            if exc.err_code == ERR_MAX_MSGS_PER_SUBJECT:
+            if exc.err_code == ERR_STORE_FAILED and "per subject" in (exc.description or ""):
                 return False
+            if exc.err_code == ERR_STORE_FAILED:
+                log.warning("publish refused on %s: %s", subject, exc)
+                raise Overloaded("stream_full") from exc
             # Stream full (discard new), insufficient resources, no leader: nothing was stored.
             log.warning("publish refused on %s: %s", subject, exc)
             raise Overloaded("jetstream_refused") from exc

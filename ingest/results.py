@@ -15,7 +15,7 @@ from collections import OrderedDict
 import msgspec
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ingest import metrics
 from proto.messages import FINAL_STATUSES, Decision, Refusal, ResultBatch, SkuState, result_decoder
@@ -25,6 +25,8 @@ log = logging.getLogger("ingest.results")
 
 # SKUs are few (an operator creates them) but the bound still has to exist.
 SKUS_MAX = 100_000
+# A listener that misses two heartbeats is recreated by nats-py from the last sequence seen.
+HEARTBEAT_S = 2.0
 
 
 class Watch:
@@ -66,19 +68,58 @@ class ResultsHub:
         self.admin_waits: dict[str, AdminWait] = {}
         self.batches_seen = 0
         self._sub = None
+        self._js: JetStreamContext | None = None
+        self._resubscribing: asyncio.Task | None = None
+        self.last_seq = 0  # stream sequence of the last result batch received
 
     async def start(self, js: JetStreamContext) -> None:
-        # Ordered push consumer from "now": ephemeral, gap-free (it resets itself on a missed
-        # sequence), no acks. Older decisions are in Postgres.
-        self._sub = await js.subscribe(
-            self.names.results_all(),
-            stream=self.names.results_stream,
-            cb=self._on_msg,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.NEW,
+        self._js = js
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        # Ordered push consumer: ephemeral, gap-free (nats-py resets it on a missed sequence or
+        # missed heartbeats), no acks. From "now" at start, since older decisions are in
+        # Postgres; after a reconnect, from the first batch not seen yet.
+        if self.last_seq:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=self.last_seq + 1)
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        self._sub = await self._js.subscribe(
+            self.names.results_all(), stream=self.names.results_stream, cb=self._on_msg,
+            ordered_consumer=True, config=config, idle_heartbeat=HEARTBEAT_S,
         )
 
+    def on_reconnected(self) -> None:
+        """The server may have restarted and lost the in-memory consumer: make a new one."""
+        if self._js is None:
+            return  # not started yet: start() subscribes
+        if self._resubscribing is None or self._resubscribing.done():
+            self._resubscribing = asyncio.create_task(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        old, self._sub = self._sub, None
+        if old is not None:
+            try:
+                await old.unsubscribe()
+            except Exception:  # the old consumer is likely gone with the old connection
+                pass
+        delay_s = 0.1
+        while True:
+            try:
+                await self._subscribe()
+                log.info("results listener resubscribed", extra={"from_seq": self.last_seq + 1})
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("results resubscribe failed, retrying: %r", exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+
     async def stop(self) -> None:
+        if self._resubscribing is not None:
+            self._resubscribing.cancel()
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
@@ -87,6 +128,7 @@ class ResultsHub:
             self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
+        self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
         try:
             batch = result_decoder.decode(msg.data)
         except msgspec.DecodeError:
