@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -23,10 +24,31 @@ from config.settings import CONFIG_DIR
 PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver uses this name too
 
 
-def free_port() -> int:
+# Below the kernel's ephemeral range (32768+), so no outgoing connection takes a port between
+# choosing it and the server binding it.
+_PORT_RANGE = (20000, 32000)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    return free_port_block(1)
+
+
+def free_port_block(n: int) -> int:
+    """A base port such that base .. base+n-1 are free now (e.g. one status port per shard)."""
+    for _ in range(200):
+        base = random.randrange(_PORT_RANGE[0], _PORT_RANGE[1] - n)
+        if all(_bindable(p) for p in range(base, base + n)):
+            return base
+    raise RuntimeError(f"no block of {n} free ports")
 
 
 def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:

@@ -16,7 +16,7 @@ import pytest
 from config.settings import Settings, load
 from flashsale import procs
 from flashsale.db import apply_schema, ensure_database
-from flashsale.embedded import Embedded, free_port, start_nats, start_postgres
+from flashsale.embedded import Embedded, free_port, free_port_block, start_nats, start_postgres
 
 _counter = itertools.count(1)
 
@@ -50,7 +50,7 @@ def settings(servers: Servers, tmp_path: Path) -> Settings:
         namespace=f"t{n}",
         shards=2,
         ingest_port=free_port(),
-        committer_metrics_port=free_port(),
+        committer_metrics_port=free_port_block(4),
         data_dir=str(tmp_path / "data"),
         log_level="INFO",
     )

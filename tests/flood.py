@@ -127,14 +127,20 @@ async def check_invariants(db: asyncpg.Connection, result: FloodResult, sku: str
     """The SPEC invariants, asserted on what Postgres holds."""
     accepted = result.accepted()
     # Every retry with the same key landed on the same, derived id; conflicts were 422s.
+    # 409 is ingest's sold-out fast path: answered without creating a purchase.
+    sold_out_fast: set[str] = set()
     for a in result.attempts:
-        if a.conflict_expected:
+        if a.conflict_expected and purchase_id(a.user, a.key) in accepted:
             assert a.status == 422, f"key reuse with another body got {a.status}"
         elif a.status in (200, 202):
             assert a.id == purchase_id(a.user, a.key)
+        elif a.status == 409:
+            sold_out_fast.add(purchase_id(a.user, a.key))
         else:
             raise AssertionError(f"unexpected status {a.status} for {a.key}")
     rows = await wait_all_final(db, set(accepted))
+    assert not sold_out_fast & set(accepted), "a key was both accepted and fast-rejected"
+    assert await db.fetchval("SELECT count(*) FROM purchases WHERE id = ANY($1)", list(sold_out_fast)) == 0
     # 1. Never oversell, in the counters and in the rows.
     sold = await db.fetchrow("SELECT stock, reserved, sold FROM skus WHERE sku = $1", sku)
     live = sum(r["qty"] for r in rows.values() if r["status"] in ("reserved", "confirmed"))
@@ -156,5 +162,5 @@ async def check_invariants(db: asyncpg.Connection, result: FloodResult, sku: str
         for a in tries:
             if a.state in FINAL:
                 assert a.state == rows[pid]["status"], (pid, a.state, rows[pid]["status"])
-    return {"accepted": len(accepted), "confirmed": sum(r["status"] == "confirmed" for r in rows.values()),
+    return {"accepted": len(accepted), "sold_out_fast": len(sold_out_fast), "confirmed": sum(r["status"] == "confirmed" for r in rows.values()),
             "statuses": result.by_status()}

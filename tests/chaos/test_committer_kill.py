@@ -1,0 +1,45 @@
+"""kill -9 of the hot shard's committer while a flood runs, then a restart: nothing oversold,
+nothing decided twice, nothing accepted lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proto.sharding import shard_of
+from tests.flood import check_invariants, plan, post_all
+from tests.integration.test_flood import create_sku
+
+pytestmark = pytest.mark.chaos
+
+STOCK = 500
+
+
+async def wait_rows(db, at_least: int, timeout_s: float = 30) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if await db.fetchval("SELECT count(*) FROM purchases") >= at_least:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {at_least} decisions after {timeout_s}s")
+
+
+async def test_kill_9_committer_mid_flood(system, settings, db):
+    system.start()
+    await create_sku(system.base_url, settings.admin_token, "hot", stock=STOCK, price_cents=999,
+                     max_per_user=1)
+    shard = shard_of("hot", settings.shards)
+    attempts = plan("hot", requests=5000, users=3000, seed=11)
+    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300))
+    # Two kills: one early (mid-sale, stock left) and one once the stock is gone.
+    for at_least in (300, 1500):
+        await wait_rows(db, at_least)
+        name = f"committer-{shard}"
+        system.processes[name].kill9()
+        epoch_before = await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard)
+        await asyncio.sleep(0.5)  # buyers keep clicking into JetStream meanwhile
+        system.start_committer(shard, name=name)
+        assert await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard) == epoch_before + 1
+    result = await flood
+    summary = await check_invariants(db, result, "hot", STOCK, max_per_user=1)
+    assert summary["confirmed"] == STOCK
