@@ -85,7 +85,8 @@ class Ingest:
         await ensure_streams(self.js, s)
         self.streams_ready = True
         self.pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=10)
-        self.publisher = Publisher(self.nc, self.js, s.inflight_max)
+        self.publisher = Publisher(self.nc, s.inflight_max)
+        await self.publisher.start()
         metrics.INFLIGHT.set_function(lambda: self.publisher.inflight)
         metrics.WAITERS.set_function(lambda: self.hub.watch_count)
         await self.hub.start(self.js)
@@ -93,6 +94,8 @@ class Ingest:
 
     async def stop(self) -> None:
         await self.hub.stop()
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self.nc is not None:
             try:
                 await self.nc.drain()
