@@ -13,23 +13,34 @@ from flashsale import procs
 from flashsale.embedded import free_port
 
 
+def spare_port(settings: Settings) -> int:
+    """A free port that is not one the committers will bind later (metrics base + shard)."""
+    taken = range(settings.committer_metrics_port,
+                  settings.committer_metrics_port + settings.shards + 1)
+    while (port := free_port()) in taken:
+        pass
+    return port
+
+
 def fakepsp_process(settings: Settings, log_dir: Path, *, port: int | None = None,
                     name: str = "fakepsp", **rates: float) -> tuple[procs.Process, str]:
     """A fake PSP process (not started) and its base URL. `rates`: latency_ms, decline_rate,
     timeout_rate, lost_rate, hang_s."""
-    port = port or free_port()
+    port = port or spare_port(settings)
     env = {f"FAKEPSP_{k.upper()}": str(v) for k, v in rates.items()}
     env["FAKEPSP_API_KEY"] = settings.psp_api_key
     p = procs.python_module(name, "gateway.fakepsp", ["--port", str(port)], settings, log_dir, env)
     return p, f"http://127.0.0.1:{port}"
 
 
-def gateway_process(settings: Settings, log_dir: Path, name: str = "gateway") -> procs.Process:
-    return procs.python_module(name, "gateway", [], settings, log_dir)
+def gateway_process(settings: Settings, log_dir: Path, name: str = "gateway",
+                    metrics_port: int | None = None) -> procs.Process:
+    args = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
+    return procs.python_module(name, "gateway", args, settings, log_dir)
 
 
-def gateway_ready_url(settings: Settings) -> str:
-    return f"http://127.0.0.1:{settings.gateway_metrics_port}/readyz"
+def gateway_ready_url(settings: Settings, metrics_port: int | None = None) -> str:
+    return f"http://127.0.0.1:{metrics_port or settings.gateway_metrics_port}/readyz"
 
 
 class FakePspAdmin:
