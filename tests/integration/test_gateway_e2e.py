@@ -256,3 +256,28 @@ async def test_unpaid_reservations_expire_on_time_and_sell_again(system, saga: S
     charged = {pi["metadata"]["purchase_id"] for pi in saga.admin.ledger()}
     assert not charged & set(ids), "an expired reservation was charged"
     await saga.settle_money()
+
+
+async def test_confirm_after_expiry_is_refused_and_refunded(system, settings, db):
+    # Each PSP call takes 1.2 s and the reservation lives 2 s: the capture starts in time and
+    # lands after the deadline, so the committer has expired the purchase when the confirm comes.
+    saga = await make_saga(system, settings, db, latency_ms=1200, psp_timeout_s=5.0,
+                           payment_start_margin_s=0.5)
+    try:
+        saga.admin.set_rates(decline_rate=0, timeout_rate=0, lost_rate=0)
+        saga.start_committers()
+        saga.start_gateway()
+        await saga.upsert_sku(1, ttl_s=2)
+        [late] = await saga.buy(1, "tok_visa", "late")
+        await saga.until(lambda: saga.db.fetchval(
+            "SELECT status = 'expired' FROM purchases WHERE id = $1", late), timeout_s=15)
+        # The gateway hears the refusal and gives the money back.
+        async def refunded() -> bool:
+            intents = [pi for pi in saga.admin.ledger() if pi["metadata"]["purchase_id"] == late]
+            return len(intents) == 1 and intents[0]["amount_received"] == PRICE_CENTS \
+                and intents[0]["amount_refunded"] == PRICE_CENTS
+        await saga.until(refunded, timeout_s=20)
+        await saga.settle_money()
+        assert await saga.db.fetchval("SELECT reserved + sold FROM skus WHERE sku = $1", SKU) == 0
+    finally:
+        await saga.close()
