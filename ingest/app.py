@@ -73,6 +73,7 @@ class Ingest:
         self.pool: asyncpg.Pool | None = None
         self.publisher: Publisher | None = None
         self.streams_ready = False
+        self.closing = False
 
     async def start(self) -> None:
         s = self.settings
@@ -93,6 +94,7 @@ class Ingest:
         log.info("ingest connected", extra=kv(nats=s.nats_url, namespace=s.namespace))
 
     async def stop(self) -> None:
+        self.closing = True
         await self.hub.stop()
         if self.publisher is not None:
             await self.publisher.stop()
@@ -108,7 +110,8 @@ class Ingest:
         log.warning("nats error: %r", exc)
 
     async def _nats_disconnected(self) -> None:
-        log.warning("nats disconnected")
+        if not self.closing:
+            log.warning("nats disconnected")
 
     async def _nats_reconnected(self) -> None:
         log.info("nats reconnected")
@@ -169,6 +172,8 @@ class Ingest:
 
     async def ready(self) -> bool:
         if self.nc is None or not self.nc.is_connected or not self.streams_ready or self.pool is None:
+            return False
+        if not self.hub.listening:
             return False
         try:
             await self.pool.fetchval("SELECT 1", timeout=READY_DB_TIMEOUT_S)

@@ -90,6 +90,10 @@ class ResultsHub:
             ordered_consumer=True, config=config, idle_heartbeat=HEARTBEAT_S,
         )
 
+    @property
+    def listening(self) -> bool:
+        return self._sub is not None
+
     def on_reconnected(self) -> None:
         """The server may have restarted and lost the in-memory consumer: make a new one."""
         if self._js is None:

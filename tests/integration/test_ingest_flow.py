@@ -137,3 +137,31 @@ async def test_reserve_then_cancel(system, settings):
         assert status == 200 and again["status"] == "cancelled"
         status, _, sku = await c.call("GET", "/v1/skus/console-x")
         assert sku["remaining"] == 1 and sku["reserved"] == 0
+
+
+async def test_cancel_before_the_decision(system, settings, db):
+    """A cancel sent while the purchase is pending: 202, then the committer decides; a waiting
+    cancel of a purchase that ends up confirmed gets a 409, never a hang."""
+    await db.execute(
+        "INSERT INTO skus (sku, stock, price_cents, payment, updated_at_ms) VALUES ('tee', 5, 900, 'none', 0)"
+    )
+    system.start_ingest()  # committers later: the purchase stays pending meanwhile
+    async with aiohttp.ClientSession() as http:
+        c = Client(http, system.base_url, settings.admin_token)
+        status, _, p = await c.buy("tee", "frank", "k1", wait_s=None)
+        assert status == 202 and p["status"] == "pending"
+        status, headers, pending = await c.call("POST", f"/v1/purchases/{p['id']}/cancel")
+        assert status == 202 and pending["status"] == "pending"
+        assert headers["Location"] == f"/v1/purchases/{p['id']}"
+
+        waiting = asyncio.create_task(
+            c.call("POST", f"/v1/purchases/{p['id']}/cancel", headers={"Prefer": "wait=15"})
+        )
+        await asyncio.sleep(0.3)
+        for shard in range(settings.shards):
+            system.start_committer(shard)
+        status, _, problem = await asyncio.wait_for(waiting, 20)
+        # payment = none: the purchase is confirmed first, so the cancel is refused.
+        assert status == 409 and problem["type"].endswith("/cannot_cancel"), problem
+        status, _, final = await c.call("GET", f"/v1/purchases/{p['id']}")
+        assert final["status"] == "confirmed"
