@@ -14,8 +14,8 @@ import math
 import re
 import time
 import uuid
-from typing import Callable
 from importlib import resources
+from typing import Callable
 
 import asyncpg
 import msgspec
@@ -31,7 +31,7 @@ from ingest import admission, metrics, problems
 from ingest.publisher import Overloaded, Publisher
 from ingest.results import ResultsHub, Watch
 from ingest.schemas import (
-    SKU_MAX_LEN, SKU_PATTERN, STATUSES, PurchaseView, encode_json, epoch_ms, purchase_request_decoder,
+    SKU_MAX_LEN, SKU_PATTERN, STATUSES, encode_json, epoch_ms, purchase_request_decoder,
     sku_upsert_decoder, sku_view_of, view_of,
 )
 from proto.ids import IDEMPOTENCY_KEY_MAX_LEN, is_purchase_id, new_idempotency_key, purchase_id, request_hash
@@ -395,7 +395,7 @@ async def get_purchase(request: web.Request) -> web.Response:
             status = _status(current)
             if seen is None and status not in FINAL_STATUSES:
                 seen = status
-            if seen == status:
+            if seen == status and status not in FINAL_STATUSES:  # a final state never changes
                 deadline = asyncio.get_running_loop().time() + wait_s
                 current = await _wait_until(watch, current, lambda c: _status(c) != seen, deadline)
             if prefer:
