@@ -34,8 +34,9 @@ SYSTEMS = ["echo", "naive", "rowlock", "flashsale"]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HOT_STOCK = 1_000  # far below demand: a few hundred ms of load sells it out
 MANY_SKUS = 1_000
-MANY_STOCK = 100  # per SKU
-STORM_STOCK = 1_000
+MANY_STOCK = 100_000  # per SKU: never sells out, so many-skus measures the full accept path
+STORM_SKUS = 100
+STORM_STOCK = 100  # per SKU: sells out part-way, so retries meet both accepts and sell-outs
 SAMPLER_RATE = 20.0  # buyers/s who wait for their decision beside a closed-loop max phase
 DRAIN_TIMEOUT_S = 60.0
 
@@ -105,7 +106,8 @@ def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[di
         return ({s: MANY_STOCK for s in skus},
                 [PhasePlan("max", "closed", skus, d, connections=args.connections, sampler_rate=sampler,
                            use_wrk=wrk)])
-    return {"storm": STORM_STOCK}, [PhasePlan("retry", "retry", ["storm"], d, connections=64)]
+    skus = [f"storm-{i:03d}" for i in range(STORM_SKUS)]
+    return {s: STORM_STOCK for s in skus}, [PhasePlan("retry", "retry", skus, d, connections=64)]
 
 
 def machine_info() -> dict[str, str]:
@@ -141,7 +143,7 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
             plan.rate = round(max_rate * float(plan.phase.split("@")[1]), 1)
         result, phase_ids = await run_phase(sut, scenario, plan, work, f"r{n}{plan.phase.replace('@', '')}")
         if plan.phase == "max":
-            max_rate = result.accepted_per_s
+            max_rate = result.answered_per_s
         ids |= phase_ids
         run.drained = await finish_phase(sut, result, DRAIN_TIMEOUT_S) and run.drained
         await db_figures(sut, result)

@@ -34,6 +34,9 @@ now = time.perf_counter
 
 Mode = Literal["open", "closed", "retry"]
 ACCEPTED = (200, 201, 202)
+# flashsale's sold-out fast path answers 409 without creating a purchase: a definitive answer
+# (the buyer is told "rejected: sold out"), so it counts as answered and decided, not accepted.
+SOLD_OUT = 409
 DECIDED = frozenset({"reserved", "confirmed", "rejected", "expired", "cancelled"})
 
 
@@ -52,6 +55,7 @@ class GenSpec(msgspec.Struct, kw_only=True):
     timeout_s: float = 10.0  # per request; past this it counts as an error (open/closed)
     retry_timeout_s: float = 0.05  # retry mode: the impatient buyer's timeout
     retry_attempts: int = 5
+    resend_every: int = 0  # retry mode: every Nth purchase is sent once more after its answer
 
 
 class GenResult(msgspec.Struct):
@@ -62,7 +66,8 @@ class GenResult(msgspec.Struct):
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
     accepted_ids: list[str] = []
-    per_second: list[int] = []  # 2xx answers per second since start
+    answered: int = 0  # 2xx + 409 sold out: definitive answers
+    per_second: list[int] = []  # definitive answers (2xx + 409) per second since start
     lag_ms: list[float] = []  # how late requests went out vs their intended time (open loop)
     cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -94,9 +99,12 @@ class HttpConn:
             self.writer.close()
         self.reader = self.writer = None
 
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
     async def request(self, data: bytes) -> tuple[int, bytes]:
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            await self.connect()
         assert self.reader is not None
         self.writer.write(data)
         head = await self.reader.readuntil(b"\r\n\r\n")
@@ -155,14 +163,20 @@ class Generator:
         r = self.result
         self._count(r.statuses, str(status))
         self.window.append(latency_ms)
-        if status not in ACCEPTED:
+        if status not in ACCEPTED and status != SOLD_OUT:
             self.window_errors += 1
             return None
+        r.answered += 1
         second = int(now() - self.t0)
         if second >= 0:
             while len(r.per_second) <= second:
                 r.per_second.append(0)
             r.per_second[second] += 1
+        if status == SOLD_OUT:
+            if not wait:
+                r.accept_ms.append(latency_ms)
+            r.decision_ms.append(latency_ms)
+            return _Answer(status="rejected")
         answer = _decode_answer(body) if body else _Answer()
         if answer.id:
             r.accepted_ids.append(answer.id)
@@ -190,8 +204,8 @@ class Generator:
             self._error(type(e).__name__)
         return None
 
-    async def open_worker(self, counter: itertools.count) -> None:
-        spec, conn = self.spec, HttpConn(self.spec.host, self.spec.port)
+    async def open_worker(self, counter: itertools.count, conn: HttpConn) -> None:
+        spec = self.spec
         end = self.t0 + spec.duration_s
         while True:
             n = next(counter)
@@ -209,8 +223,8 @@ class Generator:
                 self._record(got[0], got[1], (now() - due) * 1000, wait)
         conn.close()
 
-    async def closed_worker(self, counter: itertools.count) -> None:
-        spec, conn = self.spec, HttpConn(self.spec.host, self.spec.port)
+    async def closed_worker(self, counter: itertools.count, conn: HttpConn) -> None:
+        spec = self.spec
         end = self.t0 + spec.duration_s
         while now() < end:
             n = next(counter)
@@ -222,11 +236,10 @@ class Generator:
                 self._record(got[0], got[1], (now() - start) * 1000, wait)
         conn.close()
 
-    async def retry_worker(self, counter: itertools.count) -> None:
+    async def retry_worker(self, counter: itertools.count, conn: HttpConn) -> None:
         """Each logical purchase: send with a short timeout; on timeout, 429 or 503, resend the
         very same request (same user, same key) on a fresh connection, up to retry_attempts."""
         spec, r = self.spec, self.result
-        conn = HttpConn(spec.host, spec.port)
         end = self.t0 + spec.duration_s
         while now() < end:
             n = next(counter)
@@ -250,6 +263,16 @@ class Generator:
                     ids.add(answer.id)
                 done = True
                 break
+            if done and spec.resend_every and n % spec.resend_every == 0:
+                # A buyer whose app lost the answer: the same request again must land on the
+                # same purchase (same id), never a second one.
+                r.retries += 1
+                r.sent += 1
+                got = await self._send(conn, data, spec.timeout_s)
+                if got is not None:
+                    answer = self._record(got[0], got[1], (now() - first) * 1000, True)
+                    if answer is not None and answer.id:
+                        ids.add(answer.id)
             if not done:
                 r.gave_up += 1
             if len(ids) > 1:
@@ -270,19 +293,32 @@ class Generator:
 
     async def run(self) -> GenResult:
         spec = self.spec
-        self.t0 = now() + max(0.0, spec.start_at - time.time())
-        await asyncio.sleep(max(0.0, self.t0 - now()))
         counter = itertools.count()
         if spec.mode == "open":
-            # Enough connections for the rate at up to ~1 s latency, within the bound: past that
-            # requests go out late, and their latency still counts from the intended time.
-            workers = max(8, min(spec.concurrency, int(spec.rate) + 8))
+            # Enough connections for the rate at up to ~0.5 s latency, within the bound: past
+            # that requests go out late, and their latency still counts from the intended time.
+            workers = max(8, min(spec.concurrency, int(spec.rate * 0.5) + 8))
             job = self.open_worker
         else:
             workers = spec.concurrency
             job = self.closed_worker if spec.mode == "closed" else self.retry_worker
+        conns = [HttpConn(spec.host, spec.port) for _ in range(workers)]
+        # Connect before the clock starts, 32 at a time: a burst of thousands of SYNs would
+        # overflow the server's listen backlog and measure the kernel's SYN retry timer instead.
+        sem = asyncio.Semaphore(32)
+
+        async def connect(c: HttpConn) -> None:
+            async with sem:
+                try:
+                    await c.connect()
+                except OSError:
+                    pass  # the worker reconnects on first use and counts the error then
+
+        await asyncio.gather(*(connect(c) for c in conns))
+        self.t0 = now() + max(0.0, spec.start_at - time.time())
+        await asyncio.sleep(max(0.0, self.t0 - now()))
         ticker = asyncio.create_task(self.progress())
-        await asyncio.gather(*(job(counter) for _ in range(workers)))
+        await asyncio.gather(*(job(counter, c) for c in conns))
         ticker.cancel()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self.result.cpu_s = usage.ru_utime + usage.ru_stime

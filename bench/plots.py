@@ -43,15 +43,15 @@ def latency_vs_rate(runs: list[SystemRun], path: Path, scenario: str = "hot-sku"
 
 
 def throughput_over_time(runs: list[SystemRun], path: Path, phase: str = "max") -> bool:
-    """Answers (2xx) per second and, dashed, decisions per second from Postgres."""
+    """Definitive answers (2xx + 409 sold out) per second and, dashed, decisions per second from Postgres."""
     fig, ax = plt.subplots(figsize=(8, 5))
     drawn = False
     for run in runs:
         for p in run.phases:
-            if p.phase != phase or not p.accepted_per_second:
+            if p.phase != phase or not p.answered_per_second:
                 continue
             label = f"{run.scenario} {p.system}"
-            (line,) = ax.plot(range(len(p.accepted_per_second)), p.accepted_per_second, label=f"{label} accepted")
+            (line,) = ax.plot(range(len(p.answered_per_second)), p.answered_per_second, label=f"{label} answered")
             if p.decided_per_second:
                 ax.plot(range(len(p.decided_per_second)), p.decided_per_second, linestyle="--",
                         color=line.get_color(), label=f"{label} decided (db)")

@@ -36,7 +36,8 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     started_ms: int = 0
     ended_ms: int = 0
     offered_rate: float | None = None
-    accepted_per_s: float = 0.0
+    answered_per_s: float = 0.0  # definitive answers: 2xx + 409 sold out
+    accepted_per_s: float = 0.0  # 2xx: a purchase exists
     decisions_per_s: float | None = None
     accept: LatencySummary = msgspec.field(default_factory=LatencySummary)
     decision: LatencySummary = msgspec.field(default_factory=LatencySummary)
@@ -45,7 +46,7 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     errors: dict[str, int] = {}
     cpu_pct: dict[str, float] = {}  # % of one core over the load window
     gen_lag_p99_ms: float | None = None
-    accepted_per_second: list[int] = []
+    answered_per_second: list[int] = []
     decided_per_second: list[int] = []
     retry: dict[str, int] | None = None
     notes: list[str] = []
@@ -154,7 +155,7 @@ class PhasePlan:
     wait_every: int = 10  # open loop: every Nth request waits for its decision
     sampler_rate: float = 0.0  # closed loop: decision-latency sampler beside the load
     use_wrk: bool = True
-    retry_timeout_s: float = 0.05
+    retry_timeout_s: float = 0.03
 
 
 async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
@@ -165,7 +166,8 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     groups = sut.cpu_groups()
     cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
     children_before, self_before = _children_cpu(), _self_cpu()
-    start_at = time.time() + 0.3
+    # Time for the generators to start and connect before the common start instant.
+    start_at = time.time() + 1.5
     start_ms = int(start_at * 1000)
     generator = "wrk" if plan.mode == "closed" and plan.use_wrk else "python"
     gens: list[tuple[asyncio.subprocess.Process, asyncio.Task, Path]] = []
@@ -178,11 +180,11 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     specs: list[GenSpec] = []
     if plan.mode == "open":
         assert plan.rate
-        specs = [spec(i, mode="open", rate=plan.rate / GEN_PROCESSES, concurrency=1000,
+        specs = [spec(i, mode="open", rate=plan.rate / GEN_PROCESSES, concurrency=256,
                       wait_every=plan.wait_every) for i in range(GEN_PROCESSES)]
     elif plan.mode == "retry":
         specs = [spec(i, mode="retry", concurrency=plan.connections // GEN_PROCESSES, wait_s=1,
-                      retry_timeout_s=plan.retry_timeout_s) for i in range(GEN_PROCESSES)]
+                      retry_timeout_s=plan.retry_timeout_s, resend_every=5) for i in range(GEN_PROCESSES)]
     elif generator == "python":
         specs = [spec(i, mode="closed", concurrency=plan.connections // GEN_PROCESSES)
                  for i in range(GEN_PROCESSES)]
@@ -223,7 +225,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     decision_ms: list[float] = []
     lag_ms: list[float] = []
     per_second: list[int] = []
-    ok = 0
+    ok = answered = 0
     retry = {"logical": 0, "retries": 0, "gave_up": 0, "id_mismatch": 0}
     for proc, _, out in gens:
         if proc.returncode != 0 or not out.exists():
@@ -237,6 +239,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         decision_ms += g.decision_ms
         lag_ms += g.lag_ms
         ok += sum(n for code, n in g.statuses.items() if code.startswith("2"))
+        answered += g.answered
         per_second = _add_lists(per_second, g.per_second)
         for k in retry:
             retry[k] += getattr(g, k)
@@ -259,6 +262,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
                     result.errors[k] = result.errors.get(k, 0) + v
             ids.update(i for i in w["ids"] if i != "p_echo")
             ok += sum(n for code, n in w["statuses"].items() if str(code).startswith("2"))
+            answered += sum(n for code, n in w["statuses"].items() if str(code).startswith("2") or str(code) == "409")
             lat = w["latency_us"]
             # wrk's latencies are closed-loop (coordinated omission applies): POST -> answer.
             result.accept = LatencySummary(count=w["requests"], p50=lat["p50"] / 1000,
@@ -272,7 +276,8 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
                     wrk_ps[s - first] += v
                 per_second = _add_lists(per_second, wrk_ps)
     result.accepted_per_s = round(ok / plan.duration_s, 1)
-    result.accepted_per_second = per_second
+    result.answered_per_s = round(answered / plan.duration_s, 1)
+    result.answered_per_second = per_second
     return result, ids
 
 

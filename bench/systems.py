@@ -190,6 +190,7 @@ class Flashsale(System):
     shards: int = 2
     settings: Settings | None = None
     _nc: object = None
+    _http: aiohttp.ClientSession | None = None
 
     def label(self) -> str:
         return f"flashsale/{self.shards}sh"
@@ -217,10 +218,13 @@ class Flashsale(System):
 
         self._nc = await nats.connect(self.nats.url)
         self._js = self._nc.jetstream()
+        self._http = aiohttp.ClientSession()
 
     async def close(self) -> None:
         if self._nc is not None:
             await self._nc.close()
+        if self._http is not None:
+            await self._http.close()
 
     async def seed(self, stock_by_sku: dict[str, int]) -> None:
         assert self.settings is not None
@@ -241,10 +245,15 @@ class Flashsale(System):
             await conn.close()
 
     async def live(self) -> tuple[int, int | None]:
-        assert self.settings is not None
-        names = self.settings.names
-        accepted = (await self._js.stream_info(names.intents_stream)).state.messages
-        return accepted, await self.backlog()
+        """Answers to POST /v1/purchases so far, from ingest's own Prometheus counter."""
+        assert self._http is not None
+        async with self._http.get(f"{self.base_url}/metrics") as r:
+            text = await r.text()
+        answered = 0.0
+        for line in text.splitlines():
+            if line.startswith("flashsale_ingest_requests_total{") and "purchases" in line:
+                answered += float(line.rsplit(" ", 1)[1])
+        return int(answered), await self.backlog()
 
     async def backlog(self) -> int | None:
         """Intents published but not yet acked by their committer (JetStream's own count)."""

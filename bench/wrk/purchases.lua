@@ -30,9 +30,12 @@ end
 
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
-  if status >= 200 and status < 300 then
+  if (status >= 200 and status < 300) or status == 409 then
+    -- 409 = sold out, a definitive answer: counted in the answers per second
     local s = os.time()
     seconds[s] = (seconds[s] or 0) + 1
+  end
+  if status >= 200 and status < 300 then
     local id = string.match(body, '"id":%s*"([^"]+)"')
     if id then ids[#ids + 1] = id end
   end
