@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 
 import msgspec
+import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -132,7 +133,10 @@ class ResultsHub:
             self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
-        self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
+        try:
+            self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
+        except nats.errors.NotJSMessageError:
+            pass  # not from the consumer (cannot happen on this subscription); still decode it
         try:
             batch = result_decoder.decode(msg.data)
         except msgspec.DecodeError:

@@ -95,3 +95,18 @@ async def test_nats_down_is_503_then_recovers(system, settings, tmp_path):
     finally:
         system.stop()
         private.stop()
+
+
+async def test_waiters_max_answers_without_waiting(system, settings):
+    s = msgspec.structs.replace(settings, waiters_max=0)
+    system.settings = s
+    system.start_ingest(settings=s)  # no committers: nothing is ever decided
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.post(f"{system.base_url}/v1/purchases", json=BODY,
+                             headers={"Idempotency-Key": "w", "Prefer": "wait=5"}) as resp:
+            assert resp.status == 202 and "Preference-Applied" not in resp.headers
+            pid = (await resp.json())["id"]
+        async with http.get(f"{system.base_url}/v1/purchases/{pid}?wait=5") as resp:
+            assert resp.status == 200 and (await resp.json())["status"] == "pending"
+        assert time.monotonic() - started < 2
