@@ -63,7 +63,9 @@ async def run(settings: Settings) -> None:
         await asyncio.gather(gateway.run_jobs(jobs, stop), gateway.run_refusals(refusals, stop))
     finally:
         await psp.close()
-        await nc.drain()
+        # Not drain(): it waits on the pull subscriptions' inboxes until its timeout. Every job
+        # still unacked here is redelivered, which the worker tolerates by design.
+        await nc.close()
         if runner is not None:
             await runner.cleanup()
         log.info("gateway stopped")
