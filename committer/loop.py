@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from committer import metrics, store
+from committer.pull import IntentPuller
 from committer.machine import Machine, Step
 from config.settings import Settings
 from flashsale.logs import kv
@@ -72,11 +73,12 @@ class Committer:
         # State is read after the lease is ours: whatever an older holder committed is in it,
         # and anything it tries to commit from now on fails.
         self.machine = await store.load_machine(self.conn, self.shard, s.shards, s.seen_max)
-        self.sub = await self.js.pull_subscribe(
-            self.names.intents_of_shard(self.shard),
-            durable=self.names.committer_durable(self.shard),
-            stream=self.names.intents_stream,
-            config=ConsumerConfig(
+        durable = self.names.committer_durable(self.shard)
+        await self.js.add_consumer(
+            self.names.intents_stream,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subject=self.names.intents_of_shard(self.shard),
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
                 ack_wait=s.ack_wait_s,
@@ -84,6 +86,8 @@ class Committer:
                 max_waiting=64,
             ),
         )
+        self.puller = IntentPuller(self.nc, self.names.intents_stream, durable)
+        await self.puller.start()
         # A crash between commit and publish may have lost payment jobs: hand them out again
         # (the stream de-duplicates by purchase id; the gateway is idempotent anyway).
         await self._publish_payments(await self._pending_payment_jobs())
@@ -146,10 +150,7 @@ class Committer:
         next_expiry = self.machine.next_expiry_ms()
         if next_expiry is not None:
             timeout_s = min(timeout_s, max(0.01, (next_expiry - now_ms()) / 1000))
-        try:
-            return await self.sub.fetch(self.settings.batch_max, timeout=timeout_s)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            return []
+        return await self.puller.fetch(self.settings.batch_max, timeout_s)
 
     async def _announce(self, step: Step, intents: list[Intent]) -> None:
         if not (step.results or step.refusals or step.skus or step.admin_applied):
@@ -223,7 +224,9 @@ class Committer:
     async def _watch_backlog(self) -> None:
         while True:
             try:
-                info = await self.sub.consumer_info()
+                info = await self.js.consumer_info(
+                    self.names.intents_stream, self.names.committer_durable(self.shard)
+                )
                 metrics.BACKLOG.labels(self.label).set(info.num_pending + info.num_ack_pending)
             except Exception:  # metrics must never take the writer down
                 pass
