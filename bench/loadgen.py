@@ -29,6 +29,8 @@ from typing import Literal
 import msgspec
 import uvloop
 
+from bench.stats import arrival_offset
+
 # uvloop's loop.time() has millisecond resolution: latencies need the perf counter.
 now = time.perf_counter
 
@@ -209,7 +211,7 @@ class Generator:
         end = self.t0 + spec.duration_s
         while True:
             n = next(counter)
-            due = self.t0 + n / spec.rate
+            due = self.t0 + arrival_offset(n, spec.rate)
             if due >= end:
                 break
             delay = due - now()

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from bench.loadgen import GenResult, GenSpec
-from bench.stats import LatencySummary, summarize
+from bench.stats import LatencySummary, split_rate, summarize
 from bench.systems import Invariants, System, cpu_seconds
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "purchases.lua"
@@ -180,8 +180,8 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     specs: list[GenSpec] = []
     if plan.mode == "open":
         assert plan.rate
-        specs = [spec(i, mode="open", rate=plan.rate / GEN_PROCESSES, concurrency=256,
-                      wait_every=plan.wait_every) for i in range(GEN_PROCESSES)]
+        specs = [spec(i, mode="open", rate=r, concurrency=256, wait_every=plan.wait_every)
+                 for i, r in enumerate(split_rate(plan.rate, GEN_PROCESSES))]
     elif plan.mode == "retry":
         specs = [spec(i, mode="retry", concurrency=plan.connections // GEN_PROCESSES, wait_s=1,
                       retry_timeout_s=plan.retry_timeout_s, resend_every=5) for i in range(GEN_PROCESSES)]

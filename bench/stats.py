@@ -70,21 +70,6 @@ def split_rate(rate_per_s: float, processes: int) -> list[float]:
     return [rate_per_s / processes] * processes
 
 
-def per_second(timestamps_s: Sequence[float], start_s: float) -> list[int]:
-    """Counts per whole second since `start_s` (throughput over time)."""
-    if not timestamps_s:
-        return []
-    counts: list[int] = []
-    for t in timestamps_s:
-        i = int(t - start_s)
-        if i < 0:
-            continue
-        while len(counts) <= i:
-            counts.append(0)
-        counts[i] += 1
-    return counts
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
