@@ -103,9 +103,12 @@ def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[di
         return stock, plans
     if scenario == "many-skus":
         skus = [f"m-{i:04d}" for i in range(MANY_SKUS)]
+        # open@0.8 here measures decisions on the full accept path (publish, commit, result),
+        # where hot-sku's open phases are mostly answered by the sold-out fast path.
         return ({s: MANY_STOCK for s in skus},
                 [PhasePlan("max", "closed", skus, d, connections=args.connections, sampler_rate=sampler,
-                           use_wrk=wrk)])
+                           use_wrk=wrk),
+                 PhasePlan("open@0.8", "open", skus, d)])
     skus = [f"storm-{i:03d}" for i in range(STORM_SKUS)]
     return {s: STORM_STOCK for s in skus}, [PhasePlan("retry", "retry", skus, d, connections=64)]
 
