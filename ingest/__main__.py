@@ -24,6 +24,8 @@ def main() -> None:
     web.run_app(
         create_app(settings), loop=loop, host=settings.ingest_host, port=settings.ingest_port,
         access_log=None, print=None, shutdown_timeout=5.0,
+        # Ingest is stateless: more processes on the same port (SO_REUSEPORT) use more cores.
+        reuse_port=True,
     )
 
 

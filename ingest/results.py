@@ -178,13 +178,15 @@ class ResultsHub:
     # -- decisions -------------------------------------------------------------------------
 
     def put_decision(self, d: Decision) -> None:
-        old = self.decisions.get(d.id)
-        if old is not None and old.updated_at_ms > d.updated_at_ms:
-            return  # a stale copy (e.g. read from Postgres before this result arrived)
-        self.decisions[d.id] = d
-        self.decisions.move_to_end(d.id)
-        if len(self.decisions) > self.cache_max:
-            self.decisions.popitem(last=False)
+        decisions = self.decisions
+        old = decisions.get(d.id)
+        if old is not None:
+            if old.updated_at_ms > d.updated_at_ms:
+                return  # a stale copy (e.g. read from Postgres before this result arrived)
+            decisions.move_to_end(d.id)
+        decisions[d.id] = d
+        if len(decisions) > self.cache_max:
+            decisions.popitem(last=False)
 
     def remember_final(self, d: Decision) -> None:
         """Cache a row read from Postgres, but only if final: a non-final state can change, and
