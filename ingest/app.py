@@ -492,7 +492,8 @@ async def put_sku(request: web.Request) -> web.Response:
         req = sku_upsert_decoder.decode(await request.read())
     except msgspec.DecodeError as exc:
         return _decode_error(exc)
-    if req.sale_start and req.sale_end and req.sale_end <= req.sale_start:
+    sale_start_ms, sale_end_ms = epoch_ms(req.sale_start), epoch_ms(req.sale_end)
+    if sale_start_ms is not None and sale_end_ms is not None and sale_end_ms <= sale_start_ms:
         metrics.REJECTS.labels("validation").inc()
         return problems.validation(
             "sale_end must be after sale_start",
@@ -502,7 +503,7 @@ async def put_sku(request: web.Request) -> web.Response:
     upsert = SkuUpsert(
         request_id=request_id, sku=sku, stock=req.stock, price_cents=req.price_cents,
         max_per_user=req.max_per_user, payment=req.payment, reservation_ttl_s=req.reservation_ttl_s,
-        sale_start_ms=epoch_ms(req.sale_start), sale_end_ms=epoch_ms(req.sale_end),
+        sale_start_ms=sale_start_ms, sale_end_ms=sale_end_ms,
     )
     wait = ing.hub.admin_wait(request_id, sku)
     if wait is None:

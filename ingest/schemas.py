@@ -24,7 +24,6 @@ PaymentToken = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[!-~
 # Postgres columns are int4; the cap of qty is a runtime setting checked by the handler.
 Qty = Annotated[int, Meta(ge=1, le=2_000_000_000)]
 Stock = Annotated[int, Meta(ge=0, le=2_000_000_000)]
-AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 STATUSES = ("pending", "reserved", "confirmed", "rejected", "expired", "cancelled")
 
@@ -42,8 +41,8 @@ class SkuUpsertRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_per_user: Annotated[int, Meta(ge=1, le=2_000_000_000)] | None = None
     payment: Literal["none", "required"] | None = None
     reservation_ttl_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
-    sale_start: AwareDatetime | None = None
-    sale_end: AwareDatetime | None = None
+    sale_start: datetime | None = None  # naive = UTC, as in sale files and the CLI
+    sale_end: datetime | None = None
 
 
 class PurchaseView(msgspec.Struct):
@@ -88,7 +87,11 @@ def iso_ms(epoch_ms: int | None) -> str | None:
 
 
 def epoch_ms(dt: datetime | None) -> int | None:
-    return None if dt is None else int(dt.timestamp() * 1000)
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
 
 
 def view_of(item: Decision | Purchase) -> PurchaseView:
