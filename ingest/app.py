@@ -29,7 +29,7 @@ from flashsale.logs import kv
 from flashsale.streams import ensure_streams
 from ingest import admission, metrics, problems
 from ingest.publisher import Overloaded, Publisher
-from ingest.results import ResultsHub, Watch
+from ingest.results import SKUS_MAX, ResultsHub, Watch
 from ingest.schemas import (
     SKU_MAX_LEN, SKU_PATTERN, STATUSES, encode_json, epoch_ms, purchase_request_decoder,
     sku_upsert_decoder, sku_view_of, view_of,
@@ -91,6 +91,14 @@ class Ingest:
         metrics.INFLIGHT.set_function(lambda: self.publisher.inflight)
         metrics.WAITERS.set_function(lambda: self.hub.watch_count)
         await self.hub.start(self.js)
+        # Rejections carry no SKU state, so an instance started after a sell-out would never
+        # learn it from the stream: start from Postgres (after subscribing, so nothing newer is
+        # overwritten).
+        rows = await self.pool.fetch(
+            f"SELECT {_SKU_COLUMNS} FROM skus ORDER BY sku LIMIT $1", SKUS_MAX, timeout=DB_TIMEOUT_S
+        )
+        for row in rows:
+            self.hub.remember_sku(SkuState(**dict(row)))
         log.info("ingest connected", extra=kv(nats=s.nats_url, namespace=s.namespace))
 
     async def stop(self) -> None:

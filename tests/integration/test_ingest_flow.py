@@ -7,7 +7,9 @@ import asyncio
 import json
 
 import aiohttp
+import msgspec
 
+from flashsale.embedded import free_port
 from proto.ids import purchase_id
 from tests.integration.test_ingest_api import intents_count
 
@@ -78,6 +80,13 @@ async def test_buy_until_sold_out_then_restock(system, settings, db):
         assert status == 202 and again["id"] == p["id"] and again["status"] == "confirmed"
         status, _, reused = await c.buy("sneaker-42", "alice", "k1", qty=2, wait_s=None)
         assert status == 422 and reused["type"].endswith("/idempotency_key_reused")
+        # An instance started after the sell-out knows it too (from Postgres).
+        other = msgspec.structs.replace(settings, ingest_port=free_port())
+        system.start_ingest(settings=other, name="ingest-2")
+        c2 = Client(http, f"http://127.0.0.1:{other.ingest_port}", settings.admin_token)
+        status, _, problem = await c2.buy("sneaker-42", "carol", "k2")
+        assert status == 409 and problem["type"].endswith("/sold_out")
+        assert await intents_count(settings) == before
 
         # Admin refusal: stock below what is sold.
         status, _, problem = await c.put_sku("sneaker-42", stock=1)
