@@ -8,8 +8,9 @@ import asyncio
 import pytest
 
 from gateway.testing import spare_port
-from gateway.reconcile import reconcile
-from tests.integration.test_gateway_e2e import SKU, Saga, make_saga, run_two_waves
+from tests.integration.test_gateway_e2e import (
+    SKU, Saga, assert_reconciled, make_saga, run_two_waves,
+)
 
 pytestmark = pytest.mark.chaos
 
@@ -57,9 +58,7 @@ async def test_kill_9_gateway_and_committer_mid_saga(system, slow_saga: Saga):
     print("kills:", kills)
     print("figures:", figures)
     assert len(kills) == 3
-    report = await reconcile(saga.settings, repair=False, grace_s=0)
-    print("reconcile:", report)
-    assert report.clean and report.captures_matched == 300, report
+    await assert_reconciled(saga)
 
 
 async def confirmed_at_least(saga: Saga, n: int) -> bool:

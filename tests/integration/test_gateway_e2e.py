@@ -224,8 +224,22 @@ async def test_flaky_psp_two_waves_money_squares(system, saga: Saga):
     print("figures:", figures)
     stats = figures["psp"]
     assert stats.get("timeouts", 0) > 0 and stats.get("lost_responses", 0) > 0
-    report = await reconcile(saga.settings, repair=False, grace_s=0)
-    assert report.clean and report.captures_matched == 300, report
+    await assert_reconciled(saga)
+
+
+async def assert_reconciled(saga: Saga) -> None:
+    """Reconciliation agrees the money squares. The one thing it may still have to do is void
+    authorizations whose answer came back after the gateway gave up on them (their purchases
+    were released as payment_failed): a hold, never a charge."""
+    report = await reconcile(saga.settings, repair=True, grace_s=0)
+    print("reconcile:", msgspec.json.encode(report).decode())
+    assert report.captures_matched == 300
+    assert (report.orphan_captures, report.duplicate_captures, report.confirmed_without_capture,
+            report.refunded, report.errors) == (0, 0, 0, 0, 0), report
+    failed = await saga.db.fetchval("SELECT count(*) FROM purchases WHERE reason = 'payment_failed'")
+    assert report.voided == report.stale_authorizations <= failed
+    again = await reconcile(saga.settings, repair=True, grace_s=0)
+    assert again.clean and again.voided == 0, again
 
 
 async def test_unpaid_reservations_expire_on_time_and_sell_again(system, saga: Saga):
@@ -259,15 +273,16 @@ async def test_unpaid_reservations_expire_on_time_and_sell_again(system, saga: S
 
 
 async def test_confirm_after_expiry_is_refused_and_refunded(system, settings, db):
-    # Each PSP call takes 1.2 s and the reservation lives 2 s: the capture starts in time and
-    # lands after the deadline, so the committer has expired the purchase when the confirm comes.
-    saga = await make_saga(system, settings, db, latency_ms=1200, psp_timeout_s=5.0,
+    # Each PSP call takes 2 s and the reservation lives 3 s: the capture starts in time and
+    # lands after the deadline (1 s of slack both ways for a busy machine), so the committer
+    # has expired the purchase when the confirm comes.
+    saga = await make_saga(system, settings, db, latency_ms=2000, psp_timeout_s=6.0,
                            payment_start_margin_s=0.5)
     try:
         saga.admin.set_rates(decline_rate=0, timeout_rate=0, lost_rate=0)
         saga.start_committers()
         saga.start_gateway()
-        await saga.upsert_sku(1, ttl_s=2)
+        await saga.upsert_sku(1, ttl_s=3)
         [late] = await saga.buy(1, "tok_visa", "late")
         await saga.until(lambda: saga.db.fetchval(
             "SELECT status = 'expired' FROM purchases WHERE id = $1", late), timeout_s=15)
