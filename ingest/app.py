@@ -22,6 +22,7 @@ import msgspec
 import nats
 import nats.js.errors
 from aiohttp import web
+from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
@@ -69,7 +70,7 @@ class Ingest:
         self.names = settings.names
         self.hub = ResultsHub(self.names, settings.results_cache_max, settings.waiters_max)
         self.nc: nats.NATS | None = None
-        self.js = None
+        self.js: JetStreamContext | None = None
         self.pool: asyncpg.Pool | None = None
         self.publisher: Publisher | None = None
         self.streams_ready = False

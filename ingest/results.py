@@ -67,7 +67,6 @@ class ResultsHub:
         self.watches: dict[str, set[Watch]] = {}
         self.watch_count = 0  # read by the metrics gauge at scrape time
         self.admin_waits: dict[str, AdminWait] = {}
-        self.batches_seen = 0
         self._sub = None
         self._js: JetStreamContext | None = None
         self._resubscribing: asyncio.Task | None = None
@@ -145,7 +144,6 @@ class ResultsHub:
         self.apply(batch)
 
     def apply(self, batch: ResultBatch) -> None:
-        self.batches_seen += 1
         now_ms = int(time.time() * 1000)
         for state in batch.skus:
             self.put_sku(state)
