@@ -101,8 +101,12 @@ class Gateway:
             await self._send_release(job, "payment_declined")
             return "declined"
         except GiveUp as e:
-            await self._give_up(job, e)
-            return "failed"
+            # Every answer may have been lost while the PSP did authorize: look before giving up.
+            found = await self._look_up(job.id)
+            if found is None:
+                await self._give_up(job, e)
+                return "failed"
+            intent = found
         if intent.status == "requires_capture":
             if _now_ms() >= job.expires_at_ms:
                 # Stock is already back on sale: let go of the hold instead of capturing.
@@ -111,11 +115,14 @@ class Gateway:
             try:
                 intent = await self._retrying("capture", lambda: self.psp.capture(job.id, intent.id))
             except GiveUp as e:
-                # The capture may have happened with every answer lost; a void then fails and
-                # reconciliation refunds it. Otherwise the void frees the buyer's hold now.
-                await self._void_quietly(job.id, intent)
-                await self._give_up(job, e)
-                return "failed"
+                found = await self._look_up(job.id)
+                if found is None or found.status != "succeeded":
+                    # Frees the buyer's hold now. Should a capture still land after this (one
+                    # stuck at the PSP), the void fails and reconciliation refunds it.
+                    await self._void_quietly(job.id, intent)
+                    await self._give_up(job, e)
+                    return "failed"
+                intent = found
         if intent.status != "succeeded" or intent.amount_received <= 0:
             await self._give_up(job, GiveUp("capture", "psp_rejected",
                                             f"unexpected intent status {intent.status}", 1))
@@ -147,6 +154,19 @@ class Gateway:
                          extra={"step": step, "attempt": attempt, "delay_s": round(delay_s, 3),
                                 "error": str(e)})
                 await asyncio.sleep(delay_s)
+
+    async def _look_up(self, purchase_id: str) -> PaymentIntent | None:
+        """The purchase's authorized or captured intent at the PSP, if any (a read: the PSP's
+        lost answers and stuck requests hit its writes)."""
+        try:
+            intents = await self._retrying("search", lambda: self.psp.intents_for(purchase_id))
+        except GiveUp:
+            return None
+        live = [i for i in intents if i.status in ("requires_capture", "succeeded")]
+        # Only our own authorize key creates intents for a purchase in normal operation, so
+        # there is at most one; prefer a capture should there ever be more.
+        live.sort(key=lambda i: i.status != "succeeded")
+        return live[0] if live else None
 
     async def _void_quietly(self, purchase_id: str, intent: PaymentIntent) -> None:
         try:

@@ -136,7 +136,8 @@ async def test_transient_failures_are_retried_without_double_charging(harness: H
 
 
 async def test_retry_budget_dead_letters_and_releases(harness: Harness):
-    harness.admin.set_rates(lost_rate=1.0)
+    # Every call hangs past the client's timeout: the PSP does nothing the gateway can see.
+    harness.admin.set_rates(timeout_rate=1.0, hang_s=4.0)
     job = await harness.job("tok_flaky")
     sub = await harness.js.subscribe(harness.settings.names.deadletter(),
                                      stream=harness.settings.names.deadletter_stream)
@@ -147,6 +148,17 @@ async def test_retry_budget_dead_letters_and_releases(harness: Harness):
     assert letter.reason in ("retry_budget_exhausted", "expired_while_retrying")
     assert letter.attempts >= 2
     await sub.unsubscribe()
+
+
+async def test_every_answer_lost_still_confirms_once(harness: Harness):
+    # The PSP does all the work and no answer arrives: the gateway looks the intent up instead
+    # of giving up, and confirms the one capture that happened.
+    harness.admin.set_rates(lost_rate=1.0)
+    job = await harness.job("tok_flaky")
+    outcome = await harness.outcome(job.id)
+    [intent] = await harness.psp.intents_for(job.id)
+    assert outcome == Confirm(job.id, intent.id, job.amount_cents)
+    assert intent.net_captured_cents == job.amount_cents
 
 
 async def test_running_a_job_twice_charges_once(harness: Harness):
