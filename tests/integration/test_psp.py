@@ -153,3 +153,30 @@ async def test_void_and_capture_conflicts(psp: StripeLikePsp):
     with pytest.raises(PspError) as e:
         await psp.capture(p, auth.id)
     assert e.value.code == "payment_intent_unexpected_state" and not e.value.transient
+
+
+async def test_ledger_file_survives_a_restart(tmp_path: Path):
+    settings = load(env={}, file=None)
+    ledger = tmp_path / "ledger.json"
+
+    def start():
+        proc, url = fakepsp_process(settings, tmp_path, name="fakepsp-file")
+        proc.argv += ["--ledger", str(ledger)]
+        proc.start()
+        proc.wait_http_ok(url + "/healthz")
+        return proc, url
+
+    proc, url = start()
+    client = StripeLikePsp(url, settings.psp_api_key, timeout_s=2)
+    p = pid()
+    first = await client.capture(p, (await client.authorize(p, 4200, "tok_visa")).id)
+    await client.close()
+    proc.stop()  # SIGTERM flushes the ledger
+    proc, url = start()
+    client = StripeLikePsp(url, settings.psp_api_key, timeout_s=2)
+    try:
+        assert (await client.retrieve(first.id)).net_captured_cents == 4200
+        assert (await client.authorize(p, 4200, "tok_visa")).id == first.id  # key remembered
+    finally:
+        await client.close()
+        proc.stop()
