@@ -8,6 +8,7 @@ import asyncio
 import logging
 import signal
 
+import asyncpg
 import nats
 import uvloop
 from aiohttp import web
@@ -54,7 +55,8 @@ async def run(settings: Settings) -> None:
     psp = StripeLikePsp(settings.psp_url, settings.psp_api_key, timeout_s=settings.psp_timeout_s,
                         currency=settings.psp_currency,
                         connections_max=max(10, settings.gateway_concurrency))
-    gateway = Gateway(settings, js, psp)
+    db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
+    gateway = Gateway(settings, js, psp, db)
     jobs, refusals = await gateway.subscribe()
     ready.set()
     log.info("gateway ready", extra={"psp_url": settings.psp_url,
@@ -63,6 +65,7 @@ async def run(settings: Settings) -> None:
         await asyncio.gather(gateway.run_jobs(jobs, stop), gateway.run_refusals(refusals, stop))
     finally:
         await psp.close()
+        await db.close()
         # Not drain(): it waits on the pull subscriptions' inboxes until its timeout. Every job
         # still unacked here is redelivered, which the worker tolerates by design.
         await nc.close()

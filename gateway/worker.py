@@ -21,6 +21,7 @@ import random
 import time
 from typing import Awaitable, Callable, TypeVar
 
+import asyncpg
 import msgspec
 import nats.errors
 import nats.js.errors
@@ -76,16 +77,25 @@ def _now_ms() -> int:
 
 
 class Gateway:
-    def __init__(self, settings: Settings, js: JetStreamContext, psp: PaymentProvider) -> None:
+    def __init__(self, settings: Settings, js: JetStreamContext, psp: PaymentProvider,
+                 db: asyncpg.Pool | None = None) -> None:
         self.settings = settings
         self.names = settings.names
         self.js = js
         self.psp = psp
+        self.db = db  # read-only: is the reservation still open before we charge it?
 
     # -- one payment job -----------------------------------------------------------------------
 
     async def settle(self, job: PaymentJob) -> str:
         """Charge for one reservation and tell its shard. Returns the outcome (for metrics)."""
+        status = await self._purchase_status(job.id)
+        if status not in (None, "reserved"):
+            # Cancelled by the buyer, or settled by an earlier run of this job: charge nothing,
+            # and give back whatever an earlier run cut short (killed after capture) took.
+            if status != "confirmed":
+                await self._compensate_purchase(job.id, status, "closed_before_charge")
+            return f"skipped_{status}"
         if _now_ms() >= job.expires_at_ms - self.settings.payment_start_margin_s * 1000:
             # The committer expires it on its own; charging now would only be refunded.
             log.info("job expired before charging", extra={"purchase_id": job.id})
@@ -108,10 +118,10 @@ class Gateway:
                 return "failed"
             intent = found
         if intent.status == "requires_capture":
-            if _now_ms() >= job.expires_at_ms:
+            if _now_ms() >= job.expires_at_ms or await self._purchase_status(job.id) not in (None, "reserved"):
                 # Stock is already back on sale: let go of the hold instead of capturing.
                 await self._void_quietly(job.id, intent)
-                return "expired_before_capture"
+                return "closed_before_capture"
             try:
                 intent = await self._retrying("capture", lambda: self.psp.capture(job.id, intent.id))
             except GiveUp as e:
@@ -154,6 +164,17 @@ class Gateway:
                          extra={"step": step, "attempt": attempt, "delay_s": round(delay_s, 3),
                                 "error": str(e)})
                 await asyncio.sleep(delay_s)
+
+    async def _purchase_status(self, purchase_id: str) -> str | None:
+        if self.db is None:
+            return None
+        try:
+            return await self.db.fetchval("SELECT status FROM purchases WHERE id = $1", purchase_id)
+        except (asyncpg.PostgresError, OSError) as e:
+            # Can't tell: go on. A confirm for a closed purchase is refused and refunded anyway.
+            log.warning("purchase status unavailable", extra={"purchase_id": purchase_id,
+                                                              "error": str(e)})
+            return None
 
     async def _look_up(self, purchase_id: str) -> PaymentIntent | None:
         """The purchase's authorized or captured intent at the PSP, if any (a read: the PSP's
@@ -219,19 +240,23 @@ class Gateway:
         for refusal in batch.refusals:
             if refusal.kind != "confirm" or refusal.status == "confirmed":
                 continue
-            purchase_id = refusal.key
-            intents = await self._retrying("search", lambda: self.psp.intents_for(purchase_id))
-            for intent in intents:
-                if intent.net_captured_cents > 0:
-                    await self._retrying("refund", lambda: self.psp.refund(purchase_id, intent.id))
-                    COMPENSATIONS.labels("refund").inc()
-                    log.info("refunded refused confirm",
-                             extra={"purchase_id": purchase_id, "psp_ref": intent.id,
-                                    "status": refusal.status, "reason": refusal.reason,
-                                    "amount_cents": intent.net_captured_cents})
-                elif intent.status == "requires_capture":
-                    await self._retrying("void", lambda: self.psp.void(purchase_id, intent.id))
-                    COMPENSATIONS.labels("void").inc()
+            await self._compensate_purchase(refusal.key, refusal.status, "confirm_refused")
+
+    async def _compensate_purchase(self, purchase_id: str, status: str | None, why: str) -> None:
+        """Refund every capture and void every hold of a purchase that is not an order."""
+        intents = await self._retrying("search", lambda: self.psp.intents_for(purchase_id))
+        for intent in intents:
+            if intent.net_captured_cents > 0:
+                await self._retrying("refund", lambda: self.psp.refund(purchase_id, intent.id))
+                COMPENSATIONS.labels("refund").inc()
+                log.info("refunded", extra={"purchase_id": purchase_id, "psp_ref": intent.id,
+                                            "status": status, "why": why,
+                                            "amount_cents": intent.net_captured_cents})
+            elif intent.status == "requires_capture":
+                await self._retrying("void", lambda: self.psp.void(purchase_id, intent.id))
+                COMPENSATIONS.labels("void").inc()
+                log.info("voided", extra={"purchase_id": purchase_id, "psp_ref": intent.id,
+                                          "status": status, "why": why})
 
     # -- consumers -----------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ class Rates(msgspec.Struct, kw_only=True):
     timeout_rate: float = 0.0
     lost_rate: float = 0.0
     hang_s: float = 30.0  # how long a "timeout" hangs before doing the work
+    capture_latency_ms: float = 0.0  # extra, captures only: a capture that lands late
 
 
 class FakePspConfig(msgspec.Struct, kw_only=True):
@@ -62,6 +63,7 @@ class FakePspConfig(msgspec.Struct, kw_only=True):
             timeout_rate=float(env.get("FAKEPSP_TIMEOUT_RATE", 0)),
             lost_rate=float(env.get("FAKEPSP_LOST_RATE", 0)),
             hang_s=float(env.get("FAKEPSP_HANG_S", 30)),
+            capture_latency_ms=float(env.get("FAKEPSP_CAPTURE_LATENCY_MS", 0)),
         )
         seed = env.get("FAKEPSP_SEED")
         return cls(
@@ -402,6 +404,8 @@ def create_app(config: FakePspConfig) -> web.Application:
             params = await form(request)
             pi_id = request.match_info["id"]
             psp.count(f"req_{name}")
+            if name == "capture" and psp.rates.capture_latency_ms > 0:
+                await asyncio.sleep(psp.rates.capture_latency_ms / 1000)
             token = psp.ledger.get(pi_id).get("payment_method")
             return await psp.run_mutation(request, params, token, lambda: action(pi_id, params))
         return handler

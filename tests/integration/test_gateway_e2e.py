@@ -273,16 +273,15 @@ async def test_unpaid_reservations_expire_on_time_and_sell_again(system, saga: S
 
 
 async def test_confirm_after_expiry_is_refused_and_refunded(system, settings, db):
-    # Each PSP call takes 2 s and the reservation lives 3 s: the capture starts in time and
-    # lands after the deadline (1 s of slack both ways for a busy machine), so the committer
-    # has expired the purchase when the confirm comes.
-    saga = await make_saga(system, settings, db, latency_ms=2000, psp_timeout_s=6.0,
-                           payment_start_margin_s=0.5)
+    # Authorizing is instant, capturing takes 4 s, the reservation lives 2 s: the capture starts
+    # in time and lands 2 s after the deadline, so the committer has expired the purchase when
+    # the confirm comes.
+    saga = await make_saga(system, settings, db, psp_timeout_s=6.0, payment_start_margin_s=0.5)
     try:
-        saga.admin.set_rates(decline_rate=0, timeout_rate=0, lost_rate=0)
+        saga.admin.set_rates(decline_rate=0, timeout_rate=0, lost_rate=0, capture_latency_ms=4000)
         saga.start_committers()
         saga.start_gateway()
-        await saga.upsert_sku(1, ttl_s=3)
+        await saga.upsert_sku(1, ttl_s=2)
         [late] = await saga.buy(1, "tok_visa", "late")
         await saga.until(lambda: saga.db.fetchval(
             "SELECT status = 'expired' FROM purchases WHERE id = $1", late), timeout_s=15)
@@ -296,3 +295,44 @@ async def test_confirm_after_expiry_is_refused_and_refunded(system, settings, db
         assert await saga.db.fetchval("SELECT reserved + sold FROM skus WHERE sku = $1", SKU) == 0
     finally:
         await saga.close()
+
+
+async def test_buyer_path_through_ingest(system, saga: Saga):
+    """The buyer's view: reserved with a deadline, then confirmed or rejected: payment_declined;
+    a reservation cancelled before the gateway gets to it is never charged."""
+    import aiohttp
+
+    from tests.integration.test_ingest_flow import Client
+
+    saga.admin.set_rates(decline_rate=0, timeout_rate=0, lost_rate=0)
+    saga.start_committers()
+    system.start_ingest()
+    async with aiohttp.ClientSession() as http:
+        c = Client(http, system.base_url, saga.settings.admin_token)
+        status, _, _ = await c.put_sku(SKU, stock=3, price_cents=PRICE_CENTS, payment="required",
+                                       reservation_ttl_s=60)
+        assert status == 200
+        ids = {}
+        for user, token in (("alice", "tok_visa"), ("bob", "tok_visa"), ("carol", "tok_chargeDeclined")):
+            status, _, p = await c.buy(SKU, user, "k1", payment_token=token)
+            assert status == 200 and p["status"] == "reserved" and p["expires_at"], p
+            ids[user] = p["id"]
+        status, _, bob = await c.call("POST", f"/v1/purchases/{ids['bob']}/cancel",
+                                      headers={"Prefer": "wait=5"})
+        assert status == 200 and bob["status"] == "cancelled", bob
+
+        saga.start_gateway()  # only now do the payment jobs get worked on
+
+        async def state(user: str) -> dict:
+            _, _, p = await c.call("GET", f"/v1/purchases/{ids[user]}?wait=5")
+            return p if p["status"] != "reserved" else {}
+
+        alice = await saga.until(lambda: state("alice"), timeout_s=20)
+        carol = await saga.until(lambda: state("carol"), timeout_s=20)
+        assert alice["status"] == "confirmed" and alice["amount_cents"] == PRICE_CENTS, alice
+        assert (carol["status"], carol["reason"]) == ("rejected", "payment_declined"), carol
+        status, _, sku = await c.call("GET", f"/v1/skus/{SKU}")
+        assert sku["remaining"] == 2 and sku["reserved"] == 0, sku
+    charged = {pi["metadata"]["purchase_id"] for pi in saga.admin.ledger()}
+    assert ids["bob"] not in charged, "a cancelled reservation was charged"
+    await saga.settle_money()
