@@ -184,11 +184,17 @@ def main(argv: list[str] | None = None) -> int:
 
     async def loop() -> int:
         while True:
-            report = await reconcile(settings, repair=not args.dry_run, grace_s=args.grace_s)
-            sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
-            sys.stdout.flush()
-            if args.every is None:
-                return 0 if report.confirmed_without_capture + report.errors == 0 else 1
+            try:
+                report = await reconcile(settings, repair=not args.dry_run, grace_s=args.grace_s)
+            except Exception as e:  # noqa: BLE001 - PSP or database away: try again next round
+                if args.every is None:
+                    raise
+                log.error("reconciliation run failed", extra={"error": repr(e)})
+            else:
+                sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+                sys.stdout.flush()
+                if args.every is None:
+                    return 0 if report.confirmed_without_capture + report.errors == 0 else 1
             await asyncio.sleep(args.every)
 
     return asyncio.run(loop())

@@ -96,12 +96,16 @@ class Ledger:
     """Payment intents and refunds, in creation order. Plain dicts shaped like Stripe objects."""
 
     def __init__(self) -> None:
-        self.intents: dict[str, dict[str, Any]] = {}  # insertion order = creation order
+        self.intents: dict[str, dict[str, Any]] = {}
+        self.order: list[str] = []  # creation order; forgotten ids stay as tombstones
+        self.position: dict[str, int] = {}  # id -> index in order, for list cursors
         self.refunds: dict[str, dict[str, Any]] = {}
         self.by_purchase: dict[str, list[str]] = {}
 
     def add_intent(self, pi: dict[str, Any]) -> None:
         self.intents[pi["id"]] = pi
+        self.position[pi["id"]] = len(self.order)
+        self.order.append(pi["id"])
         purchase_id = pi["metadata"].get("purchase_id")
         if purchase_id:
             self.by_purchase.setdefault(purchase_id, []).append(pi["id"])
@@ -113,6 +117,23 @@ class Ledger:
             if pi_id in ids:
                 ids.remove(pi_id)
         return pi
+
+    def page(self, limit: int, starting_after: str | None) -> tuple[list[dict[str, Any]], bool]:
+        """Newest first, like Stripe's list endpoints; O(limit) per page."""
+        if starting_after is None:
+            i = len(self.order) - 1
+        elif starting_after in self.position:
+            i = self.position[starting_after] - 1
+        else:
+            raise ApiError(400, "invalid_request_error", f"unknown starting_after {starting_after}")
+        out: list[dict[str, Any]] = []
+        while i >= 0 and len(out) < limit:
+            pi = self.intents.get(self.order[i])
+            if pi is not None:
+                out.append(pi)
+            i -= 1
+        has_more = any(self.order[j] in self.intents for j in range(i, -1, -1)) if i >= 0 else False
+        return out, has_more
 
     def get(self, pi_id: str) -> dict[str, Any]:
         pi = self.intents.get(pi_id)
@@ -420,22 +441,13 @@ def create_app(config: FakePspConfig) -> web.Application:
         return web.json_response(psp.ledger.get(request.match_info["id"]))
 
     async def list_intents(request: web.Request) -> web.Response:
-        # Newest first with a `starting_after` cursor, like Stripe's list endpoints.
         limit = max(1, min(100, int(request.query.get("limit", 10))))
-        after = request.query.get("starting_after")
-        ids = list(reversed(psp.ledger.intents))
-        start = 0
-        if after:
-            try:
-                start = ids.index(after) + 1
-            except ValueError:
-                raise ApiError(400, "invalid_request_error", f"unknown starting_after {after}")
-        page = ids[start:start + limit]
+        data, has_more = psp.ledger.page(limit, request.query.get("starting_after"))
         return web.json_response({
             "object": "list",
             "url": "/v1/payment_intents",
-            "has_more": start + limit < len(ids),
-            "data": [psp.ledger.intents[i] for i in page],
+            "has_more": has_more,
+            "data": data,
         })
 
     async def search_intents(request: web.Request) -> web.Response:
