@@ -160,9 +160,14 @@ class Committer:
             skus=[s.state() for s in step.skus.values()], refusals=step.refusals,
             admin_applied=step.admin_applied,
         )
-        # Core publish into the RESULTS stream's subject: no round trip on the hot path; a lost
-        # result only delays a long-poll to its Postgres fallback.
-        await self.nc.publish(self.names.results(self.shard), encode(batch))
+        # Stored by JetStream (one round trip per batch, not per decision): the gateway's
+        # refunds of refused confirms and ingest's catch-up after a reconnect read it from there.
+        try:
+            await self.js.publish(self.names.results(self.shard), encode(batch), timeout=5)
+        except (nats.errors.Error, asyncio.TimeoutError) as e:
+            # Decided and committed all the same: long-polls fall back to Postgres,
+            # reconciliation repairs a lost refusal.
+            log.error("results not stored", extra=kv(shard=self.shard, error=repr(e)))
         await self._publish_payments(step.payments)
         self._observe(step, intents)
 
