@@ -43,29 +43,35 @@ def latency_vs_rate(runs: list[SystemRun], path: Path, scenario: str = "hot-sku"
 
 
 def throughput_over_time(runs: list[SystemRun], path: Path, phase: str = "max") -> bool:
-    """Definitive answers (2xx + 409 sold out) per second and, dashed, decisions per second from Postgres."""
-    fig, ax = plt.subplots(figsize=(8, 5))
-    drawn = False
-    for run in runs:
-        for p in run.phases:
-            if p.phase != phase or not p.answered_per_second:
+    """Definitive answers (2xx + 409 sold out) per second and, dashed, decisions per second
+    from Postgres; one panel per scenario."""
+    scenarios = [sc for sc in dict.fromkeys(r.scenario for r in runs)
+                 if any(p.phase == phase and p.answered_per_second for r in runs if r.scenario == sc
+                        for p in r.phases)]
+    if not scenarios:
+        return False
+    fig, axes = plt.subplots(len(scenarios), 1, figsize=(8, 3.5 * len(scenarios)), squeeze=False)
+    for ax, scenario in zip(axes[:, 0], scenarios):
+        for run in runs:
+            if run.scenario != scenario:
                 continue
-            label = f"{run.scenario} {p.system}"
-            (line,) = ax.plot(range(len(p.answered_per_second)), p.answered_per_second, label=f"{label} answered")
-            if p.decided_per_second:
-                ax.plot(range(len(p.decided_per_second)), p.decided_per_second, linestyle="--",
-                        color=line.get_color(), label=f"{label} decided (db)")
-            drawn = True
-    if drawn:
+            for p in run.phases:
+                if p.phase != phase or not p.answered_per_second:
+                    continue
+                (line,) = ax.plot(range(len(p.answered_per_second)), p.answered_per_second,
+                                  label=f"{p.system} answered")
+                if p.decided_per_second:
+                    ax.plot(range(len(p.decided_per_second)), p.decided_per_second, linestyle="--",
+                            color=line.get_color(), label=f"{p.system} decided (db)")
+        ax.set_title(f"{scenario}: throughput over time ({phase} phase)")
         ax.set_xlabel("seconds since phase start")
         ax.set_ylabel("per second")
-        ax.set_title(f"throughput over time ({phase} phases)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return drawn
+    return True
 
 
 def shard_sweep(runs: list[SystemRun], path: Path, scenario: str = "many-skus") -> bool:

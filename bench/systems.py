@@ -329,7 +329,7 @@ async def _check(conn: asyncpg.Connection, accepted_ids: set[str], stock: int, s
     # Every logical purchase the bench makes has its own buyer: two rows for one buyer means one
     # click became two orders.
     inv.duplicate_orders = await conn.fetchval(
-        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) n FROM {orders}"
+        f"SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) n FROM {orders}"
         " GROUP BY user_id HAVING count(*) > 1) x"
     )
     inv.lost = await conn.fetchval(
@@ -338,7 +338,7 @@ async def _check(conn: asyncpg.Connection, accepted_ids: set[str], stock: int, s
         list(accepted_ids), FINAL_OR_RESERVED,
     )
     inv.rows = await conn.fetchval(f"SELECT count(*) FROM {orders}")
-    inv.sold = await conn.fetchval(f"SELECT coalesce(sum({sold_expr}), 0) FROM {skus} s")
+    inv.sold = await conn.fetchval(f"SELECT coalesce(sum({sold_expr}), 0)::bigint FROM {skus} s")
     return inv
 
 
