@@ -10,14 +10,13 @@ import sys
 
 import asyncpg
 import uvloop
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from committer import store
 from committer.loop import Committer
 from committer.machine import InvariantViolation
 from config.settings import Settings, load
 from flashsale.logs import kv, setup
+from flashsale.status import serve_status
 
 log = logging.getLogger("committer")
 
@@ -26,37 +25,16 @@ EXIT_FENCED = 3
 EXIT_CORRUPT = 4
 
 
-async def _serve_status(committer_ref: list[Committer], port: int) -> web.AppRunner | None:
-    if not port:
-        return None
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        ready = bool(committer_ref) and committer_ref[0].ready
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
-
-
 async def main(settings: Settings, shard: int, status_port: int) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     current: list[Committer] = []
-    runner = await _serve_status(current, status_port)
+    runner = (
+        await serve_status(status_port, lambda: bool(current) and current[0].ready)
+        if status_port else None
+    )
     epoch: int | None = None
     try:
         while not stopping.is_set():

@@ -11,36 +11,15 @@ import signal
 import asyncpg
 import nats
 import uvloop
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings, load
 from flashsale.streams import ensure_streams
 from flashsale.logs import setup as setup_logs
+from flashsale.status import serve_status
 from gateway.psp import StripeLikePsp
 from gateway.worker import Gateway
 
 log = logging.getLogger("gateway")
-
-
-async def _serve_http(port: int, ready: asyncio.Event) -> web.AppRunner:
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    async def readyz(request: web.Request) -> web.Response:
-        return web.json_response({"ready": ready.is_set()}, status=200 if ready.is_set() else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
 
 
 async def run(settings: Settings) -> None:
@@ -48,7 +27,7 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     ready = asyncio.Event()
-    runner = await _serve_http(settings.gateway_metrics_port, ready) if settings.gateway_metrics_port else None
+    runner = await serve_status(settings.gateway_metrics_port, ready.is_set) if settings.gateway_metrics_port else None
     nc = await nats.connect(settings.nats_url, name="gateway", max_reconnect_attempts=-1)
     js = nc.jetstream()
     await ensure_streams(js, settings)
