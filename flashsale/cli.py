@@ -96,7 +96,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             # honcho got the same Ctrl-C (same process group) and stops its processes.
             honcho.send_signal(signal.SIGINT)
-            return honcho.wait()
+            honcho.wait()
+            return 0
     finally:
         for server in reversed(embedded):
             server.stop()
