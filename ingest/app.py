@@ -45,6 +45,8 @@ log = logging.getLogger("ingest")
 
 ADMIN_TIMEOUT_S = 10.0  # an operator waits this long for the committer to apply a SKU change
 DB_TIMEOUT_S = 2.0
+UNKNOWN_SKU_TTL_S = 1.0
+UNKNOWN_SKUS_MAX = 10_000
 READY_DB_TIMEOUT_S = 1.0
 JSON = "application/json"
 
@@ -74,6 +76,7 @@ class Ingest:
         self.pool: asyncpg.Pool | None = None
         self.publisher: Publisher | None = None
         self.streams_ready = False
+        self._unknown_skus: dict[str, float] = {}  # sku -> monotonic time the miss expires
         self.closing = False
 
     async def start(self) -> None:
@@ -170,10 +173,17 @@ class Ingest:
         state = self.hub.skus.get(sku)
         if state is not None:
             return state
+        now = time.monotonic()
+        if self._unknown_skus.get(sku, 0.0) > now:
+            return None
         row = await self.pool.fetchrow(
             f"SELECT {_SKU_COLUMNS} FROM skus WHERE sku = $1", sku, timeout=DB_TIMEOUT_S
         )
         if row is None:
+            # Remember the miss briefly: a flood of one junk SKU costs one query per second.
+            if len(self._unknown_skus) >= UNKNOWN_SKUS_MAX:
+                self._unknown_skus.clear()
+            self._unknown_skus[sku] = now + UNKNOWN_SKU_TTL_S
             return None
         state = SkuState(**dict(row))
         self.hub.remember_sku(state)
@@ -324,6 +334,14 @@ async def create_purchase(request: web.Request) -> web.Response:
         return problems.problem(
             400, "bad_idempotency_key", "Invalid Idempotency-Key",
             f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_LEN} visible ASCII characters",
+        )
+    if req.sku not in ing.hub.skus and await ing.sku_state(req.sku) is None:
+        # Every SKU reaches ingest on the result stream or from Postgres: this one was never
+        # created. Refused here, so junk SKUs never reach JetStream or a committer.
+        metrics.REJECTS.labels("unknown_sku").inc()
+        return problems.problem(
+            422, "unknown_sku", "Unknown SKU", f"SKU {req.sku!r} does not exist",
+            headers={"Idempotency-Key": key},
         )
     pid = purchase_id(req.user_id, key)
     rhash = request_hash(encode((req.sku, req.qty, req.user_id, req.payment_token)))

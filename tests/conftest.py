@@ -118,3 +118,18 @@ def system(settings: Settings, tmp_path: Path):
     sys_.stop()
     for p in sys_.processes.values():
         print(f"--- {p.name} log tail ---\n{p.log_tail(20)}")
+
+
+async def seed_sku(settings: Settings, sku: str, stock: int, **fields) -> None:
+    """A SKU row as a committer would have written it, for tests that run ingest without
+    committers (purchases then stay pending)."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            """INSERT INTO skus (sku, stock, price_cents, max_per_user, payment, updated_at_ms)
+               VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (sku) DO NOTHING""",
+            sku, stock, fields.get("price_cents", 0), fields.get("max_per_user"),
+            fields.get("payment", "none"),
+        )
+    finally:
+        await conn.close()

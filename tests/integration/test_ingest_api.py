@@ -13,6 +13,7 @@ import pytest
 
 from flashsale.embedded import free_port
 from proto.ids import is_purchase_id, purchase_id
+from tests.conftest import seed_sku
 
 PROBLEM = "application/problem+json"
 
@@ -58,6 +59,7 @@ async def test_bad_input_is_a_problem_and_publishes_nothing(system, settings, db
         ("empty user", {**good, "user_id": ""}, {}, 422, "validation"),
         ("user not a string", {**good, "user_id": 7}, {}, 422, "validation"),
         ("empty payment token", {**good, "payment_token": ""}, {}, 422, "validation"),
+        ("unknown sku", {**good, "sku": "no-such-sku"}, {}, 422, "unknown_sku"),
         ("array body", [good], {}, 422, "validation"),
         ("body over the limit", big, {}, 413, "body_too_large"),
         ("empty key", good, {"Idempotency-Key": ""}, 400, "bad_idempotency_key"),
@@ -123,6 +125,7 @@ async def test_bad_input_is_a_problem_and_publishes_nothing(system, settings, db
 
 async def test_idempotency_keys_and_reads_from_another_instance(system, settings):
     """Committers are started only at the end, so purchases stay pending meanwhile."""
+    await seed_sku(settings, "sneaker-42", stock=10)
     system.start_ingest()
     other = msgspec.structs.replace(settings, ingest_port=free_port())
     system.start_ingest(settings=other, name="ingest-2")
@@ -180,12 +183,12 @@ async def test_idempotency_keys_and_reads_from_another_instance(system, settings
             system.start_committer(shard)
         status, decided = await asyncio.wait_for(poll, 25)
         assert status == 200
-        assert decided["status"] == "rejected" and decided["reason"] == "unknown_sku"
+        assert decided["status"] == "confirmed" and decided["reason"] is None
         assert decided["decided_at"] is not None
 
         # And a plain read there now says the same (cache or Postgres).
         status, again = await _get_json(http, f"{other_url}/v1/purchases/{first['id']}")
-        assert status == 200 and again["status"] == "rejected"
+        assert status == 200 and again["status"] == "confirmed"
 
 
 async def _get_json(http, url, headers=None):

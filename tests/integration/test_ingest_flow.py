@@ -103,9 +103,9 @@ async def test_buy_until_sold_out_then_restock(system, settings, db):
         status, _, problem = await c.call("POST", f"/v1/purchases/{p['id']}/cancel")
         assert status == 409 and problem["type"].endswith("/cannot_cancel")
 
-        # Unknown SKU: decided by the committer.
+        # Unknown SKU: refused by ingest, nothing published.
         status, _, p5 = await c.buy("no-such-sku", "dave", "k1")
-        assert status == 200 and p5["status"] == "rejected" and p5["reason"] == "unknown_sku"
+        assert status == 422 and p5["type"].endswith("/unknown_sku")
 
     rows = await db.fetch("SELECT id, status FROM purchases WHERE sku = 'sneaker-42' ORDER BY id")
     confirmed = {r["id"] for r in rows if r["status"] == "confirmed"}
