@@ -181,7 +181,7 @@ async def amain(args: argparse.Namespace) -> Path:
     work.mkdir()
     result = RunResult(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        command="python -m bench " + shlex.join(sys.argv[1:]),
+        command=" ".join(["python -m bench", *map(shlex.quote, sys.argv[1:])]),
         machine=machine_info(),
         settings={
             "postgres": "16 (pgserver wheel), fsync=on, synchronous_commit=on, full_page_writes=on, "
