@@ -25,7 +25,7 @@ import psutil
 
 from bench import plots
 from bench.report import RunResult, headline, render_report
-from bench.runner import PhasePlan, SystemRun, db_figures, finish_phase, run_phase, wrk_available
+from bench.runner import PhasePlan, SystemRun, db_figures, finish_phase, py_spy, run_phase, wrk_available
 from bench.systems import Baseline, Flashsale, System
 from flashsale.embedded import start_nats, start_postgres
 
@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="open-loop rates as fractions of the max (default 0.25,0.5,0.8,1.0; quick 0.8)")
     ap.add_argument("--connections", type=int, default=64, help="closed-loop connections")
     ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy flame graphs of flashsale's processes during its max phases (pip install py-spy)")
     ap.add_argument("--out", default=None, help="results directory (default bench/results/<timestamp>)")
     args = ap.parse_args(argv)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
@@ -70,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.generator = "wrk" if wrk_available() else "python"
     elif args.generator == "wrk" and not wrk_available():
         ap.error("wrk not found (apt-get install wrk), or use --generator python")
+    if args.profile and py_spy() is None:
+        ap.error("--profile needs py-spy (pip install py-spy)")
     return args
 
 
@@ -133,7 +137,8 @@ def machine_info() -> dict[str, str]:
     }
 
 
-async def run_system(sut: System, scenario: str, args: argparse.Namespace, work: Path, n: int) -> SystemRun:
+async def run_system(sut: System, scenario: str, args: argparse.Namespace, work: Path, n: int,
+                     out_dir: Path) -> SystemRun:
     stock, plans = phases_for(scenario, sut.name, args)
     run = SystemRun(scenario=scenario, system=sut.label(), shards=getattr(sut, "shards", None))
     await sut.seed(stock)
@@ -144,7 +149,9 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
             if not max_rate:
                 continue
             plan.rate = round(max_rate * float(plan.phase.split("@")[1]), 1)
-        result, phase_ids = await run_phase(sut, scenario, plan, work, f"r{n}{plan.phase.replace('@', '')}")
+        profile = args.profile and sut.name == "flashsale" and plan.phase == "max"
+        result, phase_ids = await run_phase(sut, scenario, plan, work, f"r{n}{plan.phase.replace('@', '')}",
+                                            out_dir if profile else None)
         if plan.phase == "max":
             max_rate = result.answered_per_s
         ids |= phase_ids
@@ -207,7 +214,7 @@ async def amain(args: argparse.Namespace) -> Path:
                 sut = make_system(name, shards, root, pg, nats)
                 try:
                     await sut.start()
-                    result.runs.append(await run_system(sut, scenario, args, work, n))
+                    result.runs.append(await run_system(sut, scenario, args, work, n, out_dir))
                 except Exception as e:  # one broken system must not lose the others' figures
                     traceback.print_exc()
                     result.notes.append(f"{scenario} {sut.label()} failed: {type(e).__name__}: {e}")

@@ -163,8 +163,30 @@ class PhasePlan:
     retry_timeout_s: float = 0.03
 
 
+def py_spy() -> str | None:
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+async def _start_profiles(sut: System, plan: PhasePlan, out_dir: Path, prefix: str) -> list[asyncio.subprocess.Process]:
+    """py-spy flame graphs of every Python process of the system over the load window."""
+    exe = py_spy()
+    if exe is None:
+        return []
+    spies = []
+    for p in sut.processes:
+        if p.proc is None:
+            continue
+        spies.append(await asyncio.create_subprocess_exec(
+            exe, "record", "--rate", "100", "--duration", str(max(1, int(plan.duration_s))),
+            "--output", str(out_dir / f"{prefix}-{p.name}.svg"), "--pid", str(p.proc.pid),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        ))
+    return spies
+
+
 async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
-                    tag: str) -> tuple[PhaseResult, set[str]]:
+                    tag: str, profile_dir: Path | None = None) -> tuple[PhaseResult, set[str]]:
     label = f"[{scenario} {sut.label()} {plan.phase}]"
     live = Live(label)
     sink: list[str] = []
@@ -204,6 +226,11 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         wrk_proc = await _spawn_wrk(sut, f"{tag}-w", plan.skus, plan.duration_s, plan.connections, start_at)
         groups["wrk"] = [wrk_proc.pid]
 
+    spies: list[asyncio.subprocess.Process] = []
+    if profile_dir is not None:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        label = sut.label().replace("/", "-")
+        spies = await _start_profiles(sut, plan, profile_dir, f"profile-{scenario}-{label}-{plan.phase}")
     progress = asyncio.create_task(_progress(sut, live, time.monotonic()))
     wrk_out = b""
     try:
@@ -212,6 +239,8 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         for proc, pump, _ in gens:
             await proc.wait()
             await pump
+        for spy in spies:
+            await spy.wait()
     finally:
         progress.cancel()
         print(file=sys.stderr)
@@ -225,6 +254,8 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     result = PhaseResult(scenario=scenario, system=sut.label(), phase=plan.phase, mode=plan.mode,
                          generator=generator, duration_s=plan.duration_s, offered_rate=plan.rate,
                          cpu_pct=cpu, started_ms=start_ms, ended_ms=end_ms)
+    if spies:
+        result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*.svg")
     ids: set[str] = set()
     accept_ms: list[float] = []
     decision_ms: list[float] = []
