@@ -172,9 +172,12 @@ def render_report(result: RunResult) -> str:
             for n in p.cpu_pct:
                 if n not in names:
                     names.append(n)
-    rows = [[run.scenario, p.system, p.phase, *(p.cpu_pct.get(n) for n in names)]
+    rows = [[run.scenario, p.system, p.phase, p.box_busy_pct, p.steal_pct, *(p.cpu_pct.get(n) for n in names)]
             for run in result.runs for p in run.phases]
-    out.append(render_table(["scenario", "system", "phase", *names], rows))
+    out.append("box busy = all cores of the box, % busy; steal = % taken by the hypervisor for other "
+               "guests (neighbours' load: figures with high steal are noisy).")
+    out.append("")
+    out.append(render_table(["scenario", "system", "phase", "box busy %", "steal %", *names], rows))
     notes = list(result.notes)
     for run in result.runs:
         for p in run.phases:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import psutil
 
 from bench.loadgen import GenResult, GenSpec
 from bench.stats import LatencySummary, split_rate, summarize
@@ -51,6 +52,8 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     errors: dict[str, int] = {}
     cpu_pct: dict[str, float] = {}  # % of one core over the load window
     gen_lag_p99_ms: float | None = None
+    box_busy_pct: float | None = None  # all CPUs of the box, busy share over the load window
+    steal_pct: float | None = None  # CPU taken by the hypervisor for other guests (noisy neighbours)
     answered_per_second: list[int] = []
     decided_per_second: list[int] = []
     retry: dict[str, int] | None = None
@@ -191,8 +194,6 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     live = Live(label)
     sink: list[str] = []
     groups = sut.cpu_groups()
-    cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-    children_before, self_before = _children_cpu(), _self_cpu()
     # Time for the generators to start and connect before the common start instant.
     start_at = time.time() + 1.5
     start_ms = int(start_at * 1000)
@@ -222,13 +223,17 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         out = work_dir / f"{tag}-{i}.gen"
         proc, pump = await _spawn_gen(s, out, i, live, sink)
         gens.append((proc, pump, out))
+    # CPU is measured over the load window only: from the common start instant.
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    children_before, self_before = _children_cpu(), _self_cpu()
+    box_before = psutil.cpu_times()
     if generator == "wrk":
         wrk_proc = await _spawn_wrk(sut, f"{tag}-w", plan.skus, plan.duration_s, plan.connections, start_at)
         groups["wrk"] = [wrk_proc.pid]
 
     spies: list[asyncio.subprocess.Process] = []
     if profile_dir is not None:
-        await asyncio.sleep(max(0.0, start_at - time.time()))
         label = sut.label().replace("/", "-")
         spies = await _start_profiles(sut, plan, profile_dir, f"profile-{scenario}-{label}-{plan.phase}")
     progress = asyncio.create_task(_progress(sut, live, time.monotonic()))
@@ -250,10 +255,12 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     cpu = {n: round(100 * (cpu_after[n] - cpu_before[n]) / wall, 1) for n in cpu_after}
     cpu["generator"] = round(100 * (_children_cpu() - children_before) / wall, 1)
     cpu["bench harness"] = round(100 * (_self_cpu() - self_before) / wall, 1)
+    box_busy, steal = _box_usage(box_before, psutil.cpu_times())
 
     result = PhaseResult(scenario=scenario, system=sut.label(), phase=plan.phase, mode=plan.mode,
                          generator=generator, duration_s=plan.duration_s, offered_rate=plan.rate,
-                         cpu_pct=cpu, started_ms=start_ms, ended_ms=end_ms)
+                         cpu_pct=cpu, started_ms=start_ms, ended_ms=end_ms, box_busy_pct=box_busy,
+                         steal_pct=steal)
     if spies:
         result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*.svg")
     ids: set[str] = set()
@@ -315,6 +322,16 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     result.answered_per_s = round(answered / plan.duration_s, 1)
     result.answered_per_second = per_second
     return result, ids
+
+
+def _box_usage(before: object, after: object) -> tuple[float | None, float | None]:
+    """(busy %, steal %) of the whole box between two psutil.cpu_times() snapshots."""
+    total = sum(after) - sum(before)  # type: ignore[arg-type]
+    if total <= 0:
+        return None, None
+    idle = (after.idle - before.idle) + (getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0))  # type: ignore[attr-defined]
+    steal = getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)
+    return round(100 * (total - idle - steal) / total, 1), round(100 * steal / total, 1)
 
 
 def _merge(into: dict[str, int], more: dict[str, int]) -> None:
