@@ -21,7 +21,7 @@ import psutil
 
 from bench.loadgen import GenResult, GenSpec
 from bench.stats import LatencySummary, split_rate, summarize
-from bench.systems import Invariants, System, cpu_seconds
+from bench.systems import Invariants, System, cpu_delta, cpu_snapshot
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "purchases.lua"
 GEN_PROCESSES = 2  # one per core: more Python processes only fight over the same two cores
@@ -225,7 +225,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         gens.append((proc, pump, out))
     # CPU is measured over the load window only: from the common start instant.
     await asyncio.sleep(max(0.0, start_at - time.time()))
-    cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    cpu_before = {name: cpu_snapshot(pids) for name, pids in groups.items()}
     children_before, self_before = _children_cpu(), _self_cpu()
     box_before = psutil.cpu_times()
     if generator == "wrk":
@@ -251,8 +251,8 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         print(file=sys.stderr)
     end_ms = int(time.time() * 1000)
     wall = max(0.001, (end_ms - start_ms) / 1000)
-    cpu_after = {name: cpu_seconds(pids) for name, pids in groups.items() if name != "wrk"}
-    cpu = {n: round(100 * (cpu_after[n] - cpu_before[n]) / wall, 1) for n in cpu_after}
+    cpu_after = {name: cpu_snapshot(pids) for name, pids in groups.items() if name != "wrk"}
+    cpu = {n: round(100 * cpu_delta(cpu_before[n], cpu_after[n]) / wall, 1) for n in cpu_after}
     cpu["generator"] = round(100 * (_children_cpu() - children_before) / wall, 1)
     cpu["bench harness"] = round(100 * (_self_cpu() - self_before) / wall, 1)
     box_busy, steal = _box_usage(box_before, psutil.cpu_times())

@@ -363,18 +363,33 @@ async def _decisions(url: str, orders: str, start_ms: int, end_ms: int) -> tuple
         await conn.close()
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU (user + system) of these processes and their live children, in seconds."""
-    total = 0.0
+def cpu_snapshot(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) per process: these processes and their live descendants.
+
+    Key -pid holds what a root has collected from its children that already exited (postgres
+    reaps its backends and autovacuum workers), so a process that ends during a phase still
+    counts: see cpu_delta.
+    """
+    out: dict[int, float] = {}
     for pid in pids:
         try:
-            p = psutil.Process(pid)
-            for q in [p, *p.children(recursive=True)]:
+            root = psutil.Process(pid)
+            t = root.cpu_times()
+            out[-pid] = t.children_user + t.children_system
+            for q in [root, *root.children(recursive=True)]:
                 try:
                     t = q.cpu_times()
-                    total += t.user + t.system
+                    out[q.pid] = t.user + t.system
                 except psutil.Error:
                     pass
         except psutil.Error:
             pass
-    return total
+    return out
+
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two snapshots. A process gone by `after` shows up again, whole, in
+    its root's reaped-children total, so what it had used before the phase is taken off; a new
+    process counts from zero."""
+    gone = sum(v for k, v in before.items() if k > 0 and k not in after)
+    return sum(v - before.get(k, 0.0) for k, v in after.items()) - gone

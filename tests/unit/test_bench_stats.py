@@ -50,3 +50,14 @@ def test_split_rate_keeps_the_total() -> None:
 def test_ratio_handles_missing_and_zero() -> None:
     assert ratio(10, 4) == 2.5
     assert ratio(None, 4) is None and ratio(1, 0) is None
+
+
+def test_cpu_delta_keeps_processes_that_exited() -> None:
+    from bench.systems import cpu_delta
+
+    # Root 10 with a backend 11 that exits during the phase (2 s before it, 3 s in all when it
+    # ends: the 3 s move into the root's reaped-children total, key -10) and a backend 12 that
+    # starts during it.
+    before = {-10: 5.0, 10: 1.0, 11: 2.0}
+    after = {-10: 8.0, 10: 1.5, 12: 0.25}
+    assert cpu_delta(before, after) == 1.0 + 0.5 + 0.25
