@@ -20,7 +20,6 @@ from typing import Callable
 import asyncpg
 import msgspec
 import nats
-import nats.js.errors
 from aiohttp import web
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -132,11 +131,10 @@ class Ingest:
     # -- lookups: cache -> Postgres -> intent stream ---------------------------------------
 
     async def stored_intent(self, subject: str) -> Purchase | None:
-        try:
-            raw = await self.js.get_last_msg(self.names.intents_stream, subject, direct=True)
-        except nats.js.errors.NotFoundError:
+        data = await self.publisher.last_message(self.names.intents_stream, subject)
+        if data is None:
             return None
-        intent = intent_decoder.decode(raw.data)
+        intent = intent_decoder.decode(data)
         return intent if isinstance(intent, Purchase) else None
 
     async def purchase_from_db(self, pid: str) -> Decision | None:

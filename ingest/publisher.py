@@ -64,7 +64,7 @@ class Publisher:
         self._prefix = nc.new_inbox() + "."
         self._counter = itertools.count()
         # reply subject -> (future, deadline); insertion order is deadline order (one timeout).
-        self._pending: dict[str, tuple[asyncio.Future[bytes], float]] = {}
+        self._pending: dict[str, tuple[asyncio.Future[Msg], float]] = {}
         self._sub = None
         self._sweeper: asyncio.Task | None = None
 
@@ -90,15 +90,14 @@ class Publisher:
         if len(self._pending) >= self.inflight_max:
             raise Overloaded("inflight_max")
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
-        """Store one intent. True: stored now. False: that subject already holds an intent (a
-        retry, or a concurrent request for the same key). Raises Overloaded."""
+    async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
+        """One request/reply over the shared reply subscription. Raises Overloaded."""
         self.check_capacity()
         reply = self._prefix + str(next(self._counter))
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._pending[reply] = (fut, time.monotonic() + PUBLISH_TIMEOUT_S)
         try:
-            await self.nc.publish(subject, payload, reply=reply, headers={"Nats-Msg-Id": msg_id})
+            await self.nc.publish(subject, payload, reply=reply, headers=headers)
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError) as exc:
             self._pending.pop(reply, None)
@@ -106,7 +105,25 @@ class Publisher:
         except BaseException:
             self._pending.pop(reply, None)
             raise
-        data = await fut
+        return await fut
+
+    async def last_message(self, stream: str, subject: str) -> bytes | None:
+        """The payload of the last message on `subject` (JetStream direct get), or None.
+
+        The sold-out fast path asks this for every request, so it shares the reply
+        subscription instead of nats-py's per-request inbox, JSON body and timer."""
+        msg = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", None)
+        if msg.data:
+            return msg.data
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "404":
+            return None
+        raise Overloaded("jetstream_refused" if status else "no_stream")
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
+        """Store one intent. True: stored now. False: that subject already holds an intent (a
+        retry, or a concurrent request for the same key). Raises Overloaded."""
+        data = (await self._request(subject, payload, {"Nats-Msg-Id": msg_id})).data
         if data == _NO_RESPONDERS:
             raise Overloaded("no_stream")
         ack = _ack_decoder.decode(data)
@@ -122,7 +139,7 @@ class Publisher:
     async def _on_ack(self, msg: Msg) -> None:
         entry = self._pending.pop(msg.subject, None)
         if entry is not None and not entry[0].done():
-            entry[0].set_result(msg.data)
+            entry[0].set_result(msg)
 
     async def _sweep(self) -> None:
         """Fail publishes whose ack is overdue: one timer for all, not one per publish."""
