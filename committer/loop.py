@@ -206,25 +206,27 @@ class Committer:
     async def _pending_payment_jobs(self) -> list[PaymentJob]:
         """Jobs for every live reservation; the card token lives only in the purchase intent."""
         assert self.machine is not None
-        jobs = []
-        for d in list(self.machine.reserved.values()):
+        # Thousands of live reservations must not mean thousands of round trips in series.
+        lookups = asyncio.Semaphore(64)
+
+        async def job(d) -> PaymentJob:
             token = None
-            try:
-                msg = await self.js.get_last_msg(
-                    self.names.intents_stream, self.names.intent(self.shard, "purchase", d.id),
-                    direct=True,
-                )
-                intent = intent_decoder.decode(msg.data)
-                token = intent.payment_token if isinstance(intent, Purchase) else None
-            except (nats.js.errors.NotFoundError, msgspec.DecodeError):
-                pass  # aged out of the stream: the gateway follows its default-token policy
-            jobs.append(
-                PaymentJob(
-                    id=d.id, sku=d.sku, user_id=d.user_id, amount_cents=d.amount_cents,
-                    payment_token=token, expires_at_ms=d.expires_at_ms or 0, shard=self.shard,
-                )
+            async with lookups:
+                try:
+                    msg = await self.js.get_last_msg(
+                        self.names.intents_stream, self.names.intent(self.shard, "purchase", d.id),
+                        direct=True,
+                    )
+                    intent = intent_decoder.decode(msg.data)
+                    token = intent.payment_token if isinstance(intent, Purchase) else None
+                except (nats.js.errors.NotFoundError, msgspec.DecodeError):
+                    pass  # aged out of the stream: the gateway declines a job without a token
+            return PaymentJob(
+                id=d.id, sku=d.sku, user_id=d.user_id, amount_cents=d.amount_cents,
+                payment_token=token, expires_at_ms=d.expires_at_ms or 0, shard=self.shard,
             )
-        return jobs
+
+        return list(await asyncio.gather(*(job(d) for d in list(self.machine.reserved.values()))))
 
     async def _watch_backlog(self) -> None:
         while True:
