@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {SCENARIOS}")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {SYSTEMS}")
     ap.add_argument("--shards", default=None, help="committer counts for the many-skus sweep (default 1,2,4)")
+    ap.add_argument("--ingests", type=int, default=1,
+                    help="flashsale ingest processes sharing the port (SO_REUSEPORT)")
     ap.add_argument("--hot-shards", type=int, default=2, help="committers for hot-sku and retry-storm")
     ap.add_argument("--duration-s", type=float, default=None, help="seconds per phase (default 10; quick 3)")
     ap.add_argument("--fractions", default=None,
@@ -163,9 +165,9 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
     return run
 
 
-def make_system(name: str, shards: int | None, root: Path, pg, nats) -> System:
+def make_system(name: str, shards: int | None, root: Path, pg, nats, ingests: int = 1) -> System:
     if name == "flashsale":
-        return Flashsale(name, root, pg, nats, shards=shards or 1)
+        return Flashsale(name, root, pg, nats, shards=shards or 1, ingests=ingests)
     return Baseline(name, root, pg, nats)
 
 
@@ -211,7 +213,7 @@ async def amain(args: argparse.Namespace) -> Path:
         for scenario in args.scenarios:
             for name, shards in plan_systems(scenario, args):
                 n += 1
-                sut = make_system(name, shards, root, pg, nats)
+                sut = make_system(name, shards, root, pg, nats, args.ingests)
                 try:
                     await sut.start()
                     result.runs.append(await run_system(sut, scenario, args, work, n, out_dir))
