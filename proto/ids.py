@@ -6,7 +6,6 @@ any ingest instance, so the id is a keyed hash of both - never a counter or a ra
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 
@@ -15,18 +14,23 @@ IDEMPOTENCY_KEY_MAX_LEN = 255
 
 
 def purchase_id(user_id: str, idempotency_key: str) -> str:
-    # NUL separates the parts so ("ab", "c") and ("a", "bc") cannot collide.
+    # NUL separates the parts so ("ab", "c") and ("a", "bc") cannot collide. Hex (C-fast) is
+    # URL- and NATS-subject-safe; 120 bits make a collision between two clicks negligible.
     digest = hashlib.blake2b(
         f"{user_id}\x00{idempotency_key}".encode(), digest_size=15, person=b"flashsale.pid"
-    ).digest()
-    # base32 lowercase: URL- and NATS-subject-safe, 24 characters.
-    return PURCHASE_ID_PREFIX + base64.b32encode(digest).decode().lower()
+    ).hexdigest()
+    return PURCHASE_ID_PREFIX + digest
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def is_purchase_id(value: str) -> bool:
-    if len(value) != len(PURCHASE_ID_PREFIX) + 24 or not value.startswith(PURCHASE_ID_PREFIX):
-        return False
-    return all(c in "abcdefghijklmnopqrstuvwxyz234567" for c in value[len(PURCHASE_ID_PREFIX) :])
+    return (
+        len(value) == len(PURCHASE_ID_PREFIX) + 30
+        and value.startswith(PURCHASE_ID_PREFIX)
+        and _HEX.issuperset(value[len(PURCHASE_ID_PREFIX) :])
+    )
 
 
 def request_hash(canonical_body: bytes) -> str:
