@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-unit bench bench-quick clean
+.PHONY: run test test-unit bench bench-quick wrk clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,17 @@ test: $(VENV)/.installed
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit
 
-bench: $(VENV)/.installed
+# wrk (Debian's package) drives the closed-loop phases; without it the bench falls back to its
+# Python generator and says so in the report.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)) \
+		>/dev/null 2>&1) || echo "wrk not installed: the bench uses its Python generator"
+
+bench: $(VENV)/.installed wrk
 	$(PY) -m bench
 
-bench-quick: $(VENV)/.installed
+bench-quick: $(VENV)/.installed wrk
 	$(PY) -m bench --quick
 
 clean:

@@ -79,11 +79,20 @@ sku_upsert_decoder = msgspec.json.Decoder(SkuUpsertRequest)
 encode_json = msgspec.json.Encoder().encode
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
 def iso_ms(epoch_ms: int | None) -> str | None:
+    """RFC 3339 UTC with milliseconds. The formatted second is cached: during a flood nearly
+    every timestamp falls in the second before, and strftime is the expensive part."""
+    global _second_prefix
     if epoch_ms is None:
         return None
-    dt = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    second, ms = divmod(epoch_ms, 1000)
+    if _second_prefix[0] != second:
+        dt = datetime.fromtimestamp(second, tz=timezone.utc)
+        _second_prefix = (second, dt.strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{_second_prefix[1]}{ms:03d}Z"
 
 
 def epoch_ms(dt: datetime | None) -> int | None:
