@@ -48,6 +48,7 @@ class Committer:
         self.ready = False
         self.stopping = asyncio.Event()
         self.epoch = 0
+        self.commits = 0
         self.machine: Machine | None = None
         self.nc: nats.NATS | None = None
         self.conn: asyncpg.Connection | None = None
@@ -137,6 +138,9 @@ class Committer:
                 await asyncio.gather(*(m.nak() for m in acked), return_exceptions=True)
                 raise
             metrics.COMMIT_SECONDS.labels(self.label).observe(time.perf_counter() - started)
+            self.commits += 1
+            if self.commits == self.settings.crash_after_commit:
+                os._exit(137)  # the worst moment to die: committed, nothing acked or announced
         # Only now is every decision durable: acknowledge, then tell the world.
         for msg in acked:
             await msg.ack()

@@ -45,6 +45,8 @@ class Settings(msgspec.Struct, kw_only=True):
     ack_wait_s: float = 3.0
     max_ack_pending: int = 50_000
     committer_metrics_port: int = 0  # 0 = none; else port + shard
+    # Chaos testing only: die like kill -9 right after the Nth commit, before its acks (0 = never).
+    crash_after_commit: int = 0
 
     # streams
     intents_max_age_s: float = 7 * 24 * 3600.0

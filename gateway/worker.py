@@ -215,7 +215,8 @@ class Gateway:
         try:
             await self._publish(self.names.intent(shard, kind, purchase_id), encode(intent))
         except nats.js.errors.APIError as e:
-            if e.err_code != ERR_MAX_MSGS_PER_SUBJECT:
+            # 10077 also means "stream full"; only "per subject" says this intent is stored.
+            if e.err_code != ERR_MAX_MSGS_PER_SUBJECT or "per subject" not in (e.description or ""):
                 raise
             # A previous run of this job already sent it (the stream keeps one per subject).
             log.info("intent already sent", extra={"purchase_id": purchase_id, "kind": kind})
@@ -289,7 +290,8 @@ class Gateway:
                 continue
             try:
                 msgs = await sub.fetch(batch=free, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                # nats-py raises either, depending on where in fetch the time ran out.
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                 await asyncio.sleep(0.5)
@@ -341,7 +343,8 @@ class Gateway:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(batch=100, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                # nats-py raises either, depending on where in fetch the time ran out.
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
                 await asyncio.sleep(0.5)

@@ -43,3 +43,33 @@ async def test_kill_9_committer_mid_flood(system, settings, db):
     result = await flood
     summary = await check_invariants(db, result, "hot", STOCK, max_per_user=1)
     assert summary["confirmed"] == STOCK
+
+
+async def test_death_between_commit_and_ack(system, settings, db):
+    """Committed but never acked or announced: the batch comes back to the restarted committer,
+    which must recognise every id and announce the same decisions, not decide them again."""
+    import msgspec
+
+    system.start()
+    await create_sku(system.base_url, settings.admin_token, "hot", stock=50, max_per_user=1)
+    shard = shard_of("hot", settings.shards)
+    name = f"committer-{shard}"
+    system.processes[name].stop()
+    doomed = msgspec.structs.replace(settings, crash_after_commit=1)
+    system.settings = doomed
+    crashing = system.start_committer(shard, name=name)
+    attempts = plan("hot", requests=400, users=300, seed=5)
+    # The buyers wait for their outcome: each must get the committed one.
+    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=100, wait_s=10))
+    for _ in range(500):
+        if not crashing.alive:
+            break
+        await asyncio.sleep(0.02)
+    assert crashing.proc.returncode == 137
+    committed_before = await db.fetchval("SELECT count(*) FROM purchases")
+    assert committed_before > 0
+    system.settings = settings
+    system.start_committer(shard, name=name)
+    result = await flood
+    summary = await check_invariants(db, result, "hot", 50, max_per_user=1)
+    assert summary["confirmed"] == 50
