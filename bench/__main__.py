@@ -25,11 +25,14 @@ import psutil
 
 from bench import plots
 from bench.report import RunResult, headline, render_report
+from bench.paid import PAID_RATE, PAID_SKU, PAID_STOCK, PAID_TOKENS, FlashsalePaid
 from bench.runner import PhasePlan, SystemRun, db_figures, finish_phase, py_spy, run_phase, wrk_available
 from bench.systems import Baseline, Flashsale, System
 from flashsale.embedded import start_nats, start_postgres
 
-SCENARIOS = ["hot-sku", "many-skus", "retry-storm"]
+SCENARIOS = ["hot-sku", "many-skus", "retry-storm", "paid"]
+# --quick leaves out `paid` (~10 s more) to stay under two minutes; the full run has it (~17 s).
+QUICK_SCENARIOS = ["hot-sku", "many-skus", "retry-storm"]
 SYSTEMS = ["echo", "naive", "rowlock", "flashsale"]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HOT_STOCK = 1_000  # far below demand: a few hundred ms of load sells it out
@@ -44,7 +47,8 @@ DRAIN_TIMEOUT_S = 60.0
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short phases, fewer runs: under two minutes")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {SCENARIOS}")
+    ap.add_argument("--scenarios", default=None,
+                    help=f"comma list of {SCENARIOS} (default: all; with --quick all but paid)")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {SYSTEMS}")
     ap.add_argument("--shards", default=None, help="committer counts for the many-skus sweep (default 1,2,4)")
     ap.add_argument("--ingests", type=int, default=1,
@@ -54,11 +58,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fractions", default=None,
                     help="open-loop rates as fractions of the max (default 0.25,0.5,0.8,1.0; quick 0.8)")
     ap.add_argument("--connections", type=int, default=64, help="closed-loop connections")
+    ap.add_argument("--paid-rate", type=float, default=PAID_RATE,
+                    help=f"paid scenario: buyers/s, open loop (default {PAID_RATE:g})")
     ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy flame graphs of flashsale's processes during its max phases (pip install py-spy)")
     ap.add_argument("--out", default=None, help="results directory (default bench/results/<timestamp>)")
     args = ap.parse_args(argv)
+    if args.scenarios is None:
+        args.scenarios = ",".join(QUICK_SCENARIOS if args.quick else SCENARIOS)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
     args.systems = [s for s in args.systems.split(",") if s]
     for s in args.scenarios:
@@ -81,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def plan_systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int | None]]:
     out: list[tuple[str, int | None]] = []
+    if scenario == "paid":
+        # The baselines have no payment path: flashsale only.
+        return [("flashsale", args.hot_shards)] if "flashsale" in args.systems else []
     for name in args.systems:
         if name == "echo" and scenario != "hot-sku":
             continue  # echo keeps no state: only its HTTP limit on hot-sku means anything
@@ -115,6 +126,10 @@ def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[di
                 [PhasePlan("max", "closed", skus, d, connections=args.connections, sampler_rate=sampler,
                            use_wrk=wrk),
                  PhasePlan("open@0.8", "open", skus, d)])
+    if scenario == "paid":
+        # Every buyer waits for the decision (`reserved`); the payment outcome comes from the DB.
+        return {PAID_SKU: PAID_STOCK}, [PhasePlan("paid", "open", [PAID_SKU], d, rate=args.paid_rate,
+                                                  wait_every=1, payment_tokens=PAID_TOKENS)]
     skus = [f"storm-{i:03d}" for i in range(STORM_SKUS)]
     return {s: STORM_STOCK for s in skus}, [PhasePlan("retry", "retry", skus, d, connections=64)]
 
@@ -147,7 +162,7 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
     ids: set[str] = set()
     max_rate: float | None = None
     for plan in plans:
-        if plan.mode == "open":
+        if plan.mode == "open" and plan.rate is None:
             if not max_rate:
                 continue
             plan.rate = round(max_rate * float(plan.phase.split("@")[1]), 1)
@@ -160,12 +175,17 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
         run.drained = await finish_phase(sut, result, DRAIN_TIMEOUT_S) and run.drained
         await db_figures(sut, result)
         run.phases.append(result)
+    if isinstance(sut, FlashsalePaid) and run.phases:
+        run.paid = await sut.paid_figures(run.phases[0].started_ms, run.phases[0].ended_ms)
     run.invariants = await sut.invariants(ids, sum(stock.values()))
     run.invariants.id_mismatch = sum((p.retry or {}).get("id_mismatch", 0) for p in run.phases)
     return run
 
 
-def make_system(name: str, shards: int | None, root: Path, pg, nats, ingests: int = 1) -> System:
+def make_system(name: str, shards: int | None, root: Path, pg, nats, ingests: int = 1,
+                scenario: str = "") -> System:
+    if name == "flashsale" and scenario == "paid":
+        return FlashsalePaid(name, root, pg, nats, shards=shards or 1, ingests=ingests)
     if name == "flashsale":
         return Flashsale(name, root, pg, nats, shards=shards or 1, ingests=ingests)
     return Baseline(name, root, pg, nats)
@@ -208,12 +228,14 @@ async def amain(args: argparse.Namespace) -> Path:
     print(f"bench: servers under {root}, results in {out_dir}", file=sys.stderr)
     nats = start_nats(root / "nats")
     pg = start_postgres(root / "pg")
+    if "paid" in args.scenarios and set(args.systems) - {"flashsale"}:
+        result.notes.append("paid: flashsale only (echo, naive and rowlock have no payment path)")
     n = 0
     try:
         for scenario in args.scenarios:
             for name, shards in plan_systems(scenario, args):
                 n += 1
-                sut = make_system(name, shards, root, pg, nats, args.ingests)
+                sut = make_system(name, shards, root, pg, nats, args.ingests, scenario)
                 try:
                     await sut.start()
                     result.runs.append(await run_system(sut, scenario, args, work, n, out_dir))

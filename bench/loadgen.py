@@ -58,6 +58,7 @@ class GenSpec(msgspec.Struct, kw_only=True):
     retry_timeout_s: float = 0.05  # retry mode: the impatient buyer's timeout
     retry_attempts: int = 5
     resend_every: int = 0  # retry mode: every Nth purchase is sent once more after its answer
+    payment_tokens: list[str] = []  # request n carries payment_token tokens[n % len] (paid scenario)
 
 
 class GenResult(msgspec.Struct):
@@ -150,10 +151,12 @@ class Generator:
         self._prefer = b"Prefer: wait=%d\r\n" % spec.wait_s
         self._skus = [s.encode() for s in spec.skus]
         self._tag = spec.tag.encode()
+        self._tokens = [b',"payment_token":"%s"' % t.encode() for t in spec.payment_tokens]
 
     def build(self, n: int, wait: bool) -> bytes:
         """Request n: user `<tag>-n` with key `k<n>`; the SKU cycles through the list."""
-        body = b'{"sku":"%s","qty":1,"user_id":"%s-%d"}' % (self._skus[n % len(self._skus)], self._tag, n)
+        token = self._tokens[n % len(self._tokens)] if self._tokens else b""
+        body = b'{"sku":"%s","qty":1,"user_id":"%s-%d"%s}' % (self._skus[n % len(self._skus)], self._tag, n, token)
         return b"%sIdempotency-Key: k%d\r\n%sContent-Length: %d\r\n\r\n%s" % (
             self._head, n, self._prefer if wait else b"", len(body), body,
         )

@@ -100,7 +100,7 @@ def headline(runs: Sequence[SystemRun]) -> Headline:
 
 def _violations(run: SystemRun) -> int:
     i = run.invariants
-    return i.oversold_skus + i.duplicate_orders + i.lost + i.id_mismatch
+    return i.oversold_skus + i.duplicate_orders + i.lost + i.id_mismatch + (run.paid.violations() if run.paid else 0)
 
 
 def _verdict(ok: bool | None) -> str:
@@ -165,6 +165,7 @@ def render_report(result: RunResult) -> str:
     if retry_rows:
         out += ["", "## Retry storm", "",
                 render_table(["system", "logical purchases", "retries", "gave up", "id mismatch"], retry_rows)]
+    out += render_paid(result.runs)
     out += ["", "## CPU per process (% of one core, over the load window)", ""]
     names: list[str] = []
     for run in result.runs:
@@ -189,3 +190,52 @@ def render_report(result: RunResult) -> str:
     if notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"
+
+
+def render_paid(runs: Sequence[SystemRun]) -> list[str]:
+    """The paid scenario's section: decision and payment latency, outcomes, money checks."""
+    paid = [(run, run.paid) for run in runs if run.paid is not None]
+    if not paid:
+        return []
+    out = ["", "## Payment required (paid scenario)", ""]
+    run, f = paid[0]
+    out.append(f"SKU `{f.sku}`: stock {f.stock:,}, `payment: required`, reservation TTL {f.ttl_s} s. "
+               "Buyers' tokens (tenths): " + ", ".join(f"{k} {v}" for k, v in f.tokens.items())
+               + ". Fake PSP: " + ", ".join(f"{k} {v:g}" for k, v in f.psp_rates.items())
+               + " (timeouts and lost answers only hit tokens other than tok_visa / tok_chargeDeclined).")
+    out.append("")
+    rows = []
+    for run, f in paid:
+        p = run.phases[0] if run.phases else None
+        rows.append([
+            p.system if p else run.system, p.offered_rate if p else None, p.accepted_per_s if p else None,
+            *(_lat(p.decision)[:3] if p else [None] * 3), f.reserve_db.p99,
+            f.confirmed_per_s_in_load, f.confirmed_per_s, *_lat(f.confirm_db)[:3], f.settle_s,
+            (p.cpu_pct.get("gateway") if p else None), (p.cpu_pct.get("fakepsp") if p else None),
+        ])
+    out.append(render_table(
+        ["system", "offered/s", "accepted/s", "reserved p50", "reserved p95", "reserved p99",
+         "reserved p99 (db)", "confirmed/s in load", "confirmed/s to last", "confirmed p50",
+         "confirmed p95", "confirmed p99", "settled after load (s)", "gateway CPU %", "fakepsp CPU %"], rows))
+    out += ["", "reserved = POST -> answer carrying `reserved` (`Prefer: wait=5`, open loop, from the "
+            "intended send time); (db) = `decided_at_ms - accepted_at_ms`. confirmed = "
+            "`updated_at_ms - accepted_at_ms` of confirmed purchases (POST -> payment settled). "
+            "confirmed/s to last = confirmed / (last confirmation - load start). Latencies in ms; "
+            "CPU % of one core over the load window (the gateway keeps paying after it: see CPU s).", ""]
+    rows = []
+    for run, f in paid:
+        rows.append([run.phases[0].system if run.phases else run.system, f.purchases,
+                     ", ".join(f"{k} {v:,}" for k, v in f.by_status.items()),
+                     ", ".join(f"{k} {v:,}" for k, v in sorted(f.psp_stats.items())),
+                     ", ".join(f"{k} {v:g}" for k, v in f.cpu_s.items())])
+    out.append(render_table(["system", "purchases", "final status", "fake PSP stats", "CPU s (whole run)"], rows))
+    out += ["", "Money (the last six must be 0):", ""]
+    rows = [[run.phases[0].system if run.phases else run.system, f.confirmed, f.captures, f.ledger_intents,
+             f.refunded_intents, f.captured_twice, f.confirmed_without_capture, f.captured_not_confirmed,
+             f.still_reserved, f.stock_not_returned, f.oversold,
+             ", ".join(f"{k} {v}" for k, v in f.reconcile.items() if v and k != "duration_s") or "-"]
+            for run, f in paid]
+    out.append(render_table(["system", "confirmed", "captures", "ledger intents", "refunded", "captured twice",
+                             "confirmed w/o its capture", "captured not confirmed", "still reserved",
+                             "stock not returned", "oversold", "reconcile dry run (non-zero)"], rows))
+    return out

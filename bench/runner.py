@@ -20,6 +20,7 @@ import msgspec
 import psutil
 
 from bench.loadgen import GenResult, GenSpec
+from bench.paid import PaidFigures
 from bench.stats import LatencySummary, split_rate, summarize
 from bench.systems import Invariants, System, cpu_delta, cpu_snapshot
 
@@ -67,6 +68,7 @@ class SystemRun(msgspec.Struct, kw_only=True):
     phases: list[PhaseResult] = []
     invariants: Invariants = msgspec.field(default_factory=Invariants)
     drained: bool = True
+    paid: PaidFigures | None = None  # the paid scenario: payment outcomes and money checks
 
 
 @dataclass
@@ -164,6 +166,7 @@ class PhasePlan:
     sampler_rate: float = 0.0  # closed loop: decision-latency sampler beside the load
     use_wrk: bool = True
     retry_timeout_s: float = 0.03
+    payment_tokens: list[str] = field(default_factory=list)  # cycled over requests (paid scenario)
 
 
 def py_spy() -> str | None:
@@ -203,7 +206,8 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
 
     def spec(i: int, **kw: object) -> GenSpec:
         return GenSpec(port=sut.port, duration_s=plan.duration_s, start_at=start_at,
-                       tag=f"{tag}-{i}", skus=plan.skus, **kw)  # type: ignore[arg-type]
+                       tag=f"{tag}-{i}", skus=plan.skus, payment_tokens=plan.payment_tokens,
+                       **kw)  # type: ignore[arg-type]
 
     specs: list[GenSpec] = []
     if plan.mode == "open":
