@@ -22,10 +22,10 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from committer import metrics, store
-from committer.pull import IntentPuller
 from committer.machine import Machine, Step
 from config.settings import Settings
 from flashsale.logs import kv
+from flashsale.pull import Puller
 from flashsale.streams import ensure_streams
 from proto.messages import Intent, PaymentJob, Purchase, ResultBatch, encode, intent_decoder
 
@@ -87,7 +87,7 @@ class Committer:
                 max_waiting=64,
             ),
         )
-        self.puller = IntentPuller(self.nc, self.names.intents_stream, durable)
+        self.puller = Puller(self.nc, self.names.intents_stream, durable)
         await self.puller.start()
         # A crash between commit and publish may have lost payment jobs: hand them out again
         # (the stream de-duplicates by purchase id; the gateway is idempotent anyway).

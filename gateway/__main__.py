@@ -36,7 +36,7 @@ async def run(settings: Settings) -> None:
                         connections_max=max(10, settings.gateway_concurrency))
     db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     gateway = Gateway(settings, js, psp, db)
-    jobs, refusals = await gateway.subscribe()
+    jobs, refusals = await gateway.subscribe(nc)
     ready.set()
     log.info("gateway ready", extra={"psp_url": settings.psp_url,
                                      "concurrency": settings.gateway_concurrency})

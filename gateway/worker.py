@@ -25,12 +25,14 @@ import asyncpg
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge, Histogram
 
 from config.settings import Settings
+from flashsale.pull import Puller
 from gateway.messages import DeadLetter, encode_deadletter
 from gateway.psp import CardDeclined, PaymentIntent, PaymentProvider, PspError
 from proto.messages import (
@@ -43,6 +45,7 @@ T = TypeVar("T")
 
 ERR_MAX_MSGS_PER_SUBJECT = 10077  # the intents stream already holds this (purchase, kind)
 PAYMENTS_DURABLE = "gateway"
+FETCH_WAIT_S = 1.0  # idle wait per fetch; a message returns it at once
 REFUSALS_DURABLE = "gateway-refusals"
 PUBLISH_ATTEMPTS_MAX = 5
 
@@ -261,42 +264,38 @@ class Gateway:
 
     # -- consumers -----------------------------------------------------------------------------
 
-    async def subscribe(self) -> tuple[JetStreamContext.PullSubscription, JetStreamContext.PullSubscription]:
+    async def subscribe(self, nc: Client) -> tuple[Puller, Puller]:
         s = self.settings
-        jobs = await self.js.pull_subscribe(
-            self.names.payments_all(), durable=PAYMENTS_DURABLE, stream=self.names.payments_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=s.payment_ack_wait_s,
-                max_deliver=-1,  # a job is never dropped: it ends in confirm, release or DLQ
-                max_ack_pending=max(s.gateway_concurrency * 4, 1000),
-            ))
-        refusals = await self.js.pull_subscribe(
-            self.names.results_all(), durable=REFUSALS_DURABLE, stream=self.names.results_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=s.payment_ack_wait_s,
-                max_deliver=-1,
-            ))
+        await self.js.add_consumer(self.names.payments_stream, ConsumerConfig(
+            durable_name=PAYMENTS_DURABLE,
+            filter_subject=self.names.payments_all(),
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=s.payment_ack_wait_s,
+            max_deliver=-1,  # a job is never dropped: it ends in confirm, release or DLQ
+            max_ack_pending=max(s.gateway_concurrency * 4, 1000),
+        ))
+        await self.js.add_consumer(self.names.results_stream, ConsumerConfig(
+            durable_name=REFUSALS_DURABLE,
+            filter_subject=self.names.results_all(),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=s.payment_ack_wait_s,
+            max_deliver=-1,
+        ))
+        jobs = Puller(nc, self.names.payments_stream, PAYMENTS_DURABLE)
+        refusals = Puller(nc, self.names.results_stream, REFUSALS_DURABLE)
+        await jobs.start()
+        await refusals.start()
         return jobs, refusals
 
-    async def run_jobs(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+    async def run_jobs(self, sub: Puller, stop: asyncio.Event) -> None:
         inflight: set[asyncio.Task[None]] = set()
         while not stop.is_set():
             free = self.settings.gateway_concurrency - len(inflight)
             if free <= 0:
                 await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            try:
-                msgs = await sub.fetch(batch=free, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                # nats-py raises either, depending on where in fetch the time ran out.
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
+            for msg in await sub.fetch(free, FETCH_WAIT_S):
                 task = asyncio.create_task(self._on_job(msg))
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
@@ -339,17 +338,9 @@ class Gateway:
             await asyncio.sleep(self.settings.payment_ack_wait_s / 3)
             await _quietly(msg.in_progress())
 
-    async def run_refusals(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+    async def run_refusals(self, sub: Puller, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                msgs = await sub.fetch(batch=100, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                # nats-py raises either, depending on where in fetch the time ran out.
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError):
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
+            for msg in await sub.fetch(100, FETCH_WAIT_S):
                 try:
                     batch = result_decoder.decode(msg.data)
                 except msgspec.DecodeError:
@@ -370,3 +361,4 @@ async def _quietly(aw: Awaitable[object]) -> None:
         await aw
     except Exception as e:  # noqa: BLE001
         log.debug("ack-type call failed", extra={"error": str(e)})
+

@@ -9,6 +9,7 @@ import nats
 import pytest
 
 from flashsale.embedded import free_port
+from tests.util import eventually
 
 from proto.messages import Purchase, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
@@ -17,16 +18,6 @@ from proto.sharding import shard_of
 async def publish_intent(js, settings, intent, kind: str, key: str, sku: str) -> None:
     subject = settings.names.intent(shard_of(sku, settings.shards), kind, key)
     await js.publish(subject, encode(intent), headers={"Nats-Msg-Id": f"{kind}:{key}"})
-
-
-async def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval_s)
-    raise AssertionError("condition not met in time")
 
 
 async def test_decides_commits_and_announces(system, settings, db):
@@ -44,12 +35,12 @@ async def test_decides_commits_and_announces(system, settings, db):
     for i in range(5):
         p = Purchase(id=f"p{i}", sku="hot", qty=1, user_id=f"u{i}", request_hash="h", accepted_at_ms=now)
         await publish_intent(js, settings, p, "purchase", p.id, "hot")
-    await wait_for(lambda: db.fetchval("SELECT count(*) = 5 FROM purchases"))
+    await eventually(lambda: db.fetchval("SELECT count(*) = 5 FROM purchases"))
     rows = await db.fetch("SELECT status, reason, amount_cents FROM purchases ORDER BY id")
     assert [r["status"] for r in rows].count("confirmed") == 3
     assert {r["reason"] for r in rows if r["status"] == "rejected"} == {"sold_out"}
     assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'hot'") == 3
-    await wait_for(lambda: asyncio.sleep(0, sum(len(b.decisions) for b in results) >= 5))
+    await eventually(lambda: asyncio.sleep(0, sum(len(b.decisions) for b in results) >= 5))
     assert any("r1" in b.admin_applied for b in results)
     await sub.unsubscribe()
     await nc.close()
@@ -63,7 +54,7 @@ async def test_second_committer_fences_the_first(system, settings, db):
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
     await publish_intent(js, settings, SkuUpsert(request_id="r1", sku="hot", stock=1000), "sku_upsert", "r1", "hot")
-    await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM skus"))
+    await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM skus"))
     second = system.start_committer(shard, name="committer-second", status_port=free_port())
     epoch2 = await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard)
     assert epoch2 == epoch1 + 1
@@ -71,9 +62,9 @@ async def test_second_committer_fences_the_first(system, settings, db):
     for i in range(200):
         p = Purchase(id=f"p{i}", sku="hot", qty=1, user_id=f"u{i}", request_hash="h", accepted_at_ms=now)
         await publish_intent(js, settings, p, "purchase", p.id, "hot")
-    await wait_for(lambda: db.fetchval("SELECT count(*) = 200 FROM purchases"))
+    await eventually(lambda: db.fetchval("SELECT count(*) = 200 FROM purchases"))
     # The old holder's next batch was fenced: it exited, and only the new one commits.
-    await wait_for(lambda: asyncio.sleep(0, not first.alive), timeout_s=10)
+    await eventually(lambda: asyncio.sleep(0, not first.alive), timeout_s=10)
     assert first.proc.returncode == 3
     assert second.alive
     assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'hot'") == 200

@@ -18,6 +18,7 @@ import pytest
 
 from config.settings import Settings
 from gateway.reconcile import reconcile
+from tests.util import eventually
 from gateway.testing import FakePspAdmin, spare_port, fakepsp_process, gateway_process, gateway_ready_url
 from proto.messages import Purchase, SkuUpsert, encode
 from proto.sharding import shard_of
@@ -87,13 +88,7 @@ class Saga:
         return ids
 
     async def until(self, predicate, timeout_s: float = 60.0, interval_s: float = 0.1):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = await predicate()
-            if value:
-                return value
-            await asyncio.sleep(interval_s)
-        raise AssertionError(f"condition not met in {timeout_s}s")
+        return await eventually(predicate, timeout_s, interval_s)
 
     async def watch_stock(self, stop: asyncio.Event) -> None:
         """Invariant 1 sampled all along (the schema's CHECK enforces it on skus; this checks

@@ -86,7 +86,7 @@ async def harness(settings: Settings, fake):
     await ensure_streams(js, s)
     psp = StripeLikePsp(url, s.psp_api_key, timeout_s=s.psp_timeout_s)
     h = Harness(s, js, psp, admin)
-    jobs, refusals = await h.gateway.subscribe()
+    jobs, refusals = await h.gateway.subscribe(nc)
     stop = asyncio.Event()
     tasks = [asyncio.create_task(h.gateway.run_jobs(jobs, stop)),
              asyncio.create_task(h.gateway.run_refusals(refusals, stop))]

@@ -1,8 +1,7 @@
-"""Pulling intents from the shard's durable JetStream consumer: low latency when idle, large
-batches under load.
+"""Pulling from a durable JetStream consumer: low latency when idle, large batches under load.
 
 nats-py's `fetch(n)` waits for n messages (or its timeout) once it has to linger, which would
-hold a lone intent for the whole timeout. Here one pull request for up to `batch_max` messages
+hold a lone message for the whole timeout. Here one pull request for up to `batch_max` messages
 stays open; each call returns as soon as anything is there, and the server keeps filling our
 inbox while the previous batch commits, so the next call finds a batch waiting.
 """
@@ -22,7 +21,7 @@ HEARTBEAT = "100"
 REQUEST_ENDED = {"404", "408", "409"}  # no messages / expired / conflict (e.g. max waiting)
 
 
-class IntentPuller:
+class Puller:
     def __init__(self, nc: Client, stream: str, durable: str, request_expires_s: float = 5.0,
                  api_prefix: str = "$JS.API") -> None:
         self.nc = nc
@@ -61,7 +60,7 @@ class IntentPuller:
         return msgs
 
     def _take(self, msg: Msg) -> bool:
-        """True for an intent; status messages update the request's state and are dropped."""
+        """True for a message; status messages update the request's state and are dropped."""
         status = msg.headers.get(STATUS) if msg.headers else None
         if status is None:
             self.credit -= 1
