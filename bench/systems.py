@@ -22,7 +22,7 @@ import psutil
 from config.settings import Settings, load
 from flashsale import procs
 from flashsale.db import apply_schema, ensure_database
-from flashsale.embedded import Embedded, free_port
+from flashsale.embedded import Embedded, free_port, free_port_block
 
 FINAL_OR_RESERVED = ["reserved", "confirmed", "rejected", "expired", "cancelled"]
 _run_numbers = itertools.count(1)
@@ -300,25 +300,6 @@ class Flashsale(System):
 
     async def decisions_between(self, start_ms: int, end_ms: int) -> tuple[int, list[float], list[int]]:
         return await _decisions(self.database_url, "purchases", start_ms, end_ms)
-
-
-def free_port_block(n: int) -> int:
-    """A base port such that base..base+n-1 are free now (committer metrics ports)."""
-    import socket
-
-    for _ in range(100):
-        base = free_port()
-        ok = True
-        for p in range(base, base + n):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
 
 
 async def _check(conn: asyncpg.Connection, accepted_ids: set[str], stock: int, skus: str,
