@@ -158,12 +158,6 @@ def cmd_set_sku(args: argparse.Namespace) -> int:
     return _print_outcome(asyncio.run(run()))
 
 
-def cmd_reconcile(args: argparse.Namespace) -> int:
-    from gateway import reconcile
-
-    return reconcile.main(args.rest)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flashsale")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ss.add_argument("--sale-end", dest="sale_end", help="ISO 8601")
     ss.add_argument("--timeout-s", type=float, default=10.0)
     ss.set_defaults(fn=cmd_set_sku)
-    rc = sub.add_parser("reconcile", help="compare the PSP ledger with orders and repair")
-    rc.add_argument("rest", nargs=argparse.REMAINDER)
-    rc.set_defaults(fn=cmd_reconcile)
+    # reconcile has its own options (gateway/reconcile.py); they pass through untouched.
+    sub.add_parser("reconcile", help="compare the PSP ledger with orders and repair", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reconcile"]:
+        from gateway import reconcile
+
+        return reconcile.main(argv[1:])
     args = parser.parse_args(argv)
     return args.fn(args)
 
