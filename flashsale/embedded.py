@@ -8,7 +8,6 @@ DATABASE_URL to real clusters and never touches this module.
 from __future__ import annotations
 
 import os
-import pwd
 import random
 import shutil
 import signal

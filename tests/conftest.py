@@ -133,3 +133,16 @@ async def seed_sku(settings: Settings, sku: str, stock: int, **fields) -> None:
         )
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory: pytest.TempPathFactory):
+    """A fake PSP process per test module: (base URL, its admin client, default settings)."""
+    from gateway.testing import FakePspAdmin, fakepsp_process
+
+    base = load(env={}, file=None)
+    proc, url = fakepsp_process(base, tmp_path_factory.mktemp("psp"), seed=7)
+    proc.start()
+    proc.wait_http_ok(url + "/healthz")
+    yield url, FakePspAdmin(url, base.psp_api_key), base
+    proc.stop()

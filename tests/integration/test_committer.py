@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import nats
-import pytest
 
 from flashsale.embedded import free_port
 from tests.util import eventually

@@ -9,7 +9,6 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import asyncpg
 import msgspec

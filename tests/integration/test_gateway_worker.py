@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from pathlib import Path
 
 import msgspec
 import nats
@@ -18,24 +17,13 @@ from config.settings import Settings
 from flashsale.streams import ensure_streams
 from gateway.messages import deadletter_decoder
 from gateway.psp import StripeLikePsp
-from gateway.testing import FakePspAdmin, fakepsp_process
+from gateway.testing import FakePspAdmin
 from gateway.worker import Gateway
 from proto.messages import (
     Confirm, PaymentJob, Refusal, Release, ResultBatch, encode, intent_decoder,
 )
 
 CALM = dict(latency_ms=0, decline_rate=0, timeout_rate=0, lost_rate=0, hang_s=0.4)
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory):
-    from config.settings import load
-    base = load(env={}, file=None)
-    proc, url = fakepsp_process(base, tmp_path_factory.mktemp("psp"), seed=11)
-    proc.start()
-    proc.wait_http_ok(url + "/healthz")
-    yield url, FakePspAdmin(url, base.psp_api_key)
-    proc.stop()
 
 
 class Harness:
@@ -75,7 +63,7 @@ class Harness:
 
 @pytest.fixture
 async def harness(settings: Settings, fake):
-    url, admin = fake
+    url, admin, _ = fake
     admin.set_rates(**CALM)
     s = msgspec.structs.replace(settings, psp_url=url, psp_timeout_s=0.25,
                                 payment_backoff_base_s=0.05, payment_backoff_max_s=0.4,

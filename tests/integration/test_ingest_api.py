@@ -9,10 +9,9 @@ import json
 import aiohttp
 import msgspec
 import nats
-import pytest
 
 from flashsale.embedded import free_port
-from proto.ids import is_purchase_id, purchase_id
+from proto.ids import purchase_id
 from tests.conftest import seed_sku
 
 PROBLEM = "application/problem+json"

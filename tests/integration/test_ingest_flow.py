@@ -4,7 +4,6 @@ the sold-out fast path, admin refusals, reservations and cancels."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiohttp
 import msgspec

@@ -10,22 +10,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from config.settings import Settings, load
+from config.settings import load
 from gateway.psp import CardDeclined, PspError, StripeLikePsp
-from gateway.testing import FakePspAdmin, fakepsp_process
+from gateway.testing import fakepsp_process
 
 CALM = dict(latency_ms=0, decline_rate=0, timeout_rate=0, lost_rate=0, hang_s=0.6)
-
-
-@pytest.fixture(scope="module")
-def fake(tmp_path_factory: pytest.TempPathFactory):
-    settings = load(env={}, file=None)
-    proc, url = fakepsp_process(settings, tmp_path_factory.mktemp("psp"), seed=7)
-    proc.start()
-    proc.wait_http_ok(url + "/healthz")
-    admin = FakePspAdmin(url, settings.psp_api_key)
-    yield url, admin, settings
-    proc.stop()
 
 
 @pytest.fixture
