@@ -35,6 +35,10 @@ class Settings(msgspec.Struct, kw_only=True):
     results_cache_max: int = 200_000  # decided purchases remembered per ingest instance
     inflight_max: int = 20_000  # publishes awaiting a JetStream ack per ingest instance
     retry_after_s: int = 1
+    # Per-buyer token bucket on POST /v1/purchases (429 beyond it); 0 turns it off.
+    user_rate_per_s: float = 20.0
+    user_burst: int = 40
+    rate_limit_users_max: int = 200_000
 
     # committer
     batch_max: int = 2_000

@@ -5,8 +5,9 @@
 - load shedding: a write while NATS is disconnected or with inflight_max publishes already
   awaiting their ack is a 503 + Retry-After at once, instead of a request queueing until it
   times out;
-- the sold-out fast path needs the parsed SKU, so the purchase handler asks `ResultsHub.is_sold_out`
-  itself (see app.create_purchase); it is documented with the rest of admission here.
+- the per-buyer rate limit (`ratelimit.RateLimiter`, 429) and the sold-out fast path need the
+  parsed body, so the purchase handler applies them itself (see app.create_purchase); they are
+  documented with the rest of admission here.
 
 The same middleware turns every error into problem+json, infrastructure failures into 503s
 rather than 500s, and counts requests for /metrics.

@@ -29,6 +29,7 @@ from flashsale.logs import kv
 from flashsale.streams import ensure_streams
 from ingest import admission, metrics, problems
 from ingest.publisher import Overloaded, Publisher
+from ingest.ratelimit import RateLimiter
 from ingest.results import SKUS_MAX, ResultsHub, Watch
 from ingest.schemas import (
     SKU_MAX_LEN, SKU_PATTERN, STATUSES, encode_json, epoch_ms, purchase_request_decoder,
@@ -76,6 +77,10 @@ class Ingest:
         self.publisher: Publisher | None = None
         self.streams_ready = False
         self._unknown_skus: dict[str, float] = {}  # sku -> monotonic time the miss expires
+        self.limiter = (
+            RateLimiter(settings.user_rate_per_s, settings.user_burst, settings.rate_limit_users_max)
+            if settings.user_rate_per_s > 0 else None
+        )
         self.closing = False
 
     async def start(self) -> None:
@@ -333,6 +338,15 @@ async def create_purchase(request: web.Request) -> web.Response:
             400, "bad_idempotency_key", "Invalid Idempotency-Key",
             f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_LEN} visible ASCII characters",
         )
+    if ing.limiter is not None:
+        wait_s = ing.limiter.acquire(req.user_id, time.monotonic())
+        if wait_s:
+            metrics.REJECTS.labels("rate_limited").inc()
+            return problems.problem(
+                429, "rate_limited", "Too many requests",
+                f"user {req.user_id!r} sends purchases faster than {s.user_rate_per_s:g}/s",
+                retry_after_s=RateLimiter.retry_after_s(wait_s),
+            )
     if req.sku not in ing.hub.skus and await ing.sku_state(req.sku) is None:
         # Every SKU reaches ingest on the result stream or from Postgres: this one was never
         # created. Refused here, so junk SKUs never reach JetStream or a committer.

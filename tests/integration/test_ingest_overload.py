@@ -114,3 +114,35 @@ async def test_waiters_max_answers_without_waiting(system, settings):
         async with http.get(f"{system.base_url}/v1/purchases/{pid}?wait=5") as resp:
             assert resp.status == 200 and (await resp.json())["status"] == "pending"
         assert time.monotonic() - started < 2
+
+
+async def test_a_buyer_over_the_rate_limit_gets_429(system, settings):
+    await seed_sku(settings, "sneaker-42", stock=1000)
+    s = msgspec.structs.replace(settings, user_rate_per_s=1.0, user_burst=3)
+    system.settings = s
+    system.start_ingest(settings=s)
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for i in range(6):
+            status, headers, body, _ = await _post(http, system.base_url, f"k{i}")
+            statuses.append(status)
+            if status == 429:
+                assert headers["Content-Type"].startswith("application/problem+json")
+                assert int(headers["Retry-After"]) >= 1
+                assert json.loads(body)["type"].endswith("/rate_limited")
+        assert statuses[:3] == [202, 202, 202] and 429 in statuses[3:]
+        # Another buyer is not held back by the first one's bucket.
+        async with http.post(f"{system.base_url}/v1/purchases",
+                             json={**BODY, "user_id": "someone-else"}) as resp:
+            assert resp.status == 202
+    assert await _intents(settings) == statuses.count(202) + 1
+
+
+async def _intents(settings) -> int:
+    import nats
+
+    nc = await nats.connect(settings.nats_url)
+    try:
+        return (await nc.jetstream().stream_info(settings.names.intents_stream)).state.messages
+    finally:
+        await nc.close()
