@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from proto.messages import (
+    CLEARABLE_SKU_FIELDS,
     Cancel,
     Confirm,
     Decision,
@@ -288,6 +289,8 @@ class Machine:
             value = getattr(u, name)
             if value is not None:
                 setattr(sku, name, value)
+        for name in CLEARABLE_SKU_FIELDS.intersection(u.clear):
+            setattr(sku, name, None)
         self._check_sku(sku)
         step.skus[sku.sku] = sku
         step.admin_applied.append(u.request_id)

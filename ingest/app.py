@@ -535,7 +535,9 @@ async def put_sku(request: web.Request) -> web.Response:
         req = sku_upsert_decoder.decode(await request.read())
     except msgspec.DecodeError as exc:
         return _decode_error(exc)
-    sale_start_ms, sale_end_ms = epoch_ms(req.sale_start), epoch_ms(req.sale_end)
+    given = {f: getattr(req, f) for f in req.__struct_fields__ if getattr(req, f) is not msgspec.UNSET}
+    clear = [f"{f}_ms" if f.startswith("sale_") else f for f, v in given.items() if v is None]
+    sale_start_ms, sale_end_ms = epoch_ms(given.get("sale_start")), epoch_ms(given.get("sale_end"))
     if sale_start_ms is not None and sale_end_ms is not None and sale_end_ms <= sale_start_ms:
         metrics.REJECTS.labels("validation").inc()
         return problems.validation(
@@ -544,9 +546,10 @@ async def put_sku(request: web.Request) -> web.Response:
         )
     request_id = uuid.uuid4().hex
     upsert = SkuUpsert(
-        request_id=request_id, sku=sku, stock=req.stock, price_cents=req.price_cents,
-        max_per_user=req.max_per_user, payment=req.payment, reservation_ttl_s=req.reservation_ttl_s,
-        sale_start_ms=sale_start_ms, sale_end_ms=sale_end_ms,
+        request_id=request_id, sku=sku, stock=req.stock, price_cents=given.get("price_cents"),
+        max_per_user=given.get("max_per_user"), payment=given.get("payment"),
+        reservation_ttl_s=given.get("reservation_ttl_s"), sale_start_ms=sale_start_ms,
+        sale_end_ms=sale_end_ms, clear=clear,
     )
     wait = ing.hub.admin_wait(request_id, sku)
     if wait is None:

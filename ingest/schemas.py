@@ -36,13 +36,16 @@ class PurchaseRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class SkuUpsertRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Absent fields keep their value; an explicit null clears max_per_user, sale_start or
+    sale_end (and is refused for the others, which have no 'none')."""
+
     stock: Stock
-    price_cents: Annotated[int, Meta(ge=0, le=10**15)] | None = None
-    max_per_user: Annotated[int, Meta(ge=1, le=2_000_000_000)] | None = None
-    payment: Literal["none", "required"] | None = None
-    reservation_ttl_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | None = None
-    sale_start: datetime | None = None  # naive = UTC, as in sale files and the CLI
-    sale_end: datetime | None = None
+    price_cents: Annotated[int, Meta(ge=0, le=10**15)] | msgspec.UnsetType = msgspec.UNSET
+    max_per_user: Annotated[int, Meta(ge=1, le=2_000_000_000)] | None | msgspec.UnsetType = msgspec.UNSET
+    payment: Literal["none", "required"] | msgspec.UnsetType = msgspec.UNSET
+    reservation_ttl_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | msgspec.UnsetType = msgspec.UNSET
+    sale_start: datetime | None | msgspec.UnsetType = msgspec.UNSET  # naive = UTC
+    sale_end: datetime | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class PurchaseView(msgspec.Struct):

@@ -63,8 +63,12 @@ class Cancel(msgspec.Struct, tag="cancel", frozen=True):
     id: str
 
 
+CLEARABLE_SKU_FIELDS: frozenset[str] = frozenset({"max_per_user", "sale_start_ms", "sale_end_ms"})
+
+
 class SkuUpsert(msgspec.Struct, tag="sku_upsert", frozen=True):
-    """Operator creates or adjusts a SKU. Fields left as None keep their current value."""
+    """Operator creates or adjusts a SKU. Fields left as None keep their current value; fields
+    named in `clear` (of CLEARABLE_SKU_FIELDS) are reset to none (no cap, no window bound)."""
 
     request_id: str
     sku: str
@@ -75,6 +79,7 @@ class SkuUpsert(msgspec.Struct, tag="sku_upsert", frozen=True):
     reservation_ttl_s: int | None = None
     sale_start_ms: int | None = None
     sale_end_ms: int | None = None
+    clear: list[str] = []
 
 
 Intent = Union[Purchase, Confirm, Release, Cancel, SkuUpsert]

@@ -173,3 +173,22 @@ async def test_cancel_before_the_decision(system, settings, db):
         assert status == 409 and problem["type"].endswith("/cannot_cancel"), problem
         status, _, final = await c.call("GET", f"/v1/purchases/{p['id']}")
         assert final["status"] == "confirmed"
+
+
+async def test_admin_put_keeps_absent_fields_and_clears_nulls(system, settings, db):
+    system.start()
+    async with aiohttp.ClientSession() as http:
+        c = Client(http, system.base_url, settings.admin_token)
+        status, _, sku = await c.put_sku("tee", stock=5, price_cents=900, max_per_user=1,
+                                         sale_end="2999-01-01T00:00:00Z")
+        assert status == 200 and sku["max_per_user"] == 1 and sku["sale_end"] is not None
+        status, _, sku = await c.put_sku("tee", stock=6)  # absent: kept
+        assert status == 200 and (sku["price_cents"], sku["max_per_user"]) == (900, 1)
+        assert sku["sale_end"] is not None
+        status, _, sku = await c.put_sku("tee", stock=6, max_per_user=None, sale_end=None)
+        assert status == 200 and sku["max_per_user"] is None and sku["sale_end"] is None
+        assert sku["price_cents"] == 900
+        status, _, problem = await c.put_sku("tee", stock=6, price_cents=None)  # no "none" price
+        assert status == 422 and problem["type"].endswith("/validation")
+    row = await db.fetchrow("SELECT max_per_user, sale_end_ms, stock FROM skus WHERE sku = 'tee'")
+    assert (row["max_per_user"], row["sale_end_ms"], row["stock"]) == (None, None, 6)

@@ -227,3 +227,12 @@ def test_rebuilding_from_rows_gives_the_same_machine(batches):
     a = m.step(list(probe), now + 1)
     b = rebuilt.step(list(probe), now + 1)
     assert a.inserts == b.inserts and a.results == b.results and a.updates == b.updates
+
+
+def test_admin_upsert_clears_cap_and_window():
+    m = Machine(shard=0)
+    m.step([SkuUpsert(request_id="r1", sku="n", stock=5, max_per_user=1, sale_start_ms=T0,
+                      sale_end_ms=T0 + 10)], T0)
+    m.step([SkuUpsert(request_id="r2", sku="n", stock=5, clear=["max_per_user", "sale_end_ms", "stock"])], T0)
+    sku = m.skus["n"]
+    assert (sku.max_per_user, sku.sale_start_ms, sku.sale_end_ms, sku.stock) == (None, T0, None, 5)
