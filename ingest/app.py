@@ -26,13 +26,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
 from flashsale.logs import kv
+from flashsale.admin import to_ms
 from flashsale.streams import ensure_streams
 from ingest import admission, metrics, problems
 from ingest.publisher import Overloaded, Publisher
 from ingest.ratelimit import RateLimiter
 from ingest.results import SKUS_MAX, ResultsHub, Watch
 from ingest.schemas import (
-    SKU_MAX_LEN, SKU_PATTERN, STATUSES, encode_json, epoch_ms, purchase_request_decoder,
+    SKU_MAX_LEN, SKU_PATTERN, STATUSES, encode_json, purchase_request_decoder,
     sku_upsert_decoder, sku_view_of, view_of,
 )
 from proto.ids import IDEMPOTENCY_KEY_MAX_LEN, is_purchase_id, new_idempotency_key, purchase_id, request_hash
@@ -537,7 +538,7 @@ async def put_sku(request: web.Request) -> web.Response:
         return _decode_error(exc)
     given = {f: getattr(req, f) for f in req.__struct_fields__ if getattr(req, f) is not msgspec.UNSET}
     clear = [f"{f}_ms" if f.startswith("sale_") else f for f, v in given.items() if v is None]
-    sale_start_ms, sale_end_ms = epoch_ms(given.get("sale_start")), epoch_ms(given.get("sale_end"))
+    sale_start_ms, sale_end_ms = to_ms(given.get("sale_start")), to_ms(given.get("sale_end"))
     if sale_start_ms is not None and sale_end_ms is not None and sale_end_ms <= sale_start_ms:
         metrics.REJECTS.labels("validation").inc()
         return problems.validation(

@@ -159,9 +159,7 @@ class ResultsHub:
                     w._wake()
         for r in batch.refusals:
             if r.kind == "sku_upsert":
-                admin = self.admin_waits.get(r.key)
-                if admin is not None and not admin.fut.done():
-                    admin.fut.set_result(r)
+                self._answer_admin(r.key, r)
                 continue
             watches = self.watches.get(r.key)
             if watches:
@@ -170,8 +168,13 @@ class ResultsHub:
                     w._wake()
         for request_id in batch.admin_applied:
             admin = self.admin_waits.get(request_id)
-            if admin is not None and not admin.fut.done():
-                admin.fut.set_result(self.skus.get(admin.sku))
+            if admin is not None:
+                self._answer_admin(request_id, self.skus.get(admin.sku))
+
+    def _answer_admin(self, request_id: str, outcome: SkuState | Refusal | None) -> None:
+        admin = self.admin_waits.get(request_id)
+        if admin is not None and not admin.fut.done():
+            admin.fut.set_result(outcome)
 
     # -- decisions -------------------------------------------------------------------------
 

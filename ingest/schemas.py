@@ -98,14 +98,6 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     return f"{_second_prefix[1]}{ms:03d}Z"
 
 
-def epoch_ms(dt: datetime | None) -> int | None:
-    if dt is None:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
-
-
 def view_of(item: Decision | Purchase) -> PurchaseView:
     if isinstance(item, Purchase):
         return PurchaseView(
