@@ -2,7 +2,7 @@
 
 flashsale only (the baselines have no payment path). Beside ingest and the committers it starts
 the payment gateway (`python -m gateway`) and the fake PSP (`python -m gateway.fakepsp`) as real
-processes (gateway/testing.py's helpers). One open-loop phase of buyers who each POST once with a
+processes (flashsale/testing.py's launchers). One open-loop phase of buyers who each POST once with a
 card token and `Prefer: wait=5` (so every answer carries `reserved`: the decision latency); then
 the harness waits until no purchase is `reserved` (bounded by the reservation TTL), takes the
 payment latency and outcomes from Postgres and checks the money against the fake PSP's ledger.
@@ -20,7 +20,8 @@ import psutil
 
 from bench.stats import LatencySummary, summarize
 from bench.systems import Flashsale, _http_put_all
-from gateway.testing import FakePspAdmin, fakepsp_process, gateway_process, gateway_ready_url, spare_port
+from gateway.fakepsp.client import FakePspAdmin
+from flashsale.testing import fakepsp_process, gateway_process, gateway_ready_url, spare_port
 
 PAID_SKU = "paid-0"
 PAID_STOCK = 2_000

@@ -20,8 +20,9 @@ import msgspec
 import psutil
 
 from config.settings import Settings, load
-from flashsale import procs
-from flashsale.db import apply_schema, ensure_database
+from flashsale import testing as procs
+from committer.schema import apply_schema
+from flashsale.db import ensure_database
 from flashsale.embedded import Embedded, free_port, free_port_block
 
 FINAL_OR_RESERVED = ["reserved", "confirmed", "rejected", "expired", "cancelled"]

@@ -26,14 +26,11 @@ from committer.machine import Machine, Step
 from config.settings import Settings
 from flashsale.logs import kv
 from flashsale.pull import Puller
-from flashsale.streams import ensure_streams
+from flashsale.jetstream import ensure_streams
+from proto.clock import now_ms
 from proto.messages import Intent, PaymentJob, Purchase, ResultBatch, encode, intent_decoder
 
 log = logging.getLogger("committer")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Committer:

@@ -16,6 +16,7 @@ import msgspec
 from proto.subjects import Names
 
 CONFIG_DIR = Path(__file__).resolve().parent
+REPO_ROOT = CONFIG_DIR.parent
 
 
 class Settings(msgspec.Struct, kw_only=True):

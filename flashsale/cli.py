@@ -19,10 +19,11 @@ import nats
 
 from config.settings import CONFIG_DIR, Settings, load, to_env
 from flashsale import admin
-from flashsale.db import apply_schema, ensure_database
+from committer.schema import apply_schema
+from flashsale.db import ensure_database
 from flashsale.embedded import start_nats, start_postgres
-from flashsale.procs import REPO_ROOT
-from flashsale.streams import ensure_streams
+from config.settings import REPO_ROOT
+from flashsale.jetstream import ensure_streams
 
 DEMO_SALE = CONFIG_DIR / "sales" / "demo.toml"
 
@@ -185,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reconcile", help="compare the PSP ledger with orders and repair", add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["reconcile"]:
-        from gateway import reconcile
-
-        return reconcile.main(argv[1:])
+        # Reconciliation belongs to the gateway: run its own command, so that plumbing never
+        # imports the gateway (imports go one way).
+        return subprocess.call([sys.executable, "-m", "gateway.reconcile", *argv[1:]])
     args = parser.parse_args(argv)
     return args.fn(args)
 

@@ -1,33 +1,8 @@
-"""Postgres connection helpers and schema application (asyncpg)."""
+"""Postgres plumbing shared by every process (asyncpg)."""
 
 from __future__ import annotations
 
-from importlib import resources
-
 import asyncpg
-
-
-SCHEMA_PARTS = [("flashsale", "schema.sql"), ("gateway", "schema.sql")]
-
-
-def schema_sql() -> str:
-    parts = []
-    for package, name in SCHEMA_PARTS:
-        path = resources.files(package).joinpath(name)
-        if path.is_file():
-            parts.append(path.read_text())
-    return "\n".join(parts)
-
-
-async def apply_schema(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        # Serialise concurrent starters (two committers booting at once).
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(7262)")
-            await conn.execute(schema_sql())
-    finally:
-        await conn.close()
 
 
 async def ensure_database(database_url: str) -> None:

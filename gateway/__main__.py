@@ -13,7 +13,7 @@ import nats
 import uvloop
 
 from config.settings import Settings, load
-from flashsale.streams import ensure_streams
+from flashsale.jetstream import ensure_streams
 from flashsale.logs import setup as setup_logs
 from flashsale.status import serve_status
 from gateway.psp import StripeLikePsp

@@ -35,6 +35,8 @@ from config.settings import Settings
 from flashsale.pull import Puller
 from gateway.messages import DeadLetter, encode_deadletter
 from gateway.psp import CardDeclined, PaymentIntent, PaymentProvider, PspError
+from proto.clock import now_ms
+from proto.streams import is_already_stored
 from proto.messages import (
     Confirm, PaymentJob, Release, ResultBatch, encode, payment_decoder, result_decoder,
 )
@@ -43,7 +45,6 @@ log = logging.getLogger("gateway.worker")
 
 T = TypeVar("T")
 
-ERR_MAX_MSGS_PER_SUBJECT = 10077  # the intents stream already holds this (purchase, kind)
 PAYMENTS_DURABLE = "gateway"
 FETCH_WAIT_S = 1.0  # idle wait per fetch; a message returns it at once
 REFUSALS_DURABLE = "gateway-refusals"
@@ -75,10 +76,6 @@ class GiveUp(Exception):
         self.attempts = attempts
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Gateway:
     def __init__(self, settings: Settings, js: JetStreamContext, psp: PaymentProvider,
                  db: asyncpg.Pool | None = None) -> None:
@@ -99,7 +96,7 @@ class Gateway:
             if status != "confirmed":
                 await self._compensate_purchase(job.id, status, "closed_before_charge")
             return f"skipped_{status}"
-        if _now_ms() >= job.expires_at_ms - self.settings.payment_start_margin_s * 1000:
+        if now_ms() >= job.expires_at_ms - self.settings.payment_start_margin_s * 1000:
             # The committer expires it on its own; charging now would only be refunded.
             log.info("job expired before charging", extra={"purchase_id": job.id})
             return "skipped_expired"
@@ -121,7 +118,7 @@ class Gateway:
                 return "failed"
             intent = found
         if intent.status == "requires_capture":
-            if _now_ms() >= job.expires_at_ms or await self._purchase_status(job.id) not in (None, "reserved"):
+            if now_ms() >= job.expires_at_ms or await self._purchase_status(job.id) not in (None, "reserved"):
                 # Stock is already back on sale: let go of the hold instead of capturing.
                 await self._void_quietly(job.id, intent)
                 return "closed_before_capture"
@@ -160,7 +157,7 @@ class Gateway:
                 if attempt >= s.payment_attempts_max:
                     raise GiveUp(step, "retry_budget_exhausted", str(e), attempt) from e
                 delay_s = backoff_s(attempt - 1, s.payment_backoff_base_s, s.payment_backoff_max_s)
-                if deadline_ms is not None and _now_ms() + delay_s * 1000 >= deadline_ms:
+                if deadline_ms is not None and now_ms() + delay_s * 1000 >= deadline_ms:
                     raise GiveUp(step, "expired_while_retrying", str(e), attempt) from e
                 PSP_RETRIES.labels(step).inc()
                 log.info("psp transient failure, retrying",
@@ -205,7 +202,7 @@ class Gateway:
                     extra={"purchase_id": job.id, "step": e.step, "reason": e.reason,
                            "attempts": e.attempts, "error": e.error})
         letter = DeadLetter(job=job, reason=e.reason, step=e.step, error=e.error[:500],
-                            attempts=e.attempts, at_ms=_now_ms())
+                            attempts=e.attempts, at_ms=now_ms())
         await self._publish(self.names.deadletter(), encode_deadletter(letter),
                             headers={"Nats-Msg-Id": f"deadletter:{job.id}"})
         await self._send_release(job, "payment_failed")
@@ -218,8 +215,7 @@ class Gateway:
         try:
             await self._publish(self.names.intent(shard, kind, purchase_id), encode(intent))
         except nats.js.errors.APIError as e:
-            # 10077 also means "stream full"; only "per subject" says this intent is stored.
-            if e.err_code != ERR_MAX_MSGS_PER_SUBJECT or "per subject" not in (e.description or ""):
+            if not is_already_stored(e.err_code or 0, e.description or ""):
                 raise
             # A previous run of this job already sent it (the stream keeps one per subject).
             log.info("intent already sent", extra={"purchase_id": purchase_id, "kind": kind})

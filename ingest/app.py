@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from config.settings import Settings
 from flashsale.logs import kv
 from flashsale.admin import to_ms
-from flashsale.streams import ensure_streams
+from flashsale.jetstream import ensure_streams
 from ingest import admission, metrics, problems
 from ingest.publisher import Overloaded, Publisher
 from ingest.ratelimit import RateLimiter
@@ -59,10 +59,6 @@ _SKU_COLUMNS = (
     "sku, stock, reserved, sold, price_cents, max_per_user, payment, reservation_ttl_s, "
     "sale_start_ms, sale_end_ms"
 )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Ingest:
@@ -380,7 +376,7 @@ async def create_purchase(request: web.Request) -> web.Response:
         else:
             intent = Purchase(
                 id=pid, sku=req.sku, qty=req.qty, user_id=req.user_id, request_hash=rhash,
-                accepted_at_ms=_now_ms(), payment_token=req.payment_token,
+                accepted_at_ms=now_ms(), payment_token=req.payment_token,
             )
             stored_now = await ing.publisher.publish(subject, encode(intent), pid)
             current = intent if stored_now else None

@@ -20,12 +20,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 import nats.errors
 
+from proto.streams import ERR_STORE_FAILED, is_already_stored
+
 log = logging.getLogger("ingest.publisher")
 
-# JetStream's "store failed" error code. It covers both "maximum messages per subject exceeded"
-# (the INTENTS stream holds one message per subject: this intent already exists) and "maximum
-# bytes/messages exceeded" (the stream is full), so only the description tells them apart.
-ERR_STORE_FAILED = 10077
 # A publish that got no ack in this long may or may not be stored; the client retries with the
 # same Idempotency-Key, which is safe either way.
 PUBLISH_TIMEOUT_S = 5.0
@@ -130,7 +128,7 @@ class Publisher:
         if ack.error is None:
             return not ack.duplicate
         err = ack.error
-        if err.err_code == ERR_STORE_FAILED and "per subject" in err.description:
+        if is_already_stored(err.err_code, err.description):
             return False
         # Stream full (discard new), insufficient resources, no leader: nothing was stored.
         log.warning("publish refused on %s: %s %s %s", subject, err.code, err.err_code, err.description)

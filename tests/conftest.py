@@ -14,8 +14,11 @@ import asyncpg
 import pytest
 
 from config.settings import Settings, load
-from flashsale import procs
-from flashsale.db import apply_schema, ensure_database
+from flashsale import testing as procs
+from flashsale.testing import fakepsp_process
+from gateway.fakepsp.client import FakePspAdmin
+from committer.schema import apply_schema
+from flashsale.db import ensure_database
 from flashsale.embedded import Embedded, free_port, free_port_block, start_nats, start_postgres
 
 _counter = itertools.count(1)
@@ -138,8 +141,6 @@ async def seed_sku(settings: Settings, sku: str, stock: int, **fields) -> None:
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory: pytest.TempPathFactory):
     """A fake PSP process per test module: (base URL, its admin client, default settings)."""
-    from gateway.testing import FakePspAdmin, fakepsp_process
-
     base = load(env={}, file=None)
     proc, url = fakepsp_process(base, tmp_path_factory.mktemp("psp"), seed=7)
     proc.start()

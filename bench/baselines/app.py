@@ -26,6 +26,7 @@ import msgspec
 import uvloop
 from aiohttp import web
 
+from proto.clock import now_ms
 from proto.ids import new_idempotency_key, purchase_id
 
 Kind = Literal["echo", "naive", "rowlock"]
@@ -79,10 +80,6 @@ class _Duplicate(Exception):
     """The order id exists: roll the whole transaction back and answer the existing order."""
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
@@ -126,7 +123,7 @@ class Baseline:
             return _problem(400, "qty must be >= 1")
         key = request.headers.get("Idempotency-Key") or new_idempotency_key()
         pid = purchase_id(body.user_id, key)
-        accepted = _now_ms()
+        accepted = now_ms()
         assert self.pool is not None
         async with self.pool.acquire() as conn:
             try:
@@ -151,7 +148,7 @@ class Baseline:
                         "INSERT INTO bench_orders (id, sku, user_id, qty, status, reason, accepted_at_ms,"
                         " decided_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (id) DO NOTHING"
                         " RETURNING 1",
-                        pid, body.sku, body.user_id, body.qty, status, reason, accepted, _now_ms(),
+                        pid, body.sku, body.user_id, body.qty, status, reason, accepted, now_ms(),
                     )
                     if inserted is None:
                         raise _Duplicate

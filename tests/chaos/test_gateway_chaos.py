@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.testing import spare_port
+from flashsale.testing import spare_port
 from tests.integration.test_gateway_e2e import (
     SKU, Saga, assert_reconciled, make_saga, run_two_waves,
 )

@@ -18,7 +18,8 @@ import pytest
 from config.settings import Settings
 from gateway.reconcile import reconcile
 from tests.util import eventually
-from gateway.testing import FakePspAdmin, spare_port, fakepsp_process, gateway_process, gateway_ready_url
+from gateway.fakepsp.client import FakePspAdmin
+from flashsale.testing import fakepsp_process, gateway_process, gateway_ready_url, spare_port
 from proto.messages import Purchase, SkuUpsert, encode
 from proto.sharding import shard_of
 

@@ -14,10 +14,10 @@ import nats.js.errors
 import pytest
 
 from config.settings import Settings
-from flashsale.streams import ensure_streams
+from flashsale.jetstream import ensure_streams
 from gateway.messages import deadletter_decoder
 from gateway.psp import StripeLikePsp
-from gateway.testing import FakePspAdmin
+from gateway.fakepsp.client import FakePspAdmin
 from gateway.worker import Gateway
 from proto.messages import (
     Confirm, PaymentJob, Refusal, Release, ResultBatch, encode, intent_decoder,

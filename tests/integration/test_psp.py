@@ -12,7 +12,7 @@ import pytest
 
 from config.settings import load
 from gateway.psp import CardDeclined, PspError, StripeLikePsp
-from gateway.testing import fakepsp_process
+from flashsale.testing import fakepsp_process
 
 CALM = dict(latency_ms=0, decline_rate=0, timeout_rate=0, lost_rate=0, hang_s=0.6)
 

@@ -16,7 +16,8 @@ import pytest
 from config.settings import Settings, to_env
 from gateway.psp import StripeLikePsp
 from gateway.reconcile import reconcile
-from gateway.testing import FakePspAdmin, fakepsp_process
+from gateway.fakepsp.client import FakePspAdmin
+from flashsale.testing import fakepsp_process
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
--- flashsale schema. Idempotent: applied at every start. Times are epoch milliseconds.
+-- flashsale schema (committer/ is its only writer). Idempotent: applied at every start. Times are epoch milliseconds.
 
 CREATE TABLE IF NOT EXISTS skus (
     sku               text PRIMARY KEY,

@@ -1,4 +1,5 @@
-"""Start flashsale processes as real OS processes (tests, bench, chaos): kill -9 must be real."""
+"""Launchers for tests, chaos and the bench: every flashsale process (and the fake PSP) as a
+real OS process, since kill -9 must be real. The one home of these helpers."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.settings import Settings, to_env
+from config.settings import REPO_ROOT, Settings, to_env
+from flashsale.embedded import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -109,3 +110,33 @@ def committer_ready_url(settings: Settings, shard: int, status_port: int | None 
 
 def ingest_ready_url(settings: Settings) -> str:
     return f"http://{settings.ingest_host}:{settings.ingest_port}/readyz"
+
+
+def spare_port(settings: Settings) -> int:
+    """A free port that is not one the committers will bind later (metrics base + shard)."""
+    taken = range(settings.committer_metrics_port,
+                  settings.committer_metrics_port + settings.shards + 1)
+    while (port := free_port()) in taken:
+        pass
+    return port
+
+
+def fakepsp_process(settings: Settings, log_dir: Path, *, port: int | None = None,
+            name: str = "fakepsp", **rates: float) -> tuple[Process, str]:
+    """A fake PSP process (not started) and its base URL. `rates`: latency_ms, decline_rate,
+    timeout_rate, lost_rate, hang_s."""
+    port = port or spare_port(settings)
+    env = {f"FAKEPSP_{k.upper()}": str(v) for k, v in rates.items()}
+    env["FAKEPSP_API_KEY"] = settings.psp_api_key
+    p = python_module(name, "gateway.fakepsp", ["--port", str(port)], settings, log_dir, env)
+    return p, f"http://127.0.0.1:{port}"
+
+
+def gateway_process(settings: Settings, log_dir: Path, name: str = "gateway",
+            metrics_port: int | None = None) -> Process:
+    args = [] if metrics_port is None else ["--metrics-port", str(metrics_port)]
+    return python_module(name, "gateway", args, settings, log_dir)
+
+
+def gateway_ready_url(settings: Settings, metrics_port: int | None = None) -> str:
+    return f"http://127.0.0.1:{metrics_port or settings.gateway_metrics_port}/readyz"
