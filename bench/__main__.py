@@ -24,8 +24,8 @@ import msgspec
 import psutil
 
 from bench import plots
-from bench.report import RunResult, headline, render_report
 from bench.paid import PAID_RATE, PAID_SKU, PAID_STOCK, PAID_TOKENS, FlashsalePaid
+from bench.report import RunResult, headline, render_report
 from bench.runner import PhasePlan, SystemRun, db_figures, finish_phase, py_spy, run_phase, wrk_available
 from bench.systems import Baseline, Flashsale, System
 from flashsale.embedded import start_nats, start_postgres

@@ -20,8 +20,8 @@ import psutil
 
 from bench.stats import LatencySummary, summarize
 from bench.systems import Flashsale, _http_put_all
-from gateway.fakepsp.client import FakePspAdmin
 from flashsale.testing import fakepsp_process, gateway_process, gateway_ready_url, spare_port
+from gateway.fakepsp.client import FakePspAdmin
 
 PAID_SKU = "paid-0"
 PAID_STOCK = 2_000

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt
 
-from bench.runner import SystemRun  # noqa: E402
+from bench.runner import SystemRun
 
 
 def latency_vs_rate(runs: list[SystemRun], path: Path, scenario: str = "hot-sku") -> bool:

@@ -46,7 +46,7 @@ class RunResult(msgspec.Struct, kw_only=True):
 def fmt(v: float | int | None, digits: int = 1) -> str:
     if v is None:
         return "-"
-    if isinstance(v, int) or float(v).is_integer() and abs(v) >= 100:
+    if isinstance(v, int) or (float(v).is_integer() and abs(v) >= 100):
         return f"{int(v):,}"
     return f"{v:,.{digits}f}"
 

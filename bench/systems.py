@@ -19,9 +19,9 @@ import asyncpg
 import msgspec
 import psutil
 
+from committer.schema import apply_schema
 from config.settings import Settings, load
 from flashsale import testing as procs
-from committer.schema import apply_schema
 from flashsale.db import ensure_database
 from flashsale.embedded import Embedded, free_port, free_port_block
 

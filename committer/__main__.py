@@ -52,7 +52,7 @@ async def main(settings: Settings, shard: int, status_port: int) -> int:
                 # Money is at stake: stop loudly rather than guess. Nothing of the batch committed.
                 log.critical("stopping: invariant", extra=kv(shard=shard, error=str(e)))
                 return EXIT_CORRUPT
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
                 # Lost Postgres or NATS: rebuild from what is committed and carry on as holder.
                 log.warning("restarting after I/O error", extra=kv(shard=shard, error=repr(e)))
                 await asyncio.sleep(RETRY_DELAY_S)

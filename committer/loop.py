@@ -24,9 +24,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from committer import metrics, store
 from committer.machine import Machine, Step
 from config.settings import Settings
+from flashsale.jetstream import ensure_streams
 from flashsale.logs import kv
 from flashsale.pull import Puller
-from flashsale.jetstream import ensure_streams
 from proto.clock import now_ms
 from proto.messages import Intent, PaymentJob, Purchase, ResultBatch, encode, intent_decoder
 
@@ -165,7 +165,7 @@ class Committer:
         # refunds of refused confirms and ingest's catch-up after a reconnect read it from there.
         try:
             await self.js.publish(self.names.results(self.shard), encode(batch), timeout=5)
-        except (nats.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, nats.errors.Error) as e:
             # Decided and committed all the same: long-polls fall back to Postgres,
             # reconciliation repairs a lost refusal.
             log.error("results not stored", extra=kv(shard=self.shard, error=repr(e)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import tomllib
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ def to_ms(value: Any) -> int | None:
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return int(value.timestamp() * 1000)
     raise AdminError(f"not a time: {value!r}")
 
@@ -87,7 +87,7 @@ async def apply_upserts(
         if upserts:
             try:
                 await asyncio.wait_for(done.wait(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AdminError(
                     f"{len(pending) - len(outcome)} SKU changes not confirmed in {timeout_s}s: "
                     "is a committer running for every shard?"

@@ -17,12 +17,11 @@ from pathlib import Path
 import msgspec
 import nats
 
-from config.settings import CONFIG_DIR, Settings, load, to_env
-from flashsale import admin
 from committer.schema import apply_schema
+from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
+from flashsale import admin
 from flashsale.db import ensure_database
 from flashsale.embedded import start_nats, start_postgres
-from config.settings import REPO_ROOT
 from flashsale.jetstream import ensure_streams
 
 DEMO_SALE = CONFIG_DIR / "sales" / "demo.toml"

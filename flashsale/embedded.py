@@ -124,10 +124,10 @@ def _pg_user_kwargs(data_dir: Path) -> dict:
     """As root, run postgres as an unprivileged user that can reach the binaries and the data."""
     if os.geteuid() != 0:
         return {}
-    from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
     import stat
 
     import pgserver
+    from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     entry = ensure_user_exists(PG_SYSTEM_USER)
     install = Path(pgserver.__file__).parent / "pginstall"

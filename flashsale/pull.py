@@ -53,7 +53,7 @@ class Puller:
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), min(remaining, self.request_expires_s))
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 pass
             msgs = self._drain(batch_max)
             await self._ensure_request(batch_max)

@@ -17,7 +17,6 @@ from config.settings import REPO_ROOT, Settings, to_env
 from flashsale.embedded import free_port
 
 
-
 @dataclass
 class Process:
     name: str
@@ -26,7 +25,7 @@ class Process:
     log_path: Path
     proc: subprocess.Popen | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,

@@ -8,9 +8,9 @@ again. Errors are sorted into transient (retry with the same key) and final (act
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import AsyncIterator, Literal, Protocol
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
 
 import aiohttp
 import msgspec
@@ -148,7 +148,7 @@ class StripeLikePsp:
                                             params=params, headers=headers) as resp:
                 body = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except (TimeoutError, aiohttp.ClientError) as e:
             PSP_CALLS.labels(op, "transport_error").inc()
             raise PspError(f"{op}: {type(e).__name__}: {e}", transient=True) from e
         finally:

@@ -107,7 +107,7 @@ async def reconcile(settings: Settings, *, repair: bool, grace_s: float | None =
 async def _is_live_capture(psp: PaymentProvider, psp_ref: str, purchase_id: str) -> bool:
     try:
         intent = await psp.retrieve(psp_ref)
-    except Exception:  # noqa: BLE001 - missing from the ledger is exactly what we flag
+    except Exception:
         return False
     return intent.purchase_id == purchase_id and intent.net_captured_cents > 0
 
@@ -160,7 +160,7 @@ async def _repair(psp: PaymentProvider, report: Report, purchase_id: str, intent
         else:
             await psp.void(purchase_id, intent.id)
             report.voided += 1
-    except Exception as e:  # noqa: BLE001 - one failure must not stop the rest; rerun later
+    except Exception as e:
         report.errors += 1
         log.error("repair failed", extra={"purchase_id": purchase_id, "psp_ref": intent.id,
                                           "action": action, "error": str(e)})
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             try:
                 report = await reconcile(settings, repair=not args.dry_run, grace_s=args.grace_s)
-            except Exception as e:  # noqa: BLE001 - PSP or database away: try again next round
+            except Exception as e:
                 if args.every is None:
                     raise
                 log.error("reconciliation run failed", extra={"error": repr(e)})

@@ -19,7 +19,8 @@ import asyncio
 import logging
 import random
 import time
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -36,10 +37,16 @@ from flashsale.pull import Puller
 from gateway.messages import DeadLetter, encode_deadletter
 from gateway.psp import CardDeclined, PaymentIntent, PaymentProvider, PspError
 from proto.clock import now_ms
-from proto.streams import is_already_stored
 from proto.messages import (
-    Confirm, PaymentJob, Release, ResultBatch, encode, payment_decoder, result_decoder,
+    Confirm,
+    PaymentJob,
+    Release,
+    ResultBatch,
+    encode,
+    payment_decoder,
+    result_decoder,
 )
+from proto.streams import is_already_stored
 
 log = logging.getLogger("gateway.worker")
 
@@ -355,6 +362,6 @@ async def _quietly(aw: Awaitable[object]) -> None:
     # Ack/nak failures only mean a redelivery, which every step here tolerates.
     try:
         await aw
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         log.debug("ack-type call failed", extra={"error": str(e)})
 

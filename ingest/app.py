@@ -14,8 +14,8 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable
 from importlib import resources
-from typing import Callable
 
 import asyncpg
 import msgspec
@@ -25,20 +25,35 @@ from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
-from flashsale.logs import kv
 from flashsale.admin import to_ms
 from flashsale.jetstream import ensure_streams
+from flashsale.logs import kv
 from ingest import admission, metrics, problems
 from ingest.publisher import Overloaded, Publisher
 from ingest.ratelimit import RateLimiter
 from ingest.results import SKUS_MAX, ResultsHub, Watch
 from ingest.schemas import (
-    SKU_MAX_LEN, SKU_PATTERN, STATUSES, encode_json, purchase_request_decoder,
-    sku_upsert_decoder, sku_view_of, view_of,
+    SKU_MAX_LEN,
+    SKU_PATTERN,
+    STATUSES,
+    encode_json,
+    purchase_request_decoder,
+    sku_upsert_decoder,
+    sku_view_of,
+    view_of,
 )
+from proto.clock import now_ms
 from proto.ids import IDEMPOTENCY_KEY_MAX_LEN, is_purchase_id, new_idempotency_key, purchase_id, request_hash
 from proto.messages import (
-    FINAL_STATUSES, Cancel, Decision, Purchase, Refusal, SkuState, SkuUpsert, encode, intent_decoder,
+    FINAL_STATUSES,
+    Cancel,
+    Decision,
+    Purchase,
+    Refusal,
+    SkuState,
+    SkuUpsert,
+    encode,
+    intent_decoder,
 )
 from proto.sharding import shard_of
 
@@ -196,7 +211,7 @@ class Ingest:
             return False
         try:
             await self.pool.fetchval("SELECT 1", timeout=READY_DB_TIMEOUT_S)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             return False
         return True
 
@@ -290,7 +305,7 @@ async def _wait_until(
             return current
         try:
             await asyncio.wait_for(watch.fut, remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return current
         watch.rearm()
 
@@ -556,7 +571,7 @@ async def put_sku(request: web.Request) -> web.Response:
         await ing.publisher.publish(subject, encode(upsert), f"admin:{request_id}")
         try:
             outcome = await asyncio.wait_for(wait.fut, ADMIN_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return problems.problem(
                 504, "admin_timeout", "Not applied yet",
                 f"the change (request {request_id}) was queued but not applied within "

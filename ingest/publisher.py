@@ -16,9 +16,9 @@ import logging
 import time
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-import nats.errors
 
 from proto.streams import ERR_STORE_FAILED, is_already_stored
 

@@ -35,7 +35,7 @@ class Watch:
     refusal) and completes `fut`; the waiter re-arms `fut` before reading `decision`, so an update
     landing between two waits is never lost."""
 
-    __slots__ = ("purchase_id", "fut", "decision", "refusal")
+    __slots__ = ("decision", "fut", "purchase_id", "refusal")
 
     def __init__(self, purchase_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.purchase_id = purchase_id

@@ -6,7 +6,7 @@ Times on the HTTP API are ISO 8601 / RFC 3339 strings in UTC with millisecond pr
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -41,11 +41,11 @@ class SkuUpsertRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     stock: Stock
     price_cents: Annotated[int, Meta(ge=0, le=10**15)] | msgspec.UnsetType = msgspec.UNSET
-    max_per_user: Annotated[int, Meta(ge=1, le=2_000_000_000)] | None | msgspec.UnsetType = msgspec.UNSET
+    max_per_user: Annotated[int, Meta(ge=1, le=2000000000)] | msgspec.UnsetType | None = msgspec.UNSET
     payment: Literal["none", "required"] | msgspec.UnsetType = msgspec.UNSET
     reservation_ttl_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | msgspec.UnsetType = msgspec.UNSET
-    sale_start: datetime | None | msgspec.UnsetType = msgspec.UNSET  # naive = UTC
-    sale_end: datetime | None | msgspec.UnsetType = msgspec.UNSET
+    sale_start: datetime | msgspec.UnsetType | None = msgspec.UNSET  # naive = UTC
+    sale_end: datetime | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class PurchaseView(msgspec.Struct):
@@ -93,7 +93,7 @@ def iso_ms(epoch_ms: int | None) -> str | None:
         return None
     second, ms = divmod(epoch_ms, 1000)
     if _second_prefix[0] != second:
-        dt = datetime.fromtimestamp(second, tz=timezone.utc)
+        dt = datetime.fromtimestamp(second, tz=UTC)
         _second_prefix = (second, dt.strftime("%Y-%m-%dT%H:%M:%S."))
     return f"{_second_prefix[1]}{ms:03d}Z"
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from committer.schema import apply_schema
 from config.settings import Settings, load
 from flashsale import testing as procs
-from flashsale.testing import fakepsp_process
-from gateway.fakepsp.client import FakePspAdmin
-from committer.schema import apply_schema
 from flashsale.db import ensure_database
 from flashsale.embedded import Embedded, free_port, free_port_block, start_nats, start_postgres
+from flashsale.testing import fakepsp_process
+from gateway.fakepsp.client import FakePspAdmin
 
 _counter = itertools.count(1)
 
@@ -102,7 +102,7 @@ class System:
         p.wait_http_ok(procs.ingest_ready_url(s))
         return p
 
-    def start(self, ingest: bool = True) -> "System":
+    def start(self, ingest: bool = True) -> System:
         for shard in range(self.settings.shards):
             self.start_committer(shard)
         if ingest:

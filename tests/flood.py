@@ -94,7 +94,7 @@ async def _post(base_url: str, attempts: list[Attempt], concurrency: int, wait_s
                                              headers=headers, timeout=aiohttp.ClientTimeout(total=30)) as r:
                             a.status = r.status
                             body = await r.json(content_type=None)
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         a.status = -1
                         await asyncio.sleep(0.2)
                         continue

@@ -18,7 +18,6 @@ stock change) is rolled back, and the existing order is answered.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Literal
 
 import asyncpg

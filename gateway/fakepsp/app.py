@@ -26,8 +26,9 @@ import random
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -55,7 +56,7 @@ class FakePspConfig(msgspec.Struct, kw_only=True):
     idempotency_keys_max: int = 1_000_000  # oldest keys are forgotten past this (Stripe: 24 h)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "FakePspConfig":
+    def from_env(cls, env: dict[str, str] | None = None) -> FakePspConfig:
         env = dict(os.environ if env is None else env)
         rates = Rates(
             latency_ms=float(env.get("FAKEPSP_LATENCY_MS", 0)),
@@ -146,7 +147,7 @@ class Ledger:
         return {"intents": list(self.intents.values()), "refunds": list(self.refunds.values())}
 
     @classmethod
-    def restore(cls, data: dict[str, Any]) -> "Ledger":
+    def restore(cls, data: dict[str, Any]) -> Ledger:
         ledger = cls()
         for pi in data.get("intents", []):
             ledger.add_intent(pi)

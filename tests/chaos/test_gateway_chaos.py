@@ -9,7 +9,11 @@ import pytest
 
 from flashsale.testing import spare_port
 from tests.integration.test_gateway_e2e import (
-    SKU, Saga, assert_reconciled, make_saga, run_two_waves,
+    SKU,
+    Saga,
+    assert_reconciled,
+    make_saga,
+    run_two_waves,
 )
 
 pytestmark = pytest.mark.chaos

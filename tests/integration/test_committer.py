@@ -8,10 +8,9 @@ import time
 import nats
 
 from flashsale.embedded import free_port
-from tests.util import eventually
-
 from proto.messages import Purchase, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
+from tests.util import eventually
 
 
 async def publish_intent(js, settings, intent, kind: str, key: str, sku: str) -> None:

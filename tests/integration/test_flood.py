@@ -10,11 +10,10 @@ STOCK = 500
 
 
 async def create_sku(base_url: str, token: str, sku: str, **fields) -> dict:
-    async with aiohttp.ClientSession() as http:
-        async with http.put(f"{base_url}/v1/admin/skus/{sku}", json=fields,
-                            headers={"Authorization": f"Bearer {token}"}) as r:
-            assert r.status == 200, await r.text()
-            return await r.json()
+    async with aiohttp.ClientSession() as http, http.put(f"{base_url}/v1/admin/skus/{sku}", json=fields,
+                        headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
 
 
 async def test_flood_sells_exactly_the_stock(system, settings, db):

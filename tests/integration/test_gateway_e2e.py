@@ -16,12 +16,12 @@ import nats
 import pytest
 
 from config.settings import Settings
-from gateway.reconcile import reconcile
-from tests.util import eventually
-from gateway.fakepsp.client import FakePspAdmin
 from flashsale.testing import fakepsp_process, gateway_process, gateway_ready_url, spare_port
+from gateway.fakepsp.client import FakePspAdmin
+from gateway.reconcile import reconcile
 from proto.messages import Purchase, SkuUpsert, encode
 from proto.sharding import shard_of
+from tests.util import eventually
 
 SKU = "hot"
 PRICE_CENTS = 1000

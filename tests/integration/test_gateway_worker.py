@@ -15,12 +15,18 @@ import pytest
 
 from config.settings import Settings
 from flashsale.jetstream import ensure_streams
+from gateway.fakepsp.client import FakePspAdmin
 from gateway.messages import deadletter_decoder
 from gateway.psp import StripeLikePsp
-from gateway.fakepsp.client import FakePspAdmin
 from gateway.worker import Gateway
 from proto.messages import (
-    Confirm, PaymentJob, Refusal, Release, ResultBatch, encode, intent_decoder,
+    Confirm,
+    PaymentJob,
+    Refusal,
+    Release,
+    ResultBatch,
+    encode,
+    intent_decoder,
 )
 
 CALM = dict(latency_ms=0, decline_rate=0, timeout_rate=0, lost_rate=0, hang_s=0.4)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from aiohttp.test_utils import make_mocked_request
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ingest.app import _parse_wait, _prefer_wait, _valid_idempotency_key
 from ingest.schemas import iso_ms
@@ -33,7 +34,7 @@ def test_parse_wait_rejects_nan():
 
 @given(st.integers(min_value=0, max_value=4_102_444_800_000))
 def test_iso_ms_matches_datetime(epoch_ms):
-    expected = datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    expected = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     assert iso_ms(epoch_ms) == f"{expected}.{epoch_ms % 1000:03d}Z"
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proto.ids import is_purchase_id, purchase_id, request_hash
 from proto.messages import Confirm, Purchase, ResultBatch, encode, intent_decoder, result_decoder
