@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-unit bench bench-quick wrk clean
+.PHONY: run test test-unit lint typecheck bench bench-quick wrk clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(PY) -m flashsale dev
 
-test: $(VENV)/.installed
+# The gates run first: a type or lint error fails the build before any service starts.
+test: lint typecheck
 	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit

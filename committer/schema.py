@@ -6,9 +6,7 @@ reconciliation) use the column lists and row conversions here, so a column is na
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from importlib import resources
-from typing import Any
 
 import asyncpg
 
@@ -26,7 +24,7 @@ SKU_COLUMNS = (
 _SCHEMA_LOCK_KEY = 7262
 
 
-def decision_of(row: Mapping[str, Any]) -> Decision:
+def decision_of(row: asyncpg.Record) -> Decision:
     """A `purchases` row selected with PURCHASE_COLUMNS."""
     return Decision(
         id=row["id"], sku=row["sku"], user_id=row["user_id"], qty=row["qty"],
@@ -37,7 +35,7 @@ def decision_of(row: Mapping[str, Any]) -> Decision:
     )
 
 
-def sku_state_of(row: Mapping[str, Any]) -> SkuState:
+def sku_state_of(row: asyncpg.Record) -> SkuState:
     """A `skus` row selected with SKU_COLUMNS."""
     return SkuState(
         sku=row["sku"], stock=row["stock"], reserved=row["reserved"], sold=row["sold"],

@@ -11,13 +11,14 @@ import tomllib
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import nats
 from nats.aio.client import Client
 
 from config.settings import Settings
-from proto.messages import Refusal, SkuState, SkuUpsert, encode, result_decoder
+from proto.messages import CLEARABLE_SKU_FIELDS, Refusal, SkuState, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 
 UPSERT_FIELDS = ("stock", "price_cents", "max_per_user", "payment", "reservation_ttl_s",
@@ -43,17 +44,26 @@ def to_ms(value: Any) -> int | None:
     raise AdminError(f"not a time: {value!r}")
 
 
-def make_upsert(sku: str, fields: dict[str, Any]) -> SkuUpsert:
+def make_upsert(sku: str, fields: Mapping[str, Any]) -> SkuUpsert:
+    """The one way to build a SKU change (admin API, CLI, sale files). An absent field keeps its
+    value; a field given as None is cleared (no cap, no window bound)."""
     unknown = set(fields) - set(UPSERT_FIELDS) - {"sku"}
     if unknown:
         raise AdminError(f"unknown SKU fields: {sorted(unknown)}")
-    if "stock" not in fields:
+    if fields.get("stock") is None:
         raise AdminError("stock is required")
+    clear = [f"{f}_ms" if f.startswith("sale_") else f for f, v in fields.items() if v is None]
+    refused = set(clear) - CLEARABLE_SKU_FIELDS
+    if refused:
+        raise AdminError(f"cannot clear {sorted(refused)}")
+    sale_start_ms, sale_end_ms = to_ms(fields.get("sale_start")), to_ms(fields.get("sale_end"))
+    if sale_start_ms is not None and sale_end_ms is not None and sale_end_ms <= sale_start_ms:
+        raise AdminError("sale_end must be after sale_start")
     return SkuUpsert(
         request_id=uuid.uuid4().hex, sku=sku, stock=fields["stock"],
         price_cents=fields.get("price_cents"), max_per_user=fields.get("max_per_user"),
         payment=fields.get("payment"), reservation_ttl_s=fields.get("reservation_ttl_s"),
-        sale_start_ms=to_ms(fields.get("sale_start")), sale_end_ms=to_ms(fields.get("sale_end")),
+        sale_start_ms=sale_start_ms, sale_end_ms=sale_end_ms, clear=clear,
     )
 
 

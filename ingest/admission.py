@@ -6,10 +6,11 @@
   awaiting their ack is a 503 + Retry-After at once, instead of a request queueing until it
   times out;
 - the per-buyer rate limit (`ratelimit.RateLimiter`, 429) and the sold-out fast path need the
-  parsed body, so the purchase handler applies them itself (see app.create_purchase); they are
-  documented with the rest of admission here.
+  parsed body, so the purchase handler applies them itself (see purchases.create_purchase);
+  they are documented with the rest of admission here.
 
-The same middleware turns every error into problem+json, infrastructure failures into 503s
+The same middleware answers every `problems.Rejection` a handler raises (counting it by slug),
+turns every other error into problem+json, infrastructure failures into 503s
 rather than 500s, and counts requests for /metrics.
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import nats.errors
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ingest import metrics, problems
 from ingest.publisher import Overloaded
@@ -45,7 +47,9 @@ _DEPENDENCY_ERRORS = (
 )
 
 
-def middleware(check_capacity: Callable[[], None], body_max_bytes: int, retry_after_s: int):
+def middleware(
+    check_capacity: Callable[[], None], body_max_bytes: int, retry_after_s: int
+) -> Middleware:
     """`check_capacity` raises Overloaded when publishing cannot keep up."""
 
     @web.middleware
@@ -63,6 +67,10 @@ def middleware(check_capacity: Callable[[], None], body_max_bytes: int, retry_af
             )
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
+        except problems.Rejection as exc:
+            if exc.status < 500:
+                metrics.REJECTS.labels(exc.slug).inc()
+            response = exc.response()
         except Overloaded as exc:
             metrics.SHEDS.labels(exc.cause).inc()
             response = problems.overloaded(f"cannot accept right now ({exc.cause})", retry_after_s)

@@ -60,16 +60,51 @@ def problem(
     )
 
 
+class Rejection(Exception):
+    """A request refused with a problem. Any step of a handler raises it; the admission
+    middleware answers it (and counts it by `slug`), so handlers read as a list of steps."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        retry_after_s: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{status} {slug}: {detail}")
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.errors = errors
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        return problem(
+            self.status, self.slug, self.title, self.detail, errors=self.errors,
+            retry_after_s=self.retry_after_s, headers=self.headers,
+        )
+
+
 def overloaded(detail: str, retry_after_s: int) -> web.Response:
     return problem(503, "overloaded", "Service overloaded", detail, retry_after_s=retry_after_s)
 
 
-def not_found(detail: str) -> web.Response:
-    return problem(404, "not_found", "Not found", detail)
+def not_found(detail: str) -> Rejection:
+    return Rejection(404, "not_found", "Not found", detail)
 
 
-def validation(detail: str, errors: list[FieldError]) -> web.Response:
-    return problem(422, "validation", "Invalid request", detail, errors=errors)
+def validation(detail: str, errors: list[FieldError]) -> Rejection:
+    return Rejection(422, "validation", "Invalid request", detail, errors=errors)
+
+
+def bad_query(detail: str) -> Rejection:
+    return Rejection(400, "bad_query", "Invalid query", detail)
 
 
 def from_msgspec_error(exc: msgspec.ValidationError) -> FieldError:

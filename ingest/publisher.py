@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 
 import msgspec
@@ -21,8 +20,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from proto.streams import ERR_STORE_FAILED, is_already_stored
-
-log = logging.getLogger("ingest.publisher")
 
 # A publish that got no ack in this long may or may not be stored; the client retries with the
 # same Idempotency-Key, which is safe either way.
@@ -55,32 +52,95 @@ _ack_decoder = msgspec.json.Decoder(_PubAck)
 _NO_RESPONDERS = b""  # JetStream answers an unknown subject with an empty "503" status message
 
 
-class Publisher:
-    def __init__(self, nc: NATS, inflight_max: int) -> None:
-        self.nc = nc
-        self.inflight_max = inflight_max
-        self._prefix = nc.new_inbox() + "."
-        self._counter = itertools.count()
+def ack_stored_now(data: bytes) -> bool:
+    """Parse a JetStream PubAck. True: stored now; False: its subject already holds its one
+    message (a retry, or a concurrent request for the same key). Raises Overloaded when nothing
+    was stored (no stream, stream full, no leader...)."""
+    if data == _NO_RESPONDERS:
+        raise Overloaded("no_stream")
+    ack = _ack_decoder.decode(data)
+    if ack.error is None:
+        return not ack.duplicate
+    err = ack.error
+    if is_already_stored(err.err_code, err.description):
+        return False
+    raise Overloaded("stream_full" if err.err_code == ERR_STORE_FAILED else "jetstream_refused")
+
+
+def direct_get_payload(data: bytes, status: str | None) -> bytes | None:
+    """Parse a JetStream direct-get reply: the message's payload, or None when there is none."""
+    if data:
+        return data
+    if status == "404":
+        return None
+    raise Overloaded("jetstream_refused" if status else "no_stream")
+
+
+class PendingReplies:
+    """Futures of requests awaiting their reply, by reply subject, oldest first. Pure."""
+
+    def __init__(self) -> None:
         # reply subject -> (future, deadline); insertion order is deadline order (one timeout).
         self._pending: dict[str, tuple[asyncio.Future[Msg], float]] = {}
-        self._sub = None
-        self._sweeper: asyncio.Task | None = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, reply: str, fut: asyncio.Future[Msg], deadline: float) -> None:
+        self._pending[reply] = (fut, deadline)
+
+    def discard(self, reply: str) -> None:
+        self._pending.pop(reply, None)
+
+    async def on_reply(self, msg: Msg) -> None:
+        entry = self._pending.pop(msg.subject, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(msg)
+
+    def expire(self, now: float) -> int:
+        """Fail every request whose deadline passed; how many were failed."""
+        expired = []
+        for reply, (_, deadline) in self._pending.items():
+            if deadline > now:
+                break
+            expired.append(reply)
+        for reply in expired:
+            fut, _ = self._pending.pop(reply)
+            if not fut.done():
+                fut.set_exception(Overloaded("publish_timeout"))
+        return len(expired)
+
+    def fail_all(self, cause: str) -> None:
+        for fut, _ in self._pending.values():
+            if not fut.done():
+                fut.set_exception(Overloaded(cause))
+        self._pending.clear()
+
+
+class Publisher:
+    def __init__(self, nc: NATS, inflight_max: int, prefix: str, pending: PendingReplies,
+                 sweeper: asyncio.Task[None]) -> None:
+        self.nc = nc
+        self.inflight_max = inflight_max
+        self._prefix = prefix
+        self._counter = itertools.count()
+        self._pending = pending
+        self._sweeper = sweeper
+
+    @classmethod
+    async def start(cls, nc: NATS, inflight_max: int) -> Publisher:
+        prefix = nc.new_inbox() + "."
+        pending = PendingReplies()
+        await nc.subscribe(prefix + "*", cb=pending.on_reply)
+        return cls(nc, inflight_max, prefix, pending, asyncio.create_task(_sweep(pending)))
 
     @property
     def inflight(self) -> int:
         return len(self._pending)
 
-    async def start(self) -> None:
-        self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_ack)
-        self._sweeper = asyncio.create_task(self._sweep())
-
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for fut, _ in self._pending.values():
-            if not fut.done():
-                fut.set_exception(Overloaded("shutting_down"))
-        self._pending.clear()
+        self._sweeper.cancel()
+        self._pending.fail_all("shutting_down")
 
     def check_capacity(self) -> None:
         if not self.nc.is_connected:
@@ -93,15 +153,15 @@ class Publisher:
         self.check_capacity()
         reply = self._prefix + str(next(self._counter))
         fut: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._pending[reply] = (fut, time.monotonic() + PUBLISH_TIMEOUT_S)
+        self._pending.add(reply, fut, time.monotonic() + PUBLISH_TIMEOUT_S)
         try:
             await self.nc.publish(subject, payload, reply=reply, headers=headers)
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                 nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError) as exc:
-            self._pending.pop(reply, None)
+            self._pending.discard(reply)
             raise Overloaded("nats_disconnected") from exc
         except BaseException:
-            self._pending.pop(reply, None)
+            self._pending.discard(reply)
             raise
         return await fut
 
@@ -111,45 +171,17 @@ class Publisher:
         The sold-out fast path asks this for every request, so it shares the reply
         subscription instead of nats-py's per-request inbox, JSON body and timer."""
         msg = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", None)
-        if msg.data:
-            return msg.data
-        status = msg.headers.get("Status") if msg.headers else None
-        if status == "404":
-            return None
-        raise Overloaded("jetstream_refused" if status else "no_stream")
+        return direct_get_payload(msg.data, msg.headers.get("Status") if msg.headers else None)
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
         """Store one intent. True: stored now. False: that subject already holds an intent (a
         retry, or a concurrent request for the same key). Raises Overloaded."""
         data = (await self._request(subject, payload, {"Nats-Msg-Id": msg_id})).data
-        if data == _NO_RESPONDERS:
-            raise Overloaded("no_stream")
-        ack = _ack_decoder.decode(data)
-        if ack.error is None:
-            return not ack.duplicate
-        err = ack.error
-        if is_already_stored(err.err_code, err.description):
-            return False
-        # Stream full (discard new), insufficient resources, no leader: nothing was stored.
-        log.warning("publish refused on %s: %s %s %s", subject, err.code, err.err_code, err.description)
-        raise Overloaded("stream_full" if err.err_code == ERR_STORE_FAILED else "jetstream_refused")
+        return ack_stored_now(data)
 
-    async def _on_ack(self, msg: Msg) -> None:
-        entry = self._pending.pop(msg.subject, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_result(msg)
 
-    async def _sweep(self) -> None:
-        """Fail publishes whose ack is overdue: one timer for all, not one per publish."""
-        while True:
-            await asyncio.sleep(_SWEEP_EVERY_S)
-            now = time.monotonic()
-            expired = []
-            for reply, (_, deadline) in self._pending.items():
-                if deadline > now:
-                    break
-                expired.append(reply)
-            for reply in expired:
-                fut, _ = self._pending.pop(reply)
-                if not fut.done():
-                    fut.set_exception(Overloaded("publish_timeout"))
+async def _sweep(pending: PendingReplies) -> None:
+    """Fail publishes whose ack is overdue: one timer for all, not one per publish."""
+    while True:
+        await asyncio.sleep(_SWEEP_EVERY_S)
+        pending.expire(time.monotonic())

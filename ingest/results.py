@@ -1,5 +1,5 @@
-"""What this ingest instance knows about decisions: the results-stream listener, a bounded LRU of
-decisions, the latest state of each SKU, and the long-poll waiters it wakes.
+"""What this ingest instance knows about decisions: a bounded LRU of decisions, the latest state
+of each SKU, and the long-poll waiters it wakes. Pure: `ingest.listener` feeds it result batches.
 
 All of it is an optimisation over Postgres (the source of truth): a decision missing here is read
 from Postgres, so evicting entries or restarting the process loses nothing.
@@ -8,26 +8,42 @@ from Postgres, so evicting entries or restarting the process loses nothing.
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import msgspec
-import nats.errors
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ingest import metrics
-from proto.messages import FINAL_STATUSES, Decision, Refusal, ResultBatch, SkuState, result_decoder
-from proto.subjects import Names
-
-log = logging.getLogger("ingest.results")
+from proto.clock import now_ms
+from proto.messages import FINAL_STATUSES, Decision, Purchase, Refusal, ResultBatch, SkuState, Status
 
 # SKUs are few (an operator creates them) but the bound still has to exist.
 SKUS_MAX = 100_000
-# A listener that misses two heartbeats is recreated by nats-py from the last sequence seen.
-HEARTBEAT_S = 2.0
+
+
+# A purchase as ingest sees it: its committed Decision, or the stored intent while pending.
+PurchaseState = Decision | Purchase
+
+
+def status_of(state: PurchaseState) -> Status:
+    return state.status if isinstance(state, Decision) else "pending"
+
+
+def is_decided(state: PurchaseState) -> bool:
+    return isinstance(state, Decision)
+
+
+def is_final(state: PurchaseState) -> bool:
+    return isinstance(state, Decision) and state.status in FINAL_STATUSES
+
+
+def newer(current: PurchaseState, candidate: Decision | None) -> PurchaseState:
+    if candidate is None:
+        return current
+    if isinstance(current, Purchase) or candidate.updated_at_ms > current.updated_at_ms:
+        return candidate
+    return current
 
 
 class Watch:
@@ -47,19 +63,42 @@ class Watch:
         if self.fut.done():
             self.fut = asyncio.get_running_loop().create_future()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         if not self.fut.done():
             self.fut.set_result(None)
+
+    async def until(
+        self,
+        current: PurchaseState,
+        done: Callable[[PurchaseState], bool],
+        wait_s: float,
+        stop_on_refusal: bool = False,
+    ) -> PurchaseState:
+        """Wait until `done(state)` (or a refusal, if asked, or `wait_s`); return the state."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            # Read after (re-)arming: an update between two waits is in self.decision already.
+            current = newer(current, self.decision)
+            if done(current) or (stop_on_refusal and self.refusal is not None):
+                return current
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return current
+            try:
+                await asyncio.wait_for(self.fut, remaining)
+            except TimeoutError:
+                return current
+            self.rearm()
 
 
 class AdminWait(msgspec.Struct):
     sku: str
-    fut: asyncio.Future  # resolves to SkuState | None (applied) or Refusal
+    fut: asyncio.Future[SkuState | Refusal | None]  # None: applied, state not cached
 
 
 class ResultsHub:
-    def __init__(self, names: Names, cache_max: int, waiters_max: int) -> None:
-        self.names = names
+    def __init__(self, cache_max: int, waiters_max: int) -> None:
         self.cache_max = cache_max
         self.waiters_max = waiters_max
         self.decisions: OrderedDict[str, Decision] = OrderedDict()
@@ -67,96 +106,21 @@ class ResultsHub:
         self.watches: dict[str, set[Watch]] = {}
         self.watch_count = 0  # read by the metrics gauge at scrape time
         self.admin_waits: dict[str, AdminWait] = {}
-        self._sub = None
-        self._js: JetStreamContext | None = None
-        self._resubscribing: asyncio.Task | None = None
-        self.last_seq = 0  # stream sequence of the last result batch received
-
-    async def start(self, js: JetStreamContext) -> None:
-        self._js = js
-        await self._subscribe()
-
-    async def _subscribe(self) -> None:
-        # Ordered push consumer: ephemeral, gap-free (nats-py resets it on a missed sequence or
-        # missed heartbeats), no acks. From "now" at start, since older decisions are in
-        # Postgres; after a reconnect, from the first batch not seen yet.
-        if self.last_seq:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                    opt_start_seq=self.last_seq + 1)
-        else:
-            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-        self._sub = await self._js.subscribe(
-            self.names.results_all(), stream=self.names.results_stream, cb=self._on_msg,
-            ordered_consumer=True, config=config, idle_heartbeat=HEARTBEAT_S,
-        )
-
-    @property
-    def listening(self) -> bool:
-        return self._sub is not None
-
-    def on_reconnected(self) -> None:
-        """The server may have restarted and lost the in-memory consumer: make a new one."""
-        if self._js is None:
-            return  # not started yet: start() subscribes
-        if self._resubscribing is None or self._resubscribing.done():
-            self._resubscribing = asyncio.create_task(self._resubscribe())
-
-    async def _resubscribe(self) -> None:
-        old, self._sub = self._sub, None
-        if old is not None:
-            try:
-                await old.unsubscribe()
-            except Exception:  # the old consumer is likely gone with the old connection
-                pass
-        delay_s = 0.1
-        while True:
-            try:
-                await self._subscribe()
-                log.info("results listener resubscribed", extra={"from_seq": self.last_seq + 1})
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("results resubscribe failed, retrying: %r", exc)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
-
-    async def stop(self) -> None:
-        if self._resubscribing is not None:
-            self._resubscribing.cancel()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # closing anyway; the server drops ephemeral consumers itself
-                pass
-            self._sub = None
-
-    async def _on_msg(self, msg: Msg) -> None:
-        try:
-            self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
-        except nats.errors.NotJSMessageError:
-            pass  # not from the consumer (cannot happen on this subscription); still decode it
-        try:
-            batch = result_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            log.error("undecodable result batch on %s (%d bytes)", msg.subject, len(msg.data))
-            return
-        self.apply(batch)
 
     def apply(self, batch: ResultBatch) -> None:
-        now_ms = int(time.time() * 1000)
+        arrived_ms = now_ms()
         for state in batch.skus:
             self.put_sku(state)
         for d in batch.decisions:
             # First decision of a purchase (not a later confirm/expiry): the buyer-visible latency.
             if d.decided_at_ms == d.updated_at_ms:
-                metrics.DECISION_LATENCY.observe(max(0, now_ms - d.accepted_at_ms) / 1000.0)
+                metrics.DECISION_LATENCY.observe(max(0, arrived_ms - d.accepted_at_ms) / 1000.0)
             self.put_decision(d)
             watches = self.watches.get(d.id)
             if watches:
                 for w in watches:
                     w.decision = d
-                    w._wake()
+                    w.wake()
         for r in batch.refusals:
             if r.kind == "sku_upsert":
                 self._answer_admin(r.key, r)
@@ -165,7 +129,7 @@ class ResultsHub:
             if watches:
                 for w in watches:
                     w.refusal = r
-                    w._wake()
+                    w.wake()
         for request_id in batch.admin_applied:
             admin = self.admin_waits.get(request_id)
             if admin is not None:
@@ -213,8 +177,7 @@ class ResultsHub:
 
     def is_sold_out(self, sku: str) -> bool:
         state = self.skus.get(sku)
-        # Nothing reserved either: a reservation that expires or is cancelled gives stock back.
-        return state is not None and state.remaining <= 0 and state.reserved == 0
+        return state is not None and state.sold_out
 
     # -- waiters ---------------------------------------------------------------------------
 
@@ -226,6 +189,18 @@ class ResultsHub:
         self.watches.setdefault(purchase_id, set()).add(w)
         self.watch_count += 1
         return w
+
+    @contextmanager
+    def watching(self, purchase_id: str, enabled: bool) -> Iterator[Watch | None]:
+        """A watch on `purchase_id` for the duration of a request (None if not `enabled`, or when
+        this instance already holds waiters_max). Registered before the request publishes or
+        looks anything up, so a decision that lands meanwhile is not missed."""
+        w = self.watch(purchase_id) if enabled else None
+        try:
+            yield w
+        finally:
+            if w is not None:
+                self.unwatch(w)
 
     def unwatch(self, w: Watch) -> None:
         watches = self.watches.get(w.purchase_id)

@@ -7,12 +7,13 @@ committer -> everyone after the batch it describes is committed in Postgres.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 import msgspec
 
 Status = Literal["pending", "reserved", "confirmed", "rejected", "expired", "cancelled"]
-FINAL_STATUSES: frozenset[str] = frozenset({"confirmed", "rejected", "expired", "cancelled"})
+STATUSES: tuple[Status, ...] = get_args(Status)
+FINAL_STATUSES: frozenset[Status] = frozenset({"confirmed", "rejected", "expired", "cancelled"})
 
 # Rejection / closing reasons a buyer can see.
 Reason = Literal[
@@ -119,6 +120,11 @@ class SkuState(msgspec.Struct, frozen=True):
     @property
     def remaining(self) -> int:
         return self.stock - self.reserved - self.sold
+
+    @property
+    def sold_out(self) -> bool:
+        # Nothing reserved either: a reservation that expires or is cancelled gives stock back.
+        return self.remaining <= 0 and self.reserved == 0
 
 
 class Refusal(msgspec.Struct, frozen=True):

@@ -8,12 +8,12 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.app import _parse_wait, _prefer_wait, _valid_idempotency_key
+from ingest.http import parse_wait, prefer_wait, valid_idempotency_key
 from ingest.schemas import iso_ms
 
 
 def prefer(value: str) -> float | None:
-    return _prefer_wait(make_mocked_request("POST", "/v1/purchases", headers={"Prefer": value}))
+    return prefer_wait(make_mocked_request("POST", "/v1/purchases", headers={"Prefer": value}))
 
 
 def test_prefer_wait_forms():
@@ -25,11 +25,11 @@ def test_prefer_wait_forms():
     assert prefer("wait=soon") is None
     assert prefer("wait=-1") is None
     assert prefer("wait=inf") is None
-    assert _prefer_wait(make_mocked_request("POST", "/")) is None
+    assert prefer_wait(make_mocked_request("POST", "/")) is None
 
 
 def test_parse_wait_rejects_nan():
-    assert _parse_wait("nan") is None and _parse_wait("0") == 0
+    assert parse_wait("nan") is None and parse_wait("0") == 0
 
 
 @given(st.integers(min_value=0, max_value=4_102_444_800_000))
@@ -43,7 +43,7 @@ def test_iso_ms_none():
 
 
 def test_idempotency_key_validation():
-    assert _valid_idempotency_key("click-1")
-    assert not _valid_idempotency_key("")
-    assert not _valid_idempotency_key("a b")
-    assert not _valid_idempotency_key("k" * 256)
+    assert valid_idempotency_key("click-1")
+    assert not valid_idempotency_key("")
+    assert not valid_idempotency_key("a b")
+    assert not valid_idempotency_key("k" * 256)

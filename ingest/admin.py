@@ -1,0 +1,90 @@
+"""The operator's routes: create or adjust a SKU through its shard's writer, behind the admin token."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from flashsale.admin import AdminError, make_upsert
+from ingest import http, problems
+from ingest.publisher import Overloaded
+from ingest.schemas import SKU_MAX_LEN, SKU_PATTERN, SkuUpsertRequest, sku_upsert_decoder, sku_view_of
+from ingest.state import STATE, Ingest
+from proto.messages import Refusal, SkuState, SkuUpsert, encode
+from proto.sharding import shard_of
+
+ADMIN_TIMEOUT_S = 10.0  # an operator waits this long for the committer to apply a SKU change
+_SKU_RE = re.compile(SKU_PATTERN)
+
+
+async def put_sku(request: web.Request) -> web.Response:
+    ing = request.app[STATE]
+    require_admin(request, ing.settings.admin_token)
+    sku = _sku_in_path(request)
+    req = await http.decode_body(request, sku_upsert_decoder)
+    upsert = _upsert(sku, req)
+    outcome = await _apply(ing, upsert)
+    if isinstance(outcome, Refusal):
+        raise problems.Rejection(409, "sku_upsert_refused", "SKU change refused", outcome.reason)
+    state = outcome or await ing.reads.sku_state(sku)
+    if state is None:
+        raise problems.not_found(f"no SKU {sku!r}")
+    return http.json_response(sku_view_of(state), 200, {"X-Request-Id": upsert.request_id})
+
+
+def require_admin(request: web.Request, admin_token: str) -> None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise problems.Rejection(
+            401, "unauthorized", "Unauthorized", "send Authorization: Bearer <admin token>",
+            headers={"WWW-Authenticate": 'Bearer realm="flashsale-admin"'},
+        )
+    if not hmac.compare_digest(token.strip().encode(), admin_token.encode()):
+        raise problems.Rejection(403, "forbidden", "Forbidden", "the admin token is not valid")
+
+
+def _sku_in_path(request: web.Request) -> str:
+    sku = request.match_info["sku"]
+    if len(sku) > SKU_MAX_LEN or not _SKU_RE.match(sku):
+        raise problems.validation(
+            "invalid SKU in path",
+            [problems.FieldError("sku", f"1..{SKU_MAX_LEN} characters matching {SKU_PATTERN}")],
+        )
+    return sku
+
+
+def _upsert(sku: str, req: SkuUpsertRequest) -> SkuUpsert:
+    given: dict[str, Any] = {
+        f: getattr(req, f) for f in req.__struct_fields__ if getattr(req, f) is not msgspec.UNSET
+    }
+    try:
+        return make_upsert(sku, given)
+    except AdminError as e:
+        field = "$.sale_end" if "sale_end" in str(e) else "$"
+        raise problems.validation(str(e), [problems.FieldError(field, str(e))]) from None
+
+
+async def _apply(ing: Ingest, upsert: SkuUpsert) -> SkuState | Refusal | None:
+    """Publish the change to the SKU's shard and wait until its writer applied or refused it."""
+    wait = ing.hub.admin_wait(upsert.request_id, upsert.sku)
+    if wait is None:
+        raise Overloaded("waiters_max")
+    try:
+        subject = ing.names.intent(shard_of(upsert.sku, ing.settings.shards), "sku_upsert", upsert.request_id)
+        await ing.publisher.publish(subject, encode(upsert), f"admin:{upsert.request_id}")
+        try:
+            return await asyncio.wait_for(wait.fut, ADMIN_TIMEOUT_S)
+        except TimeoutError:
+            raise problems.Rejection(
+                504, "admin_timeout", "Not applied yet",
+                f"the change (request {upsert.request_id}) was queued but not applied within "
+                f"{ADMIN_TIMEOUT_S:g} s; it may still be applied: check GET /v1/skus/{upsert.sku}",
+                retry_after_s=ing.settings.retry_after_s,
+            ) from None
+    finally:
+        ing.hub.admin_done(upsert.request_id)

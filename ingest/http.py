@@ -1,0 +1,96 @@
+"""HTTP details shared by the routes: JSON in and out, `Prefer: wait`, Idempotency-Key.
+
+Each function either returns what the request says or raises `problems.Rejection`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from ingest import problems
+from ingest.schemas import encode_json
+from proto.ids import IDEMPOTENCY_KEY_MAX_LEN, new_idempotency_key
+
+JSON = "application/json"
+
+T = TypeVar("T")
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=encode_json(body), status=status, content_type=JSON, headers=headers)
+
+
+async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
+    """The JSON body, strictly decoded: 415 for another media type, 400 malformed, 422 invalid."""
+    if request.content_type != JSON:
+        raise problems.Rejection(
+            415, "unsupported_media_type", "Unsupported media type",
+            f"send the body as {JSON} (got {request.content_type!r})",
+        )
+    body = await request.read()
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        err = problems.from_msgspec_error(exc)
+        raise problems.validation(err.message, [err]) from None
+    except msgspec.DecodeError as exc:
+        raise problems.Rejection(
+            400, "malformed_json", "Malformed JSON", f"body is not valid JSON: {exc}"
+        ) from None
+
+
+def parse_wait(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def prefer_wait(request: web.Request) -> float | None:
+    """`Prefer: wait=N` (RFC 7240). A preference is a hint: a malformed one is ignored."""
+    header = request.headers.get("Prefer")
+    if not header:
+        return None
+    for part in header.split(","):
+        for token in part.split(";"):
+            name, _, value = token.strip().partition("=")
+            if name.strip().lower() == "wait":
+                return parse_wait(value.strip().strip('"'))
+    return None
+
+
+def capped_prefer_wait_s(request: web.Request, wait_max_s: float) -> float:
+    """Seconds the client prefers to wait (0: answer at once), never more than `wait_max_s`."""
+    wait_s = prefer_wait(request)
+    return min(wait_s, wait_max_s) if wait_s else 0.0
+
+
+def preference_applied(wait_s: float) -> str:
+    """The `Preference-Applied` value for a wait that was honoured."""
+    return f"wait={int(wait_s)}" if wait_s == int(wait_s) else f"wait={wait_s:g}"
+
+
+def valid_idempotency_key(key: str) -> bool:
+    # Visible ASCII (0x21-0x7E); the str methods run in C, a per-character loop would not.
+    return (
+        1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LEN and key.isascii() and key.isprintable()
+        and " " not in key
+    )
+
+
+def idempotency_key(request: web.Request) -> str:
+    """The client's Idempotency-Key, or a new server-issued one when the header is absent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return new_idempotency_key()
+    if not valid_idempotency_key(key):
+        raise problems.Rejection(
+            400, "bad_idempotency_key", "Invalid Idempotency-Key",
+            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_LEN} visible ASCII characters",
+        )
+    return key

@@ -1,0 +1,215 @@
+"""The buyer's routes: create a purchase, read it (long-poll), cancel it.
+
+Each handler is a short list of steps; a step that refuses the request raises
+`problems.Rejection` (answered by the admission middleware) or `Overloaded` (a 503).
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from ingest import http, problems
+from ingest.publisher import Overloaded
+from ingest.ratelimit import RateLimiter
+from ingest.results import PurchaseState, Watch, is_decided, is_final, status_of
+from ingest.schemas import PurchaseRequest, purchase_request_decoder, view_of
+from ingest.state import STATE, Ingest
+from proto.clock import now_ms
+from proto.ids import is_purchase_id, purchase_id, request_hash
+from proto.messages import FINAL_STATUSES, STATUSES, Cancel, Purchase, Refusal, Status, encode
+from proto.sharding import shard_of
+
+# Decided states that a cancel can no longer undo.
+_NOT_CANCELLABLE: frozenset[Status] = frozenset({"confirmed", "rejected"})
+
+
+async def create_purchase(request: web.Request) -> web.Response:
+    ing = request.app[STATE]
+    req = await http.decode_body(request, purchase_request_decoder)
+    _check_qty(req.qty, ing.settings.qty_max)
+    key = http.idempotency_key(request)
+    _check_rate(ing, req.user_id)
+    await _check_sku_exists(ing, req.sku, key)
+    intent = _intent(req, key)
+    wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
+    headers = {"Location": f"/v1/purchases/{intent.id}", "Idempotency-Key": key}
+    with ing.hub.watching(intent.id, wait_s > 0) as watch:
+        current = await _submit(ing, intent, key)
+        if watch is not None:
+            current = await watch.until(current, is_decided, wait_s)
+            headers["Preference-Applied"] = http.preference_applied(wait_s)
+    status = 200 if watch is not None and status_of(current) != "pending" else 202
+    return http.json_response(view_of(current), status, headers)
+
+
+async def get_purchase(request: web.Request) -> web.Response:
+    ing = request.app[STATE]
+    pid = _purchase_id(request)
+    wait_s, prefer = _poll_wait(request, ing.settings.wait_max_s)
+    seen = _seen_status(request)
+    headers: dict[str, str] = {}
+    with ing.hub.watching(pid, wait_s > 0) as watch:
+        current = await _existing(ing, pid)
+        if watch is not None:
+            current = await _until_changed(watch, current, seen, wait_s)
+            if prefer:
+                headers["Preference-Applied"] = http.preference_applied(wait_s)
+    return http.json_response(view_of(current), 200, headers)
+
+
+async def cancel_purchase(request: web.Request) -> web.Response:
+    ing = request.app[STATE]
+    pid = _purchase_id(request)
+    wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
+    headers = {"Location": f"/v1/purchases/{pid}"}
+    with ing.hub.watching(pid, wait_s > 0) as watch:
+        current = await _existing(ing, pid)
+        _check_cancellable(pid, status_of(current), None)
+        if is_final(current):  # cancelled or expired: nothing left to give back
+            return http.json_response(view_of(current), 200, headers)
+        await _publish_cancel(ing, current, pid)
+        if watch is None:
+            return http.json_response(view_of(current), 202, headers)
+        current = await watch.until(current, is_final, wait_s, stop_on_refusal=True)
+        headers["Preference-Applied"] = http.preference_applied(wait_s)
+        _check_cancellable(pid, status_of(current), watch.refusal)
+    return http.json_response(view_of(current), 200 if is_final(current) else 202, headers)
+
+
+# -- steps ---------------------------------------------------------------------------------
+
+
+def _check_qty(qty: int, qty_max: int) -> None:
+    if qty > qty_max:
+        raise problems.validation(
+            f"qty must be <= {qty_max}",
+            [problems.FieldError("$.qty", f"Expected `int` <= {qty_max}")],
+        )
+
+
+def _check_rate(ing: Ingest, user_id: str) -> None:
+    if ing.limiter is None:
+        return
+    wait_s = ing.limiter.acquire(user_id, time.monotonic())
+    if wait_s:
+        raise problems.Rejection(
+            429, "rate_limited", "Too many requests",
+            f"user {user_id!r} sends purchases faster than {ing.settings.user_rate_per_s:g}/s",
+            retry_after_s=RateLimiter.retry_after_s(wait_s),
+        )
+
+
+async def _check_sku_exists(ing: Ingest, sku: str, key: str) -> None:
+    # Every SKU reaches ingest on the result stream or from Postgres: a miss was never created.
+    # Refused here, so junk SKUs never reach JetStream or a committer.
+    if sku not in ing.hub.skus and await ing.reads.sku_state(sku) is None:
+        raise problems.Rejection(
+            422, "unknown_sku", "Unknown SKU", f"SKU {sku!r} does not exist",
+            headers={"Idempotency-Key": key},
+        )
+
+
+def _intent(req: PurchaseRequest, key: str) -> Purchase:
+    return Purchase(
+        id=purchase_id(req.user_id, key), sku=req.sku, qty=req.qty, user_id=req.user_id,
+        request_hash=request_hash(encode((req.sku, req.qty, req.user_id, req.payment_token))),
+        accepted_at_ms=now_ms(), payment_token=req.payment_token,
+    )
+
+
+async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
+    """Store the intent; or, for a key that already made a purchase, that purchase (same body)."""
+    subject = ing.names.intent(shard_of(intent.sku, ing.settings.shards), "purchase", intent.id)
+    if ing.hub.is_sold_out(intent.sku):
+        # Sold-out fast path, but a retry of an accepted purchase still gets that purchase.
+        existing = await ing.reads.stored_intent(subject)
+        if existing is None:
+            raise problems.Rejection(
+                409, "sold_out", "Sold out", f"SKU {intent.sku!r} is sold out; no purchase was created",
+                headers={"Idempotency-Key": key},
+            )
+    elif await ing.publisher.publish(subject, encode(intent), intent.id):
+        return intent
+    else:
+        # A retry (or a concurrent twin) of an existing purchase.
+        existing = await ing.reads.stored_intent(subject)
+        if existing is None:
+            # Refused as a duplicate yet not readable (purged meanwhile?): retryable.
+            raise Overloaded("intent_missing")
+    if existing.request_hash != intent.request_hash:
+        raise problems.Rejection(
+            422, "idempotency_key_reused", "Idempotency key reused",
+            "idempotency key reused with a different request", headers={"Idempotency-Key": key},
+        )
+    return ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id) or existing
+
+
+def _purchase_id(request: web.Request) -> str:
+    pid = request.match_info["id"]
+    if not is_purchase_id(pid):
+        raise problems.not_found(f"no purchase {pid!r} (not a purchase id)")
+    return pid
+
+
+async def _existing(ing: Ingest, pid: str) -> PurchaseState:
+    current = await ing.reads.lookup(pid)
+    if current is None:
+        raise problems.not_found(f"no purchase {pid}")
+    return current
+
+
+def _poll_wait(request: web.Request, wait_max_s: float) -> tuple[float, bool]:
+    """(seconds to long-poll, whether the wait came from `Prefer`): `?wait=N` wins over it."""
+    query_wait = request.query.get("wait")
+    if query_wait is None:
+        return http.capped_prefer_wait_s(request, wait_max_s), True
+    wait_s = http.parse_wait(query_wait)
+    if wait_s is None:
+        raise problems.bad_query("wait must be a number >= 0")
+    return min(wait_s, wait_max_s), False
+
+
+def _seen_status(request: web.Request) -> Status | None:
+    seen = request.query.get("seen")
+    if seen is None:
+        return None
+    for status in STATUSES:
+        if status == seen:
+            return status
+    raise problems.bad_query(f"seen must be one of {', '.join(STATUSES)}")
+
+
+async def _until_changed(
+    watch: Watch, current: PurchaseState, seen: Status | None, wait_s: float
+) -> PurchaseState:
+    """Long-poll until the status differs from `seen` (default: the current one)."""
+    status = status_of(current)
+    if status in FINAL_STATUSES:  # a final state never changes
+        return current
+    baseline = seen or status
+    if baseline != status:
+        return current
+    return await watch.until(current, lambda c: status_of(c) != baseline, wait_s)
+
+
+def _check_cancellable(pid: str, status: Status, refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise _cannot_cancel(pid, refusal.status or status, refusal.reason)
+    if status in _NOT_CANCELLABLE:
+        raise _cannot_cancel(pid, status)
+
+
+async def _publish_cancel(ing: Ingest, current: PurchaseState, pid: str) -> None:
+    subject = ing.names.intent(shard_of(current.sku, ing.settings.shards), "cancel", pid)
+    # The dedupe window is per stream, so the cancel's msg id must differ from the purchase's.
+    # False (already requested) is fine: cancelling is idempotent.
+    await ing.publisher.publish(subject, encode(Cancel(id=pid)), f"cancel:{pid}")
+
+
+def _cannot_cancel(pid: str, status: str, reason: str | None = None) -> problems.Rejection:
+    detail = f"purchase {pid} is {status} and cannot be cancelled"
+    if reason:
+        detail += f" ({reason})"
+    return problems.Rejection(409, "cannot_cancel", "Cannot cancel", detail)

@@ -1,0 +1,94 @@
+"""Where ingest reads a purchase or a SKU: its cache of the result stream, then Postgres, then
+(for a purchase not decided yet) the intent stream. Every query ingest makes is here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from committer.schema import PURCHASE_COLUMNS, SKU_COLUMNS, decision_of, sku_state_of
+from ingest.publisher import Publisher
+from ingest.results import SKUS_MAX, PurchaseState, ResultsHub
+from proto.messages import Decision, Purchase, SkuState, intent_decoder
+from proto.subjects import Names
+
+DB_TIMEOUT_S = 2.0
+UNKNOWN_SKU_TTL_S = 1.0
+UNKNOWN_SKUS_MAX = 10_000
+
+
+class ReadModel:
+    def __init__(
+        self, names: Names, shards: int, pool: asyncpg.Pool, publisher: Publisher, hub: ResultsHub
+    ) -> None:
+        self.names = names
+        self.shards = shards
+        self.pool = pool
+        self.publisher = publisher
+        self.hub = hub
+        self._unknown_skus: dict[str, float] = {}  # sku -> monotonic time the miss expires
+
+    async def load_skus(self) -> None:
+        """Rejections carry no SKU state, so an instance started after a sell-out would never
+        learn it from the stream: start from Postgres (after subscribing, so nothing newer is
+        overwritten)."""
+        rows = await self.pool.fetch(
+            f"SELECT {SKU_COLUMNS} FROM skus ORDER BY sku LIMIT $1", SKUS_MAX, timeout=DB_TIMEOUT_S
+        )
+        for row in rows:
+            self.hub.remember_sku(sku_state_of(row))
+
+    async def stored_intent(self, subject: str) -> Purchase | None:
+        data = await self.publisher.last_message(self.names.intents_stream, subject)
+        if data is None:
+            return None
+        intent = intent_decoder.decode(data)
+        return intent if isinstance(intent, Purchase) else None
+
+    async def purchase_from_db(self, pid: str) -> Decision | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1", pid, timeout=DB_TIMEOUT_S
+        )
+        if row is None:
+            return None
+        d = decision_of(row)
+        self.hub.remember_final(d)
+        return d
+
+    async def lookup(self, pid: str) -> PurchaseState | None:
+        """The purchase's current state; a Purchase (the intent) means pending."""
+        d = self.hub.decision(pid) or await self.purchase_from_db(pid)
+        if d is not None:
+            return d
+        # Accepted (perhaps by another instance) but not decided yet. The SKU, hence the shard,
+        # is unknown from the id alone: ask every shard's subject at once.
+        found = await asyncio.gather(
+            *(self.stored_intent(self.names.intent(shard, "purchase", pid)) for shard in range(self.shards))
+        )
+        for intent in found:
+            if intent is not None:
+                # Decided between the Postgres read and now? The cache has it by then.
+                return self.hub.decision(pid) or intent
+        return None
+
+    async def sku_state(self, sku: str) -> SkuState | None:
+        state = self.hub.skus.get(sku)
+        if state is not None:
+            return state
+        now = time.monotonic()
+        if self._unknown_skus.get(sku, 0.0) > now:
+            return None
+        row = await self.pool.fetchrow(
+            f"SELECT {SKU_COLUMNS} FROM skus WHERE sku = $1", sku, timeout=DB_TIMEOUT_S
+        )
+        if row is None:
+            # Remember the miss briefly: a flood of one junk SKU costs one query per second.
+            if len(self._unknown_skus) >= UNKNOWN_SKUS_MAX:
+                self._unknown_skus.clear()
+            self._unknown_skus[sku] = now + UNKNOWN_SKU_TTL_S
+            return None
+        state = sku_state_of(row)
+        self.hub.remember_sku(state)
+        return self.hub.skus.get(sku, state)
