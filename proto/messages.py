@@ -7,7 +7,7 @@ committer -> everyone after the batch it describes is committed in Postgres.
 
 from __future__ import annotations
 
-from typing import Literal, Union, get_args
+from typing import Literal, get_args
 
 import msgspec
 
@@ -83,7 +83,7 @@ class SkuUpsert(msgspec.Struct, tag="sku_upsert", frozen=True):
     clear: list[str] = []
 
 
-Intent = Union[Purchase, Confirm, Release, Cancel, SkuUpsert]
+Intent = Purchase | Confirm | Release | Cancel | SkuUpsert
 
 
 class Decision(msgspec.Struct, frozen=True):

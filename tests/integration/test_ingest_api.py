@@ -102,7 +102,8 @@ async def test_bad_input_is_a_problem_and_publishes_nothing(system, settings, db
                                "sale_end": "2026-01-01T00:00:00Z"}, 422)]:
             async with http.put(admin, json=body, headers=auth) as resp:
                 assert resp.status == status and resp.content_type == PROBLEM, body
-        async with http.put(f"{system.base_url}/v1/admin/skus/bad%20sku", json={"stock": 1}, headers=auth) as resp:
+        async with http.put(f"{system.base_url}/v1/admin/skus/bad%20sku", json={"stock": 1},
+                            headers=auth) as resp:
             assert resp.status == 422 and resp.content_type == PROBLEM
 
         # Reads of things that do not exist.
@@ -151,7 +152,8 @@ async def test_idempotency_keys_and_reads_from_another_instance(system, settings
         # Same key, another body: 422, nothing published.
         status, headers, raw = await post(http, url, {**body, "qty": 2}, {"Idempotency-Key": "click-1"})
         assert status == 422 and json.loads(raw)["type"].endswith("/idempotency_key_reused")
-        status, _, raw = await post(http, url, {**body, "payment_token": "tok_visa"}, {"Idempotency-Key": "click-1"})
+        status, _, raw = await post(http, url, {**body, "payment_token": "tok_visa"},
+                                    {"Idempotency-Key": "click-1"})
         assert status == 422
 
         # Same key, another user: another purchase.

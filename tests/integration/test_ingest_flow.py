@@ -32,7 +32,8 @@ class Client:
         headers = {"Idempotency-Key": key}
         if wait_s is not None:
             headers["Prefer"] = f"wait={wait_s}"
-        return await self.call("POST", "/v1/purchases", {"sku": sku, "qty": qty, "user_id": user, **extra}, headers)
+        body = {"sku": sku, "qty": qty, "user_id": user, **extra}
+        return await self.call("POST", "/v1/purchases", body, headers)
 
 
 async def test_buy_until_sold_out_then_restock(system, settings, db):
@@ -133,7 +134,8 @@ async def test_reserve_then_cancel(system, settings):
 
         poll = asyncio.create_task(c.call("GET", f"/v1/purchases/{pid}", headers={"Prefer": "wait=10"}))
         await asyncio.sleep(0.2)
-        status, _, cancelled = await c.call("POST", f"/v1/purchases/{pid}/cancel", headers={"Prefer": "wait=5"})
+        status, _, cancelled = await c.call("POST", f"/v1/purchases/{pid}/cancel",
+                                            headers={"Prefer": "wait=5"})
         assert status == 200 and cancelled["status"] == "cancelled", cancelled
         assert cancelled["reason"] == "buyer_cancelled"
         status, headers, polled = await asyncio.wait_for(poll, 12)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -83,7 +84,7 @@ async def test_nats_down_is_503_then_recovers(system, settings, tmp_path):
                 if status == 202 or time.monotonic() > deadline:
                     break
                 assert status == 503, body
-                time.sleep(0.2)
+                await asyncio.sleep(0.2)
             assert status == 202, body
             async with http.get(f"{system.base_url}/readyz") as resp:
                 assert resp.status == 200
