@@ -23,7 +23,7 @@ class Process:
     argv: list[str]
     env: dict[str, str]
     log_path: Path
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None  # None: not started yet
 
     def start(self) -> Process:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
@@ -38,7 +38,7 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
     def kill9(self) -> None:
-        if self.alive:
+        if self.proc is not None and self.alive:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
