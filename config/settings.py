@@ -28,7 +28,7 @@ class Settings(msgspec.Struct, kw_only=True):
     # ingest
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
-    admin_token: str = "dev-admin-token"
+    admin_token: str = ""  # empty: the admin API refuses everyone (the dev config sets one)
     body_max_bytes: int = 4096
     qty_max: int = 100
     wait_max_s: float = 30.0  # cap on Prefer: wait=N and ?wait=N
@@ -40,6 +40,18 @@ class Settings(msgspec.Struct, kw_only=True):
     user_rate_per_s: float = 20.0
     user_burst: int = 40
     rate_limit_users_max: int = 200_000
+
+    # buyer authentication (JWT) and purchase ids: nothing here has a working default, so an
+    # ingest that was not configured refuses to start instead of trusting anyone.
+    jwt_issuer: str = ""
+    jwt_audience: str = "flashsale"
+    jwt_hs256_secrets: list[str] = []  # shared secrets; the first signs `flashsale token`
+    jwt_jwks_file: str = ""  # the identity provider's public keys (RS256, ES256, EdDSA)
+    jwt_leeway_s: float = 30.0  # clock skew allowed on exp/nbf
+    id_secret: str = ""  # keys the purchase id hash; the same on every ingest instance
+    # Lookups of unknown SKUs or purchase ids per client address (429 beyond); 0 turns it off.
+    client_misses_per_s: float = 20.0
+    client_misses_burst: int = 100
 
     # committer
     batch_max: int = 2_000
@@ -86,6 +98,9 @@ class Settings(msgspec.Struct, kw_only=True):
         return Names(self.namespace)
 
 
+_LIST_FIELDS = {
+    f.name for f in msgspec.structs.fields(Settings) if getattr(f.type, "__origin__", None) is list
+}
 _ENV_ALIASES = {"NATS_URL": "nats_url", "DATABASE_URL": "database_url", "PSP_URL": "psp_url"}
 
 
@@ -113,13 +128,19 @@ def load(env: dict[str, str] | None = None, file: Path | None = None, **override
     unknown = set(values) - fields
     if unknown:
         raise ValueError(f"unknown settings: {sorted(unknown)}")
+    for name in _LIST_FIELDS & set(values):
+        if isinstance(values[name], str):  # from the environment: comma-separated
+            values[name] = [part.strip() for part in values[name].split(",") if part.strip()]
     # strict=False lets "8080" from the environment become an int.
     return msgspec.convert(values, Settings, strict=False)
 
 
 def to_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process load exactly these settings."""
-    out = {f"FLASHSALE_{k.upper()}": str(v) for k, v in msgspec.structs.asdict(settings).items()}
+    out = {
+        f"FLASHSALE_{k.upper()}": ",".join(v) if isinstance(v, list) else str(v)
+        for k, v in msgspec.structs.asdict(settings).items()
+    }
     out["NATS_URL"] = settings.nats_url
     out["DATABASE_URL"] = settings.database_url
     return out

@@ -25,6 +25,11 @@ UPSERT_FIELDS = ("stock", "price_cents", "max_per_user", "payment", "reservation
                  "sale_start", "sale_end")
 
 
+# Sale times every reader can format (RFC 3339 with a four-digit year, in UTC).
+SALE_TIME_MIN_MS = 0
+SALE_TIME_MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
+
+
 class AdminError(RuntimeError):
     pass
 
@@ -57,6 +62,9 @@ def make_upsert(sku: str, fields: Mapping[str, Any]) -> SkuUpsert:
     if refused:
         raise AdminError(f"cannot clear {sorted(refused)}")
     sale_start_ms, sale_end_ms = to_ms(fields.get("sale_start")), to_ms(fields.get("sale_end"))
+    for name, ms in (("sale_start", sale_start_ms), ("sale_end", sale_end_ms)):
+        if ms is not None and not SALE_TIME_MIN_MS <= ms <= SALE_TIME_MAX_MS:
+            raise AdminError(f"{name} must be between 1970-01-01 and 9999-12-31 in UTC")
     if sale_start_ms is not None and sale_end_ms is not None and sale_end_ms <= sale_start_ms:
         raise AdminError("sale_end must be after sale_start")
     return SkuUpsert(

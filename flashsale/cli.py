@@ -20,6 +20,7 @@ import nats
 from committer.schema import apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
 from flashsale import admin
+from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
 from flashsale.db import ensure_database
 from flashsale.embedded import start_nats, start_postgres
 from flashsale.jetstream import ensure_streams
@@ -158,6 +159,17 @@ def cmd_set_sku(args: argparse.Namespace) -> int:
     return _print_outcome(asyncio.run(run()))
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """One buyer token per line, in the order given (the dev stack's HS256 secret signs them)."""
+    try:
+        tokens = dev_tokens(load(), args.users, args.ttl_s)
+    except ConfigError as e:
+        print(f"flashsale token: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write("".join(f"{t}\n" for t in tokens))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flashsale")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     ss.add_argument("--sale-end", dest="sale_end", help="ISO 8601")
     ss.add_argument("--timeout-s", type=float, default=10.0)
     ss.set_defaults(fn=cmd_set_sku)
+    tk = sub.add_parser("token", help="print a buyer token (JWT) per user, for development")
+    tk.add_argument("users", nargs="+", metavar="USER")
+    tk.add_argument("--ttl-s", dest="ttl_s", type=int, default=DEV_TOKEN_TTL_S)
+    tk.set_defaults(fn=cmd_token)
     # reconcile has its own options (gateway/reconcile.py); they pass through untouched.
     sub.add_parser("reconcile", help="compare the PSP ledger with orders and repair", add_help=False)
     argv = sys.argv[1:] if argv is None else argv

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import re
+import time
 from typing import Any
 
 import msgspec
@@ -12,7 +12,9 @@ from aiohttp import web
 
 from flashsale.admin import AdminError, make_upsert
 from ingest import http, problems
+from ingest.auth import bearer_token, is_admin
 from ingest.publisher import Overloaded
+from ingest.ratelimit import RateLimiter
 from ingest.schemas import SKU_MAX_LEN, SKU_PATTERN, SkuUpsertRequest, sku_upsert_decoder, sku_view_of
 from ingest.state import STATE, Ingest
 from proto.messages import Refusal, SkuState, SkuUpsert, encode
@@ -24,27 +26,39 @@ _SKU_RE = re.compile(SKU_PATTERN)
 
 async def put_sku(request: web.Request) -> web.Response:
     ing = request.app[STATE]
-    require_admin(request, ing.settings.admin_token)
+    require_admin(ing, request)
     sku = _sku_in_path(request)
     req = await http.decode_body(request, sku_upsert_decoder)
     upsert = _upsert(sku, req)
     outcome = await _apply(ing, upsert)
     if isinstance(outcome, Refusal):
         raise problems.Rejection(409, "sku_upsert_refused", "SKU change refused", outcome.reason)
-    state = outcome or await ing.reads.sku_state(sku)
+    state = outcome or await ing.reads.sku_state(sku, http.client_of(request))
     if state is None:
         raise problems.not_found(f"no SKU {sku!r}")
     return http.json_response(sku_view_of(state), 200, {"X-Request-Id": upsert.request_id})
 
 
-def require_admin(request: web.Request, admin_token: str) -> None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+def require_admin(ing: Ingest, request: web.Request) -> None:
+    """The admin token, or 401/403; failed attempts are throttled per client address, so the
+    token cannot be guessed at speed (a throttled address is refused even with the right one)."""
+    client = request.remote or ""
+    now_s = time.monotonic()
+    if wait_s := ing.admin_failures.wait_s(client, now_s):
+        raise problems.Rejection(
+            429, "admin_throttled", "Too many failed attempts",
+            "too many failed admin attempts from this address",
+            retry_after_s=RateLimiter.retry_after_s(wait_s),
+        )
+    token = bearer_token(request)
+    if token is None:
+        ing.admin_failures.acquire(client, now_s)
         raise problems.Rejection(
             401, "unauthorized", "Unauthorized", "send Authorization: Bearer <admin token>",
             headers={"WWW-Authenticate": 'Bearer realm="flashsale-admin"'},
         )
-    if not hmac.compare_digest(token.strip().encode(), admin_token.encode()):
+    if not is_admin(request, ing.settings.admin_token):
+        ing.admin_failures.acquire(client, now_s)
         raise problems.Rejection(403, "forbidden", "Forbidden", "the admin token is not valid")
 
 
@@ -65,7 +79,7 @@ def _upsert(sku: str, req: SkuUpsertRequest) -> SkuUpsert:
     try:
         return make_upsert(sku, given)
     except AdminError as e:
-        field = "$.sale_end" if "sale_end" in str(e) else "$"
+        field = next((f"$.{f}" for f in ("sale_start", "sale_end") if str(e).startswith(f)), "$")
         raise problems.validation(str(e), [problems.FieldError(field, str(e))]) from None
 
 

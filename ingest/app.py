@@ -40,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
         await app[STATE].close()
 
     app.cleanup_ctx.append(connected)
+    app.on_response_prepare.append(_no_version_banner)
     app.router.add_post("/v1/purchases", create_purchase)
     app.router.add_get("/v1/purchases/{id}", get_purchase)
     app.router.add_post("/v1/purchases/{id}/cancel", cancel_purchase)
@@ -51,6 +52,11 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
     return app
+
+
+async def _no_version_banner(request: web.Request, response: web.StreamResponse) -> None:
+    # aiohttp would announce "Python/3.x aiohttp/3.y": nothing a client needs, much an attacker likes.
+    response.headers["Server"] = "flashsale"
 
 
 async def healthz(request: web.Request) -> web.Response:

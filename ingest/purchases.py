@@ -11,6 +11,8 @@ import time
 from aiohttp import web
 
 from ingest import http, problems
+from ingest.auth import is_admin
+from ingest.http import client_of
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
 from ingest.results import PurchaseState, Watch, is_decided, is_final, status_of
@@ -27,12 +29,14 @@ _NOT_CANCELLABLE: frozenset[Status] = frozenset({"confirmed", "rejected"})
 
 async def create_purchase(request: web.Request) -> web.Response:
     ing = request.app[STATE]
+    buyer = ing.buyers.buyer(request)
     req = await http.decode_body(request, purchase_request_decoder)
+    _check_body_buyer(req, buyer)
     _check_qty(req.qty, ing.settings.qty_max)
     key = http.idempotency_key(request)
-    _check_rate(ing, req.user_id)
-    await _check_sku_exists(ing, req.sku, key)
-    intent = _intent(req, key)
+    _check_rate(ing, buyer)
+    await _check_sku_exists(ing, req.sku, key, client_of(request))
+    intent = _intent(ing, req, buyer, key)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{intent.id}", "Idempotency-Key": key}
     with ing.hub.watching(intent.id, wait_s > 0) as watch:
@@ -46,12 +50,13 @@ async def create_purchase(request: web.Request) -> web.Response:
 
 async def get_purchase(request: web.Request) -> web.Response:
     ing = request.app[STATE]
+    reader = _reader(ing, request)
     pid = _purchase_id(request)
     wait_s, prefer = _poll_wait(request, ing.settings.wait_max_s)
     seen = _seen_status(request)
     headers: dict[str, str] = {}
     with ing.hub.watching(pid, wait_s > 0) as watch:
-        current = await _existing(ing, pid)
+        current = await _existing(ing, pid, reader, client_of(request))
         if watch is not None:
             current = await _until_changed(watch, current, seen, wait_s)
             if prefer:
@@ -61,11 +66,12 @@ async def get_purchase(request: web.Request) -> web.Response:
 
 async def cancel_purchase(request: web.Request) -> web.Response:
     ing = request.app[STATE]
+    buyer = ing.buyers.buyer(request)
     pid = _purchase_id(request)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
     with ing.hub.watching(pid, wait_s > 0) as watch:
-        current = await _existing(ing, pid)
+        current = await _existing(ing, pid, buyer, client_of(request))
         _check_cancellable(pid, status_of(current), None)
         if is_final(current):  # cancelled or expired: nothing left to give back
             return http.json_response(view_of(current), 200, headers)
@@ -79,6 +85,19 @@ async def cancel_purchase(request: web.Request) -> web.Response:
 
 
 # -- steps ---------------------------------------------------------------------------------
+
+
+def _check_body_buyer(req: PurchaseRequest, buyer: str) -> None:
+    if req.user_id is not None and req.user_id != buyer:
+        raise problems.Rejection(
+            403, "forbidden", "Forbidden",
+            "user_id in the body differs from the authenticated buyer (leave it out)",
+        )
+
+
+def _reader(ing: Ingest, request: web.Request) -> str | None:
+    """Who reads: a buyer id, or None for an operator (who may read every purchase)."""
+    return None if is_admin(request, ing.settings.admin_token) else ing.buyers.buyer(request)
 
 
 def _check_qty(qty: int, qty_max: int) -> None:
@@ -101,20 +120,20 @@ def _check_rate(ing: Ingest, user_id: str) -> None:
         )
 
 
-async def _check_sku_exists(ing: Ingest, sku: str, key: str) -> None:
+async def _check_sku_exists(ing: Ingest, sku: str, key: str, client: str) -> None:
     # Every SKU reaches ingest on the result stream or from Postgres: a miss was never created.
     # Refused here, so junk SKUs never reach JetStream or a committer.
-    if sku not in ing.hub.skus and await ing.reads.sku_state(sku) is None:
+    if sku not in ing.hub.skus and await ing.reads.sku_state(sku, client) is None:
         raise problems.Rejection(
             422, "unknown_sku", "Unknown SKU", f"SKU {sku!r} does not exist",
             headers={"Idempotency-Key": key},
         )
 
 
-def _intent(req: PurchaseRequest, key: str) -> Purchase:
+def _intent(ing: Ingest, req: PurchaseRequest, buyer: str, key: str) -> Purchase:
     return Purchase(
-        id=purchase_id(req.user_id, key), sku=req.sku, qty=req.qty, user_id=req.user_id,
-        request_hash=request_hash(encode((req.sku, req.qty, req.user_id, req.payment_token))),
+        id=purchase_id(ing.id_key, buyer, key), sku=req.sku, qty=req.qty, user_id=buyer,
+        request_hash=request_hash(encode((req.sku, req.qty, buyer, req.payment_token))),
         accepted_at_ms=now_ms(), payment_token=req.payment_token,
     )
 
@@ -153,9 +172,11 @@ def _purchase_id(request: web.Request) -> str:
     return pid
 
 
-async def _existing(ing: Ingest, pid: str) -> PurchaseState:
-    current = await ing.reads.lookup(pid)
-    if current is None:
+async def _existing(ing: Ingest, pid: str, reader: str | None, client: str) -> PurchaseState:
+    """The purchase, if `reader` may see it (None: an operator). Another buyer's purchase reads
+    exactly like one that does not exist."""
+    current = await ing.reads.lookup(pid, client)
+    if current is None or (reader is not None and current.user_id != reader):
         raise problems.not_found(f"no purchase {pid}")
     return current
 

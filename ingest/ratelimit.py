@@ -35,6 +35,14 @@ class RateLimiter:
             self._buckets.popitem(last=False)
         return wait_s
 
+    def wait_s(self, key: str, now_s: float) -> float:
+        """Seconds until `key` would have a token, without spending one."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = min(float(self.burst), bucket[0] + max(0.0, now_s - bucket[1]) * self.rate_per_s)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+
     @staticmethod
     def retry_after_s(wait_s: float) -> int:
         return max(1, math.ceil(wait_s))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 
 import asyncpg
 
 from committer.schema import PURCHASE_COLUMNS, SKU_COLUMNS, decision_of, sku_state_of
+from ingest import problems
 from ingest.publisher import Publisher
+from ingest.ratelimit import RateLimiter
 from ingest.results import SKUS_MAX, PurchaseState, ResultsHub
 from proto.messages import Decision, Purchase, SkuState, intent_decoder
 from proto.subjects import Names
@@ -17,18 +20,24 @@ from proto.subjects import Names
 DB_TIMEOUT_S = 2.0
 UNKNOWN_SKU_TTL_S = 1.0
 UNKNOWN_SKUS_MAX = 10_000
+MISS_CLIENTS_MAX = 100_000
 
 
 class ReadModel:
     def __init__(
-        self, names: Names, shards: int, pool: asyncpg.Pool, publisher: Publisher, hub: ResultsHub
+        self, names: Names, shards: int, pool: asyncpg.Pool, publisher: Publisher, hub: ResultsHub,
+        misses: RateLimiter | None,
     ) -> None:
         self.names = names
         self.shards = shards
         self.pool = pool
         self.publisher = publisher
         self.hub = hub
-        self._unknown_skus: dict[str, float] = {}  # sku -> monotonic time the miss expires
+        # Lookups of things that do not exist, per client: each one costs Postgres (and, for a
+        # purchase, the intent stream) a query, so a client gets only so many.
+        self.misses = misses
+        # sku -> monotonic time the miss expires; least recently missed first.
+        self._unknown_skus: OrderedDict[str, float] = OrderedDict()
 
     async def load_skus(self) -> None:
         """Rejections carry no SKU state, so an instance started after a sell-out would never
@@ -57,9 +66,25 @@ class ReadModel:
         self.hub.remember_final(d)
         return d
 
-    async def lookup(self, pid: str) -> PurchaseState | None:
+    def _check_misses(self, client: str) -> None:
+        if self.misses is not None and (wait_s := self.misses.wait_s(client, time.monotonic())):
+            raise problems.Rejection(
+                429, "too_many_misses", "Too many lookups of things that do not exist",
+                "this client looked up too many unknown purchases or SKUs; slow down",
+                retry_after_s=RateLimiter.retry_after_s(wait_s),
+            )
+
+    def _missed(self, client: str) -> None:
+        if self.misses is not None:
+            self.misses.acquire(client, time.monotonic())
+
+    async def lookup(self, pid: str, client: str) -> PurchaseState | None:
         """The purchase's current state; a Purchase (the intent) means pending."""
-        d = self.hub.decision(pid) or await self.purchase_from_db(pid)
+        d = self.hub.decision(pid)
+        if d is not None:
+            return d
+        self._check_misses(client)
+        d = await self.purchase_from_db(pid)
         if d is not None:
             return d
         # Accepted (perhaps by another instance) but not decided yet. The SKU, hence the shard,
@@ -71,23 +96,27 @@ class ReadModel:
             if intent is not None:
                 # Decided between the Postgres read and now? The cache has it by then.
                 return self.hub.decision(pid) or intent
+        self._missed(client)
         return None
 
-    async def sku_state(self, sku: str) -> SkuState | None:
+    async def sku_state(self, sku: str, client: str) -> SkuState | None:
         state = self.hub.skus.get(sku)
         if state is not None:
             return state
         now = time.monotonic()
         if self._unknown_skus.get(sku, 0.0) > now:
             return None
+        self._check_misses(client)
         row = await self.pool.fetchrow(
             f"SELECT {SKU_COLUMNS} FROM skus WHERE sku = $1", sku, timeout=DB_TIMEOUT_S
         )
         if row is None:
             # Remember the miss briefly: a flood of one junk SKU costs one query per second.
-            if len(self._unknown_skus) >= UNKNOWN_SKUS_MAX:
-                self._unknown_skus.clear()
+            self._unknown_skus.pop(sku, None)
             self._unknown_skus[sku] = now + UNKNOWN_SKU_TTL_S
+            if len(self._unknown_skus) > UNKNOWN_SKUS_MAX:
+                self._unknown_skus.popitem(last=False)
+            self._missed(client)
             return None
         state = sku_state_of(row)
         self.hub.remember_sku(state)

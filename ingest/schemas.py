@@ -31,7 +31,8 @@ STATUSES = ("pending", "reserved", "confirmed", "rejected", "expired", "cancelle
 class PurchaseRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sku: Sku
     qty: Qty
-    user_id: UserId
+    # Never trusted: the buyer is the token's subject. Accepted only when equal to it.
+    user_id: UserId | None = None
     payment_token: PaymentToken | None = None
 
 
@@ -83,6 +84,8 @@ encode_json = msgspec.json.Encoder().encode
 
 
 _second_prefix: tuple[int, str] = (-1, "")
+_ISO_MIN_MS = 0
+_ISO_MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:
@@ -91,7 +94,9 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     global _second_prefix
     if epoch_ms is None:
         return None
-    second, ms = divmod(epoch_ms, 1000)
+    # Never fail on a stored value: clamp to the years RFC 3339 can write (a row written before
+    # sale times were bounded, say).
+    second, ms = divmod(min(max(epoch_ms, _ISO_MIN_MS), _ISO_MAX_MS), 1000)
     if _second_prefix[0] != second:
         dt = datetime.fromtimestamp(second, tz=UTC)
         _second_prefix = (second, dt.strftime("%Y-%m-%dT%H:%M:%S."))

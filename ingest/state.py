@@ -18,17 +18,22 @@ from config.settings import Settings
 from flashsale.jetstream import ensure_streams
 from flashsale.logs import kv
 from ingest import metrics
+from ingest.auth import BuyerVerifier, ConfigError
 from ingest.listener import ResultsListener
 from ingest.publisher import Publisher
 from ingest.ratelimit import RateLimiter
-from ingest.readmodel import ReadModel
+from ingest.readmodel import MISS_CLIENTS_MAX, ReadModel
 from ingest.results import ResultsHub
+from proto.ids import id_key
 
 log = logging.getLogger("ingest")
 
 POOL_SIZE_MAX = 10
 READY_DB_TIMEOUT_S = 1.0
 JETSTREAM_TIMEOUT_S = 5.0
+ADMIN_FAILURES_PER_S = 1.0
+ADMIN_FAILURES_BURST = 5
+ADMIN_CLIENTS_MAX = 10_000
 
 
 class Ingest:
@@ -42,6 +47,7 @@ class Ingest:
         publisher: Publisher,
         reads: ReadModel,
         closing: asyncio.Event,
+        buyers: BuyerVerifier,
     ) -> None:
         self.settings = settings
         self.names = settings.names
@@ -52,6 +58,10 @@ class Ingest:
         self.publisher = publisher
         self.reads = reads
         self.closing = closing
+        self.buyers = buyers
+        # Failed admin attempts per client address: a few in a burst, then one per second.
+        self.admin_failures = RateLimiter(ADMIN_FAILURES_PER_S, ADMIN_FAILURES_BURST, ADMIN_CLIENTS_MAX)
+        self.id_key = id_key(settings.id_secret)
         # Per-buyer token bucket on purchases; None when configured off (user_rate_per_s = 0).
         self.limiter = (
             RateLimiter(settings.user_rate_per_s, settings.user_burst, settings.rate_limit_users_max)
@@ -60,6 +70,10 @@ class Ingest:
 
     @classmethod
     async def connect(cls, settings: Settings) -> Ingest:
+        # Configuration first: an ingest that cannot tell buyers apart must not start at all.
+        buyers = BuyerVerifier.from_settings(settings)
+        if not settings.id_secret:
+            raise ConfigError("id_secret must be set (the same on every ingest instance)")
         hub = ResultsHub(settings.results_cache_max, settings.waiters_max)
         closing = asyncio.Event()
         listeners: list[ResultsListener] = []  # the reconnect callback needs the listener
@@ -88,12 +102,16 @@ class Ingest:
         listener = ResultsListener(js, settings.names, hub)
         listeners.append(listener)
         await listener.start()
-        reads = ReadModel(settings.names, settings.shards, pool, publisher, hub)
+        misses = (
+            RateLimiter(settings.client_misses_per_s, settings.client_misses_burst, MISS_CLIENTS_MAX)
+            if settings.client_misses_per_s > 0 else None
+        )
+        reads = ReadModel(settings.names, settings.shards, pool, publisher, hub, misses)
         await reads.load_skus()
         metrics.INFLIGHT.set_function(lambda: publisher.inflight)
         metrics.WAITERS.set_function(lambda: hub.watch_count)
         log.info("ingest connected", extra=kv(nats=settings.nats_url, namespace=settings.namespace))
-        return cls(settings, nc, pool, hub, listener, publisher, reads, closing)
+        return cls(settings, nc, pool, hub, listener, publisher, reads, closing, buyers)
 
     async def close(self) -> None:
         self.closing.set()

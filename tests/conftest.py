@@ -20,6 +20,7 @@ from flashsale.db import ensure_database
 from flashsale.embedded import Embedded, free_port, free_port_block, start_nats, start_postgres
 from flashsale.testing import fakepsp_process
 from gateway.fakepsp.client import FakePspAdmin
+from tests.auth import AUTH_SETTINGS
 
 _counter = itertools.count(1)
 
@@ -56,6 +57,7 @@ def settings(servers: Servers, tmp_path: Path) -> Settings:
         committer_metrics_port=free_port_block(4),
         data_dir=str(tmp_path / "data"),
         log_level="INFO",
+        **AUTH_SETTINGS,
     )
     asyncio.run(_prepare_db(s.database_url))
     return s

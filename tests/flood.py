@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import asyncpg
 
-from proto.ids import purchase_id
+from tests.auth import bearer
+from tests.auth import pid as purchase_id
 
 FINAL = {"confirmed", "rejected", "expired", "cancelled"}
 
@@ -84,7 +85,7 @@ async def _post(base_url: str, attempts: list[Attempt], concurrency: int, wait_s
 
         async def one(a: Attempt) -> None:
             async with sem:
-                headers = {"Idempotency-Key": a.key}
+                headers = {"Idempotency-Key": a.key, **bearer(a.user)}
                 if wait_s:
                     headers["Prefer"] = f"wait={wait_s}"
                 # A buyer's app retries on overload and on timeouts; so do we, boundedly.

@@ -313,13 +313,13 @@ async def test_buyer_path_through_ingest(system, saga: Saga):
             assert status == 200 and p["status"] == "reserved" and p["expires_at"], p
             ids[user] = p["id"]
         status, _, bob = await c.call("POST", f"/v1/purchases/{ids['bob']}/cancel",
-                                      headers={"Prefer": "wait=5"})
+                                      headers={"Prefer": "wait=5"}, user="bob")
         assert status == 200 and bob["status"] == "cancelled", bob
 
         saga.start_gateway()  # only now do the payment jobs get worked on
 
         async def state(user: str) -> dict:
-            _, _, p = await c.call("GET", f"/v1/purchases/{ids[user]}?wait=5")
+            _, _, p = await c.call("GET", f"/v1/purchases/{ids[user]}?wait=5", user=user)
             return p if p["status"] != "reserved" else {}
 
         alice = await saga.until(lambda: state("alice"), timeout_s=20)

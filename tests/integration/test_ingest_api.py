@@ -11,7 +11,7 @@ import msgspec
 import nats
 
 from flashsale.embedded import free_port
-from proto.ids import purchase_id
+from tests.auth import bearer, pid
 from tests.conftest import seed_sku
 
 PROBLEM = "application/problem+json"
@@ -26,9 +26,12 @@ async def intents_count(settings) -> int:
         await nc.close()
 
 
-async def post(http, url, body, headers=None, raw=False):
+async def post(http, url, body, headers=None, raw=False, user="u1"):
+    """POST as `user`, or as the body's user_id when it names one."""
+    if isinstance(body, dict) and isinstance(body.get("user_id"), str) and body["user_id"]:
+        user = body["user_id"]
     data = body if raw else json.dumps(body).encode()
-    hdrs = {"Content-Type": "application/json", **(headers or {})}
+    hdrs = {"Content-Type": "application/json", **bearer(user), **(headers or {})}
     async with http.post(url, data=data, headers=hdrs) as resp:
         return resp.status, resp.headers.copy(), await resp.read()
 
@@ -51,7 +54,6 @@ async def test_bad_input_is_a_problem_and_publishes_nothing(system, settings, db
         ("qty string", {**good, "qty": "1"}, {}, 422, "validation"),
         ("qty bool", {**good, "qty": True}, {}, 422, "validation"),
         ("missing sku", {"qty": 1, "user_id": "u1"}, {}, 422, "validation"),
-        ("missing user", {"sku": "a", "qty": 1}, {}, 422, "validation"),
         ("empty sku", {**good, "sku": ""}, {}, 422, "validation"),
         ("long sku", {**good, "sku": "s" * 65}, {}, 422, "validation"),
         ("sku with space", {**good, "sku": "a b"}, {}, 422, "validation"),
@@ -84,7 +86,8 @@ async def test_bad_input_is_a_problem_and_publishes_nothing(system, settings, db
         async def chunks():
             for _ in range(settings.body_max_bytes // 512 + 2):
                 yield b" " * 512
-        async with http.post(url, data=chunks(), headers={"Content-Type": "application/json"}) as resp:
+        async with http.post(url, data=chunks(),
+                             headers={"Content-Type": "application/json", **bearer("u1")}) as resp:
             assert resp.status == 413 and resp.content_type == PROBLEM
 
         # Admin: no token, wrong token, bad body.
@@ -107,15 +110,17 @@ async def test_bad_input_is_a_problem_and_publishes_nothing(system, settings, db
             assert resp.status == 422 and resp.content_type == PROBLEM
 
         # Reads of things that do not exist.
-        for path in ["/v1/purchases/nope", f"/v1/purchases/{purchase_id('u', 'k')}", "/v1/skus/none",
+        for path in ["/v1/purchases/nope", f"/v1/purchases/{pid('u', 'k')}", "/v1/skus/none",
                      "/v1/nothing-here"]:
-            async with http.get(system.base_url + path) as resp:
+            async with http.get(system.base_url + path, headers=bearer("u")) as resp:
                 assert resp.status == 404 and resp.content_type == PROBLEM, path
-        async with http.post(f"{system.base_url}/v1/purchases/{purchase_id('u', 'k')}/cancel") as resp:
+        async with http.post(f"{system.base_url}/v1/purchases/{pid('u', 'k')}/cancel",
+                             headers=bearer("u")) as resp:
             assert resp.status == 404 and resp.content_type == PROBLEM
         async with http.delete(url) as resp:
             assert resp.status == 405 and resp.content_type == PROBLEM
-        async with http.get(f"{system.base_url}/v1/purchases/{purchase_id('u', 'k')}?wait=x") as resp:
+        async with http.get(f"{system.base_url}/v1/purchases/{pid('u', 'k')}?wait=x",
+                            headers=bearer("u")) as resp:
             assert resp.status == 400 and resp.content_type == PROBLEM
 
     assert await intents_count(settings) == 0
@@ -136,7 +141,7 @@ async def test_idempotency_keys_and_reads_from_another_instance(system, settings
         status, headers, raw = await post(http, url, body, {"Idempotency-Key": "click-1"})
         assert status == 202, raw
         first = json.loads(raw)
-        assert first["id"] == purchase_id("alice", "click-1")
+        assert first["id"] == pid("alice", "click-1")
         assert first["status"] == "pending" and first["sku"] == "sneaker-42"
         assert first["amount_cents"] is None and first["accepted_at"].endswith("Z")
         assert headers["Location"] == f"/v1/purchases/{first['id']}"
@@ -158,26 +163,27 @@ async def test_idempotency_keys_and_reads_from_another_instance(system, settings
 
         # Same key, another user: another purchase.
         status, _, raw = await post(http, url, {**body, "user_id": "bob"}, {"Idempotency-Key": "click-1"})
-        assert status == 202 and json.loads(raw)["id"] == purchase_id("bob", "click-1")
+        assert status == 202 and json.loads(raw)["id"] == pid("bob", "click-1")
 
         # No key: the server issues one, and a retry with it is the same purchase.
         status, headers, raw = await post(http, url, body)
         assert status == 202
         issued = headers["Idempotency-Key"]
-        assert issued and json.loads(raw)["id"] == purchase_id("alice", issued)
+        assert issued and json.loads(raw)["id"] == pid("alice", issued)
         status, _, raw2 = await post(http, url, body, {"Idempotency-Key": issued})
         assert status == 202 and json.loads(raw2)["id"] == json.loads(raw)["id"]
 
         assert await intents_count(settings) == 3
 
         # The second instance never saw the POST: pending, not 404.
-        async with http.get(f"{other_url}/v1/purchases/{first['id']}") as resp:
+        async with http.get(f"{other_url}/v1/purchases/{first['id']}", headers=bearer("alice")) as resp:
             assert resp.status == 200
             seen = await resp.json()
             assert seen["status"] == "pending" and seen["id"] == first["id"] and seen["qty"] == 1
 
         # A long-poll on the second instance wakes up when the committers decide.
-        poll = asyncio.create_task(_get_json(http, f"{other_url}/v1/purchases/{first['id']}?wait=20"))
+        poll = asyncio.create_task(_get_json(http, f"{other_url}/v1/purchases/{first['id']}?wait=20",
+                                             bearer("alice")))
         await asyncio.sleep(0.5)
         assert not poll.done()
         for shard in range(settings.shards):
@@ -188,7 +194,7 @@ async def test_idempotency_keys_and_reads_from_another_instance(system, settings
         assert decided["decided_at"] is not None
 
         # And a plain read there now says the same (cache or Postgres).
-        status, again = await _get_json(http, f"{other_url}/v1/purchases/{first['id']}")
+        status, again = await _get_json(http, f"{other_url}/v1/purchases/{first['id']}", bearer("alice"))
         assert status == 200 and again["status"] == "confirmed"
 
 

@@ -9,7 +9,8 @@ import aiohttp
 import msgspec
 
 from flashsale.embedded import free_port
-from proto.ids import purchase_id
+from tests.auth import bearer
+from tests.auth import pid as purchase_id
 from tests.integration.test_ingest_api import intents_count
 
 PROBLEM = "application/problem+json"
@@ -21,7 +22,10 @@ class Client:
         self.base = base
         self.admin = {"Authorization": f"Bearer {admin_token}"}
 
-    async def call(self, method: str, path: str, body=None, headers=None):
+    async def call(self, method: str, path: str, body=None, headers=None, user: str | None = None):
+        """A request, as buyer `user` when given."""
+        if user is not None:
+            headers = {**bearer(user), **(headers or {})}
         async with self.http.request(method, self.base + path, json=body, headers=headers) as resp:
             return resp.status, resp.headers.copy(), await resp.json(content_type=None)
 
@@ -33,7 +37,7 @@ class Client:
         if wait_s is not None:
             headers["Prefer"] = f"wait={wait_s}"
         body = {"sku": sku, "qty": qty, "user_id": user, **extra}
-        return await self.call("POST", "/v1/purchases", body, headers)
+        return await self.call("POST", "/v1/purchases", body, headers, user=user)
 
 
 async def test_buy_until_sold_out_then_restock(system, settings, db):
@@ -63,7 +67,7 @@ async def test_buy_until_sold_out_then_restock(system, settings, db):
         # Without wait: 202 pending, then a long-poll GET returns the decision.
         status, headers, p3 = await c.buy("sneaker-42", "bob", "k1", wait_s=None)
         assert status == 202 and headers["Location"] == f"/v1/purchases/{p3['id']}"
-        status, _, got = await c.call("GET", f"/v1/purchases/{p3['id']}?wait=10&seen=pending")
+        status, _, got = await c.call("GET", f"/v1/purchases/{p3['id']}?wait=10&seen=pending", user="bob")
         assert status == 200 and got["status"] == "confirmed"
 
         status, _, public = await c.call("GET", "/v1/skus/sneaker-42")
@@ -100,7 +104,7 @@ async def test_buy_until_sold_out_then_restock(system, settings, db):
         assert status == 200 and p4["status"] == "confirmed"
 
         # Confirmed purchases cannot be cancelled.
-        status, _, problem = await c.call("POST", f"/v1/purchases/{p['id']}/cancel")
+        status, _, problem = await c.call("POST", f"/v1/purchases/{p['id']}/cancel", user="alice")
         assert status == 409 and problem["type"].endswith("/cannot_cancel")
 
         # Unknown SKU: refused by ingest, nothing published.
@@ -127,15 +131,16 @@ async def test_reserve_then_cancel(system, settings):
         assert pid == purchase_id("erin", "k1")
 
         # A long-poll that sees nothing change returns the same state when its wait ends.
-        status, _, same = await c.call("GET", f"/v1/purchases/{pid}?wait=0.3")
+        status, _, same = await c.call("GET", f"/v1/purchases/{pid}?wait=0.3", user="erin")
         assert status == 200 and same["status"] == "reserved"
         status, _, sku = await c.call("GET", "/v1/skus/console-x")
         assert sku["remaining"] == 0 and sku["reserved"] == 1 and sku["sold_out"] is False
 
-        poll = asyncio.create_task(c.call("GET", f"/v1/purchases/{pid}", headers={"Prefer": "wait=10"}))
+        poll = asyncio.create_task(
+            c.call("GET", f"/v1/purchases/{pid}", headers={"Prefer": "wait=10"}, user="erin"))
         await asyncio.sleep(0.2)
         status, _, cancelled = await c.call("POST", f"/v1/purchases/{pid}/cancel",
-                                            headers={"Prefer": "wait=5"})
+                                            headers={"Prefer": "wait=5"}, user="erin")
         assert status == 200 and cancelled["status"] == "cancelled", cancelled
         assert cancelled["reason"] == "buyer_cancelled"
         status, headers, polled = await asyncio.wait_for(poll, 12)
@@ -143,7 +148,7 @@ async def test_reserve_then_cancel(system, settings):
         assert headers["Preference-Applied"] == "wait=10"
 
         # Cancelling again is idempotent.
-        status, _, again = await c.call("POST", f"/v1/purchases/{pid}/cancel")
+        status, _, again = await c.call("POST", f"/v1/purchases/{pid}/cancel", user="erin")
         assert status == 200 and again["status"] == "cancelled"
         status, _, sku = await c.call("GET", "/v1/skus/console-x")
         assert sku["remaining"] == 1 and sku["reserved"] == 0
@@ -160,12 +165,12 @@ async def test_cancel_before_the_decision(system, settings, db):
         c = Client(http, system.base_url, settings.admin_token)
         status, _, p = await c.buy("tee", "frank", "k1", wait_s=None)
         assert status == 202 and p["status"] == "pending"
-        status, headers, pending = await c.call("POST", f"/v1/purchases/{p['id']}/cancel")
+        status, headers, pending = await c.call("POST", f"/v1/purchases/{p['id']}/cancel", user="frank")
         assert status == 202 and pending["status"] == "pending"
         assert headers["Location"] == f"/v1/purchases/{p['id']}"
 
         waiting = asyncio.create_task(
-            c.call("POST", f"/v1/purchases/{p['id']}/cancel", headers={"Prefer": "wait=15"})
+            c.call("POST", f"/v1/purchases/{p['id']}/cancel", headers={"Prefer": "wait=15"}, user="frank")
         )
         await asyncio.sleep(0.3)
         for shard in range(settings.shards):
@@ -173,7 +178,7 @@ async def test_cancel_before_the_decision(system, settings, db):
         status, _, problem = await asyncio.wait_for(waiting, 20)
         # payment = none: the purchase is confirmed first, so the cancel is refused.
         assert status == 409 and problem["type"].endswith("/cannot_cancel"), problem
-        status, _, final = await c.call("GET", f"/v1/purchases/{p['id']}")
+        status, _, final = await c.call("GET", f"/v1/purchases/{p['id']}", user="frank")
         assert final["status"] == "confirmed"
 
 

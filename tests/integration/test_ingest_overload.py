@@ -10,6 +10,7 @@ import aiohttp
 import msgspec
 
 from flashsale.embedded import free_port, start_nats
+from tests.auth import bearer
 from tests.conftest import seed_sku
 
 BODY = {"sku": "sneaker-42", "qty": 1, "user_id": "u1"}
@@ -17,7 +18,8 @@ BODY = {"sku": "sneaker-42", "qty": 1, "user_id": "u1"}
 
 async def _post(http, base, key):
     started = time.monotonic()
-    async with http.post(f"{base}/v1/purchases", json=BODY, headers={"Idempotency-Key": key}) as resp:
+    async with http.post(f"{base}/v1/purchases", json=BODY,
+                         headers={"Idempotency-Key": key, **bearer("u1")}) as resp:
         return resp.status, resp.headers.copy(), await resp.read(), time.monotonic() - started
 
 
@@ -93,7 +95,8 @@ async def test_nats_down_is_503_then_recovers(system, settings, tmp_path):
             for shard in range(s.shards):
                 system.start_committer(shard)
             async with http.post(f"{system.base_url}/v1/purchases", json=BODY,
-                                 headers={"Idempotency-Key": "after-2", "Prefer": "wait=10"}) as resp:
+                                 headers={"Idempotency-Key": "after-2", "Prefer": "wait=10",
+                                          **bearer("u1")}) as resp:
                 assert resp.status == 200, await resp.text()
                 assert (await resp.json())["status"] == "confirmed"
     finally:
@@ -109,10 +112,10 @@ async def test_waiters_max_answers_without_waiting(system, settings):
     async with aiohttp.ClientSession() as http:
         started = time.monotonic()
         async with http.post(f"{system.base_url}/v1/purchases", json=BODY,
-                             headers={"Idempotency-Key": "w", "Prefer": "wait=5"}) as resp:
+                             headers={"Idempotency-Key": "w", "Prefer": "wait=5", **bearer("u1")}) as resp:
             assert resp.status == 202 and "Preference-Applied" not in resp.headers
             pid = (await resp.json())["id"]
-        async with http.get(f"{system.base_url}/v1/purchases/{pid}?wait=5") as resp:
+        async with http.get(f"{system.base_url}/v1/purchases/{pid}?wait=5", headers=bearer("u1")) as resp:
             assert resp.status == 200 and (await resp.json())["status"] == "pending"
         assert time.monotonic() - started < 2
 
@@ -134,7 +137,8 @@ async def test_a_buyer_over_the_rate_limit_gets_429(system, settings):
         assert statuses[:3] == [202, 202, 202] and 429 in statuses[3:]
         # Another buyer is not held back by the first one's bucket.
         async with http.post(f"{system.base_url}/v1/purchases",
-                             json={**BODY, "user_id": "someone-else"}) as resp:
+                             json={**BODY, "user_id": "someone-else"},
+                             headers=bearer("someone-else")) as resp:
             assert resp.status == 202
     assert await _intents(settings) == statuses.count(202) + 1
 

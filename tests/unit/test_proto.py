@@ -5,22 +5,24 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proto.ids import is_purchase_id, purchase_id, request_hash
+from proto.ids import id_key, is_purchase_id, purchase_id, request_hash
 from proto.messages import Confirm, Purchase, ResultBatch, encode, intent_decoder, result_decoder
 from proto.sharding import shard_of
 from proto.subjects import Names
 
+KEY = id_key("unit-test-secret")
+
 
 @given(st.text(min_size=1, max_size=50), st.text(min_size=1, max_size=50))
 def test_purchase_id_is_deterministic_and_well_formed(user, key):
-    pid = purchase_id(user, key)
-    assert pid == purchase_id(user, key)
+    pid = purchase_id(KEY, user, key)
+    assert pid == purchase_id(KEY, user, key)
     assert is_purchase_id(pid)
 
 
 def test_purchase_id_separates_user_and_key():
-    assert purchase_id("ab", "c") != purchase_id("a", "bc")
-    assert purchase_id("u", "k1") != purchase_id("u", "k2")
+    assert purchase_id(KEY, "ab", "c") != purchase_id(KEY, "a", "bc")
+    assert purchase_id(KEY, "u", "k1") != purchase_id(KEY, "u", "k2")
     assert not is_purchase_id("p_xyz") and not is_purchase_id("q_" + "0" * 30)
 
 

@@ -1,0 +1,163 @@
+"""Who is calling: buyers by a JWT from the shop's identity provider, operators by the admin token.
+
+A buyer's id is the verified token's `sub`, never a field of the body. Tokens are checked for
+signature, `exp`, `nbf`, `iss` and `aud` against configured keys: HS256 shared secrets for
+development (several at once, for rotation) and the public keys of a JWKS file (RS256, ES256,
+EdDSA) for production. Verified tokens are remembered (bounded, until they expire), so a buyer
+polling with the same token pays for the signature check once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+from config.settings import Settings
+from ingest import problems
+
+HS_ALGORITHMS = ["HS256"]
+PUBLIC_KEY_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
+VERIFIED_TOKENS_MAX = 100_000
+TOKEN_LEN_MAX = 4096
+HS256_SECRET_MIN_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash
+DEV_TOKEN_TTL_S = 3600
+_REQUIRED_CLAIMS = ["exp", "sub", "iss", "aud"]
+
+
+class ConfigError(ValueError):
+    """No way to verify buyers: ingest refuses to start rather than trust anyone."""
+
+
+def _unauthorized(detail: str) -> problems.Rejection:
+    return problems.Rejection(
+        401, "unauthorized", "Unauthorized", detail,
+        headers={"WWW-Authenticate": 'Bearer realm="flashsale", error="invalid_token"'},
+    )
+
+
+def bearer_token(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class BuyerVerifier:
+    def __init__(
+        self,
+        hs256_secrets: list[str],
+        public_keys: dict[str | None, jwt.PyJWK],
+        issuer: str,
+        audience: str,
+        leeway_s: float,
+    ) -> None:
+        if not hs256_secrets and not public_keys:
+            raise ConfigError("no JWT keys: set jwt_hs256_secrets or jwt_jwks_file")
+        if not issuer or not audience:
+            raise ConfigError("jwt_issuer and jwt_audience must be set")
+        if any(len(s.encode()) < HS256_SECRET_MIN_BYTES for s in hs256_secrets):
+            raise ConfigError(f"every jwt_hs256_secrets entry needs >= {HS256_SECRET_MIN_BYTES} bytes")
+        self.hs256_secrets = hs256_secrets
+        self.public_keys = public_keys
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway_s = leeway_s
+        self._verified: OrderedDict[str, tuple[str, float]] = OrderedDict()  # token -> (sub, exp)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BuyerVerifier:
+        keys: dict[str | None, jwt.PyJWK] = {}
+        if settings.jwt_jwks_file:
+            jwks = json.loads(Path(settings.jwt_jwks_file).read_text())
+            for key in jwt.PyJWKSet.from_dict(jwks).keys:
+                keys[key.key_id] = key
+        return cls(settings.jwt_hs256_secrets, keys, settings.jwt_issuer, settings.jwt_audience,
+                   settings.jwt_leeway_s)
+
+    def buyer(self, request: web.Request) -> str:
+        """The verified buyer id (`sub`) of the request, or a 401 problem."""
+        token = bearer_token(request)
+        if token is None:
+            raise _unauthorized("send Authorization: Bearer <token from your identity provider>")
+        return self.subject(token, time.time())
+
+    def subject(self, token: str, now_s: float) -> str:
+        known = self._verified.get(token)
+        if known is not None and known[1] + self.leeway_s > now_s:
+            return known[0]
+        if len(token) > TOKEN_LEN_MAX:
+            raise _unauthorized("token too long")
+        claims = self._verify(token)
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not 1 <= len(sub) <= 128 or not sub.isascii() or not sub.isprintable():
+            raise _unauthorized("sub must be 1..128 visible ASCII characters")
+        self._verified[token] = (sub, float(claims["exp"]))
+        if len(self._verified) > VERIFIED_TOKENS_MAX:
+            self._verified.popitem(last=False)
+        return sub
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise _unauthorized("malformed token") from None
+        alg = header.get("alg")
+        try:
+            if alg in HS_ALGORITHMS and self.hs256_secrets:
+                return self._verify_shared(token)
+            if alg in PUBLIC_KEY_ALGORITHMS and self.public_keys:
+                return self._verify_public(token, header.get("kid"), alg)
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized(f"invalid token: {exc}") from None
+        raise _unauthorized(f"tokens signed with {alg!r} are not accepted")
+
+    def _decode(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
+        claims: dict[str, Any] = jwt.decode(
+            token, key, algorithms=[algorithm], audience=self.audience, issuer=self.issuer,
+            leeway=self.leeway_s, options={"require": _REQUIRED_CLAIMS},
+        )
+        return claims
+
+    def _verify_shared(self, token: str) -> dict[str, Any]:
+        # Rotation: the newest secret first, older ones until their tokens expired.
+        for secret in self.hs256_secrets[:-1]:
+            try:
+                return self._decode(token, secret, "HS256")
+            except jwt.InvalidSignatureError:
+                continue
+        return self._decode(token, self.hs256_secrets[-1], "HS256")
+
+    def _verify_public(self, token: str, kid: str | None, alg: str) -> dict[str, Any]:
+        if kid is None and len(self.public_keys) == 1:  # a provider with one key may omit kid
+            key: jwt.PyJWK | None = next(iter(self.public_keys.values()))
+        else:
+            key = self.public_keys.get(kid)
+        if key is None:
+            raise jwt.InvalidTokenError(f"unknown key id {kid!r}")
+        if key.algorithm_name != alg:
+            raise jwt.InvalidTokenError(f"key {kid!r} is for {key.algorithm_name}, not {alg}")
+        return self._decode(token, key.key, alg)
+
+
+def dev_tokens(settings: Settings, subjects: list[str], ttl_s: int = DEV_TOKEN_TTL_S) -> list[str]:
+    """HS256 tokens that a stack configured with `settings` accepts (development and tests)."""
+    if not settings.jwt_hs256_secrets:
+        raise ConfigError("no jwt_hs256_secrets configured: tokens come from your identity provider")
+    secret = settings.jwt_hs256_secrets[0]
+    now_s = int(time.time())
+    base = {"iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now_s, "nbf": now_s,
+            "exp": now_s + ttl_s}
+    return [jwt.encode({**base, "sub": sub}, secret, algorithm="HS256") for sub in subjects]
+
+
+def is_admin(request: web.Request, admin_token: str) -> bool:
+    token = bearer_token(request)
+    return bool(admin_token) and token is not None and hmac.compare_digest(
+        token.encode(), admin_token.encode()
+    )

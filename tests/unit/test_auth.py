@@ -1,0 +1,130 @@
+"""Buyer tokens: what BuyerVerifier accepts and what it refuses (signature, claims, algorithms)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from config.settings import load
+from ingest.auth import BuyerVerifier, ConfigError, dev_tokens
+from ingest.problems import Rejection
+from proto.ids import id_key, purchase_id
+
+ISS, AUD = "https://id.shop.example", "flashsale"
+NOW_S = time.time()
+S1, NEW, OLD, RETIRED = ("secret-one-of-at-least-32-bytes!", "the-newest-secret-32-bytes-long!",
+                         "the-older-secret-32-bytes-long!!", "a-retired-secret-32-bytes-long!!")
+
+
+def claims(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {"sub": "alice", "iss": ISS, "aud": AUD, "iat": int(NOW_S),
+                               "nbf": int(NOW_S), "exp": int(NOW_S) + 600}
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def verifier(*secrets: str, keys: dict[str | None, jwt.PyJWK] | None = None) -> BuyerVerifier:
+    return BuyerVerifier(list(secrets), keys or {}, ISS, AUD, leeway_s=5)
+
+
+def refused(v: BuyerVerifier, token: str) -> str:
+    with pytest.raises(Rejection) as exc:
+        v.subject(token, NOW_S)
+    assert exc.value.status == 401 and exc.value.headers and "WWW-Authenticate" in exc.value.headers
+    return exc.value.detail
+
+
+def test_a_valid_token_names_its_buyer():
+    assert verifier(S1).subject(jwt.encode(claims(), S1, "HS256"), NOW_S) == "alice"
+
+
+@pytest.mark.parametrize(("name", "payload"), [
+    ("expired", claims(exp=int(NOW_S) - 60)),
+    ("not yet valid", claims(nbf=int(NOW_S) + 60)),
+    ("wrong audience", claims(aud="someone-else")),
+    ("wrong issuer", claims(iss="https://evil.example")),
+    ("no exp", claims(exp=None)),
+    ("no sub", claims(sub=None)),
+    ("empty sub", claims(sub="")),
+])
+def test_bad_claims_are_refused(name: str, payload: dict[str, object]):
+    refused(verifier(S1), jwt.encode(payload, S1, "HS256"))
+
+
+def test_wrong_key_alg_none_and_tampering_are_refused():
+    v = verifier(S1)
+    refused(v, jwt.encode(claims(), "not-the-secret-but-as-long-as-the-real-one", "HS256"))
+    unsigned = jwt.encode(claims(), None, algorithm="none")  # type: ignore[arg-type]
+    assert "not accepted" in refused(v, unsigned)
+    header, _, signature = jwt.encode(claims(), S1, "HS256").split(".")
+    forged = base64.urlsafe_b64encode(json.dumps(claims(sub="mallory")).encode()).rstrip(b"=").decode()
+    refused(v, f"{header}.{forged}.{signature}")
+    refused(v, "not.a.jwt")
+    refused(v, "x" * 5000)
+
+
+def test_rotation_accepts_every_configured_secret():
+    v = verifier(NEW, OLD)
+    assert v.subject(jwt.encode(claims(sub="a"), NEW, "HS256"), NOW_S) == "a"
+    assert v.subject(jwt.encode(claims(sub="b"), OLD, "HS256"), NOW_S) == "b"
+    refused(v, jwt.encode(claims(), RETIRED, "HS256"))
+
+
+def test_a_verified_token_is_remembered_until_it_expires():
+    v = verifier(S1)
+    token = jwt.encode(claims(exp=int(NOW_S) + 10), S1, "HS256")
+    assert v.subject(token, NOW_S) == "alice"
+    v.hs256_secrets = [RETIRED]  # from now on only a remembered token passes
+    assert v.subject(token, NOW_S + 12) == "alice"  # within leeway of its exp
+    with pytest.raises(Rejection):
+        v.subject(token, NOW_S + 60)  # past exp: verified again, and refused
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+def test_public_keys_from_a_jwks_file(alg: str, tmp_path: Path):
+    private = {
+        "RS256": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ES256": lambda: ec.generate_private_key(ec.SECP256R1()),
+        "EdDSA": lambda: ed25519.Ed25519PrivateKey.generate(),
+    }[alg]()
+    algorithm = jwt.get_algorithm_by_name(alg)
+    jwk = json.loads(algorithm.to_jwk(private.public_key()))  # type: ignore[attr-defined]
+    jwk.update(kid="k1", alg=alg, use="sig")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    settings = load(env={}, file=None, jwt_issuer=ISS, jwt_audience=AUD, jwt_jwks_file=str(jwks),
+                    jwt_hs256_secrets=[])
+    v = BuyerVerifier.from_settings(settings)
+    token = jwt.encode(claims(), private, algorithm=alg, headers={"kid": "k1"})  # type: ignore[arg-type]
+    assert v.subject(token, NOW_S) == "alice"
+    refused(v, jwt.encode(claims(), private, algorithm=alg, headers={"kid": "other"}))  # type: ignore[arg-type]
+    # An HS256 token is not accepted by a verifier that only has public keys (key confusion).
+    refused(v, jwt.encode(claims(), "an-hs256-secret-of-thirty-two-bytes!", "HS256"))
+
+
+def test_no_keys_no_start():
+    with pytest.raises(ConfigError):
+        BuyerVerifier.from_settings(load(env={}, file=None, jwt_issuer=ISS, jwt_hs256_secrets=[]))
+    with pytest.raises(ConfigError):
+        verifier("short")
+    with pytest.raises(ConfigError):
+        BuyerVerifier([S1], {}, "", AUD, 5)
+
+
+def test_dev_tokens_are_accepted_by_the_dev_stack():
+    settings = load(env={}, file=None, jwt_issuer=ISS, jwt_audience=AUD, jwt_hs256_secrets=[S1])
+    tokens = dev_tokens(settings, ["alice", "bob"], ttl_s=60)
+    v = BuyerVerifier.from_settings(settings)
+    assert [v.subject(t, time.time()) for t in tokens] == ["alice", "bob"]
+
+
+def test_purchase_ids_need_the_server_secret():
+    assert purchase_id(id_key(S1), "alice", "k") == purchase_id(id_key(S1), "alice", "k")
+    assert purchase_id(id_key(S1), "alice", "k") != purchase_id(id_key("s2"), "alice", "k")
+    assert purchase_id(id_key(S1), "alice", "k") != purchase_id(id_key(S1), "bob", "k")
