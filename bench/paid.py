@@ -22,6 +22,7 @@ from bench.stats import LatencySummary, summarize
 from bench.systems import Flashsale, _http_put_all
 from flashsale.testing import fakepsp_process, gateway_process, gateway_ready_url, spare_port
 from gateway.fakepsp.client import FakePspAdmin
+from gateway.psp import PaymentIntent
 
 PAID_SKU = "paid-0"
 PAID_STOCK = 2_000
@@ -86,16 +87,15 @@ def token_mix(tokens: list[str]) -> dict[str, int]:
     return out
 
 
-def money_check(ledger: list[dict], confirmed: dict[str, str | None]) -> dict[str, int]:
+def money_check(ledger: list[PaymentIntent], confirmed: dict[str, str | None]) -> dict[str, int]:
     """Captures in the ledger vs confirmed purchases (id -> psp_ref). Pure: unit-tested."""
     captures: dict[str, list[str]] = {}
     refunded = 0
     for pi in ledger:
-        if pi.get("amount_refunded", 0) > 0:
+        if pi.amount_refunded > 0:
             refunded += 1
-        if pi.get("amount_received", 0) - pi.get("amount_refunded", 0) > 0:
-            pid = (pi.get("metadata") or {}).get("purchase_id", "")
-            captures.setdefault(pid, []).append(pi["id"])
+        if pi.net_captured_cents > 0:
+            captures.setdefault(pi.purchase_id or "", []).append(pi.id)
     return {
         "ledger_intents": len(ledger),
         "captures": sum(len(v) for v in captures.values()),
