@@ -114,7 +114,7 @@ def render_report(result: RunResult) -> str:
     out.append("")
     out.append("Settings: " + ", ".join(f"{k}: {v}" for k, v in result.settings.items()))
     out += ["", "## Targets", ""]
-    rows = [
+    rows: list[Sequence[object]] = [
         ["hot-sku answered/s flashsale / naive", fmt(h.vs_naive, 2), f">= {TARGET_VS_NAIVE:g}",
          _verdict(None if h.vs_naive is None else h.vs_naive >= TARGET_VS_NAIVE)],
         ["hot-sku answered/s flashsale / echo", fmt(h.vs_echo, 2), f">= {TARGET_VS_ECHO:g}",
