@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"paid scenario: buyers/s, open loop (default {PAID_RATE:g})")
     ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--profile", action="store_true",
-                    help="py-spy flame graphs of flashsale's processes during its max phases (pip install py-spy)")
+                    help="py-spy flame graphs of flashsale's processes during its max phases "
+                         "(pip install py-spy)")
     ap.add_argument("--out", default=None, help="results directory (default bench/results/<timestamp>)")
     args = ap.parse_args(argv)
     if args.scenarios is None:
@@ -78,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"unknown system {s!r}")
     args.shards = [int(x) for x in (args.shards or ("1,2" if args.quick else "1,2,4")).split(",")]
     args.duration_s = args.duration_s or (3.0 if args.quick else 10.0)
-    args.fractions = [float(x) for x in (args.fractions or ("0.8" if args.quick else "0.25,0.5,0.8,1.0")).split(",")]
+    fractions = args.fractions or ("0.8" if args.quick else "0.25,0.5,0.8,1.0")
+    args.fractions = [float(x) for x in fractions.split(",")]
     if args.generator == "auto":
         args.generator = "wrk" if wrk_available() else "python"
     elif args.generator == "wrk" and not wrk_available():
@@ -106,7 +108,8 @@ def plan_systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int
     return out
 
 
-def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[dict[str, int], list[PhasePlan]]:
+def phases_for(scenario: str, system: str,
+               args: argparse.Namespace) -> tuple[dict[str, int], list[PhasePlan]]:
     """(stock by SKU to seed, phases). Each hot-sku phase gets its own fresh hot SKU, so every
     phase starts with stock to sell and then sells out."""
     d, wrk = args.duration_s, args.generator == "wrk"
@@ -116,7 +119,8 @@ def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[di
         plans = [PhasePlan("max", "closed", ["hot-0"], d, connections=args.connections,
                            sampler_rate=sampler, use_wrk=wrk)]
         # echo decides nothing: no request of its open-loop phases waits for a decision.
-        plans += [PhasePlan(f"open@{f:g}", "open", [f"hot-{i + 1}"], d, wait_every=0 if system == "echo" else 10)
+        wait_every = 0 if system == "echo" else 10
+        plans += [PhasePlan(f"open@{f:g}", "open", [f"hot-{i + 1}"], d, wait_every=wait_every)
                   for i, f in enumerate(args.fractions)]
         return stock, plans
     if scenario == "many-skus":

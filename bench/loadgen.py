@@ -24,6 +24,7 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import msgspec
@@ -160,7 +161,8 @@ class Generator:
     def build(self, n: int, wait: bool) -> bytes:
         """Request n: user `<tag>-n` with key `k<n>`; the SKU cycles through the list."""
         token = self._tokens[n % len(self._tokens)] if self._tokens else b""
-        body = b'{"sku":"%s","qty":1,"user_id":"%s-%d"%s}' % (self._skus[n % len(self._skus)], self._tag, n, token)
+        sku = self._skus[n % len(self._skus)]
+        body = b'{"sku":"%s","qty":1,"user_id":"%s-%d"%s}' % (sku, self._tag, n, token)
         return b"%sIdempotency-Key: k%d\r\n%sContent-Length: %d\r\n\r\n%s" % (
             self._head, n, self._prefer if wait else b"", len(body), body,
         )
@@ -335,16 +337,11 @@ class Generator:
         return self.result
 
 
-async def _main(spec: GenSpec, out_path: str) -> None:
-    result = await Generator(spec).run()
-    with open(out_path, "wb") as f:
-        f.write(msgspec.msgpack.encode(result))
-
-
 def main() -> None:
     spec = msgspec.json.decode(sys.argv[1].encode(), type=GenSpec)
     uvloop.install()
-    asyncio.run(_main(spec, sys.argv[2]))
+    result = asyncio.run(Generator(spec).run())
+    Path(sys.argv[2]).write_bytes(msgspec.msgpack.encode(result))
 
 
 if __name__ == "__main__":

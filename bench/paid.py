@@ -36,7 +36,8 @@ PAID_RATE = 200.0  # buyers/s: 10 s x 200 = the stock, so it is (almost) all sol
 PAID_TOKENS = ["tok_visa"] * 7 + ["tok_chargeDeclined"] + ["tok_flaky"] * 2
 # For "tok_flaky" calls only (the fake PSP never fails tok_visa / tok_chargeDeclined): 15%
 # timeouts + 10% lost answers of 1 in 5 buyers' calls ~ 5% of all PSP calls. Latency on every call.
-PSP_RATES: dict[str, float] = dict(latency_ms=20, decline_rate=0.0, timeout_rate=0.15, lost_rate=0.10, hang_s=1.0, seed=7)
+PSP_RATES: dict[str, float] = dict(latency_ms=20, decline_rate=0.0, timeout_rate=0.15, lost_rate=0.10,
+                                   hang_s=1.0, seed=7)
 # The gateway's side (as in tests/integration/test_gateway_e2e.py): a timeout well under hang_s,
 # short backoff, so a lost answer costs ~1 s, not the production 10 s timeout.
 GATEWAY_SETTINGS = dict(psp_timeout_s=0.5, payment_backoff_base_s=0.05, payment_backoff_max_s=0.5,
@@ -62,7 +63,8 @@ class PaidFigures(msgspec.Struct, kw_only=True):
     confirmed_per_s: float | None = None  # confirmations from the load's start to the last one
     confirmed_per_s_in_load: float | None = None  # confirmations inside the load window / its length
     reserve_db: LatencySummary = msgspec.field(default_factory=LatencySummary)  # decided - accepted
-    confirm_db: LatencySummary = msgspec.field(default_factory=LatencySummary)  # confirmed: updated - accepted
+    # confirmed: updated - accepted
+    confirm_db: LatencySummary = msgspec.field(default_factory=LatencySummary)
     psp_stats: dict[str, int] = {}  # the fake PSP's /admin/stats
     ledger_intents: int = 0
     captures: int = 0  # intents with money kept (received - refunded > 0)

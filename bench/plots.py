@@ -57,7 +57,7 @@ def throughput_over_time(runs: list[SystemRun], path: Path, phase: str = "max") 
     if not scenarios:
         return False
     fig, axes = plt.subplots(len(scenarios), 1, figsize=(8, 3.5 * len(scenarios)), squeeze=False)
-    for ax, scenario in zip(axes[:, 0], scenarios):
+    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
         for run in runs:
             if run.scenario != scenario:
                 continue

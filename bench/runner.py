@@ -155,7 +155,8 @@ def _fmt(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-async def _spawn_gen(spec: GenSpec, out: Path, idx: int, live: Live, sink: list[str]) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
+async def _spawn_gen(spec: GenSpec, out: Path, idx: int, live: Live,
+                     sink: list[str]) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.loadgen", msgspec.json.encode(spec).decode(), str(out),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -208,7 +209,8 @@ def py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-async def _start_profiles(sut: System, plan: PhasePlan, out_dir: Path, prefix: str) -> list[asyncio.subprocess.Process]:
+async def _start_profiles(sut: System, plan: PhasePlan, out_dir: Path,
+                          prefix: str) -> list[asyncio.subprocess.Process]:
     """py-spy flame graphs of every Python process of the system over the load window."""
     exe = py_spy()
     if exe is None:

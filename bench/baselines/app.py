@@ -154,7 +154,7 @@ class Baseline:
             except _Duplicate:
                 row = await conn.fetchrow("SELECT status, reason FROM bench_orders WHERE id = $1", pid)
                 if row is None:  # the insert conflicted on this id, so its row exists
-                    raise RuntimeError(f"order {pid} vanished after a conflicting insert")
+                    raise RuntimeError(f"order {pid} vanished after a conflicting insert") from None
                 status, reason = row["status"], row["reason"]
         return _json(_encode(Order(pid, status, reason)), 200, {"Location": f"/v1/purchases/{pid}"})
 
