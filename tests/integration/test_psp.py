@@ -73,14 +73,13 @@ async def test_same_key_replays_other_params_conflict(fake, psp: StripeLikePsp):
     with pytest.raises(PspError) as e:
         await psp.authorize(p, 701, "tok_visa")  # same key, other amount
     assert e.value.http_status == 400 and not e.value.transient
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {settings.psp_api_key}"}) as s:
-        async with s.post(url + "/v1/payment_intents",
-                          data={"amount": "700", "currency": "usd", "payment_method": "tok_visa",
-                                "capture_method": "manual", "confirm": "true",
-                                "metadata[purchase_id]": p},
-                          headers={"Idempotency-Key": f"{p}:authorize"}) as resp:
-            assert resp.status == 200 and resp.headers.get("Idempotent-Replayed") == "true"
-            assert (await resp.json())["id"] == first.id
+    headers = {"Authorization": f"Bearer {settings.psp_api_key}"}
+    body = {"amount": "700", "currency": "usd", "payment_method": "tok_visa", "capture_method": "manual",
+            "confirm": "true", "metadata[purchase_id]": p}
+    async with aiohttp.ClientSession(headers=headers) as s, s.post(
+            url + "/v1/payment_intents", data=body, headers={"Idempotency-Key": f"{p}:authorize"}) as resp:
+        assert resp.status == 200 and resp.headers.get("Idempotent-Replayed") == "true"
+        assert (await resp.json())["id"] == first.id
 
 
 async def test_lost_response_did_the_work_once(fake, psp: StripeLikePsp):
