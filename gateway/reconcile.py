@@ -27,6 +27,7 @@ from config.settings import Settings, load
 from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
 from gateway.psp import PaymentIntent, PaymentProvider, StripeLikePsp
+from proto.messages import Status
 
 log = logging.getLogger("gateway.reconcile")
 
@@ -57,7 +58,7 @@ class Report(msgspec.Struct, kw_only=True):
 
 
 class _Row(msgspec.Struct):
-    status: str
+    status: Status
     psp_ref: str | None
 
 
