@@ -27,8 +27,9 @@ from bench import plots
 from bench.paid import PAID_RATE, PAID_SKU, PAID_STOCK, PAID_TOKENS, FlashsalePaid
 from bench.report import RunResult, headline, render_report
 from bench.runner import PhasePlan, SystemRun, db_figures, finish_phase, py_spy, run_phase, wrk_available
-from bench.systems import Baseline, Flashsale, System
+from bench.systems import Baseline, Flashsale, Place, System
 from flashsale.embedded import start_nats, start_postgres
+from flashsale.testing import Process
 
 SCENARIOS = ["hot-sku", "many-skus", "retry-storm", "paid"]
 # --quick leaves out `paid` (~10 s more) to stay under two minutes; the full run has it (~17 s).
@@ -62,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"paid scenario: buyers/s, open loop (default {PAID_RATE:g})")
     ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--profile", action="store_true",
-                    help="py-spy flame graphs of flashsale's processes during its max phases (pip install py-spy)")
+                    help="py-spy flame graphs of flashsale's processes during its max phases "
+                         "(pip install py-spy)")
     ap.add_argument("--out", default=None, help="results directory (default bench/results/<timestamp>)")
     args = ap.parse_args(argv)
     if args.scenarios is None:
@@ -77,7 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             ap.error(f"unknown system {s!r}")
     args.shards = [int(x) for x in (args.shards or ("1,2" if args.quick else "1,2,4")).split(",")]
     args.duration_s = args.duration_s or (3.0 if args.quick else 10.0)
-    args.fractions = [float(x) for x in (args.fractions or ("0.8" if args.quick else "0.25,0.5,0.8,1.0")).split(",")]
+    fractions = args.fractions or ("0.8" if args.quick else "0.25,0.5,0.8,1.0")
+    args.fractions = [float(x) for x in fractions.split(",")]
     if args.generator == "auto":
         args.generator = "wrk" if wrk_available() else "python"
     elif args.generator == "wrk" and not wrk_available():
@@ -105,7 +108,8 @@ def plan_systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int
     return out
 
 
-def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[dict[str, int], list[PhasePlan]]:
+def phases_for(scenario: str, system: str,
+               args: argparse.Namespace) -> tuple[dict[str, int], list[PhasePlan]]:
     """(stock by SKU to seed, phases). Each hot-sku phase gets its own fresh hot SKU, so every
     phase starts with stock to sell and then sells out."""
     d, wrk = args.duration_s, args.generator == "wrk"
@@ -115,7 +119,8 @@ def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[di
         plans = [PhasePlan("max", "closed", ["hot-0"], d, connections=args.connections,
                            sampler_rate=sampler, use_wrk=wrk)]
         # echo decides nothing: no request of its open-loop phases waits for a decision.
-        plans += [PhasePlan(f"open@{f:g}", "open", [f"hot-{i + 1}"], d, wait_every=0 if system == "echo" else 10)
+        wait_every = 0 if system == "echo" else 10
+        plans += [PhasePlan(f"open@{f:g}", "open", [f"hot-{i + 1}"], d, wait_every=wait_every)
                   for i, f in enumerate(args.fractions)]
         return stock, plans
     if scenario == "many-skus":
@@ -182,13 +187,14 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
     return run
 
 
-def make_system(name: str, shards: int | None, root: Path, pg, nats, ingests: int = 1,
-                scenario: str = "") -> System:
-    if name == "flashsale" and scenario == "paid":
-        return FlashsalePaid(name, root, pg, nats, shards=shards or 1, ingests=ingests)
-    if name == "flashsale":
-        return Flashsale(name, root, pg, nats, shards=shards or 1, ingests=ingests)
-    return Baseline(name, root, pg, nats)
+async def launch_system(place: Place, processes: list[Process], shards: int | None, ingests: int = 1,
+                        scenario: str = "") -> System:
+    """Starts one system under test; every process it starts is in `processes`, even on failure."""
+    if place.name == "flashsale" and scenario == "paid":
+        return await FlashsalePaid.launch_paid(place, processes, shards or 1, ingests)
+    if place.name == "flashsale":
+        return await Flashsale.launch(place, processes, shards or 1, ingests)
+    return await Baseline.launch(place, processes)
 
 
 def write_outputs(result: RunResult, out_dir: Path) -> None:
@@ -235,16 +241,21 @@ async def amain(args: argparse.Namespace) -> Path:
         for scenario in args.scenarios:
             for name, shards in plan_systems(scenario, args):
                 n += 1
-                sut = make_system(name, shards, root, pg, nats, args.ingests, scenario)
+                processes: list[Process] = []
+                sut: System | None = None
                 try:
-                    await sut.start()
+                    sut = await launch_system(Place(name, root, pg, nats), processes, shards,
+                                              args.ingests, scenario)
                     result.runs.append(await run_system(sut, scenario, args, work, n, out_dir))
                 except Exception as e:  # one broken system must not lose the others' figures
                     traceback.print_exc()
-                    result.notes.append(f"{scenario} {sut.label()} failed: {type(e).__name__}: {e}")
+                    label = sut.label() if sut is not None else name
+                    result.notes.append(f"{scenario} {label} failed: {type(e).__name__}: {e}")
                 finally:
-                    await sut.close()
-                    sut.stop()
+                    if sut is not None:
+                        await sut.close()
+                    for p in reversed(processes):
+                        p.stop()
                 write_outputs(result, out_dir)  # after every system: a crash keeps what was measured
     finally:
         nats.stop()

@@ -24,7 +24,8 @@ import json
 import resource
 import sys
 import time
-from typing import Literal
+from pathlib import Path
+from typing import Literal, NamedTuple
 
 import msgspec
 import uvloop
@@ -89,52 +90,56 @@ class _Answer(msgspec.Struct):
 _decode_answer = msgspec.json.Decoder(_Answer).decode
 
 
+class _Stream(NamedTuple):
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
 class HttpConn:
-    """One HTTP/1.1 keep-alive connection; one request at a time."""
+    """One HTTP/1.1 keep-alive connection; one request at a time. Closed (None) until the first
+    request or `connect()`, and again after the server closes it; the next request reconnects."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self._stream: _Stream | None = None
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+        if self._stream is not None:
+            self._stream.writer.close()
+        self._stream = None
 
-    async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+    async def connect(self) -> _Stream:
+        self._stream = _Stream(*await asyncio.open_connection(self.host, self.port))
+        return self._stream
 
     async def request(self, data: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            await self.connect()
-        assert self.reader is not None
-        self.writer.write(data)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        reader, writer = self._stream or await self.connect()
+        writer.write(data)
+        head = await reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         lower = head.lower()
         i = lower.find(b"\r\ncontent-length:")
         if i >= 0:
             j = lower.index(b"\r\n", i + 2)
-            body = await self.reader.readexactly(int(lower[i + 17 : j]))
+            body = await reader.readexactly(int(lower[i + 17 : j]))
         elif b"transfer-encoding: chunked" in lower:
-            body = await self._read_chunked()
+            body = await self._read_chunked(reader)
         else:
             body = b""
         if b"connection: close" in lower:
             self.close()
         return status, body
 
-    async def _read_chunked(self) -> bytes:
-        assert self.reader is not None
-        parts = []
+    @staticmethod
+    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+        parts: list[bytes] = []
         while True:
-            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             if size == 0:
-                await self.reader.readuntil(b"\r\n")
+                await reader.readuntil(b"\r\n")
                 return b"".join(parts)
-            parts.append(await self.reader.readexactly(size))
-            await self.reader.readexactly(2)
+            parts.append(await reader.readexactly(size))
+            await reader.readexactly(2)
 
 
 class Generator:
@@ -156,7 +161,8 @@ class Generator:
     def build(self, n: int, wait: bool) -> bytes:
         """Request n: user `<tag>-n` with key `k<n>`; the SKU cycles through the list."""
         token = self._tokens[n % len(self._tokens)] if self._tokens else b""
-        body = b'{"sku":"%s","qty":1,"user_id":"%s-%d"%s}' % (self._skus[n % len(self._skus)], self._tag, n, token)
+        sku = self._skus[n % len(self._skus)]
+        body = b'{"sku":"%s","qty":1,"user_id":"%s-%d"%s}' % (sku, self._tag, n, token)
         return b"%sIdempotency-Key: k%d\r\n%sContent-Length: %d\r\n\r\n%s" % (
             self._head, n, self._prefer if wait else b"", len(body), body,
         )
@@ -209,7 +215,7 @@ class Generator:
             self._error(type(e).__name__)
         return None
 
-    async def open_worker(self, counter: itertools.count, conn: HttpConn) -> None:
+    async def open_worker(self, counter: itertools.count[int], conn: HttpConn) -> None:
         spec = self.spec
         end = self.t0 + spec.duration_s
         while True:
@@ -228,7 +234,7 @@ class Generator:
                 self._record(got[0], got[1], (now() - due) * 1000, wait)
         conn.close()
 
-    async def closed_worker(self, counter: itertools.count, conn: HttpConn) -> None:
+    async def closed_worker(self, counter: itertools.count[int], conn: HttpConn) -> None:
         spec = self.spec
         end = self.t0 + spec.duration_s
         while now() < end:
@@ -241,7 +247,7 @@ class Generator:
                 self._record(got[0], got[1], (now() - start) * 1000, wait)
         conn.close()
 
-    async def retry_worker(self, counter: itertools.count, conn: HttpConn) -> None:
+    async def retry_worker(self, counter: itertools.count[int], conn: HttpConn) -> None:
         """Each logical purchase: send with a short timeout; on timeout, 429 or 503, resend the
         very same request (same user, same key) on a fresh connection, up to retry_attempts."""
         spec, r = self.spec, self.result
@@ -331,16 +337,11 @@ class Generator:
         return self.result
 
 
-async def _main(spec: GenSpec, out_path: str) -> None:
-    result = await Generator(spec).run()
-    with open(out_path, "wb") as f:
-        f.write(msgspec.msgpack.encode(result))
-
-
 def main() -> None:
     spec = msgspec.json.decode(sys.argv[1].encode(), type=GenSpec)
     uvloop.install()
-    asyncio.run(_main(spec, sys.argv[2]))
+    result = asyncio.run(Generator(spec).run())
+    Path(sys.argv[2]).write_bytes(msgspec.msgpack.encode(result))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,17 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import aiohttp
 import asyncpg
 import msgspec
+import nats
 import psutil
 
 from bench.stats import LatencySummary, summarize
-from bench.systems import Flashsale, _http_put_all
-from flashsale.testing import fakepsp_process, gateway_process, gateway_ready_url, spare_port
+from bench.systems import Flashsale, Place, _http_put_all, start_flashsale
+from flashsale.testing import Process, fakepsp_process, gateway_process, gateway_ready_url, spare_port
 from gateway.fakepsp.client import FakePspAdmin
+from gateway.psp import PaymentIntent
 
 PAID_SKU = "paid-0"
 PAID_STOCK = 2_000
@@ -33,7 +36,8 @@ PAID_RATE = 200.0  # buyers/s: 10 s x 200 = the stock, so it is (almost) all sol
 PAID_TOKENS = ["tok_visa"] * 7 + ["tok_chargeDeclined"] + ["tok_flaky"] * 2
 # For "tok_flaky" calls only (the fake PSP never fails tok_visa / tok_chargeDeclined): 15%
 # timeouts + 10% lost answers of 1 in 5 buyers' calls ~ 5% of all PSP calls. Latency on every call.
-PSP_RATES = dict(latency_ms=20, decline_rate=0.0, timeout_rate=0.15, lost_rate=0.10, hang_s=1.0, seed=7)
+PSP_RATES: dict[str, float] = dict(latency_ms=20, decline_rate=0.0, timeout_rate=0.15, lost_rate=0.10,
+                                   hang_s=1.0, seed=7)
 # The gateway's side (as in tests/integration/test_gateway_e2e.py): a timeout well under hang_s,
 # short backoff, so a lost answer costs ~1 s, not the production 10 s timeout.
 GATEWAY_SETTINGS = dict(psp_timeout_s=0.5, payment_backoff_base_s=0.05, payment_backoff_max_s=0.5,
@@ -59,7 +63,8 @@ class PaidFigures(msgspec.Struct, kw_only=True):
     confirmed_per_s: float | None = None  # confirmations from the load's start to the last one
     confirmed_per_s_in_load: float | None = None  # confirmations inside the load window / its length
     reserve_db: LatencySummary = msgspec.field(default_factory=LatencySummary)  # decided - accepted
-    confirm_db: LatencySummary = msgspec.field(default_factory=LatencySummary)  # confirmed: updated - accepted
+    # confirmed: updated - accepted
+    confirm_db: LatencySummary = msgspec.field(default_factory=LatencySummary)
     psp_stats: dict[str, int] = {}  # the fake PSP's /admin/stats
     ledger_intents: int = 0
     captures: int = 0  # intents with money kept (received - refunded > 0)
@@ -86,16 +91,15 @@ def token_mix(tokens: list[str]) -> dict[str, int]:
     return out
 
 
-def money_check(ledger: list[dict], confirmed: dict[str, str | None]) -> dict[str, int]:
+def money_check(ledger: list[PaymentIntent], confirmed: dict[str, str | None]) -> dict[str, int]:
     """Captures in the ledger vs confirmed purchases (id -> psp_ref). Pure: unit-tested."""
     captures: dict[str, list[str]] = {}
     refunded = 0
     for pi in ledger:
-        if pi.get("amount_refunded", 0) > 0:
+        if pi.amount_refunded > 0:
             refunded += 1
-        if pi.get("amount_received", 0) - pi.get("amount_refunded", 0) > 0:
-            pid = (pi.get("metadata") or {}).get("purchase_id", "")
-            captures.setdefault(pid, []).append(pi["id"])
+        if pi.net_captured_cents > 0:
+            captures.setdefault(pi.purchase_id or "", []).append(pi.id)
     return {
         "ledger_intents": len(ledger),
         "captures": sum(len(v) for v in captures.values()),
@@ -106,29 +110,34 @@ def money_check(ledger: list[dict], confirmed: dict[str, str | None]) -> dict[st
     }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FlashsalePaid(Flashsale):
     """Flashsale plus one gateway and the fake PSP."""
 
-    psp_url: str = ""
-    admin: FakePspAdmin | None = None
+    psp_url: str
+    admin: FakePspAdmin
 
-    async def start(self) -> None:
-        await super().start()
-        assert self.settings is not None
-        log_dir = self.root / "logs" / f"paid-{self.settings.namespace}"
-        psp, self.psp_url = fakepsp_process(self.settings, log_dir, **PSP_RATES)
-        self.processes.append(psp.start())
-        await asyncio.to_thread(psp.wait_http_ok, self.psp_url + "/healthz")
-        metrics_port = spare_port(self.settings)
-        self.settings = msgspec.structs.replace(self.settings, psp_url=self.psp_url, **GATEWAY_SETTINGS)
-        gw = gateway_process(self.settings, log_dir, metrics_port=metrics_port)
-        self.processes.append(gw.start())
-        await asyncio.to_thread(gw.wait_http_ok, gateway_ready_url(self.settings, metrics_port))
-        self.admin = FakePspAdmin(self.psp_url, self.settings.psp_api_key)
+    @classmethod
+    async def launch_paid(cls, place: Place, processes: list[Process], shards: int,
+                          ingests: int) -> FlashsalePaid:
+        settings, _ = await start_flashsale(place, processes, shards, ingests)
+        log_dir = place.root / "logs" / f"paid-{settings.namespace}"
+        psp, psp_url = fakepsp_process(settings, log_dir, port=None, name="fakepsp", **PSP_RATES)
+        processes.append(psp.start())
+        await asyncio.to_thread(psp.wait_http_ok, psp_url + "/healthz")
+        metrics_port = spare_port(settings)
+        settings = msgspec.structs.replace(settings, psp_url=psp_url, **GATEWAY_SETTINGS)
+        gw = gateway_process(settings, log_dir, metrics_port=metrics_port)
+        processes.append(gw.start())
+        await asyncio.to_thread(gw.wait_http_ok, gateway_ready_url(settings, metrics_port))
+        nc = await nats.connect(place.nats.url)
+        return cls(name=place.name, root=place.root, postgres=place.postgres, nats=place.nats,
+                   port=settings.ingest_port, database_url=settings.database_url, processes=processes,
+                   shards=shards, ingests=ingests, settings=settings, nc=nc, js=nc.jetstream(),
+                   http=aiohttp.ClientSession(), psp_url=psp_url,
+                   admin=FakePspAdmin(psp_url, settings.psp_api_key))
 
     async def seed(self, stock_by_sku: dict[str, int]) -> None:
-        assert self.settings is not None
         await _http_put_all(self.base_url, stock_by_sku,
                             {"Authorization": f"Bearer {self.settings.admin_token}"},
                             {"payment": "required", "reservation_ttl_s": PAID_TTL_S,
@@ -147,7 +156,6 @@ class FlashsalePaid(Flashsale):
 
     async def paid_figures(self, start_ms: int, end_ms: int) -> PaidFigures:
         """Wait until nothing is `reserved` (bounded by the TTL), then measure and check."""
-        assert self.admin is not None and self.settings is not None
         f = PaidFigures(tokens=token_mix(PAID_TOKENS), psp_rates=dict(PSP_RATES))
         conn = await asyncpg.connect(self.database_url)
         try:
@@ -180,7 +188,7 @@ class FlashsalePaid(Flashsale):
                 in_load = sum(1 for r in conf if r["u"] < end_ms)
                 f.confirmed_per_s_in_load = round(in_load / max(0.001, (end_ms - start_ms) / 1000), 1)
 
-            async def money() -> tuple[dict[str, int], dict]:
+            async def money() -> tuple[dict[str, int], dict[str, str | None]]:
                 confirmed = {r["id"]: r["psp_ref"] for r in await conn.fetch(
                     "SELECT id, psp_ref FROM purchases WHERE status = 'confirmed'")}
                 return money_check(await asyncio.to_thread(self.admin.ledger), confirmed), confirmed
@@ -195,6 +203,8 @@ class FlashsalePaid(Flashsale):
             for k, v in m.items():
                 setattr(f, k, v)
             sku = await conn.fetchrow("SELECT stock, reserved, sold FROM skus WHERE sku = $1", PAID_SKU)
+            if sku is None:
+                raise RuntimeError(f"the paid SKU {PAID_SKU} is not in Postgres")
             sold_qty = await conn.fetchval("SELECT coalesce(sum(qty), 0) FROM purchases"
                                            " WHERE status = 'confirmed' AND sku = $1", PAID_SKU)
             f.stock_not_returned = sku["reserved"] + abs(sku["sold"] - sold_qty)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.runner import SystemRun
+
+
+def _gap(ms: float | None) -> float:
+    """A missing figure as NaN, which matplotlib draws as a gap in the line."""
+    return math.nan if ms is None else ms
 
 
 def latency_vs_rate(runs: list[SystemRun], path: Path, scenario: str = "hot-sku") -> bool:
@@ -24,8 +30,8 @@ def latency_vs_rate(runs: list[SystemRun], path: Path, scenario: str = "hot-sku"
         if not pts:
             continue
         xs = [x for x, _ in pts]
-        (line,) = ax.plot(xs, [s.p99 for _, s in pts], marker="o", label=f"{run.phases[0].system} p99")
-        ax.plot(xs, [s.p50 for _, s in pts], marker=".", linestyle="--", color=line.get_color(),
+        (line,) = ax.plot(xs, [_gap(s.p99) for _, s in pts], marker="o", label=f"{run.phases[0].system} p99")
+        ax.plot(xs, [_gap(s.p50) for _, s in pts], marker=".", linestyle="--", color=line.get_color(),
                 label=f"{run.phases[0].system} p50")
         drawn = True
     if drawn:
@@ -51,7 +57,7 @@ def throughput_over_time(runs: list[SystemRun], path: Path, phase: str = "max") 
     if not scenarios:
         return False
     fig, axes = plt.subplots(len(scenarios), 1, figsize=(8, 3.5 * len(scenarios)), squeeze=False)
-    for ax, scenario in zip(axes[:, 0], scenarios):
+    for ax, scenario in zip(axes[:, 0], scenarios, strict=True):
         for run in runs:
             if run.scenario != scenario:
                 continue

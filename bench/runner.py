@@ -8,18 +8,19 @@ phase runs, a live line on stderr shows the answer rate, p99, errors and the bac
 from __future__ import annotations
 
 import asyncio
-import json
 import resource
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import msgspec
 import psutil
 
-from bench.loadgen import GenResult, GenSpec
+from bench.loadgen import GenResult, GenSpec, Mode
 from bench.paid import PaidFigures
 from bench.stats import LatencySummary, split_rate, summarize
 from bench.systems import Invariants, System, cpu_delta, cpu_snapshot
@@ -37,7 +38,7 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     scenario: str
     system: str
     phase: str  # max | open@0.8 | retry ...
-    mode: str  # closed | open | retry
+    mode: Mode
     generator: str  # wrk | python
     duration_s: float
     started_ms: int = 0
@@ -71,14 +72,47 @@ class SystemRun(msgspec.Struct, kw_only=True):
     paid: PaidFigures | None = None  # the paid scenario: payment outcomes and money checks
 
 
+class GenLine(msgspec.Struct):
+    """A generator's per-second progress line (bench.loadgen's `progress`)."""
+
+    n: int = 0  # answers in the last second
+    sent: int = 0
+    err: int = 0
+    p99: float | None = None  # ms, of the last second's answers
+
+
+class WrkLatencyUs(msgspec.Struct):
+    p50: float
+    p95: float
+    p99: float
+    max: float
+    mean: float
+
+
+class WrkResult(msgspec.Struct):
+    """The `WRK_JSON` line bench/wrk/purchases.lua prints when wrk is done."""
+
+    requests: int
+    duration_us: int
+    errors: dict[str, int]  # connect, read, write, timeout, status (= non-2xx answers)
+    latency_us: WrkLatencyUs
+    statuses: dict[str, int]
+    seconds: dict[int, int]  # unix second -> answers
+    ids: list[str]
+
+
+_decode_gen_line = msgspec.json.Decoder(GenLine).decode
+_decode_wrk = msgspec.json.Decoder(WrkResult).decode
+
+
 @dataclass
 class Live:
     """What the progress line shows; fed by the generators' per-second lines."""
 
     label: str
-    gen_lines: dict[int, dict] = field(default_factory=dict)
+    gen_lines: dict[int, GenLine] = field(default_factory=dict)
 
-    def update(self, idx: int, line: dict) -> None:
+    def update(self, idx: int, line: GenLine) -> None:
         self.gen_lines[idx] = line
 
 
@@ -90,9 +124,9 @@ async def _pump(idx: int, stream: asyncio.StreamReader, live: Live, sink: list[s
         text = raw.decode(errors="replace").strip()
         if text.startswith("{"):
             try:
-                live.update(idx, json.loads(text))
+                live.update(idx, _decode_gen_line(text))
                 continue
-            except ValueError:
+            except msgspec.DecodeError:
                 pass
         sink.append(text)
 
@@ -108,8 +142,8 @@ async def _progress(sut: System, live: Live, started: float) -> None:
         t = time.monotonic()
         rate = None if count is None or last_count is None else (count - last_count) / (t - last_t)
         last_count, last_t = count, t
-        p99s = [l["p99"] for l in live.gen_lines.values() if l.get("p99") is not None]
-        errs = sum(l.get("err", 0) for l in live.gen_lines.values())
+        p99s = [line.p99 for line in live.gen_lines.values() if line.p99 is not None]
+        errs = sum(line.err for line in live.gen_lines.values())
         print(
             f"\r\x1b[K{live.label} t={t - started:4.0f}s rate={_fmt(rate)}/s "
             f"p99={_fmt(max(p99s) if p99s else None, 1)}ms errors={errs}/s backlog={_fmt(backlog)}",
@@ -121,7 +155,8 @@ def _fmt(v: float | None, digits: int = 0) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-async def _spawn_gen(spec: GenSpec, out: Path, idx: int, live: Live, sink: list[str]) -> tuple[asyncio.subprocess.Process, asyncio.Task]:
+async def _spawn_gen(spec: GenSpec, out: Path, idx: int, live: Live,
+                     sink: list[str]) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.loadgen", msgspec.json.encode(spec).decode(), str(out),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -157,7 +192,7 @@ def _self_cpu() -> float:
 @dataclass
 class PhasePlan:
     phase: str
-    mode: str  # closed | open | retry
+    mode: Mode
     skus: list[str]
     duration_s: float
     rate: float | None = None  # open loop, total over all generator processes
@@ -174,7 +209,8 @@ def py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-async def _start_profiles(sut: System, plan: PhasePlan, out_dir: Path, prefix: str) -> list[asyncio.subprocess.Process]:
+async def _start_profiles(sut: System, plan: PhasePlan, out_dir: Path,
+                          prefix: str) -> list[asyncio.subprocess.Process]:
     """py-spy flame graphs of every Python process of the system over the load window."""
     exe = py_spy()
     if exe is None:
@@ -201,13 +237,14 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     start_at = time.time() + 1.5
     start_ms = int(start_at * 1000)
     generator = "wrk" if plan.mode == "closed" and plan.use_wrk else "python"
-    gens: list[tuple[asyncio.subprocess.Process, asyncio.Task, Path]] = []
+    gens: list[tuple[asyncio.subprocess.Process, asyncio.Task[None], Path]] = []
     wrk_proc = None
 
-    def spec(i: int, **kw: object) -> GenSpec:
-        return GenSpec(port=sut.port, duration_s=plan.duration_s, start_at=start_at,
-                       tag=f"{tag}-{i}", skus=plan.skus, payment_tokens=plan.payment_tokens,
-                       **kw)  # type: ignore[arg-type]
+    base = GenSpec(port=sut.port, mode=plan.mode, duration_s=plan.duration_s, start_at=start_at,
+                   tag=tag, skus=plan.skus, payment_tokens=plan.payment_tokens)
+
+    def spec(i: int, **changes: Any) -> GenSpec:
+        return msgspec.structs.replace(base, tag=f"{tag}-{i}", **changes)
 
     specs: list[GenSpec] = []
     if plan.mode == "open":
@@ -303,24 +340,23 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         if w is None:
             result.notes.append("wrk gave no result: " + wrk_out.decode(errors="replace")[-300:])
         else:
-            _merge(result.statuses, {str(k): v for k, v in w["statuses"].items()})
-            for k, v in w["errors"].items():
+            _merge(result.statuses, w.statuses)
+            for k, v in w.errors.items():
                 if v and k != "status":  # "status" = non-2xx answers, already in statuses
                     result.errors[k] = result.errors.get(k, 0) + v
-            ids.update(i for i in w["ids"] if i != "p_echo")
-            ok += sum(n for code, n in w["statuses"].items() if str(code).startswith("2"))
-            answered += sum(n for code, n in w["statuses"].items() if str(code).startswith("2") or str(code) == "409")
-            lat = w["latency_us"]
+            ids.update(i for i in w.ids if i != "p_echo")
+            ok += sum(n for code, n in w.statuses.items() if code.startswith("2"))
+            answered += sum(n for code, n in w.statuses.items() if code.startswith("2") or code == "409")
+            lat = w.latency_us
             # wrk's latencies are closed-loop (coordinated omission applies): POST -> answer.
-            result.accept = LatencySummary(count=w["requests"], p50=lat["p50"] / 1000,
-                                           p95=lat["p95"] / 1000, p99=lat["p99"] / 1000,
-                                           max=lat["max"] / 1000, mean=lat["mean"] / 1000)
-            secs = sorted((int(k), v) for k, v in w["seconds"].items())
+            result.accept = LatencySummary(count=w.requests, p50=lat.p50 / 1000, p95=lat.p95 / 1000,
+                                           p99=lat.p99 / 1000, max=lat.max / 1000, mean=lat.mean / 1000)
+            secs = sorted(w.seconds.items())
             if secs:
                 first = secs[0][0]
                 wrk_ps = [0] * (secs[-1][0] - first + 1)
-                for s, v in secs:
-                    wrk_ps[s - first] += v
+                for second, v in secs:
+                    wrk_ps[second - first] += v
                 per_second = _add_lists(per_second, wrk_ps)
     result.accepted_per_s = round(ok / plan.duration_s, 1)
     result.answered_per_s = round(answered / plan.duration_s, 1)
@@ -328,12 +364,22 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     return result, ids
 
 
-def _box_usage(before: object, after: object) -> tuple[float | None, float | None]:
+class CpuTimes(Protocol):
+    """psutil.cpu_times(): a named tuple of seconds whose fields depend on the platform."""
+
+    @property
+    def idle(self) -> float: ...
+
+    def __iter__(self) -> Iterator[float]: ...
+
+
+def _box_usage(before: CpuTimes, after: CpuTimes) -> tuple[float | None, float | None]:
     """(busy %, steal %) of the whole box between two psutil.cpu_times() snapshots."""
-    total = sum(after) - sum(before)  # type: ignore[arg-type]
+    total = sum(after) - sum(before)
     if total <= 0:
         return None, None
-    idle = (after.idle - before.idle) + (getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0))  # type: ignore[attr-defined]
+    iowait_s = getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0)
+    idle = (after.idle - before.idle) + iowait_s
     steal = getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)
     return round(100 * (total - idle - steal) / total, 1), round(100 * steal / total, 1)
 
@@ -352,10 +398,10 @@ def _add_lists(a: list[int], b: list[int]) -> list[int]:
     return out
 
 
-def _parse_wrk(out: bytes) -> dict | None:
+def _parse_wrk(out: bytes) -> WrkResult | None:
     for line in out.decode(errors="replace").splitlines():
         if line.startswith("WRK_JSON "):
-            return json.loads(line[len("WRK_JSON "):])
+            return _decode_wrk(line[len("WRK_JSON "):])
     return None
 
 

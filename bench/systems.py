@@ -11,13 +11,16 @@ import itertools
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 import msgspec
+import nats
 import psutil
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from committer.schema import apply_schema
 from config.settings import Settings, load
@@ -42,17 +45,29 @@ class Invariants(msgspec.Struct):
     stock: int = 0  # units offered
 
 
-@dataclass
-class System:
-    """Base: one system under test. Subclasses start their processes and know their tables."""
+@dataclass(frozen=True)
+class Place:
+    """Where a system under test runs: its name, scratch directory and the shared servers."""
 
     name: str
     root: Path
     postgres: Embedded
     nats: Embedded
-    port: int = 0
-    database_url: str = ""
-    processes: list[procs.Process] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class System:
+    """Base: one running system under test, built by a subclass's async `launch(...)`, which
+    appends every process it starts to the caller's list (so the caller stops them even when
+    the launch fails half way). Subclasses know their tables."""
+
+    name: str
+    root: Path
+    postgres: Embedded
+    nats: Embedded
+    port: int
+    database_url: str
+    processes: list[procs.Process]
 
     @property
     def base_url(self) -> str:
@@ -60,13 +75,6 @@ class System:
 
     def label(self) -> str:
         return self.name
-
-    async def start(self) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        for p in reversed(self.processes):
-            p.stop()
 
     def cpu_groups(self) -> dict[str, list[int]]:
         """Process name -> pids whose CPU (with their children) is charged to that name."""
@@ -126,29 +134,32 @@ async def _wait_ready(p: procs.Process, url: str, timeout_s: float = 60.0) -> No
     await asyncio.to_thread(p.wait_http_ok, url, timeout_s)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Baseline(System):
     """echo, naive or rowlock: `python -m bench.baselines.<name>`."""
 
-    _http: aiohttp.ClientSession | None = None
+    http: aiohttp.ClientSession
 
-    async def start(self) -> None:
-        self.port = free_port()
-        args = ["--port", str(self.port)]
-        if self.name != "echo":
-            self.database_url = await _new_database(self.postgres, f"bench_{self.name}_{next(_run_numbers)}")
-            args += ["--database-url", self.database_url]
-        log_dir = self.root / "logs"
+    @classmethod
+    async def launch(cls, place: Place, processes: list[procs.Process]) -> Baseline:
+        name = place.name
+        port = free_port()
+        args = ["--port", str(port)]
+        database_url = ""
+        if name != "echo":
+            database_url = await _new_database(place.postgres, f"bench_{name}_{next(_run_numbers)}")
+            args += ["--database-url", database_url]
+        log_dir = place.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        p = procs.Process(self.name, [sys.executable, "-m", f"bench.baselines.{self.name}", *args],
-                          dict(os.environ), log_dir / f"{self.name}.log").start()
-        self.processes.append(p)
-        await _wait_ready(p, f"{self.base_url}/readyz")
-        self._http = aiohttp.ClientSession()
+        p = procs.Process(name, [sys.executable, "-m", f"bench.baselines.{name}", *args],
+                          dict(os.environ), log_dir / f"{name}.log").start()
+        processes.append(p)
+        await _wait_ready(p, f"http://127.0.0.1:{port}/readyz")
+        return cls(name=name, root=place.root, postgres=place.postgres, nats=place.nats, port=port,
+                   database_url=database_url, processes=processes, http=aiohttp.ClientSession())
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self.http.close()
 
     async def seed(self, stock_by_sku: dict[str, int]) -> None:
         if self.name == "echo":
@@ -164,9 +175,9 @@ class Baseline(System):
             await conn.close()
 
     async def live(self) -> tuple[int, int | None]:
-        assert self._http is not None
-        async with self._http.get(f"{self.base_url}/bench/stats") as r:
-            return (await r.json())["handled"], 0
+        async with self.http.get(f"{self.base_url}/bench/stats") as r:
+            handled: int = (await r.json())["handled"]
+        return handled, 0
 
     async def invariants(self, accepted_ids: set[str], stock: int) -> Invariants:
         if self.name == "echo":
@@ -184,55 +195,62 @@ class Baseline(System):
         return await _decisions(self.database_url, "bench_orders", start_ms, end_ms)
 
 
-@dataclass
+async def start_flashsale(place: Place, processes: list[procs.Process], shards: int,
+                          ingests: int) -> tuple[Settings, Path]:
+    """Starts the committers and ingest of a fresh flashsale (own database and namespace);
+    returns its settings and log directory."""
+    n = next(_run_numbers)
+    database_url = await _new_database(place.postgres, f"bench_fs_{n}")
+    await apply_schema(database_url)
+    s = load(
+        env={}, file=None, nats_url=place.nats.url, database_url=database_url,
+        namespace=f"b{n}", shards=shards, ingest_port=free_port(),
+        committer_metrics_port=free_port_block(shards), data_dir=str(place.root / f"fs{n}"),
+        log_level="WARNING",
+    )
+    log_dir = place.root / "logs" / f"fs{n}"
+    committers = [procs.committer(s, shard, log_dir).start() for shard in range(shards)]
+    processes.extend(committers)
+    for shard, committer in enumerate(committers):
+        await _wait_ready(committer, procs.committer_ready_url(s, shard))
+    for i in range(ingests):
+        ingest = procs.ingest(s, log_dir, "ingest" if i == 0 else f"ingest-{i + 1}").start()
+        processes.append(ingest)
+        # One at a time: with a shared port, readiness only proves *some* process answers,
+        # so each is checked before the next one starts.
+        await _wait_ready(ingest, procs.ingest_ready_url(s))
+    return s, log_dir
+
+
+@dataclass(kw_only=True)
 class Flashsale(System):
     """ingest + one committer per shard (`python -m ingest`, `python -m committer --shard N`)."""
 
-    shards: int = 2
-    ingests: int = 1  # ingest processes sharing the port (SO_REUSEPORT)
-    settings: Settings | None = None
-    _nc: object = None
-    _http: aiohttp.ClientSession | None = None
+    shards: int
+    ingests: int  # ingest processes sharing the port (SO_REUSEPORT)
+    settings: Settings
+    nc: Client
+    js: JetStreamContext
+    http: aiohttp.ClientSession
+
+    @classmethod
+    async def launch(cls, place: Place, processes: list[procs.Process], shards: int,
+                     ingests: int) -> Flashsale:
+        settings, _ = await start_flashsale(place, processes, shards, ingests)
+        nc = await nats.connect(place.nats.url)
+        return cls(name=place.name, root=place.root, postgres=place.postgres, nats=place.nats,
+                   port=settings.ingest_port, database_url=settings.database_url, processes=processes,
+                   shards=shards, ingests=ingests, settings=settings, nc=nc, js=nc.jetstream(),
+                   http=aiohttp.ClientSession())
 
     def label(self) -> str:
         return f"flashsale/{self.shards}sh" + (f"/{self.ingests}in" if self.ingests > 1 else "")
 
-    async def start(self) -> None:
-        n = next(_run_numbers)
-        self.database_url = await _new_database(self.postgres, f"bench_fs_{n}")
-        await apply_schema(self.database_url)
-        self.port = free_port()
-        self.settings = s = load(
-            env={}, file=None, nats_url=self.nats.url, database_url=self.database_url,
-            namespace=f"b{n}", shards=self.shards, ingest_port=self.port,
-            committer_metrics_port=free_port_block(self.shards), data_dir=str(self.root / f"fs{n}"),
-            log_level="WARNING",
-        )
-        log_dir = self.root / "logs" / f"fs{n}"
-        for shard in range(self.shards):
-            self.processes.append(procs.committer(s, shard, log_dir).start())
-        for shard in range(self.shards):
-            await _wait_ready(self.processes[shard], procs.committer_ready_url(s, shard))
-        for i in range(self.ingests):
-            ingest = procs.ingest(s, log_dir, "ingest" if i == 0 else f"ingest-{i + 1}").start()
-            self.processes.append(ingest)
-            # One at a time: with a shared port, readiness only proves *some* process answers,
-            # so each is checked before the next one starts.
-            await _wait_ready(ingest, procs.ingest_ready_url(s))
-        import nats
-
-        self._nc = await nats.connect(self.nats.url)
-        self._js = self._nc.jetstream()
-        self._http = aiohttp.ClientSession()
-
     async def close(self) -> None:
-        if self._nc is not None:
-            await self._nc.close()
-        if self._http is not None:
-            await self._http.close()
+        await self.nc.close()
+        await self.http.close()
 
     async def seed(self, stock_by_sku: dict[str, int]) -> None:
-        assert self.settings is not None
         await _http_put_all(self.base_url, stock_by_sku,
                             {"Authorization": f"Bearer {self.settings.admin_token}"}, {"payment": "none"})
         # The PUT may answer before the committer has written the SKU: wait for the rows.
@@ -252,8 +270,7 @@ class Flashsale(System):
     async def live(self) -> tuple[int, int | None]:
         """Answers to POST /v1/purchases so far, from ingest's own Prometheus counter (with
         several ingest processes on one port, from whichever answers: the live line is a hint)."""
-        assert self._http is not None
-        async with self._http.get(f"{self.base_url}/metrics") as r:
+        async with self.http.get(f"{self.base_url}/metrics") as r:
             text = await r.text()
         answered = 0.0
         for line in text.splitlines():
@@ -263,12 +280,11 @@ class Flashsale(System):
 
     async def backlog(self) -> int | None:
         """Intents published but not yet acked by their committer (JetStream's own count)."""
-        assert self.settings is not None
         names = self.settings.names
         total = 0
         try:
             for shard in range(self.shards):
-                info = await self._js.consumer_info(names.intents_stream, names.committer_durable(shard))
+                info = await self.js.consumer_info(names.intents_stream, names.committer_durable(shard))
                 total += info.num_pending + info.num_ack_pending
         except Exception:  # another consumer naming: the live line shows "?" instead
             return None

@@ -84,8 +84,7 @@ class Committer:
                 max_waiting=64,
             ),
         )
-        self.puller = Puller(self.nc, self.names.intents_stream, durable)
-        await self.puller.start()
+        self.puller = await Puller.open(self.nc, self.names.intents_stream, durable)
         # A crash between commit and publish may have lost payment jobs: hand them out again
         # (the stream de-duplicates by purchase id; the gateway is idempotent anyway).
         await self._publish_payments(await self._pending_payment_jobs())

@@ -7,72 +7,119 @@ a SkuUpsert to the shard, then wait for the ResultBatch that says it was applied
 from __future__ import annotations
 
 import asyncio
+import math
 import tomllib
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from config.settings import Settings
-from proto.messages import CLEARABLE_SKU_FIELDS, Refusal, SkuState, SkuUpsert, encode, result_decoder
+from proto.messages import (
+    CLEARABLE_SKU_FIELDS,
+    Payment,
+    Refusal,
+    SkuState,
+    SkuUpsert,
+    encode,
+    result_decoder,
+)
 from proto.sharding import shard_of
 
 UPSERT_FIELDS = ("stock", "price_cents", "max_per_user", "payment", "reservation_ttl_s",
                  "sale_start", "sale_end")
+# Fields an explicit null resets to none (no cap, no window bound), and their SkuUpsert names.
+CLEARABLE: dict[str, str] = {"max_per_user": "max_per_user", "sale_start": "sale_start_ms",
+                             "sale_end": "sale_end_ms"}
+assert set(CLEARABLE.values()) == CLEARABLE_SKU_FIELDS
+PAYMENTS: dict[object, Payment] = {"none": "none", "required": "required"}
 
-
-# Sale times every reader can format (RFC 3339 with a four-digit year, in UTC).
-SALE_TIME_MIN_MS = 0
-SALE_TIME_MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+# Every reader of a sale time (ingest's RFC 3339 views, Python's datetime) handles years
+# 1..9999 in UTC; a time outside would be stored fine and then fail every GET of the SKU.
+TIME_MIN_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MS
+TIME_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC) - _EPOCH) // _MS
 
 
 class AdminError(RuntimeError):
-    pass
+    """A SKU change that cannot be sent; `field` names the offending input field, if one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def to_ms(value: Any) -> int | None:
-    """ISO 8601 string, datetime or epoch ms -> epoch ms (naive times are UTC)."""
+def to_ms(value: object, field: str = "time") -> int | None:
+    """ISO 8601 string, datetime or epoch ms -> epoch ms (naive times are UTC). Raises AdminError
+    for anything else and for times outside years 1..9999 UTC."""
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return int(value)
     if isinstance(value, str):
-        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        text = value
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise AdminError(f"{field}: not an ISO 8601 time: {text[:60]!r}", field) from None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return int(value.timestamp() * 1000)
-    raise AdminError(f"not a time: {value!r}")
+        # Exact integer arithmetic: no float rounding, and no overflow for offsets at the edges.
+        ms = (value - _EPOCH) // _MS
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ms = value
+    elif isinstance(value, float) and math.isfinite(value):
+        ms = int(value)
+    else:
+        raise AdminError(f"{field}: not a time: {value!r}", field)
+    if not TIME_MIN_MS <= ms <= TIME_MAX_MS:
+        raise AdminError(f"{field}: {value!r} is outside years 1..9999 (UTC)", field)
+    return ms
 
 
-def make_upsert(sku: str, fields: Mapping[str, Any]) -> SkuUpsert:
-    """The one way to build a SKU change (admin API, CLI, sale files). An absent field keeps its
-    value; a field given as None is cleared (no cap, no window bound)."""
+def make_upsert(sku: str, fields: Mapping[str, object]) -> SkuUpsert:
+    """The one way to build a SkuUpsert (CLI, sale files, ingest's admin PUT).
+
+    `fields` by UPSERT_FIELDS name (a "sku" key is allowed and ignored): an absent field keeps
+    its value; None clears max_per_user, sale_start or sale_end and is refused for the others;
+    sale times are datetimes (naive = UTC), ISO 8601 strings or epoch ms. Raises AdminError.
+    """
     unknown = set(fields) - set(UPSERT_FIELDS) - {"sku"}
     if unknown:
         raise AdminError(f"unknown SKU fields: {sorted(unknown)}")
-    if fields.get("stock") is None:
-        raise AdminError("stock is required")
-    clear = [f"{f}_ms" if f.startswith("sale_") else f for f, v in fields.items() if v is None]
-    refused = set(clear) - CLEARABLE_SKU_FIELDS
-    if refused:
-        raise AdminError(f"cannot clear {sorted(refused)}")
-    sale_start_ms, sale_end_ms = to_ms(fields.get("sale_start")), to_ms(fields.get("sale_end"))
-    for name, ms in (("sale_start", sale_start_ms), ("sale_end", sale_end_ms)):
-        if ms is not None and not SALE_TIME_MIN_MS <= ms <= SALE_TIME_MAX_MS:
-            raise AdminError(f"{name} must be between 1970-01-01 and 9999-12-31 in UTC")
+    given = {name: fields[name] for name in UPSERT_FIELDS if name in fields}
+    for name, value in given.items():
+        if value is None and name not in CLEARABLE:
+            raise AdminError(f"{name} cannot be null (only {', '.join(CLEARABLE)} can be cleared)", name)
+    stock = _int(given, "stock")
+    if stock is None:
+        raise AdminError("stock is required", "stock")
+    payment = PAYMENTS.get(given.get("payment"))
+    if payment is None and given.get("payment") is not None:
+        raise AdminError(f"payment must be one of {', '.join(map(str, PAYMENTS))}, "
+                         f"not {given['payment']!r}", "payment")
+    sale_start_ms = to_ms(given.get("sale_start"), "sale_start")
+    sale_end_ms = to_ms(given.get("sale_end"), "sale_end")
     if sale_start_ms is not None and sale_end_ms is not None and sale_end_ms <= sale_start_ms:
-        raise AdminError("sale_end must be after sale_start")
+        raise AdminError("sale_end must be after sale_start", "sale_end")
     return SkuUpsert(
-        request_id=uuid.uuid4().hex, sku=sku, stock=fields["stock"],
-        price_cents=fields.get("price_cents"), max_per_user=fields.get("max_per_user"),
-        payment=fields.get("payment"), reservation_ttl_s=fields.get("reservation_ttl_s"),
-        sale_start_ms=sale_start_ms, sale_end_ms=sale_end_ms, clear=clear,
+        request_id=uuid.uuid4().hex, sku=sku, stock=stock, price_cents=_int(given, "price_cents"),
+        max_per_user=_int(given, "max_per_user"), payment=payment,
+        reservation_ttl_s=_int(given, "reservation_ttl_s"), sale_start_ms=sale_start_ms,
+        sale_end_ms=sale_end_ms,
+        clear=[CLEARABLE[name] for name, value in given.items() if value is None],
     )
+
+
+def _int(given: Mapping[str, object], name: str) -> int | None:
+    value = given.get(name)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise AdminError(f"{name} must be an integer, not {value!r}", name)
 
 
 async def apply_upserts(
@@ -84,7 +131,7 @@ async def apply_upserts(
     outcome: dict[str, SkuState | Refusal] = {}
     done = asyncio.Event()
 
-    async def on_result(msg) -> None:
+    async def on_result(msg: Msg) -> None:
         batch = result_decoder.decode(msg.data)
         states = {s.sku: s for s in batch.skus}
         for rid in batch.admin_applied:
@@ -117,7 +164,13 @@ async def apply_upserts(
 
 def read_sale_file(path: Path) -> list[SkuUpsert]:
     data = tomllib.loads(Path(path).read_text())
-    return [make_upsert(entry["sku"], entry) for entry in data.get("sku", [])]
+    upserts = []
+    for entry in data.get("sku", []):
+        sku = entry.get("sku") if isinstance(entry, dict) else None
+        if not isinstance(sku, str):
+            raise AdminError(f"{path}: every [[sku]] entry needs a sku name: {entry!r}", "sku")
+        upserts.append(make_upsert(sku, entry))
+    return upserts
 
 
 async def load_sale(settings: Settings, path: Path, timeout_s: float = 10.0) -> list[SkuState | Refusal]:

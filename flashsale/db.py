@@ -13,6 +13,8 @@ async def ensure_database(database_url: str) -> None:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            # An identifier cannot be a query parameter: quote it, doubling any quote inside.
+            quoted = '"' + name.replace('"', '""') + '"'
+            await conn.execute(f"CREATE DATABASE {quoted}")
     finally:
         await conn.close()

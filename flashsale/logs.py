@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with whatever `extra={...}` a call site passes."""
+"""Structured logs: one JSON object per line, with the fields a call site passes as
+`extra=kv(...)`."""
 
 from __future__ import annotations
 
@@ -36,6 +37,6 @@ def setup(process: str, level: str = "INFO") -> logging.Logger:
     return logging.getLogger(process)
 
 
-def kv(**fields: object) -> dict:
+def kv(**fields: object) -> dict[str, object]:
     """`log.info("msg", extra=kv(shard=1))`: the fields become keys of the JSON line."""
     return fields

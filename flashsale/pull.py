@@ -4,6 +4,9 @@ nats-py's `fetch(n)` waits for n messages (or its timeout) once it has to linger
 hold a lone message for the whole timeout. Here one pull request for up to `batch_max` messages
 stays open; each call returns as soon as anything is there, and the server keeps filling our
 inbox while the previous batch commits, so the next call finds a batch waiting.
+
+`PullRequest` is the pure part (what each arrival does to the open request); `Puller` does the
+I/O around it.
 """
 
 from __future__ import annotations
@@ -12,80 +15,123 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Mapping
+from typing import Protocol, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 STATUS = "Status"
 HEARTBEAT = "100"
-REQUEST_ENDED = {"404", "408", "409"}  # no messages / expired / conflict (e.g. max waiting)
+REQUEST_ENDED = frozenset({"404", "408", "409"})  # no messages / expired / conflict (e.g. max waiting)
+
+
+class Delivery(Protocol):
+    """What the status logic reads of a delivered message (nats-py's Msg has it)."""
+
+    @property
+    def headers(self) -> Mapping[str, str] | None: ...
+
+
+M = TypeVar("M", bound=Delivery)
+
+
+class PullRequest:
+    """Our one open pull request: how many messages it may still deliver and until when.
+    Pure: no I/O, the clock is passed in."""
+
+    def __init__(self, expires_s: float) -> None:
+        self.expires_s = expires_s
+        self.credit = 0  # messages the open request may still deliver
+        self.deadline_s = 0.0  # monotonic; the server ends the request then
+
+    def take(self, msg: Delivery) -> bool:
+        """True for a message; status messages update the request's state and are dropped."""
+        status = msg.headers.get(STATUS) if msg.headers else None
+        if status is None:
+            self.credit -= 1
+            return True
+        # A heartbeat (100) leaves the request open; an end (404/408/409) or any error closes it.
+        if status in REQUEST_ENDED or not status.startswith("1"):
+            self.credit = 0
+        return False
+
+    def drain(self, queue: deque[M], limit: int) -> list[M]:
+        """Up to `limit` messages from the front of `queue`, status messages consumed on the way."""
+        out: list[M] = []
+        while queue and len(out) < limit:
+            msg = queue.popleft()
+            if self.take(msg):
+                out.append(msg)
+        return out
+
+    def is_open(self, now_s: float) -> bool:
+        return self.credit > 0 and now_s < self.deadline_s
+
+    def renew(self, batch_max: int, now_s: float) -> bytes:
+        """Counts a new request for `batch_max` as open; returns its body for the server."""
+        self.credit = batch_max
+        self.deadline_s = now_s + self.expires_s
+        return json.dumps({"batch": batch_max, "expires": int(self.expires_s * 1e9)}).encode()
+
+
+class _Arrivals:
+    """The inbox's messages, in order. Never more than one request's worth (batch_max) plus
+    status messages."""
+
+    def __init__(self) -> None:
+        self.queue: deque[Msg] = deque()
+        self.event = asyncio.Event()
+
+    async def on_msg(self, msg: Msg) -> None:
+        self.queue.append(msg)
+        self.event.set()
 
 
 class Puller:
-    def __init__(self, nc: Client, stream: str, durable: str, request_expires_s: float = 5.0,
-                 api_prefix: str = "$JS.API") -> None:
+    def __init__(self, nc: Client, sub: Subscription, inbox: str, next_subject: str,
+                 request: PullRequest, arrivals: _Arrivals) -> None:
         self.nc = nc
-        self.next_subject = f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self.request_expires_s = request_expires_s
-        self.credit = 0  # messages the open pull request may still deliver
-        self.request_deadline = 0.0
-        self.inbox = nc.new_inbox()
-        self.sub = None
-        # Never more than one request's worth (batch_max) plus status messages.
-        self._queue: deque[Msg] = deque()
-        self._arrived = asyncio.Event()
+        self.sub = sub
+        self.inbox = inbox
+        self.next_subject = next_subject
+        self.request = request
+        self._arrivals = arrivals
 
-    async def start(self) -> None:
-        self.sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
-
-    async def _on_msg(self, msg: Msg) -> None:
-        self._queue.append(msg)
-        self._arrived.set()
+    @classmethod
+    async def open(cls, nc: Client, stream: str, durable: str, request_expires_s: float = 5.0,
+                   api_prefix: str = "$JS.API") -> Puller:
+        """Subscribes the inbox; the first fetch sends the first pull request."""
+        inbox = nc.new_inbox()
+        arrivals = _Arrivals()
+        sub = await nc.subscribe(inbox, cb=arrivals.on_msg)
+        return cls(nc, sub, inbox, f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+                   PullRequest(request_expires_s), arrivals)
 
     async def fetch(self, batch_max: int, timeout_s: float) -> list[Msg]:
-        msgs = self._drain(batch_max)
+        arrivals = self._arrivals
+        msgs = self.request.drain(arrivals.queue, batch_max)
         await self._ensure_request(batch_max)
         deadline = time.monotonic() + timeout_s
         while not msgs:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
-            self._arrived.clear()
+            arrivals.event.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), min(remaining, self.request_expires_s))
+                await asyncio.wait_for(arrivals.event.wait(), min(remaining, self.request.expires_s))
             except TimeoutError:
                 pass
-            msgs = self._drain(batch_max)
+            msgs = self.request.drain(arrivals.queue, batch_max)
             await self._ensure_request(batch_max)
         return msgs
 
-    def _take(self, msg: Msg) -> bool:
-        """True for a message; status messages update the request's state and are dropped."""
-        status = msg.headers.get(STATUS) if msg.headers else None
-        if status is None:
-            self.credit -= 1
-            return True
-        if status in REQUEST_ENDED or not status.startswith("1"):
-            self.credit = 0
-        return False
-
-    def _drain(self, limit: int) -> list[Msg]:
-        out: list[Msg] = []
-        queue = self._queue
-        while queue and len(out) < limit:
-            msg = queue.popleft()
-            if self._take(msg):
-                out.append(msg)
-        return out
-
     async def _ensure_request(self, batch_max: int) -> None:
-        if self.credit > 0 and time.monotonic() < self.request_deadline:
+        now_s = time.monotonic()
+        if self.request.is_open(now_s):
             return
-        self.credit = batch_max
-        self.request_deadline = time.monotonic() + self.request_expires_s
-        request = {"batch": batch_max, "expires": int(self.request_expires_s * 1e9)}
-        await self.nc.publish(self.next_subject, json.dumps(request).encode(), reply=self.inbox)
+        await self.nc.publish(self.next_subject, self.request.renew(batch_max, now_s), reply=self.inbox)
 
     async def close(self) -> None:
-        if self.sub is not None:
-            await self.sub.unsubscribe()
+        await self.sub.unsubscribe()

@@ -14,6 +14,7 @@ import uvloop
 
 from config.settings import Settings, load
 from flashsale.jetstream import ensure_streams
+from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
 from flashsale.status import serve_status
 from gateway.psp import StripeLikePsp
@@ -27,7 +28,8 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     ready = asyncio.Event()
-    runner = await serve_status(settings.gateway_metrics_port, ready.is_set) if settings.gateway_metrics_port else None
+    port = settings.gateway_metrics_port
+    runner = await serve_status(port, ready.is_set) if port else None
     nc = await nats.connect(settings.nats_url, name="gateway", max_reconnect_attempts=-1)
     js = nc.jetstream()
     await ensure_streams(js, settings)
@@ -38,8 +40,7 @@ async def run(settings: Settings) -> None:
     gateway = Gateway(settings, js, psp, db)
     jobs, refusals = await gateway.subscribe(nc)
     ready.set()
-    log.info("gateway ready", extra={"psp_url": settings.psp_url,
-                                     "concurrency": settings.gateway_concurrency})
+    log.info("gateway ready", extra=kv(psp_url=settings.psp_url, concurrency=settings.gateway_concurrency))
     try:
         await asyncio.gather(gateway.run_jobs(jobs, stop), gateway.run_refusals(refusals, stop))
     finally:

@@ -14,17 +14,13 @@ from typing import Literal, Protocol
 
 import aiohttp
 import msgspec
-from prometheus_client import Counter, Histogram
+
+from gateway.metrics import PSP_CALLS, PSP_SECONDS
 
 IntentStatus = Literal[
     "requires_payment_method", "requires_confirmation", "requires_action", "processing",
     "requires_capture", "canceled", "succeeded",
 ]
-
-PSP_CALLS = Counter("gateway_psp_calls_total", "PSP HTTP calls by operation and outcome",
-                    ["op", "outcome"])
-PSP_SECONDS = Histogram("gateway_psp_call_seconds", "PSP HTTP call latency", ["op"],
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
 
 class PaymentIntent(msgspec.Struct, kw_only=True):
@@ -68,7 +64,9 @@ class _ErrorEnvelope(msgspec.Struct):
     error: _ErrorBody
 
 
-class _IntentList(msgspec.Struct):
+class IntentList(msgspec.Struct):
+    """A page of intents (list and search answers)."""
+
     data: list[PaymentIntent]
     has_more: bool = False
 
@@ -120,7 +118,7 @@ def idempotency_key(purchase_id: str, step: str, intent_id: str | None = None) -
 _intent_decoder = msgspec.json.Decoder(PaymentIntent)
 _refund_decoder = msgspec.json.Decoder(Refund)
 _error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
-_list_decoder = msgspec.json.Decoder(_IntentList)
+_list_decoder = msgspec.json.Decoder(IntentList)
 
 
 class StripeLikePsp:

@@ -18,13 +18,16 @@ import asyncio
 import logging
 import sys
 import time
+from typing import Literal
 
 import asyncpg
 import msgspec
 
 from config.settings import Settings, load
+from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
 from gateway.psp import PaymentIntent, PaymentProvider, StripeLikePsp
+from proto.messages import Status
 
 log = logging.getLogger("gateway.reconcile")
 
@@ -55,7 +58,7 @@ class Report(msgspec.Struct, kw_only=True):
 
 
 class _Row(msgspec.Struct):
-    status: str
+    status: Status
     psp_ref: str | None
 
 
@@ -95,7 +98,7 @@ async def reconcile(settings: Settings, *, repair: bool, grace_s: float | None =
             if len(report.confirmed_without_capture_ids) < FLAGGED_IDS_MAX:
                 report.confirmed_without_capture_ids.append(purchase_id)
             log.error("confirmed purchase without a capture",
-                      extra={"purchase_id": purchase_id, "psp_ref": psp_ref})
+                      extra=kv(purchase_id=purchase_id, psp_ref=psp_ref))
     finally:
         await conn.close()
         if own_psp:
@@ -150,7 +153,7 @@ async def _check_page(conn: asyncpg.Connection, psp: PaymentProvider, page: list
 
 
 async def _repair(psp: PaymentProvider, report: Report, purchase_id: str, intent: PaymentIntent,
-                  action: str) -> None:
+                  action: Literal["refund", "void"]) -> None:
     try:
         if action == "refund":
             refund = await psp.refund(purchase_id, intent.id)
@@ -162,13 +165,12 @@ async def _repair(psp: PaymentProvider, report: Report, purchase_id: str, intent
             report.voided += 1
     except Exception as e:
         report.errors += 1
-        log.error("repair failed", extra={"purchase_id": purchase_id, "psp_ref": intent.id,
-                                          "action": action, "error": str(e)})
+        log.error("repair failed",
+                  extra=kv(purchase_id=purchase_id, psp_ref=intent.id, action=action, error=str(e)))
         return
     if len(report.repaired_ids) < FLAGGED_IDS_MAX:
         report.repaired_ids.append(intent.id)
-    log.warning("repaired", extra={"purchase_id": purchase_id, "psp_ref": intent.id,
-                                   "action": action})
+    log.warning("repaired", extra=kv(purchase_id=purchase_id, psp_ref=intent.id, action=action))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:
                 if args.every is None:
                     raise
-                log.error("reconciliation run failed", extra={"error": repr(e)})
+                log.error("reconciliation run failed", extra=kv(error=repr(e)))
             else:
                 sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
                 sys.stdout.flush()

@@ -19,8 +19,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Literal, TypeVar, cast
 
 import asyncpg
 import msgspec
@@ -30,11 +31,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from prometheus_client import Counter, Gauge, Histogram
 
 from config.settings import Settings
+from flashsale.logs import kv
 from flashsale.pull import Puller
-from gateway.messages import DeadLetter, encode_deadletter
+from gateway.messages import DeadLetter, GiveUpReason, PspStep, encode_deadletter
+from gateway.metrics import COMPENSATIONS, DEADLETTERS, JOB_SECONDS, JOBS, JOBS_INFLIGHT, PSP_RETRIES
 from gateway.psp import CardDeclined, PaymentIntent, PaymentProvider, PspError
 from proto.clock import now_ms
 from proto.messages import (
@@ -42,6 +44,7 @@ from proto.messages import (
     PaymentJob,
     Release,
     ResultBatch,
+    Status,
     encode,
     payment_decoder,
     result_decoder,
@@ -57,15 +60,16 @@ FETCH_WAIT_S = 1.0  # idle wait per fetch; a message returns it at once
 REFUSALS_DURABLE = "gateway-refusals"
 PUBLISH_ATTEMPTS_MAX = 5
 
-JOBS = Counter("gateway_jobs_total", "Payment jobs finished, by outcome", ["outcome"])
-JOB_SECONDS = Histogram("gateway_job_seconds", "Time from job start to confirm/release",
-                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-JOBS_INFLIGHT = Gauge("gateway_jobs_inflight", "Payment jobs being worked on")
-PSP_RETRIES = Counter("gateway_psp_retries_total", "Transient PSP failures retried", ["step"])
-DEADLETTERS = Counter("gateway_deadletters_total", "Jobs sent to the dead-letter stream",
-                      ["reason"])
-COMPENSATIONS = Counter("gateway_compensations_total",
-                        "Refunds and voids after a refused confirm", ["action"])
+# How one payment job ended (the label of gateway_jobs_total).
+Outcome = Literal[
+    "confirmed", "declined", "failed", "closed_before_capture", "skipped_expired",
+    "skipped_pending", "skipped_confirmed", "skipped_rejected", "skipped_cancelled",
+]
+# A job whose purchase is already past `reserved` is skipped; `reserved` itself is charged.
+SKIPPED: Mapping[Status, Outcome] = {
+    "pending": "skipped_pending", "confirmed": "skipped_confirmed", "rejected": "skipped_rejected",
+    "expired": "skipped_expired", "cancelled": "skipped_cancelled",
+}
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random = random._inst) -> float:
@@ -75,7 +79,7 @@ def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random = ra
 
 
 class GiveUp(Exception):
-    def __init__(self, step: str, reason: str, error: str, attempts: int) -> None:
+    def __init__(self, step: PspStep, reason: GiveUpReason, error: str, attempts: int) -> None:
         super().__init__(f"{step}: {reason} after {attempts} attempts: {error}")
         self.step = step
         self.reason = reason
@@ -94,28 +98,30 @@ class Gateway:
 
     # -- one payment job -----------------------------------------------------------------------
 
-    async def settle(self, job: PaymentJob) -> str:
+    async def settle(self, job: PaymentJob) -> Outcome:
         """Charge for one reservation and tell its shard. Returns the outcome (for metrics)."""
         status = await self._purchase_status(job.id)
-        if status not in (None, "reserved"):
+        skipped = SKIPPED.get(status) if status is not None else None
+        if skipped is not None:
             # Cancelled by the buyer, or settled by an earlier run of this job: charge nothing,
             # and give back whatever an earlier run cut short (killed after capture) took.
             if status != "confirmed":
                 await self._compensate_purchase(job.id, status, "closed_before_charge")
-            return f"skipped_{status}"
+            return skipped
         if now_ms() >= job.expires_at_ms - self.settings.payment_start_margin_s * 1000:
             # The committer expires it on its own; charging now would only be refunded.
-            log.info("job expired before charging", extra={"purchase_id": job.id})
+            log.info("job expired before charging", extra=kv(purchase_id=job.id))
             return "skipped_expired"
-        if not job.payment_token:
-            await self._send_release(job, "payment_declined")
+        token = job.payment_token
+        if not token:
+            await self._publish_intent(job.shard, Release(job.id, "payment_declined"))
             return "declined"
         try:
             intent = await self._retrying(
-                "authorize", lambda: self.psp.authorize(job.id, job.amount_cents, job.payment_token),
+                "authorize", lambda: self.psp.authorize(job.id, job.amount_cents, token),
                 deadline_ms=job.expires_at_ms)
         except CardDeclined:
-            await self._send_release(job, "payment_declined")
+            await self._publish_intent(job.shard, Release(job.id, "payment_declined"))
             return "declined"
         except GiveUp as e:
             # Every answer may have been lost while the PSP did authorize: look before giving up.
@@ -144,11 +150,10 @@ class Gateway:
             await self._give_up(job, GiveUp("capture", "psp_rejected",
                                             f"unexpected intent status {intent.status}", 1))
             return "failed"
-        await self._publish_intent(job.shard, "confirm", job.id,
-                                   Confirm(job.id, intent.id, intent.amount_received))
+        await self._publish_intent(job.shard, Confirm(job.id, intent.id, intent.amount_received))
         return "confirmed"
 
-    async def _retrying(self, step: str, call: Callable[[], Awaitable[T]],
+    async def _retrying(self, step: PspStep, call: Callable[[], Awaitable[T]],
                         deadline_ms: int | None = None) -> T:
         s = self.settings
         attempt = 0
@@ -168,20 +173,20 @@ class Gateway:
                     raise GiveUp(step, "expired_while_retrying", str(e), attempt) from e
                 PSP_RETRIES.labels(step).inc()
                 log.info("psp transient failure, retrying",
-                         extra={"step": step, "attempt": attempt, "delay_s": round(delay_s, 3),
-                                "error": str(e)})
+                         extra=kv(step=step, attempt=attempt, delay_s=round(delay_s, 3), error=str(e)))
                 await asyncio.sleep(delay_s)
 
-    async def _purchase_status(self, purchase_id: str) -> str | None:
+    async def _purchase_status(self, purchase_id: str) -> Status | None:
         if self.db is None:
             return None
         try:
-            return await self.db.fetchval("SELECT status FROM purchases WHERE id = $1", purchase_id)
+            status = await self.db.fetchval("SELECT status FROM purchases WHERE id = $1", purchase_id)
         except (asyncpg.PostgresError, OSError) as e:
             # Can't tell: go on. A confirm for a closed purchase is refused and refunded anyway.
-            log.warning("purchase status unavailable", extra={"purchase_id": purchase_id,
-                                                              "error": str(e)})
+            log.warning("purchase status unavailable", extra=kv(purchase_id=purchase_id, error=str(e)))
             return None
+        # The column's CHECK constraint holds it to the Status values (NULL: no such purchase).
+        return cast("Status | None", status)
 
     async def _look_up(self, purchase_id: str) -> PaymentIntent | None:
         """The purchase's authorized or captured intent at the PSP, if any (a read: the PSP's
@@ -201,31 +206,28 @@ class Gateway:
             await self._retrying("void", lambda: self.psp.void(purchase_id, intent.id))
         except (GiveUp, PspError) as e:
             log.warning("void failed; reconciliation will settle it",
-                        extra={"purchase_id": purchase_id, "psp_ref": intent.id, "error": str(e)})
+                        extra=kv(purchase_id=purchase_id, psp_ref=intent.id, error=str(e)))
 
     async def _give_up(self, job: PaymentJob, e: GiveUp) -> None:
         DEADLETTERS.labels(e.reason).inc()
         log.warning("payment failed, dead-lettering and releasing",
-                    extra={"purchase_id": job.id, "step": e.step, "reason": e.reason,
-                           "attempts": e.attempts, "error": e.error})
+                    extra=kv(purchase_id=job.id, step=e.step, reason=e.reason, attempts=e.attempts,
+                             error=e.error))
         letter = DeadLetter(job=job, reason=e.reason, step=e.step, error=e.error[:500],
                             attempts=e.attempts, at_ms=now_ms())
         await self._publish(self.names.deadletter(), encode_deadletter(letter),
                             headers={"Nats-Msg-Id": f"deadletter:{job.id}"})
-        await self._send_release(job, "payment_failed")
+        await self._publish_intent(job.shard, Release(job.id, "payment_failed"))
 
-    async def _send_release(self, job: PaymentJob, reason: str) -> None:
-        await self._publish_intent(job.shard, "release", job.id, Release(job.id, reason))  # type: ignore[arg-type]
-
-    async def _publish_intent(self, shard: int, kind: str, purchase_id: str,
-                              intent: Confirm | Release) -> None:
+    async def _publish_intent(self, shard: int, intent: Confirm | Release) -> None:
+        kind = "confirm" if isinstance(intent, Confirm) else "release"
         try:
-            await self._publish(self.names.intent(shard, kind, purchase_id), encode(intent))
+            await self._publish(self.names.intent(shard, kind, intent.id), encode(intent))
         except nats.js.errors.APIError as e:
             if not is_already_stored(e.err_code or 0, e.description or ""):
                 raise
             # A previous run of this job already sent it (the stream keeps one per subject).
-            log.info("intent already sent", extra={"purchase_id": purchase_id, "kind": kind})
+            log.info("intent already sent", extra=kv(purchase_id=intent.id, kind=kind))
 
     async def _publish(self, subject: str, payload: bytes,
                        headers: dict[str, str] | None = None) -> None:
@@ -249,21 +251,20 @@ class Gateway:
                 continue
             await self._compensate_purchase(refusal.key, refusal.status, "confirm_refused")
 
-    async def _compensate_purchase(self, purchase_id: str, status: str | None, why: str) -> None:
+    async def _compensate_purchase(self, purchase_id: str, status: Status | None, why: str) -> None:
         """Refund every capture and void every hold of a purchase that is not an order."""
         intents = await self._retrying("search", lambda: self.psp.intents_for(purchase_id))
         for intent in intents:
             if intent.net_captured_cents > 0:
-                await self._retrying("refund", lambda: self.psp.refund(purchase_id, intent.id))
+                await self._retrying("refund", partial(self.psp.refund, purchase_id, intent.id))
                 COMPENSATIONS.labels("refund").inc()
-                log.info("refunded", extra={"purchase_id": purchase_id, "psp_ref": intent.id,
-                                            "status": status, "why": why,
-                                            "amount_cents": intent.net_captured_cents})
+                log.info("refunded", extra=kv(purchase_id=purchase_id, psp_ref=intent.id, status=status,
+                                              why=why, amount_cents=intent.net_captured_cents))
             elif intent.status == "requires_capture":
-                await self._retrying("void", lambda: self.psp.void(purchase_id, intent.id))
+                await self._retrying("void", partial(self.psp.void, purchase_id, intent.id))
                 COMPENSATIONS.labels("void").inc()
-                log.info("voided", extra={"purchase_id": purchase_id, "psp_ref": intent.id,
-                                          "status": status, "why": why})
+                log.info("voided", extra=kv(purchase_id=purchase_id, psp_ref=intent.id, status=status,
+                                            why=why))
 
     # -- consumers -----------------------------------------------------------------------------
 
@@ -285,10 +286,8 @@ class Gateway:
             ack_wait=s.payment_ack_wait_s,
             max_deliver=-1,
         ))
-        jobs = Puller(nc, self.names.payments_stream, PAYMENTS_DURABLE)
-        refusals = Puller(nc, self.names.results_stream, REFUSALS_DURABLE)
-        await jobs.start()
-        await refusals.start()
+        jobs = await Puller.open(nc, self.names.payments_stream, PAYMENTS_DURABLE)
+        refusals = await Puller.open(nc, self.names.results_stream, REFUSALS_DURABLE)
         return jobs, refusals
 
     async def run_jobs(self, sub: Puller, stop: asyncio.Event) -> None:
@@ -310,7 +309,7 @@ class Gateway:
         try:
             job = payment_decoder.decode(msg.data)
         except msgspec.DecodeError:
-            log.error("undecodable payment job, terminating it", extra={"subject": msg.subject})
+            log.error("undecodable payment job, terminating it", extra=kv(subject=msg.subject))
             await msg.term()
             return
         started = time.perf_counter()
@@ -321,7 +320,7 @@ class Gateway:
         except Exception as e:
             JOBS.labels("error").inc()
             log.exception("payment job failed, will be redelivered",
-                          extra={"purchase_id": job.id, "error": str(e)})
+                          extra=kv(purchase_id=job.id, error=str(e)))
             await _quietly(msg.nak(delay=self.settings.payment_backoff_max_s))
             return
         finally:
@@ -331,8 +330,7 @@ class Gateway:
         await _quietly(msg.ack())
         JOBS.labels(outcome).inc()
         JOB_SECONDS.observe(time.perf_counter() - started)
-        log.info("payment job done", extra={"purchase_id": job.id, "outcome": outcome,
-                                            "shard": job.shard})
+        log.info("payment job done", extra=kv(purchase_id=job.id, outcome=outcome, shard=job.shard))
 
     async def _keep_alive(self, msg: Msg) -> None:
         # Retries can outlast ack_wait; tell JetStream we are still on it so it is not handed
@@ -352,7 +350,7 @@ class Gateway:
                 try:
                     await self.compensate(batch)
                 except (GiveUp, PspError) as e:
-                    log.warning("compensation failed, will retry", extra={"error": str(e)})
+                    log.warning("compensation failed, will retry", extra=kv(error=str(e)))
                     await _quietly(msg.nak(delay=self.settings.payment_backoff_max_s))
                     continue
                 await _quietly(msg.ack())
@@ -363,5 +361,5 @@ async def _quietly(aw: Awaitable[object]) -> None:
     try:
         await aw
     except Exception as e:
-        log.debug("ack-type call failed", extra={"error": str(e)})
+        log.debug("ack-type call failed", extra=kv(error=str(e)))
 

@@ -79,7 +79,7 @@ def _upsert(sku: str, req: SkuUpsertRequest) -> SkuUpsert:
     try:
         return make_upsert(sku, given)
     except AdminError as e:
-        field = next((f"$.{f}" for f in ("sale_start", "sale_end") if str(e).startswith(f)), "$")
+        field = f"$.{e.field}" if e.field else "$"
         raise problems.validation(str(e), [problems.FieldError(field, str(e))]) from None
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from flashsale.admin import TIME_MAX_MS, TIME_MIN_MS
 from proto.messages import Decision, Purchase, SkuState
 
 # SKUs travel in URL paths and log lines: a conservative, documented alphabet.
@@ -84,8 +85,7 @@ encode_json = msgspec.json.Encoder().encode
 
 
 _second_prefix: tuple[int, str] = (-1, "")
-_ISO_MIN_MS = 0
-_ISO_MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
+
 
 
 def iso_ms(epoch_ms: int | None) -> str | None:
@@ -96,10 +96,11 @@ def iso_ms(epoch_ms: int | None) -> str | None:
         return None
     # Never fail on a stored value: clamp to the years RFC 3339 can write (a row written before
     # sale times were bounded, say).
-    second, ms = divmod(min(max(epoch_ms, _ISO_MIN_MS), _ISO_MAX_MS), 1000)
+    second, ms = divmod(min(max(epoch_ms, TIME_MIN_MS), TIME_MAX_MS), 1000)
     if _second_prefix[0] != second:
         dt = datetime.fromtimestamp(second, tz=UTC)
-        _second_prefix = (second, dt.strftime("%Y-%m-%dT%H:%M:%S."))
+        # %Y does not pad years below 1000 on every platform: pad it here.
+        _second_prefix = (second, f"{dt.year:04d}" + dt.strftime("-%m-%dT%H:%M:%S."))
     return f"{_second_prefix[1]}{ms:03d}Z"
 
 

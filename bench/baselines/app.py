@@ -91,19 +91,10 @@ def _problem(status: int, title: str) -> web.Response:
 
 
 class Baseline:
-    def __init__(self, kind: Kind, database_url: str | None) -> None:
+    def __init__(self, kind: Kind, pool: asyncpg.Pool | None) -> None:
         self.kind = kind
-        self.database_url = database_url
-        self.pool: asyncpg.Pool | None = None
+        self.pool = pool  # None for echo, which has no database
         self.handled = 0  # requests answered, for the bench's live progress line
-
-    async def start(self, app: web.Application) -> None:
-        if self.kind == "echo":
-            return
-        assert self.database_url, "naive/rowlock need --database-url"
-        self.pool = await asyncpg.create_pool(self.database_url, min_size=POOL_MAX, max_size=POOL_MAX)
-        async with self.pool.acquire() as conn:
-            await conn.execute(SCHEMA)
 
     async def stop(self, app: web.Application) -> None:
         if self.pool is not None:
@@ -153,6 +144,8 @@ class Baseline:
                         raise _Duplicate
             except _Duplicate:
                 row = await conn.fetchrow("SELECT status, reason FROM bench_orders WHERE id = $1", pid)
+                if row is None:  # the insert conflicted on this id, so its row exists
+                    raise RuntimeError(f"order {pid} vanished after a conflicting insert") from None
                 status, reason = row["status"], row["reason"]
         return _json(_encode(Order(pid, status, reason)), 200, {"Location": f"/v1/purchases/{pid}"})
 
@@ -183,10 +176,16 @@ class Baseline:
         return _json(_encode({"handled": self.handled}))
 
 
-def make_app(kind: Kind, database_url: str | None) -> web.Application:
-    b = Baseline(kind, database_url)
+async def make_app(kind: Kind, database_url: str | None) -> web.Application:
+    pool = None
+    if kind != "echo":
+        if not database_url:
+            raise SystemExit(f"{kind} needs --database-url")
+        pool = await asyncpg.create_pool(database_url, min_size=POOL_MAX, max_size=POOL_MAX)
+        async with pool.acquire() as conn:
+            await conn.execute(SCHEMA)
+    b = Baseline(kind, pool)
     app = web.Application(client_max_size=4096)
-    app.on_startup.append(b.start)
     app.on_cleanup.append(b.stop)
     app.router.add_post("/v1/purchases", b.post_purchase)
     app.router.add_get("/v1/purchases/{id}", b.get_purchase)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 log = logging.getLogger("fakepsp")
 
@@ -91,6 +93,18 @@ class ApiError(Exception):
 
 def _now_s() -> int:
     return int(time.time())
+
+
+def _int_param(params: dict[str, str], name: str, default: int) -> int:
+    """An integer form or query parameter; a malformed one is the caller's error (400)."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request_error", f"Invalid integer: {raw[:50]!r}",
+                       param=name) from None
 
 
 class Ledger:
@@ -200,7 +214,7 @@ class FakePsp:
             amount = int(params["amount"])
         except (KeyError, ValueError):
             raise ApiError(400, "invalid_request_error", "amount must be a positive integer",
-                           param="amount")
+                           param="amount") from None
         if amount <= 0:
             raise ApiError(400, "invalid_request_error", "amount must be a positive integer",
                            param="amount")
@@ -237,7 +251,8 @@ class FakePsp:
         return self._confirm(pi)
 
     def _confirm(self, pi: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if pi["status"] not in ("requires_confirmation", "requires_payment_method") or not pi["payment_method"]:
+        confirmable = pi["status"] in ("requires_confirmation", "requires_payment_method")
+        if not confirmable or not pi["payment_method"]:
             raise self._unexpected_state(pi, "confirm")
         if self._declines(pi["payment_method"]):
             pi["status"] = "requires_payment_method"
@@ -259,7 +274,7 @@ class FakePsp:
         pi = self.ledger.get(pi_id)
         if pi["status"] != "requires_capture":
             raise self._unexpected_state(pi, "capture")
-        amount = int(params.get("amount_to_capture", pi["amount_capturable"]))
+        amount = _int_param(params, "amount_to_capture", pi["amount_capturable"])
         if not 0 < amount <= pi["amount_capturable"]:
             raise ApiError(400, "invalid_request_error", "bad amount_to_capture",
                            param="amount_to_capture")
@@ -285,7 +300,7 @@ class FakePsp:
         if pi["status"] != "succeeded" or remaining <= 0:
             raise ApiError(400, "invalid_request_error", "This charge has already been refunded "
                            "or was never captured.", code="charge_already_refunded")
-        amount = int(params.get("amount", remaining))
+        amount = _int_param(params, "amount", remaining)
         if not 0 < amount <= remaining:
             raise ApiError(400, "invalid_request_error", "bad refund amount", param="amount")
         pi["amount_refunded"] += amount
@@ -399,11 +414,14 @@ PSP_KEY = web.AppKey("psp", FakePsp)
 def create_app(config: FakePspConfig) -> web.Application:
     psp = FakePsp(config)
 
+    expected_auth = f"Bearer {psp.config.api_key}".encode()
+
     @web.middleware
-    async def auth_and_latency(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def auth_and_latency(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == "/healthz":
             return await handler(request)
-        if request.headers.get("Authorization") != f"Bearer {psp.config.api_key}":
+        # Constant time, as a real PSP would: the comparison must not leak the key's prefix.
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected_auth):
             return _error(401, "invalid_request_error", "Invalid API Key provided.")
         if psp.rates.latency_ms > 0 and not request.path.startswith("/admin"):
             await asyncio.sleep(psp.rates.latency_ms / 1000)
@@ -413,7 +431,11 @@ def create_app(config: FakePspConfig) -> web.Application:
             return web.json_response(e.body, status=e.status)
 
     async def form(request: web.Request) -> dict[str, str]:
-        return {k: str(v) for k, v in (await request.post()).items()}
+        try:
+            fields = await request.post()
+        except ValueError as e:  # a body aiohttp cannot parse as the form it claims to be
+            raise ApiError(400, "invalid_request_error", f"Invalid request body: {e}") from None
+        return {k: str(v) for k, v in fields.items()}
 
     async def create_intent(request: web.Request) -> web.StreamResponse:
         params = await form(request)
@@ -421,7 +443,8 @@ def create_app(config: FakePspConfig) -> web.Application:
         return await psp.run_mutation(request, params, params.get("payment_method"),
                                       lambda: psp.create_intent(params))
 
-    def intent_action(action: Callable[[str, dict[str, str]], tuple[int, dict[str, Any]]], name: str):
+    def intent_action(action: Callable[[str, dict[str, str]], tuple[int, dict[str, Any]]],
+                      name: str) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             params = await form(request)
             pi_id = request.match_info["id"]
@@ -442,7 +465,7 @@ def create_app(config: FakePspConfig) -> web.Application:
         return web.json_response(psp.ledger.get(request.match_info["id"]))
 
     async def list_intents(request: web.Request) -> web.Response:
-        limit = max(1, min(100, int(request.query.get("limit", 10))))
+        limit = max(1, min(100, _int_param(dict(request.query), "limit", 10)))
         data, has_more = psp.ledger.page(limit, request.query.get("starting_after"))
         return web.json_response({
             "object": "list",
@@ -466,9 +489,12 @@ def create_app(config: FakePspConfig) -> web.Application:
         return web.json_response(msgspec.to_builtins(psp.rates))
 
     async def admin_set_config(request: web.Request) -> web.Response:
-        changes = await request.json()
-        merged = {**msgspec.to_builtins(psp.rates), **changes}
-        psp.rates = msgspec.convert(merged, Rates)
+        try:
+            changes = msgspec.json.decode(await request.read(), type=dict[str, Any])
+            merged = {**msgspec.to_builtins(psp.rates), **changes}
+            psp.rates = msgspec.convert(merged, Rates)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ApiError(400, "invalid_request_error", f"Invalid rates: {e}") from None
         log.info("rates changed: %s", merged)
         return web.json_response(msgspec.to_builtins(psp.rates))
 

@@ -124,8 +124,8 @@ class Saga:
         """None when every live capture matches exactly one confirmed purchase and back."""
         captures: dict[str, list[str]] = {}
         for pi in self.admin.ledger():
-            if pi["amount_received"] - pi["amount_refunded"] > 0:
-                captures.setdefault(pi["metadata"].get("purchase_id"), []).append(pi["id"])
+            if pi.net_captured_cents > 0:
+                captures.setdefault(pi.purchase_id, []).append(pi.id)
         confirmed = {r["id"]: r["psp_ref"] for r in await self.db.fetch(
             "SELECT id, psp_ref FROM purchases WHERE status = 'confirmed' AND sku = $1", SKU)}
         doubles = {p: refs for p, refs in captures.items() if len(refs) > 1}
@@ -262,7 +262,7 @@ async def test_unpaid_reservations_expire_on_time_and_sell_again(system, saga: S
     await saga.until(lambda: saga.all_decided(70))
     statuses = await saga.statuses()
     assert statuses["confirmed"] == 20 and statuses["expired:ttl_passed"] == 20, statuses
-    charged = {pi["metadata"]["purchase_id"] for pi in saga.admin.ledger()}
+    charged = {pi.purchase_id for pi in saga.admin.ledger()}
     assert not charged & set(ids), "an expired reservation was charged"
     await saga.settle_money()
 
@@ -282,9 +282,9 @@ async def test_confirm_after_expiry_is_refused_and_refunded(system, settings, db
             "SELECT status = 'expired' FROM purchases WHERE id = $1", late), timeout_s=15)
         # The gateway hears the refusal and gives the money back.
         async def refunded() -> bool:
-            intents = [pi for pi in saga.admin.ledger() if pi["metadata"]["purchase_id"] == late]
-            return len(intents) == 1 and intents[0]["amount_received"] == PRICE_CENTS \
-                and intents[0]["amount_refunded"] == PRICE_CENTS
+            intents = [pi for pi in saga.admin.ledger() if pi.purchase_id == late]
+            return len(intents) == 1 and intents[0].amount_received == PRICE_CENTS \
+                and intents[0].amount_refunded == PRICE_CENTS
         await saga.until(refunded, timeout_s=20)
         await saga.settle_money()
         assert await saga.db.fetchval("SELECT reserved + sold FROM skus WHERE sku = $1", SKU) == 0
@@ -328,6 +328,6 @@ async def test_buyer_path_through_ingest(system, saga: Saga):
         assert (carol["status"], carol["reason"]) == ("rejected", "payment_declined"), carol
         status, _, sku = await c.call("GET", f"/v1/skus/{SKU}")
         assert sku["remaining"] == 2 and sku["reserved"] == 0, sku
-    charged = {pi["metadata"]["purchase_id"] for pi in saga.admin.ledger()}
+    charged = {pi.purchase_id for pi in saga.admin.ledger()}
     assert ids["bob"] not in charged, "a cancelled reservation was charged"
     await saga.settle_money()

@@ -117,7 +117,7 @@ async def test_transient_failures_are_retried_without_double_charging(harness: H
     outcomes = [await harness.outcome(j.id, timeout_s=40) for j in jobs]
     stats = harness.admin.stats()
     assert stats.get("timeouts", 0) > 0 and stats.get("lost_responses", 0) > 0
-    for job, outcome in zip(jobs, outcomes):
+    for job, outcome in zip(jobs, outcomes, strict=True):
         intents = await harness.psp.intents_for(job.id)
         assert len(intents) == 1, f"{job.id} has {len(intents)} payment intents"
         if isinstance(outcome, Confirm):

@@ -73,14 +73,13 @@ async def test_same_key_replays_other_params_conflict(fake, psp: StripeLikePsp):
     with pytest.raises(PspError) as e:
         await psp.authorize(p, 701, "tok_visa")  # same key, other amount
     assert e.value.http_status == 400 and not e.value.transient
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {settings.psp_api_key}"}) as s:
-        async with s.post(url + "/v1/payment_intents",
-                          data={"amount": "700", "currency": "usd", "payment_method": "tok_visa",
-                                "capture_method": "manual", "confirm": "true",
-                                "metadata[purchase_id]": p},
-                          headers={"Idempotency-Key": f"{p}:authorize"}) as resp:
-            assert resp.status == 200 and resp.headers.get("Idempotent-Replayed") == "true"
-            assert (await resp.json())["id"] == first.id
+    headers = {"Authorization": f"Bearer {settings.psp_api_key}"}
+    body = {"amount": "700", "currency": "usd", "payment_method": "tok_visa", "capture_method": "manual",
+            "confirm": "true", "metadata[purchase_id]": p}
+    async with aiohttp.ClientSession(headers=headers) as s, s.post(
+            url + "/v1/payment_intents", data=body, headers={"Idempotency-Key": f"{p}:authorize"}) as resp:
+        assert resp.status == 200 and resp.headers.get("Idempotent-Replayed") == "true"
+        assert (await resp.json())["id"] == first.id
 
 
 async def test_lost_response_did_the_work_once(fake, psp: StripeLikePsp):
@@ -169,3 +168,43 @@ async def test_ledger_file_survives_a_restart(tmp_path: Path):
     finally:
         await client.close()
         proc.stop()
+
+
+async def test_bad_input_is_a_400_not_a_500(fake, psp: StripeLikePsp):
+    url, _, settings = fake
+    auth = await psp.authorize(pid(), 100, "tok_visa")
+    headers = {"Authorization": f"Bearer {settings.psp_api_key}"}
+    async with aiohttp.ClientSession(headers=headers) as s:
+        cases = [
+            s.get(url + "/v1/payment_intents", params={"limit": "abc"}),
+            s.post(url + "/v1/payment_intents/" + auth.id + "/capture", data={"amount_to_capture": "x"}),
+            s.post(url + "/v1/refunds", data={"payment_intent": auth.id, "amount": "1e3"}),
+            s.post(url + "/v1/payment_intents", data=b'{"amount": ',
+                   headers={"Content-Type": "application/json"}),
+            s.post(url + "/v1/payment_intents", data=b"--x\r\n\r\n",
+                   headers={"Content-Type": "multipart/form-data"}),  # no boundary
+            s.post(url + "/admin/config", data=b'{"decline_rate": ',
+                   headers={"Content-Type": "application/json"}),
+            s.post(url + "/admin/config", data=b'["not", "an", "object"]'),
+            s.post(url + "/admin/config", data=b'{"decline_rate": "lots"}'),
+        ]
+        for case in cases:
+            async with case as resp:
+                body = await resp.json()
+                assert resp.status == 400, (resp.method, resp.url, resp.status, body)
+                assert body["error"]["type"] == "invalid_request_error"
+        # None of that changed the rates or moved money.
+        async with s.get(url + "/admin/config") as resp:
+            assert (await resp.json())["decline_rate"] == 0
+    assert (await psp.retrieve(auth.id)).status == "requires_capture"
+
+
+async def test_api_key_must_match_exactly(fake):
+    url, _, settings = fake
+    key = settings.psp_api_key
+    async with aiohttp.ClientSession() as s:
+        for auth in (f"Bearer {key}x", f"Bearer {key[:-1]}", key, f"bearer {key}", ""):
+            async with s.get(url + "/v1/payment_intents", headers={"Authorization": auth}) as resp:
+                assert resp.status == 401, auth
+        async with s.get(url + "/v1/payment_intents", headers={"Authorization": f"Bearer {key}"}) as resp:
+            assert resp.status == 200

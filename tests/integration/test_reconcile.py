@@ -3,6 +3,7 @@ injected mismatches are found, a dry run moves no money, a repair fixes them onc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -45,13 +46,13 @@ async def charge(psp: StripeLikePsp, pid: str) -> str:
 
 async def second_charge(url: str, api_key: str, pid: str) -> str:
     """A capture for `pid` made outside the gateway's idempotency keys (a double charge)."""
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as s:
-        async with s.post(url + "/v1/payment_intents", data={
-                "amount": "500", "currency": "usd", "payment_method": "tok_visa",
-                "confirm": "true", "metadata[purchase_id]": pid}) as resp:
-            body = await resp.json()
-            assert body["status"] == "succeeded", body
-            return body["id"]
+    body = {"amount": "500", "currency": "usd", "payment_method": "tok_visa", "confirm": "true",
+            "metadata[purchase_id]": pid}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as s, \
+            s.post(url + "/v1/payment_intents", data=body) as resp:
+        answer = await resp.json()
+        assert answer["status"] == "succeeded", answer
+        return str(answer["id"])
 
 
 async def test_reconcile_repairs_injected_mismatches_and_nothing_else(settings, db, psp_url):
@@ -116,8 +117,10 @@ async def test_reconcile_repairs_injected_mismatches_and_nothing_else(settings, 
     # The CLI prints the same report as JSON and exits 1 while something needs a human.
     env = {**os.environ, **to_env(s)}
     env.pop("FLASHSALE_CONFIG", None)
-    out = subprocess.run([sys.executable, "-m", "gateway.reconcile", "--dry-run", "--grace-s", "0"],
-                         env=env, capture_output=True, text=True, timeout=30)
+    # In a thread: the CLI runs its own event loop; this test's loop stays free meanwhile.
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "gateway.reconcile", "--dry-run", "--grace-s", "0"],
+        env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["confirmed_without_capture_ids"] == ["p_lost"] and report["refunded"] == 0

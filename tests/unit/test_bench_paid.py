@@ -6,11 +6,13 @@ from bench.paid import PAID_TOKENS, PaidFigures, money_check, token_mix
 from bench.report import RunResult, headline, render_report
 from bench.runner import PhaseResult, SystemRun
 from bench.stats import summarize
+from gateway.psp import PaymentIntent
 
 
-def _pi(pid: str, intent: str, received: int = 1000, refunded: int = 0) -> dict:
-    return {"id": intent, "amount_received": received, "amount_refunded": refunded,
-            "metadata": {"purchase_id": pid}}
+def _pi(pid: str, intent: str, received: int = 1000, refunded: int = 0) -> PaymentIntent:
+    return PaymentIntent(id=intent, status="succeeded" if received else "requires_payment_method",
+                         amount=1000, amount_received=received, amount_refunded=refunded,
+                         metadata={"purchase_id": pid})
 
 
 def test_money_squares_one_to_one() -> None:
