@@ -7,6 +7,7 @@ Where things are: buyer routes in `purchases`, the public SKU route in `skus`, o
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from importlib import resources
 
@@ -20,7 +21,16 @@ from ingest.purchases import cancel_purchase, create_purchase, get_purchase
 from ingest.skus import get_sku
 from ingest.state import STATE, Ingest
 
-_OPENAPI = resources.files("ingest").joinpath("openapi.json").read_bytes()
+
+def openapi_document(settings: Settings) -> bytes:
+    """The served OpenAPI document, with the limits this process enforces written in, so that
+    a client (or a schema-driven fuzzer) reads the truth."""
+    doc = json.loads(resources.files("ingest").joinpath("openapi.json").read_bytes())
+    doc["components"]["schemas"]["PurchaseRequest"]["properties"]["qty"]["maximum"] = settings.qty_max
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+OPENAPI = web.AppKey("openapi", bytes)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -39,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await app[STATE].close()
 
+    app[OPENAPI] = openapi_document(settings)
     app.cleanup_ctx.append(connected)
     app.on_response_prepare.append(_no_version_banner)
     app.router.add_post("/v1/purchases", create_purchase)
@@ -78,9 +89,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=_OPENAPI, content_type=http.JSON)
+    return web.Response(body=request.app[OPENAPI], content_type=http.JSON)
 
 
 async def openapi_yaml(request: web.Request) -> web.Response:
     # JSON is a subset of YAML 1.2: one document serves both names, no YAML dependency.
-    return web.Response(body=_OPENAPI, content_type="application/yaml")
+    return web.Response(body=request.app[OPENAPI], content_type="application/yaml")
