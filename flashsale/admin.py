@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
 from config.settings import Settings
+from flashsale.jetstream import connect_nats
 from proto.messages import Refusal, SkuState, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 
@@ -103,7 +103,7 @@ def read_sale_file(path: Path) -> list[SkuUpsert]:
 
 
 async def load_sale(settings: Settings, path: Path, timeout_s: float = 10.0) -> list[SkuState | Refusal]:
-    nc = await nats.connect(settings.nats_url)
+    nc = await connect_nats(settings, "flashsale-load-sale")
     try:
         return await apply_upserts(nc, settings, read_sale_file(path), timeout_s)
     finally:
