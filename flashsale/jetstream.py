@@ -102,12 +102,13 @@ _DEFINED = (
 # What protects the data a stream holds: copies, how long and how much it keeps, how long it
 # remembers a message id. A starting process only ever raises these to its settings; an
 # operator who raised one on the server (e.g. `nats stream edit --replicas 3`) keeps it, and
-# lowering one is an operator's explicit act on the server. Each maps a value to its size.
-_GROW_ONLY: dict[str, Callable[[Any], float]] = {
+# lowering one is an operator's explicit act on the server. Each maps a value to its size
+# (None: the settings leave it to the server).
+_GROW_ONLY: dict[str, Callable[[Any], float | None]] = {
     "num_replicas": lambda v: v or 1,
     "max_age": lambda v: v or math.inf,  # None / 0: no age limit
     "max_bytes": lambda v: math.inf if v is None or v < 0 else v,  # None / -1: no size limit
-    "duplicate_window": lambda v: v or 0,  # 0: the server's default (it reports the value)
+    "duplicate_window": lambda v: v or None,  # 0: the server's default (it reports the value)
 }
 
 
@@ -129,9 +130,12 @@ def merge_config(existing: StreamConfig, wanted: StreamConfig) -> Merge:
             changes[f] = value
     for f, size in _GROW_ONLY.items():
         have, want = getattr(existing, f), getattr(wanted, f)
-        if size(want) > size(have):
+        size_want, size_have = size(want), size(have) or 0
+        if size_want is None:
+            continue
+        if size_want > size_have:
             changes[f] = want
-        elif size(have) > size(want):
+        elif size_have > size_want:
             kept[f] = have
     # Starting from the server's config keeps whatever else an operator set (placement,
     # compression, metadata, ...).
