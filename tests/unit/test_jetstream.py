@@ -39,6 +39,7 @@ def as_server_reports(config: StreamConfig, **changes: object) -> StreamConfig:
         "max_age": config.max_age or 0.0,
         "max_bytes": -1 if config.max_bytes is None else config.max_bytes,
         "allow_direct": bool(config.allow_direct),
+        "duplicate_window": config.duplicate_window or 120.0,  # 0 asks for the server's default
     }
     return dataclasses.replace(config, **{**defaults, **changes})
 
