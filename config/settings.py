@@ -71,6 +71,11 @@ class Settings(msgspec.Struct, kw_only=True):
     results_max_age_s: float = 600.0
     duplicate_window_s: float = 120.0
 
+    # NATS cluster: copies JetStream keeps of every stream. 1 for the embedded single node; 3 on
+    # a 3-node cluster (an ack then means a quorum stored it, and one node may be lost). Starting
+    # processes raise an existing stream to this, never lower it (flashsale.jetstream).
+    stream_replicas: int = 1
+
     # gateway / payments
     psp_url: str = "http://127.0.0.1:8090"
     psp_api_key: str = "sk_test_flashsale"

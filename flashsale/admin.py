@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from config.settings import Settings
+from flashsale.jetstream import connect_nats
 from proto.messages import (
     CLEARABLE_SKU_FIELDS,
     Payment,
@@ -174,7 +174,7 @@ def read_sale_file(path: Path) -> list[SkuUpsert]:
 
 
 async def load_sale(settings: Settings, path: Path, timeout_s: float = 10.0) -> list[SkuState | Refusal]:
-    nc = await nats.connect(settings.nats_url)
+    nc = await connect_nats(settings, "flashsale-load-sale")
     try:
         return await apply_upserts(nc, settings, read_sale_file(path), timeout_s)
     finally:

@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import msgspec
-import nats
 
 from committer.schema import apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
@@ -23,7 +22,7 @@ from flashsale import admin
 from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
 from flashsale.db import ensure_database
 from flashsale.embedded import start_nats, start_postgres
-from flashsale.jetstream import ensure_streams
+from flashsale.jetstream import connect_nats, ensure_streams
 
 DEMO_SALE = CONFIG_DIR / "sales" / "demo.toml"
 
@@ -32,7 +31,7 @@ async def prepare(settings: Settings) -> None:
     """Schema and streams: idempotent, safe to run at every start."""
     await ensure_database(settings.database_url)
     await apply_schema(settings.database_url)
-    nc = await nats.connect(settings.nats_url)
+    nc = await connect_nats(settings, "flashsale-prepare")
     try:
         await ensure_streams(nc.jetstream(), settings)
     finally:
@@ -150,7 +149,7 @@ def cmd_set_sku(args: argparse.Namespace) -> int:
 
     async def run():
         settings = load()
-        nc = await nats.connect(settings.nats_url)
+        nc = await connect_nats(settings, "flashsale-set-sku")
         try:
             return await admin.apply_upserts(nc, settings, [upsert], args.timeout_s)
         finally:

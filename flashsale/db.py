@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit, urlunsplit
+
 import asyncpg
+
+
+def split_database_url(database_url: str) -> tuple[str, str]:
+    """The database a URL names, and the same URL naming the `postgres` maintenance database
+    instead. Hosts (`h1:p1,h2:p2`, asyncpg tries them in order) and query parameters (e.g.
+    `target_session_attrs=primary`, `sslrootcert=/path`) are kept as they are."""
+    parts = urlsplit(database_url)
+    return unquote(parts.path.lstrip("/")), urlunsplit(parts._replace(path="/postgres"))
 
 
 async def ensure_database(database_url: str) -> None:
     """Create the database named in the URL if it does not exist (embedded default only)."""
-    base, _, name = database_url.rpartition("/")
-    name = name.split("?")[0]
-    conn = await asyncpg.connect(base + "/postgres")
+    name, maintenance_url = split_database_url(database_url)
+    conn = await asyncpg.connect(maintenance_url)
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:

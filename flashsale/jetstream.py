@@ -2,15 +2,64 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from config.settings import Settings
+from flashsale.logs import kv
 from proto.streams import StreamLimits, StreamSpec, stream_specs
+
+log = logging.getLogger("flashsale.jetstream")
 
 _RETENTION = {"limits": RetentionPolicy.LIMITS, "workqueue": RetentionPolicy.WORK_QUEUE}
 _DISCARD = {"old": DiscardPolicy.OLD, "new": DiscardPolicy.NEW}
+
+# Between two rounds of connection attempts over the server list (per server, not per round).
+RECONNECT_WAIT_S = 0.5
+
+# JetStream: "stream name already in use with a different configuration".
+ERR_STREAM_NAME_IN_USE = 10058
+
+
+def nats_servers(nats_url: str) -> list[str]:
+    """NATS_URL is one server or a comma-separated list of a cluster's nodes."""
+    servers = [u.strip() for u in nats_url.split(",") if u.strip()]
+    if not servers:
+        raise ValueError(f"NATS_URL names no server: {nats_url!r}")
+    return servers
+
+
+async def connect_nats(
+    settings: Settings,
+    name: str,
+    *,
+    error_cb: Callable[[Exception], Awaitable[None]] | None = None,
+    disconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    reconnected_cb: Callable[[], Awaitable[None]] | None = None,
+    closed_cb: Callable[[], Awaitable[None]] | None = None,
+) -> NATS:
+    """The one way a flashsale process connects: to any node of the list, and, once connected,
+    to any other node when that one goes away, forever (a process never gives up on NATS)."""
+    callbacks = {
+        "error_cb": error_cb, "disconnected_cb": disconnected_cb,
+        "reconnected_cb": reconnected_cb, "closed_cb": closed_cb,
+    }
+    return await nats.connect(
+        servers=nats_servers(settings.nats_url),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=RECONNECT_WAIT_S,
+        **{k: cb for k, cb in callbacks.items() if cb is not None},
+    )
 
 
 def stream_limits(settings: Settings) -> StreamLimits:
@@ -19,6 +68,7 @@ def stream_limits(settings: Settings) -> StreamLimits:
         intents_max_bytes=settings.intents_max_bytes,
         results_max_age_s=settings.results_max_age_s,
         duplicate_window_s=settings.duplicate_window_s,
+        replicas=settings.stream_replicas,
     )
 
 
@@ -43,10 +93,89 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     return [stream_config(s) for s in stream_specs(settings.names, stream_limits(settings))]
 
 
-async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    for config in stream_configs(settings):
+# What a stream is: the code relies on these (one message per subject, discard new, ...), so
+# the code's definition wins over whatever the server holds.
+_DEFINED = (
+    "subjects", "retention", "storage", "discard", "discard_new_per_subject",
+    "max_msgs_per_subject", "allow_direct",
+)
+# What protects the data a stream holds: copies, how long and how much it keeps, how long it
+# remembers a message id. A starting process only ever raises these to its settings; an
+# operator who raised one on the server (e.g. `nats stream edit --replicas 3`) keeps it, and
+# lowering one is an operator's explicit act on the server. Each maps a value to its size
+# (None: the settings leave it to the server).
+_GROW_ONLY: dict[str, Callable[[Any], float | None]] = {
+    "num_replicas": lambda v: v or 1,
+    "max_age": lambda v: v or math.inf,  # None / 0: no age limit
+    "max_bytes": lambda v: math.inf if v is None or v < 0 else v,  # None / -1: no size limit
+    "duplicate_window": lambda v: v or None,  # 0: the server's default (it reports the value)
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Merge:
+    """An existing stream's config brought up to what the settings want."""
+
+    config: StreamConfig
+    changed: dict[str, Any]  # field -> [server value, new value]
+    kept: dict[str, Any]  # grow-only field -> server value, kept because above the settings
+
+
+def merge_config(existing: StreamConfig, wanted: StreamConfig) -> Merge:
+    changes: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
+    for f in _DEFINED:
+        value = getattr(wanted, f)
+        if value is not None and value != getattr(existing, f):
+            changes[f] = value
+    for f, size in _GROW_ONLY.items():
+        have, want = getattr(existing, f), getattr(wanted, f)
+        size_want, size_have = size(want), size(have) or 0
+        if size_want is None:
+            continue
+        if size_want > size_have:
+            changes[f] = want
+        elif size_have > size_want:
+            kept[f] = have
+    # Starting from the server's config keeps whatever else an operator set (placement,
+    # compression, metadata, ...).
+    return Merge(
+        dataclasses.replace(existing, **changes),
+        {f: [getattr(existing, f), v] for f, v in changes.items()},
+        kept,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> tuple[str, Merge | None]:
+    """Create the stream, or raise an existing one to `wanted` (never lowering it): what was
+    done ("created", "updated", "unchanged") and, for an existing stream, the merge."""
+    assert wanted.name is not None
+    try:
+        info = await js.stream_info(wanted.name)
+    except nats.js.errors.NotFoundError:
         try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            # Exists with another config (an older version, or changed limits): update it.
-            await js.update_stream(config)
+            await js.add_stream(wanted)
+            return "created", None
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != ERR_STREAM_NAME_IN_USE:
+                raise
+            # Another process created it meanwhile, differently: merge with theirs.
+            info = await js.stream_info(wanted.name)
+    merge = merge_config(info.config, wanted)
+    if not merge.changed:
+        return "unchanged", merge
+    await js.update_stream(merge.config)
+    return "updated", merge
+
+
+async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
+    done: dict[str, Any] = {}
+    for wanted in stream_configs(settings):
+        action, merge = await ensure_stream(js, wanted)
+        entry: dict[str, Any] = {"action": action}
+        if merge is not None and merge.changed:
+            entry["changed"] = merge.changed
+        if merge is not None and merge.kept:
+            entry["kept_above_settings"] = merge.kept
+        done[str(wanted.name)] = entry
+    log.info("streams ensured", extra=kv(replicas_wanted=settings.stream_replicas, streams=done))
