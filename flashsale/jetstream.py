@@ -38,27 +38,65 @@ def nats_servers(nats_url: str) -> list[str]:
     return servers
 
 
+class ConnectionLog:
+    """One log line per change of the connection's state (lost, back), and one per kind of error
+    while it lasts, instead of nats-py's traceback on every reconnect attempt."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.connected = True
+        self._errors_seen: set[str] = set()
+
+    async def on_error(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        if kind not in self._errors_seen:
+            self._errors_seen.add(kind)
+            log.warning("nats error", extra=kv(client=self.name, error=repr(exc)))
+
+    async def on_disconnected(self) -> None:
+        if self.connected:
+            self.connected = False
+            log.warning("nats lost", extra=kv(client=self.name))
+
+    async def on_reconnected(self) -> None:
+        self.connected = True
+        self._errors_seen.clear()
+        log.info("nats back", extra=kv(client=self.name))
+
+
+Callback = Callable[[], Awaitable[None]]
+
+
+def _then(first: Callback, second: Callback | None) -> Callback:
+    async def both() -> None:
+        await first()
+        if second is not None:
+            await second()
+
+    return both
+
+
 async def connect_nats(
     settings: Settings,
     name: str,
     *,
-    error_cb: Callable[[Exception], Awaitable[None]] | None = None,
-    disconnected_cb: Callable[[], Awaitable[None]] | None = None,
-    reconnected_cb: Callable[[], Awaitable[None]] | None = None,
-    closed_cb: Callable[[], Awaitable[None]] | None = None,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
+    closed_cb: Callback | None = None,
 ) -> NATS:
     """The one way a flashsale process connects: to any node of the list, and, once connected,
-    to any other node when that one goes away, forever (a process never gives up on NATS)."""
-    callbacks = {
-        "error_cb": error_cb, "disconnected_cb": disconnected_cb,
-        "reconnected_cb": reconnected_cb, "closed_cb": closed_cb,
-    }
+    to any other node when that one goes away, forever (a process never gives up on NATS).
+    Connection changes are logged once each (`ConnectionLog`); the callbacks run after that."""
+    state = ConnectionLog(name)
     return await nats.connect(
         servers=nats_servers(settings.nats_url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=RECONNECT_WAIT_S,
-        **{k: cb for k, cb in callbacks.items() if cb is not None},
+        error_cb=state.on_error,
+        disconnected_cb=_then(state.on_disconnected, disconnected_cb),
+        reconnected_cb=_then(state.on_reconnected, reconnected_cb),
+        **({"closed_cb": closed_cb} if closed_cb is not None else {}),
     )
 
 

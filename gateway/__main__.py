@@ -9,11 +9,10 @@ import logging
 import signal
 
 import asyncpg
-import nats
 import uvloop
 
 from config.settings import Settings, load
-from flashsale.jetstream import ensure_streams
+from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
 from flashsale.status import serve_status
@@ -30,7 +29,7 @@ async def run(settings: Settings) -> None:
     ready = asyncio.Event()
     port = settings.gateway_metrics_port
     runner = await serve_status(port, ready.is_set) if port else None
-    nc = await nats.connect(settings.nats_url, name="gateway", max_reconnect_attempts=-1)
+    nc = await connect_nats(settings, "gateway")
     js = nc.jetstream()
     await ensure_streams(js, settings)
     psp = StripeLikePsp(settings.psp_url, settings.psp_api_key, timeout_s=settings.psp_timeout_s,

@@ -6,16 +6,14 @@ any instance answers any request and a restart loses nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import asyncpg
-import nats
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from config.settings import Settings
-from flashsale.jetstream import ensure_streams
+from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
 from ingest import metrics
 from ingest.auth import BuyerVerifier, ConfigError
@@ -46,7 +44,6 @@ class Ingest:
         listener: ResultsListener,
         publisher: Publisher,
         reads: ReadModel,
-        closing: asyncio.Event,
         buyers: BuyerVerifier,
     ) -> None:
         self.settings = settings
@@ -57,7 +54,6 @@ class Ingest:
         self.listener = listener
         self.publisher = publisher
         self.reads = reads
-        self.closing = closing
         self.buyers = buyers
         # Failed admin attempts per client address: a few in a burst, then one per second.
         self.admin_failures = RateLimiter(ADMIN_FAILURES_PER_S, ADMIN_FAILURES_BURST, ADMIN_CLIENTS_MAX)
@@ -75,26 +71,13 @@ class Ingest:
         if not settings.id_secret:
             raise ConfigError("id_secret must be set (the same on every ingest instance)")
         hub = ResultsHub(settings.results_cache_max, settings.waiters_max)
-        closing = asyncio.Event()
         listeners: list[ResultsListener] = []  # the reconnect callback needs the listener
 
-        async def on_error(exc: Exception) -> None:
-            log.warning("nats error", extra=kv(error=repr(exc)))
-
-        async def on_disconnected() -> None:
-            if not closing.is_set():
-                log.warning("nats disconnected")
-
         async def on_reconnected() -> None:
-            log.info("nats reconnected")
             for listener in listeners:
                 listener.on_reconnected()
 
-        nc = await nats.connect(
-            settings.nats_url, name="flashsale-ingest", max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, error_cb=on_error, disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
-        )
+        nc = await connect_nats(settings, "flashsale-ingest", reconnected_cb=on_reconnected)
         js = nc.jetstream(timeout=JETSTREAM_TIMEOUT_S)
         await ensure_streams(js, settings)
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=POOL_SIZE_MAX)
@@ -111,10 +94,9 @@ class Ingest:
         metrics.INFLIGHT.set_function(lambda: publisher.inflight)
         metrics.WAITERS.set_function(lambda: hub.watch_count)
         log.info("ingest connected", extra=kv(nats=settings.nats_url, namespace=settings.namespace))
-        return cls(settings, nc, pool, hub, listener, publisher, reads, closing, buyers)
+        return cls(settings, nc, pool, hub, listener, publisher, reads, buyers)
 
     async def close(self) -> None:
-        self.closing.set()
         await self.listener.stop()
         await self.publisher.stop()
         try:

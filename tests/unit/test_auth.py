@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jwt
@@ -17,14 +18,14 @@ from ingest.problems import Rejection
 from proto.ids import id_key, purchase_id
 
 ISS, AUD = "https://id.shop.example", "flashsale"
-NOW_S = time.time()
 S1, NEW, OLD, RETIRED = ("secret-one-of-at-least-32-bytes!", "the-newest-secret-32-bytes-long!",
                          "the-older-secret-32-bytes-long!!", "a-retired-secret-32-bytes-long!!")
 
 
 def claims(**over: object) -> dict[str, object]:
-    base: dict[str, object] = {"sub": "alice", "iss": ISS, "aud": AUD, "iat": int(NOW_S),
-                               "nbf": int(NOW_S), "exp": int(NOW_S) + 600}
+    now_s = int(time.time())
+    base: dict[str, object] = {"sub": "alice", "iss": ISS, "aud": AUD, "iat": now_s,
+                               "nbf": now_s, "exp": now_s + 600}
     base.update(over)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -35,25 +36,27 @@ def verifier(*secrets: str, keys: dict[str | None, jwt.PyJWK] | None = None) -> 
 
 def refused(v: BuyerVerifier, token: str) -> str:
     with pytest.raises(Rejection) as exc:
-        v.subject(token, NOW_S)
+        v.subject(token, time.time())
     assert exc.value.status == 401 and exc.value.headers and "WWW-Authenticate" in exc.value.headers
     return exc.value.detail
 
 
 def test_a_valid_token_names_its_buyer():
-    assert verifier(S1).subject(jwt.encode(claims(), S1, "HS256"), NOW_S) == "alice"
+    assert verifier(S1).subject(jwt.encode(claims(), S1, "HS256"), time.time()) == "alice"
 
 
-@pytest.mark.parametrize(("name", "payload"), [
-    ("expired", claims(exp=int(NOW_S) - 60)),
-    ("not yet valid", claims(nbf=int(NOW_S) + 60)),
-    ("wrong audience", claims(aud="someone-else")),
-    ("wrong issuer", claims(iss="https://evil.example")),
-    ("no exp", claims(exp=None)),
-    ("no sub", claims(sub=None)),
-    ("empty sub", claims(sub="")),
+@pytest.mark.parametrize(("name", "over"), [
+    ("expired", lambda now_s: {"exp": now_s - 60}),
+    ("not yet valid", lambda now_s: {"nbf": now_s + 60}),
+    ("wrong audience", lambda now_s: {"aud": "someone-else"}),
+    ("wrong issuer", lambda now_s: {"iss": "https://evil.example"}),
+    ("no exp", lambda now_s: {"exp": None}),
+    ("no sub", lambda now_s: {"sub": None}),
+    ("empty sub", lambda now_s: {"sub": ""}),
 ])
-def test_bad_claims_are_refused(name: str, payload: dict[str, object]):
+def test_bad_claims_are_refused(name: str, over: Callable[[int], dict[str, object]]):
+    # Times are made when the test runs, not when it is collected.
+    payload = claims(**over(int(time.time())))
     refused(verifier(S1), jwt.encode(payload, S1, "HS256"))
 
 
@@ -71,19 +74,19 @@ def test_wrong_key_alg_none_and_tampering_are_refused():
 
 def test_rotation_accepts_every_configured_secret():
     v = verifier(NEW, OLD)
-    assert v.subject(jwt.encode(claims(sub="a"), NEW, "HS256"), NOW_S) == "a"
-    assert v.subject(jwt.encode(claims(sub="b"), OLD, "HS256"), NOW_S) == "b"
+    assert v.subject(jwt.encode(claims(sub="a"), NEW, "HS256"), time.time()) == "a"
+    assert v.subject(jwt.encode(claims(sub="b"), OLD, "HS256"), time.time()) == "b"
     refused(v, jwt.encode(claims(), RETIRED, "HS256"))
 
 
 def test_a_verified_token_is_remembered_until_it_expires():
     v = verifier(S1)
-    token = jwt.encode(claims(exp=int(NOW_S) + 10), S1, "HS256")
-    assert v.subject(token, NOW_S) == "alice"
+    token = jwt.encode(claims(exp=int(time.time()) + 10), S1, "HS256")
+    assert v.subject(token, time.time()) == "alice"
     v.hs256_secrets = [RETIRED]  # from now on only a remembered token passes
-    assert v.subject(token, NOW_S + 12) == "alice"  # within leeway of its exp
+    assert v.subject(token, time.time() + 12) == "alice"  # within leeway of its exp
     with pytest.raises(Rejection):
-        v.subject(token, NOW_S + 60)  # past exp: verified again, and refused
+        v.subject(token, time.time() + 60)  # past exp: verified again, and refused
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
@@ -102,7 +105,7 @@ def test_public_keys_from_a_jwks_file(alg: str, tmp_path: Path):
                     jwt_hs256_secrets=[])
     v = BuyerVerifier.from_settings(settings)
     token = jwt.encode(claims(), private, algorithm=alg, headers={"kid": "k1"})  # type: ignore[arg-type]
-    assert v.subject(token, NOW_S) == "alice"
+    assert v.subject(token, time.time()) == "alice"
     refused(v, jwt.encode(claims(), private, algorithm=alg, headers={"kid": "other"}))  # type: ignore[arg-type]
     # An HS256 token is not accepted by a verifier that only has public keys (key confusion).
     refused(v, jwt.encode(claims(), "an-hs256-secret-of-thirty-two-bytes!", "HS256"))
