@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
 import nats
 
 from flashsale.embedded import free_port
+from flashsale.testing import committer_ready_url
 from proto.messages import Purchase, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 from tests.util import eventually
@@ -53,7 +55,15 @@ async def test_second_committer_fences_the_first(system, settings, db):
     js = nc.jetstream()
     await publish_intent(js, settings, SkuUpsert(request_id="r1", sku="hot", stock=1000), "sku_upsert", "r1", "hot")
     await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM skus"))
-    second = system.start_committer(shard, name="committer-second", status_port=free_port())
+    # A second committer is a standby while the first renews its lease; it takes over once the
+    # first stalls past the lease TTL (SIGSTOP), and the first, woken up, is fenced.
+    port = free_port()
+    second = system.start_committer(shard, name="committer-second", status_port=port, wait=False)
+    await asyncio.sleep(settings.lease_ttl_s)
+    assert await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard) == epoch1
+    first.proc.send_signal(signal.SIGSTOP)
+    await asyncio.to_thread(second.wait_http_ok, committer_ready_url(settings, shard, port))
+    first.proc.send_signal(signal.SIGCONT)
     epoch2 = await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard)
     assert epoch2 == epoch1 + 1
     now = int(time.time() * 1000)
