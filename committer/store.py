@@ -39,8 +39,8 @@ class Lease(msgspec.Struct, frozen=True):
 async def acquire_lease(
     conn: asyncpg.Connection, shard: int, owner: str, ttl_ms: int
 ) -> tuple[int | None, Lease]:
-    """Take the shard (bump the epoch) if its lease has expired: (new epoch, lease), or
-    (None, the live lease someone else holds). Any older holder is fenced from its next batch on.
+    """Take the shard (bump the epoch) if its lease has expired: (our epoch, the expired lease),
+    or (None, the live lease someone else holds). Any older holder is fenced from its next batch on.
     A holder stalled inside a transaction keeps the row locked; lock_timeout then says "held"."""
     try:
         async with conn.transaction():
@@ -51,15 +51,18 @@ async def acquire_lease(
                 shard,
             )
             taken = await conn.fetchrow(
-                f"""UPDATE shard_leases SET epoch = epoch + 1, owner = $2,
+                f"""UPDATE shard_leases l SET epoch = l.epoch + 1, owner = $2,
                        acquired_at_ms = {_DB_NOW_MS}, renewed_at_ms = {_DB_NOW_MS},
                        expires_at_ms = {_DB_NOW_MS} + $3
-                    WHERE shard = $1 AND expires_at_ms <= {_DB_NOW_MS}
-                    RETURNING epoch, owner, expires_at_ms""",
+                    FROM shard_leases previous
+                    WHERE l.shard = $1 AND previous.shard = $1 AND l.expires_at_ms <= {_DB_NOW_MS}
+                    RETURNING l.epoch AS taken, previous.epoch, previous.owner,
+                              previous.expires_at_ms""",
                 shard, owner, ttl_ms,
             )
             if taken is not None:
-                return int(taken["epoch"]), _lease_of(taken)
+                # `previous` is for the log only: under a concurrent change it may be older.
+                return int(taken["taken"]), _lease_of(taken)
     except asyncpg.LockNotAvailableError:
         pass
     held = await conn.fetchrow(

@@ -1,4 +1,5 @@
-"""A crowd of buyers for the invariant tests, and the checks that run on Postgres afterwards."""
+"""A crowd of buyers for the invariant tests, and the checks that run on Postgres afterwards.
+Fault scenarios add tests/history.py's `check_history` (results stream against Postgres)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import aiohttp
 import asyncpg
 
 from proto.ids import purchase_id
+from tests.history import check_stored
 
 FINAL = {"confirmed", "rejected", "expired", "cancelled"}
 
@@ -139,6 +141,8 @@ async def check_invariants(db: asyncpg.Connection, result: FloodResult, sku: str
         else:
             raise AssertionError(f"unexpected status {a.status} for {a.key}")
     rows = await wait_all_final(db, set(accepted))
+    # Counters = rows, nothing oversold, caps: on every SKU (tests/history.py, shared by all).
+    await check_stored(db)
     assert not sold_out_fast & set(accepted), "a key was both accepted and fast-rejected"
     assert await db.fetchval("SELECT count(*) FROM purchases WHERE id = ANY($1)", list(sold_out_fast)) == 0
     # 1. Never oversell, in the counters and in the rows.
