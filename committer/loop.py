@@ -175,9 +175,12 @@ class Committer:
         if now - self.renewed_at >= self.renew_every_s:
             await store.renew_lease(self.links.conn, self.shard, self.epoch, self.ttl_ms)
             self.renewed_at = now
-        if now - self.announced_at >= self.settings.heartbeat_s:
-            await self._publish_results(ResultBatch(
-                shard=self.shard, epoch=self.epoch, decided_seq=self.decided_seq))
+        if now - self.announced_at >= self.settings.heartbeat_s and self.links.nc.is_connected:
+            # Bounded by the renewal pace: a slow NATS must not let the lease lapse.
+            await self._publish_results(
+                ResultBatch(shard=self.shard, epoch=self.epoch, decided_seq=self.decided_seq),
+                timeout_s=self.renew_every_s,
+            )
 
     async def _fetch(self) -> list[Msg]:
         timeout_s = min(self.settings.fetch_timeout_s, self.renew_every_s, self.settings.heartbeat_s)
@@ -195,12 +198,12 @@ class Committer:
         await self._publish_payments(step.payments)
         self._observe(step, intents)
 
-    async def _publish_results(self, batch: ResultBatch) -> None:
+    async def _publish_results(self, batch: ResultBatch, timeout_s: float = 5.0) -> None:
         # Stored by JetStream (one round trip per batch, not per decision): the gateway's
         # refunds of refused confirms and ingest's catch-up after a reconnect read it from there.
         self.announced_at = time.monotonic()
         try:
-            await self.links.js.publish(self.names.results(self.shard), encode(batch), timeout=5)
+            await self.links.js.publish(self.names.results(self.shard), encode(batch), timeout=timeout_s)
         except (TimeoutError, nats.errors.Error) as e:
             # Decided and committed all the same: long-polls fall back to Postgres,
             # reconciliation repairs a lost refusal.
