@@ -30,7 +30,8 @@ async def test_decides_commits_and_announces(system, settings, db):
         results.append(result_decoder.decode(msg.data))
 
     sub = await nc.subscribe(settings.names.results_all(), cb=on_result)
-    await publish_intent(js, settings, SkuUpsert(request_id="r1", sku="hot", stock=3, price_cents=250), "sku_upsert", "r1", "hot")
+    upsert = SkuUpsert(request_id="r1", sku="hot", stock=3, price_cents=250)
+    await publish_intent(js, settings, upsert, "sku_upsert", "r1", "hot")
     now = int(time.time() * 1000)
     for i in range(5):
         p = Purchase(id=f"p{i}", sku="hot", qty=1, user_id=f"u{i}", request_hash="h", accepted_at_ms=now)
@@ -53,7 +54,8 @@ async def test_second_committer_fences_the_first(system, settings, db):
     epoch1 = await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard)
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
-    await publish_intent(js, settings, SkuUpsert(request_id="r1", sku="hot", stock=1000), "sku_upsert", "r1", "hot")
+    upsert = SkuUpsert(request_id="r1", sku="hot", stock=1000)
+    await publish_intent(js, settings, upsert, "sku_upsert", "r1", "hot")
     await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM skus"))
     # A second committer is a standby while the first renews its lease; it takes over once the
     # first stalls past the lease TTL (SIGSTOP), and the first, woken up, is fenced.
@@ -76,4 +78,36 @@ async def test_second_committer_fences_the_first(system, settings, db):
     assert first.proc.returncode == 3
     assert second.alive
     assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'hot'") == 200
+    await nc.close()
+
+
+async def test_idle_writer_heartbeats_with_its_progress(system, settings):
+    """Every ResultBatch says how far the writer got (decided_seq: INTENTS stream sequence); an
+    idle writer sends empty ones about every heartbeat_s, so readers can tell it is alive."""
+    system.start(ingest=False)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    batches = []
+
+    async def on_result(msg):
+        batches.append(result_decoder.decode(msg.data))
+
+    sub = await nc.subscribe(settings.names.results_all(), cb=on_result)
+    shard = shard_of("hot", settings.shards)
+    upsert = SkuUpsert(request_id="r1", sku="hot", stock=5)
+    await publish_intent(js, settings, upsert, "sku_upsert", "r1", "hot")
+    now = int(time.time() * 1000)
+    p = Purchase(id="p1", sku="hot", qty=1, user_id="u1", request_hash="h", accepted_at_ms=now)
+    ack = await js.publish(settings.names.intent(shard, "purchase", p.id), encode(p))
+
+    def heartbeat_after_purchase() -> bool:
+        return any(b.shard == shard and not b.decisions and b.decided_seq >= ack.seq for b in batches)
+
+    await eventually(lambda: asyncio.sleep(0, heartbeat_after_purchase()), timeout_s=10)
+    decided = next(b for b in batches if any(d.id == "p1" for d in b.decisions))
+    assert decided.decided_seq == ack.seq
+    await eventually(lambda: asyncio.sleep(0, len([b for b in batches if b.shard != shard]) >= 2))
+    idle = [b for b in batches if b.shard != shard]
+    assert all(not b.decisions and b.decided_seq == 0 for b in idle)
+    await sub.unsubscribe()
     await nc.close()
