@@ -53,7 +53,9 @@ class Shard:
         self.epoch: int | None = None
         self.writer: Committer | None = None  # the running writer, for /readyz only
         self.health = Health(shard)
-        self.backoff = Backoff(FIRST_RETRY_S, settings.rebuild_backoff_max_s)  # reset by each start
+        # Both reset when a writer starts.
+        self.backoff = Backoff(FIRST_RETRY_S, settings.rebuild_backoff_max_s)
+        self.unexpected: set[type[Exception]] = set()  # kinds of unexpected errors logged
 
     def ready(self) -> bool:
         return self.writer is not None and self.writer.ready
@@ -90,6 +92,7 @@ class Shard:
             self.epoch = epoch
             self.writer = await Committer.start(self.settings, self.shard, epoch, links)
             self.backoff.reset()
+            self.unexpected.clear()
             metrics.WRITER.labels(str(self.shard)).set(1)
             await self.writer.run(stopping)
             await store.release_lease(links.conn, self.shard, epoch)
@@ -113,16 +116,18 @@ class Shard:
                     # Money is at stake: stop loudly rather than guess. Nothing of the batch committed.
                     log.critical("stopping: invariant", extra=kv(shard=self.shard, error=str(e)))
                     return EXIT_CORRUPT
-                self._failed(e, first=self.backoff.failures == 0)
+                self._failed(e)
             await _sleep_unless(stopping, self.backoff.next_s())
         return EXIT_STOPPED
 
-    def _failed(self, error: Exception, first: bool) -> None:
-        """One line per change: a dependency lost once, or an unexpected error once per run."""
+    def _failed(self, error: Exception) -> None:
+        """One line per change: a dependency lost once, an unexpected error once per kind in a
+        streak of failures (the streak ends when a writer starts)."""
         dependency = error.dependency if isinstance(error, Unreachable) else dependency_of(error)
         if dependency is not None:
             self.health.lost(dependency, error)
-        elif first:
+        elif type(error) not in self.unexpected:
+            self.unexpected.add(type(error))
             log.warning("rebuilding after error", exc_info=error,
                         extra=kv(shard=self.shard, epoch=self.epoch))
 
