@@ -113,20 +113,25 @@ class _NatsWatch:
         log.debug("nats error", extra=kv(shard=self.shard, error=repr(error)))
 
 
-async def _connect_postgres(settings: Settings, shard: int, health: Health) -> asyncpg.Connection:
+def postgres_session(settings: Settings, shard: int) -> dict[str, str]:
+    """Server settings of a committer's Postgres session."""
     ttl_ms = str(int(settings.lease_ttl_s * 1000))
+    return {
+        "application_name": f"committer-{shard}",
+        # A writer stalled inside a transaction must not keep the lease row locked past its
+        # TTL, nor a standby wait on that lock for long.
+        "idle_in_transaction_session_timeout": ttl_ms,
+        "lock_timeout": ttl_ms,
+    }
+
+
+async def _connect_postgres(settings: Settings, shard: int, health: Health) -> asyncpg.Connection:
     try:
         conn = await asyncpg.connect(
             settings.database_url,
             # A query this slow means the connection is gone (the lease has expired long since).
             command_timeout=2 * settings.lease_ttl_s,
-            server_settings={
-                "application_name": f"committer-{shard}",
-                # A writer stalled inside a transaction must not keep the lease row locked
-                # past its TTL, nor a standby wait on that lock forever.
-                "idle_in_transaction_session_timeout": ttl_ms,
-                "lock_timeout": ttl_ms,
-            },
+            server_settings=postgres_session(settings, shard),
         )
     except Exception as e:
         raise Unreachable("postgres", e) from e

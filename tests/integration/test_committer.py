@@ -6,8 +6,12 @@ import asyncio
 import signal
 import time
 
+import asyncpg
 import nats
+import pytest
 
+from committer import store
+from committer.links import postgres_session
 from flashsale.embedded import free_port
 from flashsale.testing import committer_ready_url
 from proto.messages import Purchase, SkuUpsert, encode, result_decoder
@@ -111,3 +115,30 @@ async def test_idle_writer_heartbeats_with_its_progress(system, settings):
     assert all(not b.decisions and b.decided_seq == 0 for b in idle)
     await sub.unsubscribe()
     await nc.close()
+
+
+async def test_writer_stalled_inside_a_transaction_is_cut_off(settings, db):
+    """A writer stopped between two statements of a batch holds the lease row locked; Postgres
+    ends its session after lease_ttl_s, so a standby takes the shard instead of waiting forever."""
+    ttl_ms = int(settings.lease_ttl_s * 1000)
+    session = postgres_session(settings, 0)
+    writer = await asyncpg.connect(settings.database_url, server_settings=session)
+    standby = await asyncpg.connect(settings.database_url, server_settings=session)
+    try:
+        epoch, _ = await store.acquire_lease(writer, 0, "writer", ttl_ms)
+        assert epoch is not None
+        tx = writer.transaction()
+        await tx.start()
+        await store.renew_lease(writer, 0, epoch, ttl_ms)  # the row is locked; then it stalls
+        taken = await eventually(
+            lambda: _first(store.acquire_lease(standby, 0, "standby", ttl_ms)), timeout_s=20)
+        assert taken == epoch + 1
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+            await writer.fetchval("SELECT 1")  # its session was ended by the server
+    finally:
+        writer.terminate()
+        await standby.close()
+
+
+async def _first(claim):
+    return (await claim)[0]
