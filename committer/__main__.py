@@ -1,28 +1,142 @@
-"""`python -m committer --shard N`: the single writer of shard N."""
+"""`python -m committer --shard N`: the single writer of shard N, or a standby for it.
+
+A process waits as a standby while another holds a live lease on the shard, then writes until it
+is stopped (exit 0, lease released), fenced (exit 3) or about to break an invariant (exit 4).
+Any other failure (Postgres or NATS lost, a client library in a bad state) rebuilds the writer
+from Postgres with bounded backoff, as the holder of the same epoch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 
-import asyncpg
 import uvloop
 
-from committer import store
+from committer import metrics, store
+from committer.links import Health, Links, Unreachable
 from committer.loop import Committer
-from committer.machine import InvariantViolation
+from committer.recovery import (
+    EXIT_CORRUPT,
+    EXIT_FENCED,
+    EXIT_STOPPED,
+    Backoff,
+    dependency_of,
+    verdict_of,
+)
 from config.settings import Settings, load
 from flashsale.logs import kv, setup
 from flashsale.status import serve_status
 
 log = logging.getLogger("committer")
 
-RETRY_DELAY_S = 1.0
-EXIT_FENCED = 3
-EXIT_CORRUPT = 4
+__all__ = ["EXIT_CORRUPT", "EXIT_FENCED", "EXIT_STOPPED", "cli", "main"]
+
+FIRST_RETRY_S = 0.1
+
+
+class Shard:
+    """One process's hold on a shard across rebuilds: the epoch it holds, if any, and readiness."""
+
+    def __init__(self, settings: Settings, shard: int) -> None:
+        if not 0 <= shard < settings.shards:
+            raise ValueError(f"shard {shard} outside 0..{settings.shards - 1}")
+        self.settings = settings
+        self.shard = shard
+        # A restarted process is a new owner: it waits for its predecessor's lease to expire.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.epoch: int | None = None
+        self.writer: Committer | None = None  # the running writer, for /readyz only
+        self.health = Health(shard)
+        # Both reset when a writer starts.
+        self.backoff = Backoff(FIRST_RETRY_S, settings.rebuild_backoff_max_s)
+        self.unexpected: set[type[Exception]] = set()  # kinds of unexpected errors logged
+
+    def ready(self) -> bool:
+        return self.writer is not None and self.writer.ready
+
+    async def claim(self, links: Links, stopping: asyncio.Event) -> int | None:
+        """Our epoch: taken once the lease is free or expired (standby until then), or the one
+        we held before a rebuild (Fenced if someone took it meanwhile). None: stopping."""
+        ttl_ms = int(self.settings.lease_ttl_s * 1000)
+        if self.epoch is not None:
+            await store.renew_lease(links.conn, self.shard, self.epoch, ttl_ms)
+            return self.epoch
+        waiting = False
+        while not stopping.is_set():
+            epoch, lease = await store.acquire_lease(links.conn, self.shard, self.owner, ttl_ms)
+            if epoch is not None:
+                if waiting:
+                    log.info("standby took over", extra=kv(shard=self.shard, epoch=epoch,
+                                                           previous_owner=lease.owner))
+                return epoch
+            if not waiting:
+                log.info("standby: lease held", extra=kv(shard=self.shard, holder=lease.owner,
+                                                         epoch=lease.epoch))
+                waiting = True
+            await _sleep_unless(stopping, self.settings.standby_poll_s)
+        return None
+
+    async def serve(self, stopping: asyncio.Event) -> None:
+        """Connect, claim the lease, rebuild and write until stopped; errors propagate."""
+        links = await Links.open(self.settings, self.shard, self.health)
+        try:
+            epoch = await self.claim(links, stopping)
+            if epoch is None:
+                return
+            self.epoch = epoch
+            self.writer = await Committer.start(self.settings, self.shard, epoch, links)
+            self.backoff.reset()
+            self.unexpected.clear()
+            metrics.WRITER.labels(str(self.shard)).set(1)
+            await self.writer.run(stopping)
+            await store.release_lease(links.conn, self.shard, epoch)
+            log.info("stopped, lease released", extra=kv(shard=self.shard, epoch=epoch))
+        finally:
+            self.writer = None
+            metrics.WRITER.labels(str(self.shard)).set(0)
+            await links.close()
+
+    async def run(self, stopping: asyncio.Event) -> int:
+        while not stopping.is_set():
+            try:
+                await self.serve(stopping)
+                return EXIT_STOPPED
+            except Exception as e:
+                verdict = verdict_of(e)
+                if verdict == "fenced":
+                    log.error("stopping: fenced", extra=kv(shard=self.shard, error=str(e)))
+                    return EXIT_FENCED
+                if verdict == "corrupt":
+                    # Money is at stake: stop loudly rather than guess. Nothing of the batch committed.
+                    log.critical("stopping: invariant", extra=kv(shard=self.shard, error=str(e)))
+                    return EXIT_CORRUPT
+                self._failed(e)
+            await _sleep_unless(stopping, self.backoff.next_s())
+        return EXIT_STOPPED
+
+    def _failed(self, error: Exception) -> None:
+        """One line per change: a dependency lost once, an unexpected error once per kind in a
+        streak of failures (the streak ends when a writer starts)."""
+        dependency = error.dependency if isinstance(error, Unreachable) else dependency_of(error)
+        if dependency is not None:
+            self.health.lost(dependency, error)
+        elif type(error) not in self.unexpected:
+            self.unexpected.add(type(error))
+            log.warning("rebuilding after error", exc_info=error,
+                        extra=kv(shard=self.shard, epoch=self.epoch))
+
+
+async def _sleep_unless(stopping: asyncio.Event, delay_s: float) -> None:
+    try:
+        await asyncio.wait_for(stopping.wait(), delay_s)
+    except TimeoutError:
+        pass
 
 
 async def main(settings: Settings, shard: int, status_port: int) -> int:
@@ -30,35 +144,10 @@ async def main(settings: Settings, shard: int, status_port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    current: list[Committer] = []
-    runner = (
-        await serve_status(status_port, lambda: bool(current) and current[0].ready)
-        if status_port else None
-    )
-    epoch: int | None = None
+    hold = Shard(settings, shard)
+    runner = await serve_status(status_port, hold.ready) if status_port else None
     try:
-        while not stopping.is_set():
-            committer = Committer(settings, shard)
-            committer.stopping = stopping
-            current[:] = [committer]
-            try:
-                await committer.start(resume_epoch=epoch)
-                epoch = committer.epoch
-                await committer.run()
-            except store.Fenced as e:
-                log.error("stopping: fenced", extra=kv(shard=shard, error=str(e)))
-                return EXIT_FENCED
-            except (InvariantViolation, store.CorruptWrite) as e:
-                # Money is at stake: stop loudly rather than guess. Nothing of the batch committed.
-                log.critical("stopping: invariant", extra=kv(shard=shard, error=str(e)))
-                return EXIT_CORRUPT
-            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                # Lost Postgres or NATS: rebuild from what is committed and carry on as holder.
-                log.warning("restarting after I/O error", extra=kv(shard=shard, error=repr(e)))
-                await asyncio.sleep(RETRY_DELAY_S)
-            finally:
-                await committer.close()
-        return 0
+        return await hold.run(stopping)
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -3,6 +3,7 @@
 fetch intents -> machine.step() -> commit Step (fenced by epoch) -> ack -> publish results.
 Acks happen only after the commit, so a crash anywhere redelivers the batch; the machine,
 rebuilt from Postgres, recognises every id it already decided and just announces it again.
+Between batches the writer renews its lease and, when idle, sends a heartbeat.
 """
 
 from __future__ import annotations
@@ -10,108 +11,117 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import time
 
 import asyncpg
 import msgspec
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from committer import metrics, store
+from committer.links import Links
 from committer.machine import Machine, Step
 from config.settings import Settings
-from flashsale.jetstream import ensure_streams
 from flashsale.logs import kv
 from flashsale.pull import Puller
 from proto.clock import now_ms
-from proto.messages import Intent, PaymentJob, Purchase, ResultBatch, encode, intent_decoder
+from proto.messages import (
+    Decision,
+    Intent,
+    PaymentJob,
+    Purchase,
+    ResultBatch,
+    encode,
+    intent_decoder,
+)
 
 log = logging.getLogger("committer")
 
 
 class Committer:
-    def __init__(self, settings: Settings, shard: int) -> None:
-        if not 0 <= shard < settings.shards:
-            raise ValueError(f"shard {shard} outside 0..{settings.shards - 1}")
+    """The writer of one shard: connected, holding the lease at `epoch`, state rebuilt.
+    Built only by `start`."""
+
+    def __init__(
+        self, settings: Settings, shard: int, epoch: int, links: Links, machine: Machine,
+        puller: Puller, decided_seq: int,
+    ) -> None:
         self.settings = settings
         self.shard = shard
+        self.epoch = epoch
+        self.links = links
+        self.machine = machine
+        self.puller = puller
         self.names = settings.names
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.label = str(shard)
-        self.ready = False
-        self.stopping = asyncio.Event()
-        self.epoch = 0
+        self.ttl_ms = int(settings.lease_ttl_s * 1000)
+        self.renew_every_s = settings.lease_ttl_s / 3
+        self.decided_seq = decided_seq
         self.commits = 0
-        self.machine: Machine | None = None
-        self.nc: nats.NATS | None = None
-        self.conn: asyncpg.Connection | None = None
+        self.renewed_at = time.monotonic()  # when the last lease renewal started
+        self.announced_at = 0.0  # when the last ResultBatch went out
 
-    async def start(self, resume_epoch: int | None = None) -> None:
-        """Take the shard (bump the epoch), or with `resume_epoch` reconnect as its holder."""
-        s = self.settings
-        self.nc = await nats.connect(
-            s.nats_url, name=f"committer-{self.shard}", max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )
-        self.js = self.nc.jetstream()
-        await ensure_streams(self.js, s)
-        self.conn = await asyncpg.connect(s.database_url)
-        if resume_epoch is None:
-            self.epoch = await store.acquire_lease(self.conn, self.shard, self.owner, now_ms())
-        else:
-            # Never steal the shard back from a committer that took it while we were away.
-            if await store.lease_epoch(self.conn, self.shard) != resume_epoch:
-                raise store.Fenced(f"shard {self.shard}: lease moved on from epoch {resume_epoch}")
-            self.epoch = resume_epoch
-        metrics.EPOCH.labels(self.label).set(self.epoch)
+    @classmethod
+    async def start(cls, settings: Settings, shard: int, epoch: int, links: Links) -> Committer:
         # State is read after the lease is ours: whatever an older holder committed is in it,
         # and anything it tries to commit from now on fails.
-        self.machine = await store.load_machine(self.conn, self.shard, s.shards, s.seen_max)
-        durable = self.names.committer_durable(self.shard)
-        await self.js.add_consumer(
-            self.names.intents_stream,
+        machine = await store.load_machine(links.conn, shard, settings.shards, settings.seen_max)
+        names = settings.names
+        durable = names.committer_durable(shard)
+        info = await links.js.add_consumer(
+            names.intents_stream,
             ConsumerConfig(
                 durable_name=durable,
-                filter_subject=self.names.intents_of_shard(self.shard),
+                filter_subject=names.intents_of_shard(shard),
                 ack_policy=AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=s.ack_wait_s,
-                max_ack_pending=s.max_ack_pending,
+                ack_wait=settings.ack_wait_s,
+                max_ack_pending=settings.max_ack_pending,
                 max_waiting=64,
             ),
         )
-        self.puller = await Puller.open(self.nc, self.names.intents_stream, durable)
+        puller = await Puller.open(links.nc, names.intents_stream, durable)
+        decided_seq = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
+        committer = cls(settings, shard, epoch, links, machine, puller, decided_seq)
         # A crash between commit and publish may have lost payment jobs: hand them out again
         # (the stream de-duplicates by purchase id; the gateway is idempotent anyway).
-        await self._publish_payments(await self._pending_payment_jobs())
-        for sku in self.machine.skus.values():
+        await committer._publish_payments(await committer._pending_payment_jobs())
+        metrics.EPOCH.labels(committer.label).set(epoch)
+        for sku in machine.skus.values():
             metrics.STOCK_REMAINING.labels(sku.sku).set(sku.remaining)
         log.info(
             "committer started",
-            extra=kv(shard=self.shard, epoch=self.epoch, skus=len(self.machine.skus),
-                     decisions=len(self.machine.decisions), reserved=len(self.machine.reserved)),
+            extra=kv(shard=shard, epoch=epoch, skus=len(machine.skus),
+                     decisions=len(machine.decisions), reserved=len(machine.reserved),
+                     decided_seq=decided_seq),
         )
-        self.ready = True
+        return committer
 
-    async def run(self) -> None:
+    @property
+    def ready(self) -> bool:
+        """Holding a lease renewed within its TTL, and both connections up."""
+        return (time.monotonic() - self.renewed_at < self.settings.lease_ttl_s
+                and self.links.alive)
+
+    async def run(self, stopping: asyncio.Event) -> None:
         backlog = asyncio.create_task(self._watch_backlog())
         try:
-            while not self.stopping.is_set():
+            while not stopping.is_set():
                 await self.run_once()
+                await self._keep_lease()
         finally:
+            # Nothing here may raise: the exception that ended the loop decides what comes next.
             backlog.cancel()
-            self.ready = False
 
     async def run_once(self) -> None:
-        assert self.machine is not None and self.conn is not None
         msgs = await self._fetch()
         intents: list[Intent] = []
         acked: list[Msg] = []
+        seqs: list[int] = []
         for msg in msgs:
+            seqs.append(msg.metadata.sequence.stream)
             try:
                 intents.append(intent_decoder.decode(msg.data))
                 acked.append(msg)
@@ -121,55 +131,83 @@ class Committer:
                 await msg.term()
         unknown = self.machine.unknown_ids(intents)
         if unknown:
-            for d in await store.lookup(self.conn, unknown):
+            for d in await store.lookup(self.links.conn, unknown):
                 self.machine.load_decision(d)
         t = now_ms()
         step = self.machine.step(intents, t)
-        if step.has_writes:
-            started = time.perf_counter()
-            try:
-                await store.commit(self.conn, self.shard, self.epoch, step, t)
-            except BaseException:
-                # Nothing of this batch is committed: hand it straight back for redelivery.
-                await asyncio.gather(*(m.nak() for m in acked), return_exceptions=True)
-                raise
-            metrics.COMMIT_SECONDS.labels(self.label).observe(time.perf_counter() - started)
-            self.commits += 1
-            if self.commits == self.settings.crash_after_commit:
-                os._exit(137)  # the worst moment to die: committed, nothing acked or announced
+        if acked or _announces(step):
+            await self._commit(step, acked, t)
         # Only now is every decision durable: acknowledge, then tell the world.
         for msg in acked:
             await msg.ack()
+        if seqs:
+            self.decided_seq = max(self.decided_seq, *seqs)
         if intents:
             metrics.BATCH_SIZE.labels(self.label).observe(len(intents))
-        await self._announce(step, intents)
+        if _announces(step):
+            await self._announce(step, intents)
+
+    async def _commit(self, step: Step, acked: list[Msg], t: int) -> None:
+        """Even a batch with no writes goes through the lease check: a fenced writer must not ack
+        intents (a confirm it refuses would never reach the real holder) nor announce anything."""
+        started = time.perf_counter()
+        renewing_at = time.monotonic()
+        try:
+            await store.commit(self.links.conn, self.shard, self.epoch, self.ttl_ms, step, t)
+            if step.has_writes:
+                self.commits += 1
+                if self.commits == self.settings.crash_after_commit:
+                    os._exit(137)  # the worst moment to die: committed, nothing acked or announced
+                if self.settings.fail_after_commit and self.commits % self.settings.fail_after_commit == 0:
+                    raise asyncpg.InternalClientError("cannot switch to state 15 (chaos: fail_after_commit)")
+        except BaseException:
+            # Nothing of this batch is acked: hand it straight back for redelivery.
+            await asyncio.gather(*(m.nak() for m in acked), return_exceptions=True)
+            raise
+        self.renewed_at = renewing_at
+        if step.has_writes:
+            metrics.COMMIT_SECONDS.labels(self.label).observe(time.perf_counter() - started)
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease when due, then (idle) tell ingest this shard has a live writer."""
+        now = time.monotonic()
+        if now - self.renewed_at >= self.renew_every_s:
+            await store.renew_lease(self.links.conn, self.shard, self.epoch, self.ttl_ms)
+            self.renewed_at = now
+        if now - self.announced_at >= self.settings.heartbeat_s and self.links.nc.is_connected:
+            # Bounded by the renewal pace: a slow NATS must not let the lease lapse.
+            await self._publish_results(
+                ResultBatch(shard=self.shard, epoch=self.epoch, decided_seq=self.decided_seq),
+                timeout_s=self.renew_every_s,
+            )
 
     async def _fetch(self) -> list[Msg]:
-        assert self.machine is not None
-        timeout_s = self.settings.fetch_timeout_s
+        timeout_s = min(self.settings.fetch_timeout_s, self.renew_every_s, self.settings.heartbeat_s)
         next_expiry = self.machine.next_expiry_ms()
         if next_expiry is not None:
             timeout_s = min(timeout_s, max(0.01, (next_expiry - now_ms()) / 1000))
         return await self.puller.fetch(self.settings.batch_max, timeout_s)
 
     async def _announce(self, step: Step, intents: list[Intent]) -> None:
-        if not (step.results or step.refusals or step.skus or step.admin_applied):
-            return
-        batch = ResultBatch(
+        await self._publish_results(ResultBatch(
             shard=self.shard, epoch=self.epoch, decisions=step.results,
             skus=[s.state() for s in step.skus.values()], refusals=step.refusals,
-            admin_applied=step.admin_applied,
-        )
+            admin_applied=step.admin_applied, decided_seq=self.decided_seq,
+        ))
+        await self._publish_payments(step.payments)
+        self._observe(step, intents)
+
+    async def _publish_results(self, batch: ResultBatch, timeout_s: float = 5.0) -> None:
         # Stored by JetStream (one round trip per batch, not per decision): the gateway's
         # refunds of refused confirms and ingest's catch-up after a reconnect read it from there.
+        self.announced_at = time.monotonic()
         try:
-            await self.js.publish(self.names.results(self.shard), encode(batch), timeout=5)
+            await self.links.js.publish(self.names.results(self.shard), encode(batch), timeout=timeout_s)
         except (TimeoutError, nats.errors.Error) as e:
             # Decided and committed all the same: long-polls fall back to Postgres,
             # reconciliation repairs a lost refusal.
-            log.error("results not stored", extra=kv(shard=self.shard, error=repr(e)))
-        await self._publish_payments(step.payments)
-        self._observe(step, intents)
+            if batch.decisions or batch.refusals or batch.skus or batch.admin_applied:
+                log.error("results not stored", extra=kv(shard=self.shard, error=repr(e)))
 
     def _observe(self, step: Step, intents: list[Intent]) -> None:
         new_ids = {d.id for d in step.inserts}
@@ -193,7 +231,7 @@ class Committer:
         subject = self.names.payments(self.shard)
         results = await asyncio.gather(
             *(
-                self.js.publish(subject, encode(j), headers={"Nats-Msg-Id": j.id})
+                self.links.js.publish(subject, encode(j), headers={"Nats-Msg-Id": j.id})
                 for j in jobs
             ),
             return_exceptions=True,
@@ -205,19 +243,18 @@ class Committer:
 
     async def _pending_payment_jobs(self) -> list[PaymentJob]:
         """Jobs for every live reservation; the card token lives only in the purchase intent."""
-        assert self.machine is not None
         # Thousands of live reservations must not mean thousands of round trips in series.
         lookups = asyncio.Semaphore(64)
 
-        async def job(d) -> PaymentJob:
+        async def job(d: Decision) -> PaymentJob:
             token = None
             async with lookups:
                 try:
-                    msg = await self.js.get_last_msg(
+                    msg = await self.links.js.get_last_msg(
                         self.names.intents_stream, self.names.intent(self.shard, "purchase", d.id),
                         direct=True,
                     )
-                    intent = intent_decoder.decode(msg.data)
+                    intent = intent_decoder.decode(msg.data or b"")
                     token = intent.payment_token if isinstance(intent, Purchase) else None
                 except (nats.js.errors.NotFoundError, msgspec.DecodeError):
                     pass  # aged out of the stream: the gateway declines a job without a token
@@ -231,7 +268,7 @@ class Committer:
     async def _watch_backlog(self) -> None:
         while True:
             try:
-                info = await self.js.consumer_info(
+                info = await self.links.js.consumer_info(
                     self.names.intents_stream, self.names.committer_durable(self.shard)
                 )
                 metrics.BACKLOG.labels(self.label).set(info.num_pending + info.num_ack_pending)
@@ -239,8 +276,6 @@ class Committer:
                 pass
             await asyncio.sleep(2)
 
-    async def close(self) -> None:
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.close()
-        if self.conn is not None:
-            await self.conn.close()
+
+def _announces(step: Step) -> bool:
+    return bool(step.results or step.refusals or step.skus or step.admin_applied)

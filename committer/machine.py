@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Literal
 
 import msgspec
 
@@ -23,15 +24,21 @@ from proto.messages import (
     Confirm,
     Decision,
     Intent,
+    Payment,
     PaymentJob,
     Purchase,
+    Reason,
     Refusal,
     Release,
     SkuState,
     SkuUpsert,
+    Status,
 )
 
 DEFAULT_RESERVATION_TTL_S = 600
+
+# The intents that close a reservation before it is paid (the Refusal kinds they can earn).
+CloseKind = Literal["release", "cancel"]
 
 
 class InvariantViolation(AssertionError):
@@ -44,7 +51,7 @@ class Sku:
     stock: int
     price_cents: int = 0
     max_per_user: int | None = None
-    payment: str = "none"
+    payment: Payment = "none"
     reservation_ttl_s: int = DEFAULT_RESERVATION_TTL_S
     sale_start_ms: int | None = None
     sale_end_ms: int | None = None
@@ -153,7 +160,7 @@ class Machine:
         sku = self.skus.get(p.sku)
         # The buyer's click time, as stamped by ingest, decides the sale window; never the future.
         at_ms = min(p.accepted_at_ms, now_ms)
-        reason = None
+        reason: Reason | None = None
         if sku is None:
             reason = "unknown_sku"
         elif sku.sale_start_ms is not None and at_ms < sku.sale_start_ms:
@@ -231,7 +238,7 @@ class Machine:
         self._finish(confirmed, sku, step)
         step.psp_refs[c.id] = c.psp_ref
 
-    def _close(self, pid: str, kind: str, reason: str, now_ms: int, step: Step) -> None:
+    def _close(self, pid: str, kind: CloseKind, reason: Reason, now_ms: int, step: Step) -> None:
         """Release (payment failed) or cancel (buyer): a reservation gives its stock back."""
         d = self.reserved.pop(pid, None)
         if d is None:
@@ -240,11 +247,11 @@ class Machine:
                 step.results.append(known)  # already closed: idempotent
                 return
             step.refusals.append(
-                Refusal(kind=kind, key=pid, reason="not_reserved",  # type: ignore[arg-type]
+                Refusal(kind=kind, key=pid, reason="not_reserved",
                         status=known.status if known else None)
             )
             return
-        status = "rejected" if reason == "payment_declined" else "cancelled"
+        status: Status = "rejected" if reason == "payment_declined" else "cancelled"
         self._give_back(d, status, reason, now_ms, step)
 
     def _expire(self, now_ms: int, step: Step) -> None:
@@ -255,7 +262,9 @@ class Machine:
             if d is not None:
                 self._give_back(d, "expired", "ttl_passed", now_ms, step)
 
-    def _give_back(self, d: Decision, status: str, reason: str, now_ms: int, step: Step) -> None:
+    def _give_back(
+        self, d: Decision, status: Status, reason: Reason, now_ms: int, step: Step
+    ) -> None:
         sku = self.skus[d.sku]
         sku.reserved -= d.qty
         key = (d.sku, d.user_id)
@@ -303,7 +312,7 @@ class Machine:
     def _evict(self) -> None:
         """Bound memory: forget the oldest final decisions; Postgres still has them."""
         while len(self.decisions) > self.seen_max:
-            pid, d = next(iter(self.decisions.items()))
+            pid = next(iter(self.decisions))
             if pid in self.reserved:
                 # Still holding stock: move to the back rather than forget it.
                 self.decisions.move_to_end(pid)
@@ -324,5 +333,5 @@ class Machine:
             raise InvariantViolation(f"{sku.sku}: user {user_id} above cap {sku.max_per_user}")
 
 
-def _with_status(d: Decision, status: str, reason: str | None, now_ms: int) -> Decision:
+def _with_status(d: Decision, status: Status, reason: Reason | None, now_ms: int) -> Decision:
     return msgspec.structs.replace(d, status=status, reason=reason, updated_at_ms=now_ms)

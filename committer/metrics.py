@@ -27,3 +27,7 @@ DUPLICATES = Counter(
 )
 STOCK_REMAINING = Gauge("flashsale_stock_remaining", "Stock neither reserved nor sold", ["sku"])
 EPOCH = Gauge("flashsale_shard_epoch", "Lease epoch held by this committer", ["shard"])
+WRITER = Gauge(
+    "flashsale_committer_writer", "1 while this process holds its shard's lease, 0 as a standby",
+    ["shard"],
+)

@@ -6,11 +6,16 @@ reconciliation) use the column lists and row conversions here, so a column is na
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
 from proto.messages import Decision, SkuState
+
+# An asyncpg row, or any mapping with the same keys (asyncpg's Record is not typed as a Mapping).
+Row = asyncpg.Record | Mapping[str, Any]
 
 PURCHASE_COLUMNS = (
     "id, sku, user_id, qty, status, reason, amount_cents, accepted_at_ms, decided_at_ms, "
@@ -24,7 +29,7 @@ SKU_COLUMNS = (
 _SCHEMA_LOCK_KEY = 7262
 
 
-def decision_of(row: asyncpg.Record) -> Decision:
+def decision_of(row: Row) -> Decision:
     """A `purchases` row selected with PURCHASE_COLUMNS."""
     return Decision(
         id=row["id"], sku=row["sku"], user_id=row["user_id"], qty=row["qty"],
@@ -35,7 +40,7 @@ def decision_of(row: asyncpg.Record) -> Decision:
     )
 
 
-def sku_state_of(row: asyncpg.Record) -> SkuState:
+def sku_state_of(row: Row) -> SkuState:
     """A `skus` row selected with SKU_COLUMNS."""
     return SkuState(
         sku=row["sku"], stock=row["stock"], reserved=row["reserved"], sold=row["sold"],

@@ -36,12 +36,17 @@ CREATE TABLE IF NOT EXISTS purchases (
 CREATE INDEX IF NOT EXISTS purchases_sku_user ON purchases (sku, user_id);
 CREATE INDEX IF NOT EXISTS purchases_reserved ON purchases (sku) WHERE status = 'reserved';
 
--- Invariant 5: one writer per shard. A committer bumps the epoch when it starts and every batch
--- it commits checks it still holds that epoch, in the same transaction.
+-- Invariant 5: one writer per shard. A committer takes the shard by bumping the epoch, only
+-- once the previous holder's lease has expired; every batch it commits checks, in the same
+-- transaction, that it still holds that epoch (and renews the lease). Times here are the
+-- database's clock, so the processes' clocks never decide who writes.
 CREATE TABLE IF NOT EXISTS shard_leases (
     shard          integer PRIMARY KEY,
     epoch          bigint  NOT NULL,
     owner          text    NOT NULL,
     acquired_at_ms bigint  NOT NULL,
-    renewed_at_ms  bigint  NOT NULL
+    renewed_at_ms  bigint  NOT NULL,
+    expires_at_ms  bigint  NOT NULL DEFAULT 0
 );
+-- Databases created before leases had a TTL: their leases count as expired.
+ALTER TABLE shard_leases ADD COLUMN IF NOT EXISTS expires_at_ms bigint NOT NULL DEFAULT 0;

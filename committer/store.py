@@ -7,8 +7,10 @@ lease epoch (invariant 5): a zombie committer's batch fails as a whole.
 from __future__ import annotations
 
 import asyncpg
+import msgspec
 
 from committer.machine import Machine, Sku, Step
+from committer.schema import PURCHASE_COLUMNS, decision_of
 from proto.messages import Decision
 from proto.sharding import shard_of
 
@@ -21,39 +23,83 @@ class CorruptWrite(RuntimeError):
     """Postgres disagrees with the machine (a row exists that it thought new). Never commit."""
 
 
-_DECISION_COLUMNS = (
-    "id, sku, user_id, qty, status, reason, amount_cents, accepted_at_ms, decided_at_ms, "
-    "updated_at_ms, expires_at_ms, request_hash"
-)
+# The database's clock in epoch ms. clock_timestamp(), not now(): now() is frozen at the start of
+# the transaction, and a lease check may have waited for a row lock since.
+_DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 
-def _decision(row: asyncpg.Record) -> Decision:
-    return Decision(
-        id=row["id"], sku=row["sku"], user_id=row["user_id"], qty=row["qty"],
-        status=row["status"], reason=row["reason"], amount_cents=row["amount_cents"],
-        accepted_at_ms=row["accepted_at_ms"], decided_at_ms=row["decided_at_ms"],
-        updated_at_ms=row["updated_at_ms"], expires_at_ms=row["expires_at_ms"],
-        request_hash=row["request_hash"],
+class Lease(msgspec.Struct, frozen=True):
+    """A shard's lease row as some committer last wrote it."""
+
+    epoch: int
+    owner: str
+    expires_at_ms: int  # database clock
+
+
+async def acquire_lease(
+    conn: asyncpg.Connection, shard: int, owner: str, ttl_ms: int
+) -> tuple[int | None, Lease]:
+    """Take the shard (bump the epoch) if its lease has expired: (our epoch, the expired lease),
+    or (None, the live lease someone else holds). Any older holder is fenced from its next batch on.
+    A holder stalled inside a transaction keeps the row locked; lock_timeout then says "held"."""
+    try:
+        async with conn.transaction():
+            # Epoch 0: a shard nobody has held yet, expired from the start.
+            await conn.execute(
+                """INSERT INTO shard_leases (shard, epoch, owner, acquired_at_ms, renewed_at_ms)
+                   VALUES ($1, 0, '', 0, 0) ON CONFLICT (shard) DO NOTHING""",
+                shard,
+            )
+            taken = await conn.fetchrow(
+                f"""UPDATE shard_leases l SET epoch = l.epoch + 1, owner = $2,
+                       acquired_at_ms = {_DB_NOW_MS}, renewed_at_ms = {_DB_NOW_MS},
+                       expires_at_ms = {_DB_NOW_MS} + $3
+                    FROM shard_leases previous
+                    WHERE l.shard = $1 AND previous.shard = $1 AND l.expires_at_ms <= {_DB_NOW_MS}
+                    RETURNING l.epoch AS taken, previous.epoch, previous.owner,
+                              previous.expires_at_ms""",
+                shard, owner, ttl_ms,
+            )
+            if taken is not None:
+                # `previous` is for the log only: under a concurrent change it may be older.
+                return int(taken["taken"]), _lease_of(taken)
+    except asyncpg.LockNotAvailableError:
+        pass
+    held = await conn.fetchrow(
+        "SELECT epoch, owner, expires_at_ms FROM shard_leases WHERE shard = $1", shard
     )
+    assert held is not None  # inserted above, never deleted
+    return None, _lease_of(held)
 
 
-async def acquire_lease(conn: asyncpg.Connection, shard: int, owner: str, now_ms: int) -> int:
-    """Take the shard by bumping its epoch. Any older holder is fenced from its next batch on."""
-    return await conn.fetchval(
-        """
-        INSERT INTO shard_leases (shard, epoch, owner, acquired_at_ms, renewed_at_ms)
-        VALUES ($1, 1, $2, $3, $3)
-        ON CONFLICT (shard) DO UPDATE
-            SET epoch = shard_leases.epoch + 1, owner = EXCLUDED.owner,
-                acquired_at_ms = EXCLUDED.acquired_at_ms, renewed_at_ms = EXCLUDED.renewed_at_ms
-        RETURNING epoch
-        """,
-        shard, owner, now_ms,
+def _lease_of(row: asyncpg.Record) -> Lease:
+    return Lease(epoch=row["epoch"], owner=row["owner"], expires_at_ms=row["expires_at_ms"])
+
+
+async def renew_lease(conn: asyncpg.Connection, shard: int, epoch: int, ttl_ms: int) -> None:
+    """Prove this process still holds `epoch` and extend the lease; else raise Fenced.
+
+    Run inside every batch's transaction and on its own while idle. Only the epoch decides: a
+    holder whose lease expired without anyone taking the shard may carry on."""
+    status = await conn.execute(
+        f"""UPDATE shard_leases SET renewed_at_ms = {_DB_NOW_MS}, expires_at_ms = {_DB_NOW_MS} + $3
+            WHERE shard = $1 AND epoch = $2""",
+        shard, epoch, ttl_ms,
+    )
+    if status != "UPDATE 1":
+        raise Fenced(f"shard {shard}: epoch {epoch} is no longer the lease holder")
+
+
+async def release_lease(conn: asyncpg.Connection, shard: int, epoch: int) -> None:
+    """A clean stop: let a standby take the shard at once instead of after the TTL."""
+    await conn.execute(
+        "UPDATE shard_leases SET expires_at_ms = 0 WHERE shard = $1 AND epoch = $2", shard, epoch
     )
 
 
 async def lease_epoch(conn: asyncpg.Connection, shard: int) -> int | None:
-    return await conn.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard)
+    epoch: int | None = await conn.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard)
+    return epoch
 
 
 async def load_machine(
@@ -82,15 +128,15 @@ async def load_machine(
         machine.user_qty[(row["sku"], row["user_id"])] = row["qty"]
     # Reserved purchases always (they hold stock), then the most recent decisions up to the cap.
     rows = await conn.fetch(
-        f"""(SELECT {_DECISION_COLUMNS} FROM purchases WHERE sku = ANY($1) AND status = 'reserved')
+        f"""(SELECT {PURCHASE_COLUMNS} FROM purchases WHERE sku = ANY($1) AND status = 'reserved')
             UNION ALL
-            (SELECT {_DECISION_COLUMNS} FROM purchases WHERE sku = ANY($1) AND status <> 'reserved'
+            (SELECT {PURCHASE_COLUMNS} FROM purchases WHERE sku = ANY($1) AND status <> 'reserved'
              ORDER BY decided_at_ms DESC LIMIT $2)""",
         skus, seen_max,
     )
     for row in sorted(rows, key=lambda r: r["decided_at_ms"]):
-        machine.load_decision(_decision(row))
-    total = await conn.fetchval("SELECT count(*) FROM purchases WHERE sku = ANY($1)", skus)
+        machine.load_decision(decision_of(row))
+    total: int = await conn.fetchval("SELECT count(*) FROM purchases WHERE sku = ANY($1)", skus)
     machine.forgot_any = total > len(machine.decisions)
     _check_counters(machine)
     return machine
@@ -109,26 +155,28 @@ def _check_counters(machine: Machine) -> None:
 
 
 async def lookup(conn: asyncpg.Connection, ids: list[str]) -> list[Decision]:
-    rows = await conn.fetch(f"SELECT {_DECISION_COLUMNS} FROM purchases WHERE id = ANY($1)", ids)
-    return [_decision(r) for r in rows]
+    rows = await conn.fetch(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = ANY($1)", ids)
+    return [decision_of(r) for r in rows]
 
 
 async def commit(
-    conn: asyncpg.Connection, shard: int, epoch: int, step: Step, now_ms: int
+    conn: asyncpg.Connection, shard: int, epoch: int, ttl_ms: int, step: Step, now_ms: int
 ) -> None:
-    async with conn.transaction():
-        status = await conn.execute(
-            "UPDATE shard_leases SET renewed_at_ms = $3 WHERE shard = $1 AND epoch = $2",
-            shard, epoch, now_ms,
-        )
-        if status != "UPDATE 1":
-            raise Fenced(f"shard {shard}: epoch {epoch} is no longer the lease holder")
-        if step.skus:
-            await _write_skus(conn, list(step.skus.values()), now_ms)
-        if step.inserts:
-            await _insert_purchases(conn, step.inserts)
-        if step.updates:
-            await _update_purchases(conn, list(step.updates.values()), step.psp_refs)
+    """Write the Step in one transaction that first proves (and renews) the lease: a fenced
+    committer's batch fails as a whole. Called for every batch that will be acked or announced,
+    even one with no writes, so a zombie never acks or announces anything."""
+    try:
+        async with conn.transaction():
+            await renew_lease(conn, shard, epoch, ttl_ms)
+            if step.skus:
+                await _write_skus(conn, list(step.skus.values()), now_ms)
+            if step.inserts:
+                await _insert_purchases(conn, step.inserts)
+            if step.updates:
+                await _update_purchases(conn, list(step.updates.values()), step.psp_refs)
+    except asyncpg.IntegrityConstraintViolationError as e:
+        # never_oversell or another CHECK refused the batch: the machine broke an invariant.
+        raise CorruptWrite(f"shard {shard}: Postgres refused the batch: {e}") from e
 
 
 async def _write_skus(conn: asyncpg.Connection, skus: list[Sku], now_ms: int) -> None:

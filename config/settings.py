@@ -65,6 +65,18 @@ class Settings(msgspec.Struct, kw_only=True):
     # Chaos testing only: die like kill -9 right after the Nth commit, before its acks (0 = never).
     crash_after_commit: int = 0
 
+    # committer lease and recovery (issue 8). The writer renews its shard's lease every
+    # lease_ttl_s / 3, also while idle; a standby takes the shard over once the lease has gone
+    # unrenewed for lease_ttl_s by the database's clock, so take-over after a writer stalls or
+    # dies takes about lease_ttl_s.
+    lease_ttl_s: float = 3.0
+    standby_poll_s: float = 0.5  # how often a standby looks at the lease
+    heartbeat_s: float = 1.0  # an idle writer publishes an empty ResultBatch this often
+    rebuild_backoff_max_s: float = 5.0  # retries after a lost dependency: 0.1 s doubling up to this
+    # Chaos testing only: after every Nth commit, fail as asyncpg did when Postgres was killed
+    # mid-COMMIT (InternalClientError: committed or not, the client cannot tell) (0 = never).
+    fail_after_commit: int = 0
+
     # streams
     intents_max_age_s: float = 7 * 24 * 3600.0
     intents_max_bytes: int = 1 << 30  # beyond this ingest answers 503 instead of losing intents

@@ -158,6 +158,9 @@ class ResultBatch(msgspec.Struct, frozen=True):
     skus: list[SkuState] = []
     refusals: list[Refusal] = []
     admin_applied: list[str] = []  # request ids of SkuUpserts applied in this batch
+    # The committer's progress: the highest INTENTS stream sequence it has decided (and acked).
+    # Also sent in the empty heartbeat batches of an idle writer, about every second.
+    decided_seq: int = 0
 
 
 # Reusable encoders/decoders: constructing them per message costs more than using them.

@@ -1,4 +1,5 @@
-"""A crowd of buyers for the invariant tests, and the checks that run on Postgres afterwards."""
+"""A crowd of buyers for the invariant tests, and the checks that run on Postgres afterwards.
+Fault scenarios add tests/history.py's `check_history` (results stream against Postgres)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import asyncpg
 
 from tests.auth import bearer
 from tests.auth import pid as purchase_id
+from tests.history import check_stored
 
 FINAL = {"confirmed", "rejected", "expired", "cancelled"}
 
@@ -114,9 +116,11 @@ async def wait_all_final(db: asyncpg.Connection, ids: set[str], timeout_s: float
     deadline = time.monotonic() + timeout_s
     rows: dict = {}
     while time.monotonic() < deadline:
-        got = await db.fetch("SELECT id, status, reason, user_id, qty, sku FROM purchases WHERE id = ANY($1)", list(ids))
+        got = await db.fetch(
+            "SELECT id, status, reason, user_id, qty, sku FROM purchases WHERE id = ANY($1)", list(ids))
         rows = {r["id"]: r for r in got}
-        if len(rows) == len(ids) and all(r["status"] in FINAL or r["status"] == "reserved" for r in rows.values()):
+        settled = all(r["status"] in FINAL or r["status"] == "reserved" for r in rows.values())
+        if len(rows) == len(ids) and settled:
             return rows
         await asyncio.sleep(0.25)
     missing = ids - set(rows)
@@ -140,6 +144,8 @@ async def check_invariants(db: asyncpg.Connection, result: FloodResult, sku: str
         else:
             raise AssertionError(f"unexpected status {a.status} for {a.key}")
     rows = await wait_all_final(db, set(accepted))
+    # Counters = rows, nothing oversold, caps: on every SKU (tests/history.py, shared by all).
+    await check_stored(db)
     assert not sold_out_fast & set(accepted), "a key was both accepted and fast-rejected"
     assert await db.fetchval("SELECT count(*) FROM purchases WHERE id = ANY($1)", list(sold_out_fast)) == 0
     # 1. Never oversell, in the counters and in the rows.
@@ -147,7 +153,8 @@ async def check_invariants(db: asyncpg.Connection, result: FloodResult, sku: str
     live = sum(r["qty"] for r in rows.values() if r["status"] in ("reserved", "confirmed"))
     assert sold["reserved"] + sold["sold"] <= sold["stock"] == stock
     total_live = await db.fetchval(
-        "SELECT coalesce(sum(qty), 0) FROM purchases WHERE sku = $1 AND status IN ('reserved', 'confirmed')", sku)
+        "SELECT coalesce(sum(qty), 0) FROM purchases WHERE sku = $1"
+        " AND status IN ('reserved', 'confirmed')", sku)
     assert total_live == sold["reserved"] + sold["sold"] == live
     # 2. One purchase id, one decision: one row per accepted id, none for anything else.
     assert await db.fetchval("SELECT count(*) FROM purchases WHERE sku = $1", sku) == len(accepted)
@@ -163,5 +170,6 @@ async def check_invariants(db: asyncpg.Connection, result: FloodResult, sku: str
         for a in tries:
             if a.state in FINAL:
                 assert a.state == rows[pid]["status"], (pid, a.state, rows[pid]["status"])
-    return {"accepted": len(accepted), "sold_out_fast": len(sold_out_fast), "confirmed": sum(r["status"] == "confirmed" for r in rows.values()),
+    confirmed = sum(r["status"] == "confirmed" for r in rows.values())
+    return {"accepted": len(accepted), "sold_out_fast": len(sold_out_fast), "confirmed": confirmed,
             "statuses": result.by_status()}

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 
+import asyncpg
 import nats
+import pytest
 
+from committer import store
+from committer.links import postgres_session
 from flashsale.embedded import free_port
+from flashsale.testing import committer_ready_url
 from proto.messages import Purchase, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 from tests.util import eventually
@@ -28,7 +34,8 @@ async def test_decides_commits_and_announces(system, settings, db):
         results.append(result_decoder.decode(msg.data))
 
     sub = await nc.subscribe(settings.names.results_all(), cb=on_result)
-    await publish_intent(js, settings, SkuUpsert(request_id="r1", sku="hot", stock=3, price_cents=250), "sku_upsert", "r1", "hot")
+    upsert = SkuUpsert(request_id="r1", sku="hot", stock=3, price_cents=250)
+    await publish_intent(js, settings, upsert, "sku_upsert", "r1", "hot")
     now = int(time.time() * 1000)
     for i in range(5):
         p = Purchase(id=f"p{i}", sku="hot", qty=1, user_id=f"u{i}", request_hash="h", accepted_at_ms=now)
@@ -51,9 +58,18 @@ async def test_second_committer_fences_the_first(system, settings, db):
     epoch1 = await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard)
     nc = await nats.connect(settings.nats_url)
     js = nc.jetstream()
-    await publish_intent(js, settings, SkuUpsert(request_id="r1", sku="hot", stock=1000), "sku_upsert", "r1", "hot")
+    upsert = SkuUpsert(request_id="r1", sku="hot", stock=1000)
+    await publish_intent(js, settings, upsert, "sku_upsert", "r1", "hot")
     await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM skus"))
-    second = system.start_committer(shard, name="committer-second", status_port=free_port())
+    # A second committer is a standby while the first renews its lease; it takes over once the
+    # first stalls past the lease TTL (SIGSTOP), and the first, woken up, is fenced.
+    port = free_port()
+    second = system.start_committer(shard, name="committer-second", status_port=port, wait=False)
+    await asyncio.sleep(settings.lease_ttl_s)
+    assert await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard) == epoch1
+    first.proc.send_signal(signal.SIGSTOP)
+    await asyncio.to_thread(second.wait_http_ok, committer_ready_url(settings, shard, port))
+    first.proc.send_signal(signal.SIGCONT)
     epoch2 = await db.fetchval("SELECT epoch FROM shard_leases WHERE shard = $1", shard)
     assert epoch2 == epoch1 + 1
     now = int(time.time() * 1000)
@@ -67,3 +83,62 @@ async def test_second_committer_fences_the_first(system, settings, db):
     assert second.alive
     assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'hot'") == 200
     await nc.close()
+
+
+async def test_idle_writer_heartbeats_with_its_progress(system, settings):
+    """Every ResultBatch says how far the writer got (decided_seq: INTENTS stream sequence); an
+    idle writer sends empty ones about every heartbeat_s, so readers can tell it is alive."""
+    system.start(ingest=False)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    batches = []
+
+    async def on_result(msg):
+        batches.append(result_decoder.decode(msg.data))
+
+    sub = await nc.subscribe(settings.names.results_all(), cb=on_result)
+    shard = shard_of("hot", settings.shards)
+    upsert = SkuUpsert(request_id="r1", sku="hot", stock=5)
+    await publish_intent(js, settings, upsert, "sku_upsert", "r1", "hot")
+    now = int(time.time() * 1000)
+    p = Purchase(id="p1", sku="hot", qty=1, user_id="u1", request_hash="h", accepted_at_ms=now)
+    ack = await js.publish(settings.names.intent(shard, "purchase", p.id), encode(p))
+
+    def heartbeat_after_purchase() -> bool:
+        return any(b.shard == shard and not b.decisions and b.decided_seq >= ack.seq for b in batches)
+
+    await eventually(lambda: asyncio.sleep(0, heartbeat_after_purchase()), timeout_s=10)
+    decided = next(b for b in batches if any(d.id == "p1" for d in b.decisions))
+    assert decided.decided_seq == ack.seq
+    await eventually(lambda: asyncio.sleep(0, len([b for b in batches if b.shard != shard]) >= 2))
+    idle = [b for b in batches if b.shard != shard]
+    assert all(not b.decisions and b.decided_seq == 0 for b in idle)
+    await sub.unsubscribe()
+    await nc.close()
+
+
+async def test_writer_stalled_inside_a_transaction_is_cut_off(settings, db):
+    """A writer stopped between two statements of a batch holds the lease row locked; Postgres
+    ends its session after lease_ttl_s, so a standby takes the shard instead of waiting forever."""
+    ttl_ms = int(settings.lease_ttl_s * 1000)
+    session = postgres_session(settings, 0)
+    writer = await asyncpg.connect(settings.database_url, server_settings=session)
+    standby = await asyncpg.connect(settings.database_url, server_settings=session)
+    try:
+        epoch, _ = await store.acquire_lease(writer, 0, "writer", ttl_ms)
+        assert epoch is not None
+        tx = writer.transaction()
+        await tx.start()
+        await store.renew_lease(writer, 0, epoch, ttl_ms)  # the row is locked; then it stalls
+        taken = await eventually(
+            lambda: _first(store.acquire_lease(standby, 0, "standby", ttl_ms)), timeout_s=20)
+        assert taken == epoch + 1
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+            await writer.fetchval("SELECT 1")  # its session was ended by the server
+    finally:
+        writer.terminate()
+        await standby.close()
+
+
+async def _first(claim):
+    return (await claim)[0]

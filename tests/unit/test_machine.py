@@ -223,7 +223,8 @@ def test_rebuilding_from_rows_gives_the_same_machine(batches):
         if d.status in ("reserved", "confirmed"):
             key = (d.sku, d.user_id)
             rebuilt.user_qty[key] = rebuilt.user_qty.get(key, 0) + d.qty
-    probe = [purchase(f"n{i}", sku=s, user=u) for i, (s, u) in enumerate([("s", "u1"), ("t", "u1"), ("t", "u2")])]
+    fresh = [("s", "u1"), ("t", "u1"), ("t", "u2")]
+    probe = [purchase(f"n{i}", sku=s, user=u) for i, (s, u) in enumerate(fresh)]
     probe += [purchase(pid) for pid in list(rows)[:3]]
     a = m.step(list(probe), now + 1)
     b = rebuilt.step(list(probe), now + 1)

@@ -1,0 +1,139 @@
+"""The committer's connections to NATS and Postgres: opened together, closed together, and the
+one place that says (once per change) when either is lost or back."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from committer.recovery import Dependency, DependencyName
+from config.settings import Settings
+from flashsale.jetstream import ensure_streams
+from flashsale.logs import kv
+
+log = logging.getLogger("committer")
+
+
+class Unreachable(Exception):
+    """Connecting to one of the servers failed."""
+
+    def __init__(self, dependency: DependencyName, error: BaseException) -> None:
+        super().__init__(f"{dependency} unreachable: {error!r}")
+        self.dependency = dependency
+
+
+class Health:
+    """The state of both dependencies of one committer process, across rebuilds."""
+
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.deps = {"postgres": Dependency("postgres"), "nats": Dependency("nats")}
+
+    def lost(self, name: DependencyName, error: BaseException) -> None:
+        if self.deps[name].lost():
+            log.warning(f"{name} lost", extra=kv(shard=self.shard, error=repr(error)))
+
+    def back(self, name: DependencyName) -> None:
+        if self.deps[name].back():
+            log.info(f"{name} back", extra=kv(shard=self.shard))
+
+
+class Links:
+    def __init__(
+        self, nc: Client, js: JetStreamContext, conn: asyncpg.Connection, watch: _NatsWatch
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.conn = conn
+        self._watch = watch
+
+    @classmethod
+    async def open(cls, settings: Settings, shard: int, health: Health) -> Links:
+        watch = _NatsWatch(shard, health)
+        nc = await watch.connect(settings)
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, settings)
+            conn = await _connect_postgres(settings, shard, health)
+        except BaseException:
+            await watch.close(nc)
+            raise
+        return cls(nc, js, conn, watch)
+
+    @property
+    def alive(self) -> bool:
+        return self.nc.is_connected and not self.conn.is_closed()
+
+    async def close(self) -> None:
+        await self._watch.close(self.nc)
+        self.conn.terminate()  # no goodbye round trip: the server may be gone
+
+
+class _NatsWatch:
+    """NATS connection events as Health changes, except the disconnect we cause ourselves."""
+
+    def __init__(self, shard: int, health: Health) -> None:
+        self.shard = shard
+        self.health = health
+        self.closing = False
+
+    async def connect(self, settings: Settings) -> Client:
+        try:
+            nc = await nats.connect(
+                settings.nats_url, name=f"committer-{self.shard}", max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5, error_cb=self._error, disconnected_cb=self._disconnected,
+                reconnected_cb=self._reconnected,
+            )
+        except Exception as e:
+            raise Unreachable("nats", e) from e
+        self.health.back("nats")
+        return nc
+
+    async def close(self, nc: Client) -> None:
+        self.closing = True
+        if not nc.is_closed:
+            try:
+                await nc.close()
+            except Exception:  # closing anyway
+                pass
+
+    async def _disconnected(self) -> None:
+        if not self.closing:
+            self.health.lost("nats", ConnectionError("disconnected"))
+
+    async def _reconnected(self) -> None:
+        self.health.back("nats")
+
+    async def _error(self, error: Exception) -> None:
+        # nats-py's default logs a traceback per failed reconnect; `_disconnected` says it once.
+        log.debug("nats error", extra=kv(shard=self.shard, error=repr(error)))
+
+
+def postgres_session(settings: Settings, shard: int) -> dict[str, str]:
+    """Server settings of a committer's Postgres session."""
+    ttl_ms = str(int(settings.lease_ttl_s * 1000))
+    return {
+        "application_name": f"committer-{shard}",
+        # A writer stalled inside a transaction must not keep the lease row locked past its
+        # TTL, nor a standby wait on that lock for long.
+        "idle_in_transaction_session_timeout": ttl_ms,
+        "lock_timeout": ttl_ms,
+    }
+
+
+async def _connect_postgres(settings: Settings, shard: int, health: Health) -> asyncpg.Connection:
+    try:
+        conn = await asyncpg.connect(
+            settings.database_url,
+            # A query this slow means the connection is gone (the lease has expired long since).
+            command_timeout=2 * settings.lease_ttl_s,
+            server_settings=postgres_session(settings, shard),
+        )
+    except Exception as e:
+        raise Unreachable("postgres", e) from e
+    health.back("postgres")
+    return conn
