@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 
 from committer.recovery import Dependency, DependencyName
 from config.settings import Settings
-from flashsale.jetstream import ensure_streams
+from flashsale.jetstream import RECONNECT_WAIT_S, ensure_streams, nats_servers
 from flashsale.logs import kv
 
 log = logging.getLogger("committer")
@@ -83,9 +83,12 @@ class _NatsWatch:
 
     async def connect(self, settings: Settings) -> Client:
         try:
+            # Not flashsale.jetstream.connect_nats: the committer reports connection changes
+            # through its Health (one line each, with the shard), and so does its own wiring.
             nc = await nats.connect(
-                settings.nats_url, name=f"committer-{self.shard}", max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5, error_cb=self._error, disconnected_cb=self._disconnected,
+                servers=nats_servers(settings.nats_url), name=f"committer-{self.shard}",
+                max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT_S,
+                error_cb=self._error, disconnected_cb=self._disconnected,
                 reconnected_cb=self._reconnected,
             )
         except Exception as e:

@@ -3,6 +3,7 @@ operator's token, against a live stack. Any disagreement or 5xx fails the test."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -41,7 +42,8 @@ async def test_schemathesis_finds_no_disagreement(system, settings, tmp_path: Pa
             for name in ("POST /v1/purchases", "PUT /v1/admin/skus/{sku}")
         )
     )
-    out = subprocess.run(
+    out = await asyncio.to_thread(
+        subprocess.run,
         [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run",
          f"{system.base_url}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
          "--seed", "7", "--workers", "1", "--request-timeout", "40"],
