@@ -36,6 +36,11 @@ class Settings(msgspec.Struct, kw_only=True):
     results_cache_max: int = 200_000  # decided purchases remembered per ingest instance
     inflight_max: int = 20_000  # publishes awaiting a JetStream ack per ingest instance
     retry_after_s: int = 1
+    # Group commit of intents (ingest/batcher.py): the intents that arrive while a batch is being
+    # stored go out together as one atomic batch, one disk flush for all.
+    ingest_batch_max: int = 500  # intents per batch (nats-server allows 1000)
+    ingest_linger_ms: float = 0.0  # extra wait for a batch to fill; 0: only while one is in flight
+    ingest_batches_inflight_max: int = 2  # batches awaiting their ack at once
     # Per-buyer token bucket on POST /v1/purchases (429 beyond it); 0 turns it off.
     user_rate_per_s: float = 20.0
     user_burst: int = 40

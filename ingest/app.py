@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.body_max_bytes,
         middlewares=[
             admission.middleware(
-                lambda: app[STATE].publisher.check_capacity(), settings.body_max_bytes,
+                lambda: app[STATE].intents.check_capacity(), settings.body_max_bytes,
                 settings.retry_after_s,
             )
         ],

@@ -26,6 +26,13 @@ DECISION_LATENCY = Histogram(
 INFLIGHT = Gauge(
     "flashsale_ingest_inflight_publishes", "Publishes awaiting a JetStream ack", registry=REGISTRY
 )
+# Counters read at scrape time from the batcher (a Gauge with a function: no per-batch cost).
+INTENT_BATCHES = Gauge(
+    "flashsale_ingest_intent_batches", "Batches of intents sent to JetStream (monotonic)", registry=REGISTRY
+)
+BATCHED_INTENTS = Gauge(
+    "flashsale_ingest_batched_intents", "Intents sent in those batches (monotonic)", registry=REGISTRY
+)
 WAITERS = Gauge("flashsale_ingest_waiters", "Long-polls waiting for a decision", registry=REGISTRY)
 REJECTS = Counter(
     "flashsale_ingest_rejects_total", "Requests refused by ingest itself, by reason", ["reason"],

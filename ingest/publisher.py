@@ -19,7 +19,12 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from proto.streams import ERR_STORE_FAILED, is_already_stored
+from proto.streams import (
+    ERR_ATOMIC_DISABLED,
+    ERR_BATCH_DUPLICATE_MSG_ID,
+    ERR_STORE_FAILED,
+    is_already_stored,
+)
 
 # A publish that got no ack in this long may or may not be stored; the client retries with the
 # same Idempotency-Key, which is safe either way.
@@ -65,6 +70,31 @@ def ack_stored_now(data: bytes) -> bool:
     if is_already_stored(err.err_code, err.description):
         return False
     raise Overloaded("stream_full" if err.err_code == ERR_STORE_FAILED else "jetstream_refused")
+
+
+class DuplicateInBatch(Exception):
+    """An atomic batch was refused because one of its subjects already holds its one message
+    (a retry among new intents): nothing of the batch was stored, and which one is not said."""
+
+
+class AtomicUnsupported(Exception):
+    """The stream does not take atomic batches (not enabled, or a server before 2.12)."""
+
+
+def batch_stored(data: bytes) -> None:
+    """Parse the PubAck of an atomic batch's commit: returns when the whole batch is stored."""
+    if data == _NO_RESPONDERS:
+        raise Overloaded("no_stream")
+    ack = _ack_decoder.decode(data)
+    if ack.error is None:
+        return
+    if ack.error.err_code == ERR_ATOMIC_DISABLED:
+        raise AtomicUnsupported(ack.error.description)
+    if is_already_stored(ack.error.err_code, ack.error.description) or (
+        ack.error.err_code == ERR_BATCH_DUPLICATE_MSG_ID
+    ):
+        raise DuplicateInBatch()
+    raise Overloaded("stream_full" if ack.error.err_code == ERR_STORE_FAILED else "jetstream_refused")
 
 
 def direct_get_payload(data: bytes, status: str | None) -> bytes | None:
@@ -114,7 +144,13 @@ class PendingReplies:
         for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(Overloaded(cause))
+                # At shutdown nobody may await it any more: that is not an error to report.
+                fut.add_done_callback(_retrieve)
         self._pending.clear()
+
+
+def _retrieve(fut: asyncio.Future[Msg]) -> None:
+    fut.exception()
 
 
 class Publisher:
@@ -172,6 +208,25 @@ class Publisher:
         subscription instead of nats-py's per-request inbox, JSON body and timer."""
         msg = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", None)
         return direct_get_payload(msg.data, msg.headers.get("Status") if msg.headers else None)
+
+    async def publish_batch(self, items: list[tuple[str, bytes, str]]) -> None:
+        """Store (subject, payload, msg id) items as one atomic batch: all or nothing, one disk
+        flush for all. Raises DuplicateInBatch or Overloaded (then nothing is stored)."""
+        batch_id = f"{self._prefix[len('_INBOX.'):-1]}-{next(self._counter)}"
+        try:
+            for seq, (subject, payload, msg_id) in enumerate(items[:-1], 1):
+                await self.nc.publish(subject, payload, headers={
+                    "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(seq), "Nats-Msg-Id": msg_id,
+                })
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError) as exc:
+            raise Overloaded("nats_disconnected") from exc
+        subject, payload, msg_id = items[-1]
+        commit = await self._request(subject, payload, {
+            "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(len(items)), "Nats-Msg-Id": msg_id,
+            "Nats-Batch-Commit": "1",
+        })
+        batch_stored(commit.data)
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
         """Store one intent. True: stored now. False: that subject already holds an intent (a

@@ -149,7 +149,7 @@ async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
                 409, "sold_out", "Sold out", f"SKU {intent.sku!r} is sold out; no purchase was created",
                 headers={"Idempotency-Key": key},
             )
-    elif await ing.publisher.publish(subject, encode(intent), intent.id):
+    elif await ing.intents.store(subject, encode(intent), intent.id):
         return intent
     else:
         # A retry (or a concurrent twin) of an existing purchase.
@@ -226,7 +226,7 @@ async def _publish_cancel(ing: Ingest, current: PurchaseState, pid: str) -> None
     subject = ing.names.intent(shard_of(current.sku, ing.settings.shards), "cancel", pid)
     # The dedupe window is per stream, so the cancel's msg id must differ from the purchase's.
     # False (already requested) is fine: cancelling is idempotent.
-    await ing.publisher.publish(subject, encode(Cancel(id=pid)), f"cancel:{pid}")
+    await ing.intents.store(subject, encode(Cancel(id=pid)), f"cancel:{pid}")
 
 
 def _cannot_cancel(pid: str, status: str, reason: str | None = None) -> problems.Rejection:

@@ -17,6 +17,7 @@ from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
 from ingest import metrics
 from ingest.auth import BuyerVerifier, ConfigError
+from ingest.batcher import IntentBatcher
 from ingest.listener import ResultsListener
 from ingest.publisher import Publisher
 from ingest.ratelimit import RateLimiter
@@ -43,6 +44,7 @@ class Ingest:
         hub: ResultsHub,
         listener: ResultsListener,
         publisher: Publisher,
+        intents: IntentBatcher,
         reads: ReadModel,
         buyers: BuyerVerifier,
     ) -> None:
@@ -53,6 +55,7 @@ class Ingest:
         self.hub = hub
         self.listener = listener
         self.publisher = publisher
+        self.intents = intents
         self.reads = reads
         self.buyers = buyers
         # Failed admin attempts per client address: a few in a burst, then one per second.
@@ -91,13 +94,20 @@ class Ingest:
         )
         reads = ReadModel(settings.names, settings.shards, pool, publisher, hub, misses)
         await reads.load_skus()
-        metrics.INFLIGHT.set_function(lambda: publisher.inflight)
+        intents = IntentBatcher(
+            publisher, settings.ingest_batch_max, settings.ingest_linger_ms,
+            settings.ingest_batches_inflight_max, settings.inflight_max,
+        )
+        metrics.INFLIGHT.set_function(lambda: intents.inflight)
+        metrics.INTENT_BATCHES.set_function(lambda: intents.batches)
+        metrics.BATCHED_INTENTS.set_function(lambda: intents.intents)
         metrics.WAITERS.set_function(lambda: hub.watch_count)
         log.info("ingest connected", extra=kv(nats=settings.nats_url, namespace=settings.namespace))
-        return cls(settings, nc, pool, hub, listener, publisher, reads, buyers)
+        return cls(settings, nc, pool, hub, listener, publisher, intents, reads, buyers)
 
     async def close(self) -> None:
         await self.listener.stop()
+        await self.intents.close()
         await self.publisher.stop()
         try:
             await self.nc.drain()

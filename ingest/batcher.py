@@ -1,0 +1,165 @@
+"""Group commit for intents: the purchases of many buyers stored with one disk flush.
+
+With `sync_interval: always`, nats-server flushes its disk for every message it stores, one
+after another per stream: a few thousand purchases per second at best, whatever the rest does.
+Here the intents that arrive while a batch is being stored wait for the next one, which goes out
+as a JetStream atomic batch (nats-server 2.12+): every intent keeps its own subject (so one
+message per purchase, the direct get by subject and the "already stored" answer all still
+hold), and the server flushes once for the whole batch. Nothing waits on purpose when the
+server is idle: an intent that finds no batch in flight goes out at once (`linger_ms` can add
+a wait, for fewer and larger batches).
+
+A batch is all or nothing. One that is refused because a subject already holds its intent (a
+retry among new clicks) is stored again one intent at a time, so that each caller gets its own
+answer; a batch that fails otherwise fails for all of its callers (503, and they retry with the
+same key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from flashsale.logs import kv
+from ingest.publisher import AtomicUnsupported, DuplicateInBatch, Overloaded, Publisher
+from proto.streams import BATCH_MAX_MESSAGES
+
+log = logging.getLogger("ingest.batcher")
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    subject: str
+    payload: bytes
+    msg_id: str
+    stored: asyncio.Future[bool] = field(compare=False)
+
+
+class IntentBatcher:
+    def __init__(
+        self, publisher: Publisher, batch_max: int, linger_ms: float, batches_inflight_max: int,
+        inflight_max: int,
+    ) -> None:
+        if not 1 <= batch_max <= BATCH_MAX_MESSAGES:
+            raise ValueError(f"batch_max must be 1..{BATCH_MAX_MESSAGES}")
+        self.publisher = publisher
+        self.batch_max = batch_max
+        self.linger_s = linger_ms / 1000
+        self.batches_inflight_max = batches_inflight_max
+        self.inflight_max = inflight_max
+        self._queue: list[_Item] = []
+        self._sending = 0  # intents in batches on their way to the server
+        self._batches_inflight = 0
+        self._wake = asyncio.Event()
+        self._slot = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._task = asyncio.create_task(self._run())
+        self.atomic = True  # until the stream says it takes no atomic batches
+        self.batches = 0
+        self.intents = 0
+
+    @property
+    def inflight(self) -> int:
+        """Intents waiting for their batch or for its ack."""
+        return len(self._queue) + self._sending
+
+    def check_capacity(self) -> None:
+        self.publisher.check_capacity()
+        if self.inflight >= self.inflight_max:
+            raise Overloaded("inflight_max")
+
+    async def store(self, subject: str, payload: bytes, msg_id: str) -> bool:
+        """Like Publisher.publish: True when stored now, False when the subject already holds
+        its intent. Raises Overloaded (nothing stored, or not known to be)."""
+        self.check_capacity()
+        item = _Item(subject, payload, msg_id, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._wake.set()
+        return await item.stored
+
+    async def close(self) -> None:
+        self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for item in self._queue:
+            if not item.stored.done():
+                item.stored.set_exception(Overloaded("shutting_down"))
+        self._queue.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self.linger_s and len(self._queue) < self.batch_max:
+                await asyncio.sleep(self.linger_s)
+            while self._queue and self._batches_inflight < self.batches_inflight_max:
+                batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max :]
+                self._batches_inflight += 1
+                self._sending += len(batch)
+                task = asyncio.create_task(self._send(batch))
+                self._tasks.add(task)  # referenced until done: the loop keeps only weak refs
+                task.add_done_callback(self._tasks.discard)
+            if self._queue:
+                # Every slot is busy: the queue grows into the next batch meanwhile.
+                self._slot.clear()
+                await self._slot.wait()
+            else:
+                self._wake.clear()
+
+    async def _send(self, batch: list[_Item]) -> None:
+        try:
+            if len(batch) == 1 or not self.atomic:
+                await self._one_by_one(batch)
+            else:
+                await self._atomic(batch)
+        finally:
+            self._batches_inflight -= 1
+            self._sending -= len(batch)
+            self.batches += 1
+            self.intents += len(batch)
+            self._slot.set()
+
+    async def _atomic(self, batch: list[_Item]) -> None:
+        try:
+            await self.publisher.publish_batch([(i.subject, i.payload, i.msg_id) for i in batch])
+        except DuplicateInBatch:
+            await self._one_by_one(batch)
+            return
+        except AtomicUnsupported as exc:
+            # Correct, only slower: one flush per intent, as before group commit.
+            if self.atomic:
+                log.warning("atomic batches unsupported: storing intents one by one",
+                            extra=kv(error=str(exc)))
+                self.atomic = False
+            await self._one_by_one(batch)
+            return
+        except Overloaded as exc:
+            _fail(batch, exc)
+            return
+        except Exception as exc:  # the connection broke mid-batch: nothing is known stored
+            log.warning("intent batch failed", extra=kv(size=len(batch), error=repr(exc)))
+            _fail(batch, Overloaded("publish_failed"))
+            return
+        for item in batch:
+            if not item.stored.done():
+                item.stored.set_result(True)
+
+    async def _one_by_one(self, batch: list[_Item]) -> None:
+        async def one(item: _Item) -> None:
+            try:
+                stored = await self.publisher.publish(item.subject, item.payload, item.msg_id)
+            except Exception as exc:
+                if not item.stored.done():
+                    cause = exc if isinstance(exc, Overloaded) else Overloaded("publish_failed")
+                    item.stored.set_exception(cause)
+                return
+            if not item.stored.done():
+                item.stored.set_result(stored)
+
+        await asyncio.gather(*(one(i) for i in batch))
+
+
+def _fail(batch: list[_Item], exc: Overloaded) -> None:
+    for item in batch:
+        if not item.stored.done():
+            item.stored.set_exception(Overloaded(exc.cause))
