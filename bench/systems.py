@@ -206,7 +206,7 @@ class Flashsale(System):
             env={}, file=None, nats_url=self.nats.url, database_url=self.database_url,
             namespace=f"b{n}", shards=self.shards, ingest_port=self.port,
             committer_metrics_port=free_port_block(self.shards), data_dir=str(self.root / f"fs{n}"),
-            log_level="WARNING",
+            log_level="WARNING", client_rate_per_s=0,  # the load comes from one address
         )
         log_dir = self.root / "logs" / f"fs{n}"
         for shard in range(self.shards):

@@ -11,7 +11,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from ingest import problems
+from ingest import edge, problems
 from ingest.schemas import encode_json
 from proto.ids import IDEMPOTENCY_KEY_MAX_LEN, new_idempotency_key
 
@@ -25,13 +25,14 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 
 async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
-    """The JSON body, strictly decoded: 415 for another media type, 400 malformed, 422 invalid."""
+    """The JSON body, strictly decoded: 415 for another media type, 400 malformed, 422 invalid,
+    408 when it does not arrive within body_timeout_s."""
     if request.content_type != JSON:
         raise problems.Rejection(
             415, "unsupported_media_type", "Unsupported media type",
             f"send the body as {JSON} (got {request.content_type!r})",
         )
-    body = await request.read()
+    body = await edge.read_body(request)
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:

@@ -10,7 +10,7 @@ import time
 
 from aiohttp import web
 
-from ingest import http, problems
+from ingest import edge, http, problems
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
 from ingest.results import PurchaseState, Watch, is_decided, is_final, status_of
@@ -35,7 +35,9 @@ async def create_purchase(request: web.Request) -> web.Response:
     intent = _intent(req, key)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{intent.id}", "Idempotency-Key": key}
-    with ing.hub.watching(intent.id, wait_s > 0) as watch:
+    with ing.hub.watching(
+        intent.id, wait_s > 0, client=edge.client_of(request), buyer=req.user_id
+    ) as watch:
         current = await _submit(ing, intent, key)
         if watch is not None:
             current = await watch.until(current, is_decided, wait_s)
@@ -50,7 +52,7 @@ async def get_purchase(request: web.Request) -> web.Response:
     wait_s, prefer = _poll_wait(request, ing.settings.wait_max_s)
     seen = _seen_status(request)
     headers: dict[str, str] = {}
-    with ing.hub.watching(pid, wait_s > 0) as watch:
+    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request)) as watch:
         current = await _existing(ing, pid)
         if watch is not None:
             current = await _until_changed(watch, current, seen, wait_s)
@@ -64,7 +66,7 @@ async def cancel_purchase(request: web.Request) -> web.Response:
     pid = _purchase_id(request)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
-    with ing.hub.watching(pid, wait_s > 0) as watch:
+    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request)) as watch:
         current = await _existing(ing, pid)
         _check_cancellable(pid, status_of(current), None)
         if is_final(current):  # cancelled or expired: nothing left to give back

@@ -18,6 +18,7 @@ from config.settings import Settings
 from flashsale.jetstream import ensure_streams
 from flashsale.logs import kv
 from ingest import metrics
+from ingest.edge import Edge
 from ingest.listener import ResultsListener
 from ingest.publisher import Publisher
 from ingest.ratelimit import RateLimiter
@@ -59,8 +60,9 @@ class Ingest:
         )
 
     @classmethod
-    async def connect(cls, settings: Settings) -> Ingest:
-        hub = ResultsHub(settings.results_cache_max, settings.waiters_max)
+    async def connect(cls, settings: Settings, edge: Edge) -> Ingest:
+        # Waits are capped as the edge sized them from the fd limit, not by waiters_max alone.
+        hub = ResultsHub(settings.results_cache_max, edge.limits.waits_max, edge.waits)
         closing = asyncio.Event()
         listeners: list[ResultsListener] = []  # the reconnect callback needs the listener
 

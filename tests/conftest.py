@@ -56,6 +56,7 @@ def settings(servers: Servers, tmp_path: Path) -> Settings:
         committer_metrics_port=free_port_block(4),
         data_dir=str(tmp_path / "data"),
         log_level="INFO",
+        client_rate_per_s=0,  # tests send from one address; the per-IP rate has its own test
     )
     asyncio.run(_prepare_db(s.database_url))
     return s
