@@ -102,13 +102,14 @@ class EdgeLimits(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def size_limits(settings: Settings, fd_limit: int) -> EdgeLimits:
-    """Every cap fits in the fd budget, and no per-client cap exceeds the process's cap."""
-    for name in ("client_connections_max", "client_waits_max", "buyer_waits_max", "waiters_max"):
+    """Every cap fits in the fd budget, and no per-client cap exceeds the process's cap.
+    (waiters_max = 0 is allowed: every request is then answered without waiting.)"""
+    for name in ("client_connections_max", "client_waits_max", "buyer_waits_max"):
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be >= 1")
     headroom = max(FD_HEADROOM_MIN, int(fd_limit * FD_HEADROOM_FRACTION))
     connections_max = max(1, fd_limit - headroom)
-    waits_max = max(1, min(settings.waiters_max, int(connections_max * WAITS_SHARE)))
+    waits_max = min(settings.waiters_max, max(1, int(connections_max * WAITS_SHARE)))
     client_connections_max = min(settings.client_connections_max, connections_max)
     client_waits_max = min(settings.client_waits_max, waits_max, client_connections_max)
     return EdgeLimits(

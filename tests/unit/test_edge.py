@@ -53,9 +53,11 @@ def test_large_fd_limits_keep_the_configured_caps():
     assert limits.client_connections_max == DEFAULTS.client_connections_max
 
 
-def test_caps_below_one_are_refused():
+def test_caps_below_one_are_refused_but_no_waiting_at_all_is_allowed():
     with pytest.raises(ValueError, match="client_waits_max"):
         size_limits(msgspec.structs.replace(DEFAULTS, client_waits_max=0), 20_000)
+    limits = size_limits(msgspec.structs.replace(DEFAULTS, waiters_max=0), 20_000)
+    assert limits.waits_max == limits.client_waits_max == limits.buyer_waits_max == 0
 
 
 def test_counts_forget_keys_that_hold_nothing():
