@@ -8,7 +8,7 @@ reconnect, /metrics stops answering (issue 9, findings 1 and 2). So:
 - at start the soft RLIMIT_NOFILE is raised to the hard one, and `size_limits` derives every cap
   from the result, keeping `headroom` fds for NATS, Postgres, logs and accepts in flight;
 - `GuardedProtocol` sits in front of aiohttp's protocol and closes a connection at once (an
-  abort: no request is parsed, nothing is answered) when the process or that peer already
+  RST: no request is parsed, nothing is answered) when the process or that peer already
   holds its cap of connections;
 - aiohttp's `keepalive_timeout` (`idle_timeout_s`) closes a connection idle between requests and
   one whose request head is not complete that long after it opened (the slow-head attack);
@@ -28,6 +28,8 @@ import asyncio
 import ipaddress
 import logging
 import resource
+import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -298,17 +300,19 @@ class RefusalLog:
 _refusals = RefusalLog()
 
 
-def note_refusal(reason: Reason, client: str) -> None:
+def note_refusal(reason: Reason, who: str) -> None:
+    """Count a refusal; log it if it is the first for `who` (a client IP, or a buyer for
+    waits_buyer) and `reason` in REFUSAL_LOG_INTERVAL_S."""
     metrics.EDGE_REFUSALS.labels(reason).inc()
-    count = _refusals.note(reason, client, time.monotonic())
+    count = _refusals.note(reason, who, time.monotonic())
     if count is not None:
-        log.warning("edge refusal", extra=kv(reason=reason, client=client, refused=count,
+        log.warning("edge refusal", extra=kv(reason=reason, who=who, refused=count,
                                              interval_s=REFUSAL_LOG_INTERVAL_S))
 
 
-def refused(reason: Reason, client: str, retry_after_s: int, detail: str) -> problems.Rejection:
-    """A 429 for a client over its share (counted and logged)."""
-    note_refusal(reason, client)
+def refused(reason: Reason, who: str, retry_after_s: int, detail: str) -> problems.Rejection:
+    """A 429 for a client or buyer over its share (counted and logged)."""
+    note_refusal(reason, who)
     slug = "rate_limited" if reason == "rate_client" else "too_many_waits"
     return problems.Rejection(429, slug, "Too many requests", detail, retry_after_s=retry_after_s)
 
@@ -394,6 +398,21 @@ async def read_body(request: web.Request) -> bytes:
 # -- the connection guard in front of aiohttp ----------------------------------------------
 
 
+_LINGER_OFF = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Close with an RST: the client sees a refusal at once, and no TIME_WAIT stays behind here
+    (a plain close would send a FIN and keep the socket's state for a minute)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        except OSError:  # closing anyway
+            pass
+    cast(asyncio.Transport, transport).abort()
+
+
 class GuardedProtocol(asyncio.Protocol):
     """One accepted connection: closed at once when over a connection cap, else handed to
     aiohttp's protocol (`make_handler`, the runner's server) for the rest of its life."""
@@ -410,8 +429,7 @@ class GuardedProtocol(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         peer = str(peername[0]) if peername else ""
         if not self._edge.admit_connection(peer):
-            # An RST: costs the client a reconnect, costs this process nothing.
-            cast(asyncio.Transport, transport).abort()
+            _reset(transport)
             return
         self._peer = peer
         self._handler = self._make_handler()

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+from typing import Literal
 
 import aiohttp
 import msgspec
@@ -47,17 +48,21 @@ async def raw(settings, local_ip: str) -> tuple[asyncio.StreamReader, asyncio.St
                                          local_addr=(local_ip, 0))
 
 
-async def closed_by_server(reader: asyncio.StreamReader, timeout_s: float) -> bool:
-    """Whether the server closes (FIN or RST) within `timeout_s`; what it sends is discarded."""
+Closed = Literal["eof", "reset"]
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout_s: float) -> Closed | None:
+    """How the server closed within `timeout_s` (None: still open): "reset" is the edge's abort
+    (an RST), "eof" an orderly close (aiohttp's deadlines). What it sends is discarded."""
     try:
         async with asyncio.timeout(timeout_s):
             while await reader.read(65536):
                 pass
-        return True
+        return "eof"
     except (ConnectionResetError, BrokenPipeError):
-        return True
+        return "reset"
     except TimeoutError:
-        return False
+        return None
 
 
 async def healthz_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
@@ -154,25 +159,28 @@ async def test_slow_heads_and_idle_polls_from_one_client_do_not_take_the_process
         head = b"GET /v1/skus/hot HTTP/1.1\r\nHost: ingest\r\nX-Slow: " + b"a" * 4000
 
         async def slow_head() -> tuple[str, float]:
-            """Send a head a byte per second until the server closes: ('opened' or 'refused', when)."""
+            """Send a head a byte per second until the server closes: (how, seconds open)."""
             try:
                 reader, writer = await raw(s, ATTACKER)
-            except OSError:
-                return "connect_failed", time.monotonic() - started
+            except ConnectionResetError:  # the RST can beat the client's connect call
+                return "reset", 0.0
+            except OSError as exc:
+                return f"connect failed: {exc!r}", 0.0
             opened = time.monotonic()
             try:
                 for byte in head:
                     writer.write(bytes([byte]))
                     await writer.drain()
-                    if await closed_by_server(reader, 1.0):
-                        break
+                    closed = await closed_by_server(reader, 1.0)
+                    if closed is not None:
+                        return closed, time.monotonic() - opened
                     if time.monotonic() - started > attack_s + s.idle_timeout_s:
-                        return "never_closed", time.monotonic() - opened
+                        break
             except (ConnectionResetError, BrokenPipeError):
-                pass
+                return "reset", time.monotonic() - opened
             finally:
                 writer.close()
-            return "closed", time.monotonic() - opened
+            return "never closed", time.monotonic() - opened
 
         heads = [asyncio.create_task(slow_head()) for _ in range(heads_n)]
         await asyncio.sleep(1.0)
@@ -199,23 +207,24 @@ async def test_slow_heads_and_idle_polls_from_one_client_do_not_take_the_process
             t.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
 
-    closed_at_once = sorted(t for what, t in outcomes if what == "closed" and t < 2.0)
-    held_then_closed = sorted(t for what, t in outcomes if what == "closed" and t >= 2.0)
+    closed_at_once = sorted(t for how, t in outcomes if how == "reset")  # the edge's abort
+    held_then_closed = sorted(t for how, t in outcomes if how == "eof")  # the head deadline
     latencies_ms.sort()
     print(f"buyer: {len(statuses)} purchases, latency ms p50={latencies_ms[len(latencies_ms) // 2]:.1f} "
           f"p99={latencies_ms[int(len(latencies_ms) * 0.99)]:.1f} max={latencies_ms[-1]:.1f}")
     print(f"slow heads: {len(closed_at_once)} closed at once, {len(held_then_closed)} held then "
           f"closed (min {held_then_closed[0] if held_then_closed else 0:.1f} s, max "
-          f"{held_then_closed[-1] if held_then_closed else 0:.1f} s), other: "
-          f"{[o for o in outcomes if o[0] != 'closed'][:5]}")
+          f"{held_then_closed[-1] if held_then_closed else 0:.1f} s; idle_timeout_s="
+          f"{s.idle_timeout_s}), closed at once within {closed_at_once[-1] if closed_at_once else 0:.2f} s, "
+          f"other: {[o for o in outcomes if o[0] not in ('eof', 'reset')][:5]}")
     print(f"ingest fds: peak {fd_peak}, during buying {fds_during}, limit 6000; "
           f"refusals {samples}")
     assert statuses and all(st == (200, "confirmed") for st in statuses), statuses
     assert metrics_status == 200
     assert fd_peak < proc_fd_limit(ingest.proc.pid)
-    assert all(what == "closed" for what, _ in outcomes)  # every slow head was closed by ingest
+    assert len(closed_at_once) + len(held_then_closed) == heads_n  # ingest closed every one
     assert closed_at_once and held_then_closed
-    assert refusals(samples, "connections_client") >= len(closed_at_once)
+    assert refusals(samples, "connections_client") == len(closed_at_once)
     assert refusals(samples, "waits_client") >= polls_n - client_waits_max
 
 
@@ -226,10 +235,13 @@ async def test_connections_beyond_the_per_client_cap_are_closed_at_once(system, 
     for reader, writer in held:  # every one of them is served
         assert await healthz_on(reader, writer) == b"HTTP/1.1 200 OK"
     t0 = time.monotonic()
-    reader, writer = await raw(s, ATTACKER)
-    assert await closed_by_server(reader, 10.0)
-    print(f"\n21st connection from {ATTACKER} closed after {(time.monotonic() - t0) * 1000:.1f} ms")
-    writer.close()
+    try:
+        reader, writer = await raw(s, ATTACKER)
+        assert await closed_by_server(reader, 10.0) == "reset"
+        writer.close()
+    except ConnectionResetError:  # the RST can beat the client's connect call
+        pass
+    print(f"\n21st connection from {ATTACKER} reset after {(time.monotonic() - t0) * 1000:.1f} ms")
     other_reader, other_writer = await raw(s, OTHER)
     assert await healthz_on(other_reader, other_writer) == b"HTTP/1.1 200 OK"
     other_writer.close()
@@ -237,7 +249,10 @@ async def test_connections_beyond_the_per_client_cap_are_closed_at_once(system, 
     held[0][1].close()
 
     async def admitted_again() -> bool:
-        reader, writer = await raw(s, ATTACKER)
+        try:
+            reader, writer = await raw(s, ATTACKER)
+        except ConnectionResetError:
+            return False
         try:
             return await healthz_on(reader, writer) == b"HTTP/1.1 200 OK"
         except (ConnectionResetError, asyncio.IncompleteReadError):
@@ -264,7 +279,7 @@ async def test_heads_bodies_and_idle_connections_have_deadlines(system, settings
     for byte in head:
         writer.write(bytes([byte]))
         sent += 1
-        if await closed_by_server(reader, 0.25):
+        if await closed_by_server(reader, 0.25) == "eof":
             break
     else:
         raise AssertionError("a head trickled for 250 s was never closed")
@@ -278,7 +293,7 @@ async def test_heads_bodies_and_idle_connections_have_deadlines(system, settings
         if first:
             assert await healthz_on(reader, writer) == b"HTTP/1.1 200 OK"
         t0 = time.monotonic()
-        assert await closed_by_server(reader, 30.0)
+        assert await closed_by_server(reader, 30.0) == "eof"
         print(f"{'idle keep-alive' if first else 'silent'} connection closed after "
               f"{time.monotonic() - t0:.2f} s")
         writer.close()
