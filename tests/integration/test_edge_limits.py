@@ -408,3 +408,52 @@ async def test_per_client_rate_and_forwarded_for(system, settings):
         assert await statuses(proxy, 1) == [200]  # the proxy's own requests are its own
         samples = await metric(ops, base, "flashsale_ingest_edge_refusals_total")
     assert refusals(samples, "rate_client") == 4
+
+
+async def test_the_total_connection_cap_keeps_the_process_below_its_fd_limit(system, settings):
+    """More connections than fds, from two addresses neither of which reaches its own cap: the
+    process admits connections_max, resets the rest, and keeps serving once they go."""
+    ingest = start_limited_ingest(system, settings, soft=1024, hard=1024)
+    per_address = 550  # 1,100 in all: more than the 1,024 fds
+    async with session("127.0.0.1") as ops:
+        limits = await metric(ops, system.base_url, "flashsale_ingest_edge_limit")
+    connections_max = int(limits['{limit="connections_max"}'])
+    assert limits['{limit="client_connections_max"}'] == connections_max < 2 * per_address
+    held: list[asyncio.StreamWriter] = []
+    reset = 0
+    for _ in range(per_address):
+        for address in (ATTACKER, OTHER):
+            try:
+                _, writer = await raw(settings, address)
+            except ConnectionResetError:
+                reset += 1
+                continue
+            held.append(writer)
+    fds = proc_fds(ingest.proc.pid)
+    # Connections whose RST came after the connect call returned are open here but not there.
+    async with session("127.0.0.1") as ops:
+        status = None
+        try:
+            async with ops.get(f"{system.base_url}/healthz") as r:
+                status = r.status
+        except aiohttp.ClientError as exc:
+            status = type(exc).__name__
+    for writer in held:
+        writer.close()
+
+    async def serving_again() -> bool:
+        try:
+            async with session("127.0.0.1") as ops, ops.get(f"{system.base_url}/healthz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    assert await eventually(serving_again, timeout_s=10)
+    async with session("127.0.0.1") as ops:
+        samples = await metric(ops, system.base_url, "flashsale_ingest_edge_refusals_total")
+    print(f"\n{2 * per_address} connections: connections_max={connections_max}, ingest fds {fds} of "
+          f"{proc_fd_limit(ingest.proc.pid)}, reset during connect {reset}, /healthz while full: "
+          f"{status}, refusals {samples}")
+    assert fds < proc_fd_limit(ingest.proc.pid)
+    assert refusals(samples, "connections_total") >= 2 * per_address - connections_max
+    assert refusals(samples, "connections_client") == 0
