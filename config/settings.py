@@ -58,6 +58,19 @@ class Settings(msgspec.Struct, kw_only=True):
     client_misses_per_s: float = 20.0
     client_misses_burst: int = 100
 
+    # edge limits (issue 9): what one client may hold of an ingest process. Each cap is clamped at
+    # start to what the process's fd limit allows (ingest.edge.size_limits) and logged.
+    idle_timeout_s: float = 10.0  # idle keep-alive, and the deadline to send a whole request head
+    body_timeout_s: float = 10.0  # deadline to send a request body once its head is in (408)
+    # Per client IP. Defaults leave room for crowds behind one address (office NAT, carrier NAT).
+    client_connections_max: int = 2_000  # open connections per peer; beyond it: closed at once
+    client_waits_max: int = 1_000  # long-polls held per client IP (429 beyond it)
+    buyer_waits_max: int = 10  # long-polls held per buyer (429 beyond it)
+    client_rate_per_s: float = 500.0  # token bucket per client IP on every request; 0 turns it off
+    client_burst: int = 1_000
+    # Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
+
     # committer
     batch_max: int = 2_000
     fetch_timeout_s: float = 0.5  # idle wait for intents; also the expiry tick when idle

@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import web
 
 from flashsale.admin import AdminError, make_upsert
-from ingest import http, problems
+from ingest import edge, http, problems
 from ingest.auth import bearer_token, is_admin
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
@@ -33,7 +33,7 @@ async def put_sku(request: web.Request) -> web.Response:
     outcome = await _apply(ing, upsert)
     if isinstance(outcome, Refusal):
         raise problems.Rejection(409, "sku_upsert_refused", "SKU change refused", outcome.reason)
-    state = outcome or await ing.reads.sku_state(sku, http.client_of(request))
+    state = outcome or await ing.reads.sku_state(sku, edge.client_of(request))
     if state is None:
         raise problems.not_found(f"no SKU {sku!r}")
     return http.json_response(sku_view_of(state), 200, {"X-Request-Id": upsert.request_id})
@@ -42,7 +42,7 @@ async def put_sku(request: web.Request) -> web.Response:
 def require_admin(ing: Ingest, request: web.Request) -> None:
     """The admin token, or 401/403; failed attempts are throttled per client address, so the
     token cannot be guessed at speed (a throttled address is refused even with the right one)."""
-    client = request.remote or ""
+    client = edge.client_of(request)
     now_s = time.monotonic()
     if wait_s := ing.admin_failures.wait_s(client, now_s):
         raise problems.Rejection(

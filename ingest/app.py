@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
-from ingest import admission, http, metrics, problems
+from ingest import admission, edge, http, metrics, problems
 from ingest.admin import put_sku
 from ingest.purchases import cancel_purchase, create_purchase, get_purchase
 from ingest.skus import get_sku
@@ -33,19 +33,23 @@ def openapi_document(settings: Settings) -> bytes:
 OPENAPI = web.AppKey("openapi", bytes)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, front: edge.Edge) -> web.Application:
+    """`front` is the process's edge (limits sized at start, see ingest.edge)."""
     app = web.Application(
         client_max_size=settings.body_max_bytes,
         middlewares=[
             admission.middleware(
                 lambda: app[STATE].intents.check_capacity(), settings.body_max_bytes,
                 settings.retry_after_s,
-            )
+            ),
+            # Inside admission, which answers and counts the edge's 429s.
+            edge.middleware(front),
         ],
     )
+    app[edge.EDGE] = front
 
     async def connected(app: web.Application) -> AsyncIterator[None]:
-        app[STATE] = await Ingest.connect(settings)
+        app[STATE] = await Ingest.connect(settings, front)
         yield
         await app[STATE].close()
 

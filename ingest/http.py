@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from ingest import problems
+from ingest import edge, problems
 from ingest.schemas import encode_json
 from proto.ids import IDEMPOTENCY_KEY_MAX_LEN, new_idempotency_key
 
@@ -27,13 +27,14 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
 
 async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
     """The JSON body, strictly decoded: 415 for another media type, 400 malformed, 422 invalid
-    (a key given twice included: which of the two would count is not something to guess)."""
+    (a key given twice included: which of the two would count is not something to guess),
+    408 when it does not arrive within body_timeout_s."""
     if request.content_type != JSON:
         raise problems.Rejection(
             415, "unsupported_media_type", "Unsupported media type",
             f"send the body as {JSON} (got {request.content_type!r})",
         )
-    body = await request.read()
+    body = await edge.read_body(request)
     try:
         value = decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -80,11 +81,6 @@ def duplicate_key(body: bytes, field_patterns: tuple[bytes, ...]) -> str | None:
 
     json.loads(body, object_pairs_hook=pairs)
     return found[0] if found else None
-
-
-def client_of(request: web.Request) -> str:
-    """The client's address, for per-client limits."""
-    return request.remote or ""
 
 
 def parse_wait(raw: str) -> float | None:

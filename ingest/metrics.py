@@ -42,6 +42,17 @@ SHEDS = Counter(
     "flashsale_ingest_sheds_total", "Requests shed for overload (503), by cause", ["cause"],
     registry=REGISTRY,
 )
+# Edge limits (ingest.edge): what is refused to protect the process, and the caps it was sized to.
+EDGE_REFUSALS = Counter(
+    "flashsale_ingest_edge_refusals_total",
+    "Connections closed at once or requests refused (429/408) to keep one client from taking the "
+    "process, by reason", ["reason"], registry=REGISTRY,
+)
+CONNECTIONS = Gauge("flashsale_ingest_connections", "Open client connections", registry=REGISTRY)
+EDGE_LIMITS = Gauge(
+    "flashsale_ingest_edge_limit", "Edge caps as sized at start from the fd limit", ["limit"],
+    registry=REGISTRY,
+)
 
 _request_children: dict[tuple[str, int], Counter] = {}
 

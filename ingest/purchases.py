@@ -10,9 +10,8 @@ import time
 
 from aiohttp import web
 
-from ingest import http, problems
+from ingest import edge, http, problems
 from ingest.auth import is_admin
-from ingest.http import client_of
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
 from ingest.results import PurchaseState, Watch, is_decided, is_final, status_of
@@ -35,11 +34,13 @@ async def create_purchase(request: web.Request) -> web.Response:
     _check_qty(req.qty, ing.settings.qty_max)
     key = http.idempotency_key(request)
     _check_rate(ing, buyer)
-    await _check_sku_exists(ing, req.sku, key, client_of(request))
+    await _check_sku_exists(ing, req.sku, key, edge.client_of(request))
     intent = _intent(ing, req, buyer, key)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{intent.id}", "Idempotency-Key": key}
-    with ing.hub.watching(intent.id, wait_s > 0) as watch:
+    with ing.hub.watching(
+        intent.id, wait_s > 0, client=edge.client_of(request), buyer=buyer
+    ) as watch:
         current = await _submit(ing, intent, key)
         if watch is not None:
             current = await watch.until(current, is_decided, wait_s)
@@ -55,8 +56,8 @@ async def get_purchase(request: web.Request) -> web.Response:
     wait_s, prefer = _poll_wait(request, ing.settings.wait_max_s)
     seen = _seen_status(request)
     headers: dict[str, str] = {}
-    with ing.hub.watching(pid, wait_s > 0) as watch:
-        current = await _existing(ing, pid, reader, client_of(request))
+    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=reader) as watch:
+        current = await _existing(ing, pid, reader, edge.client_of(request))
         if watch is not None:
             current = await _until_changed(watch, current, seen, wait_s)
             if prefer:
@@ -70,8 +71,8 @@ async def cancel_purchase(request: web.Request) -> web.Response:
     pid = _purchase_id(request)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
-    with ing.hub.watching(pid, wait_s > 0) as watch:
-        current = await _existing(ing, pid, buyer, client_of(request))
+    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer) as watch:
+        current = await _existing(ing, pid, buyer, edge.client_of(request))
         _check_cancellable(pid, status_of(current), None)
         if is_final(current):  # cancelled or expired: nothing left to give back
             return http.json_response(view_of(current), 200, headers)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import msgspec
 
 from ingest import metrics
+from ingest.edge import WaitBudget, note_refusal
 from proto.clock import now_ms
 from proto.messages import FINAL_STATUSES, Decision, Purchase, Refusal, ResultBatch, SkuState, Status
 
@@ -51,10 +52,15 @@ class Watch:
     refusal) and completes `fut`; the waiter re-arms `fut` before reading `decision`, so an update
     landing between two waits is never lost."""
 
-    __slots__ = ("decision", "fut", "purchase_id", "refusal")
+    __slots__ = ("buyer", "client", "decision", "fut", "purchase_id", "refusal")
 
-    def __init__(self, purchase_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, purchase_id: str, loop: asyncio.AbstractEventLoop, client: str | None = None,
+        buyer: str | None = None,
+    ) -> None:
         self.purchase_id = purchase_id
+        self.client = client  # who this wait is counted against (edge.WaitBudget)
+        self.buyer = buyer
         self.fut: asyncio.Future[None] = loop.create_future()
         self.decision: Decision | None = None
         self.refusal: Refusal | None = None
@@ -98,9 +104,11 @@ class AdminWait(msgspec.Struct):
 
 
 class ResultsHub:
-    def __init__(self, cache_max: int, waiters_max: int) -> None:
+    def __init__(self, cache_max: int, waiters_max: int, waits: WaitBudget | None = None) -> None:
         self.cache_max = cache_max
         self.waiters_max = waiters_max
+        # Waits per client IP and per buyer; by default only the process cap applies.
+        self.waits = waits or WaitBudget(waiters_max, waiters_max)
         self.decisions: OrderedDict[str, Decision] = OrderedDict()
         self.skus: OrderedDict[str, SkuState] = OrderedDict()
         self.watches: dict[str, set[Watch]] = {}
@@ -181,21 +189,30 @@ class ResultsHub:
 
     # -- waiters ---------------------------------------------------------------------------
 
-    def watch(self, purchase_id: str) -> Watch | None:
-        """Register interest in a purchase; None when this instance holds too many waiters."""
+    def watch(
+        self, purchase_id: str, client: str | None = None, buyer: str | None = None
+    ) -> Watch | None:
+        """Register interest in a purchase; None when this instance holds too many waiters.
+        Raises a 429 `problems.Rejection` when `client` or `buyer` holds its share already."""
         if self.watch_count >= self.waiters_max:
+            note_refusal("waits_total", client or "")
             return None
-        w = Watch(purchase_id, asyncio.get_running_loop())
+        self.waits.acquire(client, buyer)
+        w = Watch(purchase_id, asyncio.get_running_loop(), client, buyer)
         self.watches.setdefault(purchase_id, set()).add(w)
         self.watch_count += 1
         return w
 
     @contextmanager
-    def watching(self, purchase_id: str, enabled: bool) -> Iterator[Watch | None]:
+    def watching(
+        self, purchase_id: str, enabled: bool, *, client: str | None = None,
+        buyer: str | None = None,
+    ) -> Iterator[Watch | None]:
         """A watch on `purchase_id` for the duration of a request (None if not `enabled`, or when
         this instance already holds waiters_max). Registered before the request publishes or
-        looks anything up, so a decision that lands meanwhile is not missed."""
-        w = self.watch(purchase_id) if enabled else None
+        looks anything up, so a decision that lands meanwhile is not missed. Counted against
+        `client` (IP) and `buyer` (None: not counted): a 429 when either holds its share."""
+        w = self.watch(purchase_id, client, buyer) if enabled else None
         try:
             yield w
         finally:
@@ -210,6 +227,7 @@ class ResultsHub:
         if not watches:
             del self.watches[w.purchase_id]
         self.watch_count -= 1
+        self.waits.release(w.client, w.buyer)
 
     def admin_wait(self, request_id: str, sku: str) -> AdminWait | None:
         if self.watch_count + len(self.admin_waits) >= self.waiters_max:

@@ -18,6 +18,7 @@ from flashsale.logs import kv
 from ingest import metrics
 from ingest.auth import BuyerVerifier, ConfigError
 from ingest.batcher import IntentBatcher
+from ingest.edge import Edge
 from ingest.listener import ResultsListener
 from ingest.publisher import Publisher
 from ingest.ratelimit import RateLimiter
@@ -68,12 +69,13 @@ class Ingest:
         )
 
     @classmethod
-    async def connect(cls, settings: Settings) -> Ingest:
+    async def connect(cls, settings: Settings, edge: Edge) -> Ingest:
         # Configuration first: an ingest that cannot tell buyers apart must not start at all.
         buyers = BuyerVerifier.from_settings(settings)
         if not settings.id_secret:
             raise ConfigError("id_secret must be set (the same on every ingest instance)")
-        hub = ResultsHub(settings.results_cache_max, settings.waiters_max)
+        # Waits are capped as the edge sized them from the fd limit, not by waiters_max alone.
+        hub = ResultsHub(settings.results_cache_max, edge.limits.waits_max, edge.waits)
         listeners: list[ResultsListener] = []  # the reconnect callback needs the listener
 
         async def on_reconnected() -> None:
