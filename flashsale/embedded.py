@@ -70,6 +70,18 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | N
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
+def nats_url(port: int) -> str:
+    return f"nats://127.0.0.1:{port}"
+
+
+def monitor_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def postgres_url(port: int, database: str = "flashsale") -> str:
+    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+
+
 @dataclass
 class Embedded:
     """A running embedded server; `stop()` ends it (SIGTERM, then SIGKILL)."""
@@ -226,9 +238,7 @@ def start_nats(data_dir: Path, port: int | None = None, monitor_port: int | None
             start_new_session=True,
         )
     wait_for_port(port, 20, proc)
-    return Embedded(
-        "nats", proc, f"nats://127.0.0.1:{port}", port, log_path, f"http://127.0.0.1:{monitor_port}"
-    )
+    return Embedded("nats", proc, nats_url(port), port, log_path, monitor_url(monitor_port))
 
 
 def run_nats(data_dir: Path, port: int, monitor_port: int) -> NoReturn:
@@ -352,9 +362,7 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "fla
         )
     wait_for_port(port, 60, proc)
     _wait_pg_ready(port, proc)
-    return Embedded(
-        "postgres", proc, f"postgresql://postgres@127.0.0.1:{port}/{database}", port, log_path
-    )
+    return Embedded("postgres", proc, postgres_url(port, database), port, log_path)
 
 
 def run_postgres(data_dir: Path, port: int) -> NoReturn:
