@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-unit bench bench-quick wrk clean
+.PHONY: run test test-unit bench bench-quick wrk strace clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(PY) -m flashsale dev
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed strace
 	$(PY) -m pytest -q
 
 test-unit: $(VENV)/.installed
@@ -28,6 +28,13 @@ wrk:
 	@command -v wrk >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 		(apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)) \
 		>/dev/null 2>&1) || echo "wrk not installed: the bench uses its Python generator"
+
+# strace (Debian's package) counts nats-server's fsync calls in
+# tests/integration/test_embedded_durability.py.
+strace:
+	@command -v strace >/dev/null 2>&1 || (apt-get install -y -qq strace >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq strace) >/dev/null 2>&1) || \
+		echo "strace not installed: the fsync-count test will fail"
 
 bench: $(VENV)/.installed wrk
 	$(PY) -m bench
