@@ -327,13 +327,20 @@ def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None) -> list[str]
     """initdb on first use, stale state cleared, and the postgres command line. Durable settings:
     fsync and synchronous_commit stay on (a committed batch survives a crash)."""
     pgdata = data_dir / "pgdata"
-    if not (pgdata / "PG_VERSION").exists():
-        subprocess.run(
-            [_pg_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
+    if not pgdata.exists():
+        # Into a scratch directory first: an initdb that fails or is killed half-way must not
+        # leave a data directory that looks initialised.
+        scratch = data_dir / "pgdata.initdb"
+        shutil.rmtree(scratch, ignore_errors=True)
+        done = subprocess.run(
+            [_pg_bin("initdb"), "-D", str(scratch), "-U", "postgres", "--auth=trust",
              "--encoding=UTF8", "--no-instructions"],
-            check=True, capture_output=True,
+            capture_output=True, text=True,
             user=None if run_as is None else run_as.uid, group=None if run_as is None else run_as.gid,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}): {done.stdout}{done.stderr}")
+        scratch.rename(pgdata)
     clear_stale_postgres(pgdata, socket_dir=data_dir)
     return [
         _pg_bin("postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -260,17 +262,26 @@ async def _kept(url: str) -> list[int]:
         await conn.close()
 
 
-def test_postgres_starts_again_after_kill_9_of_its_postmaster(tmp_path):
+@pytest.fixture
+def pg_root():
+    """Not under pytest's tmp_path: any pytest run resets /tmp/pytest-of-<user> to mode 0700,
+    which locks out the unprivileged user postgres runs as when we are root."""
+    root = Path(tempfile.mkdtemp(prefix="flashsale-pg-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_starts_again_after_kill_9_of_its_postmaster(pg_root):
     """The killed postmaster is our child (a zombie until reaped) and a frozen backend outlives
     it holding the shared memory: the next start clears both and finds the committed rows."""
-    pg = start_postgres(tmp_path / "pg")
+    pg = start_postgres(pg_root / "pg")
     backend = asyncio.run(_write_and_freeze_a_backend(pg.url))
     os.kill(backend, signal.SIGSTOP)  # an orphan that cannot notice its postmaster died
     os.kill(pg.proc.pid, signal.SIGKILL)
     time.sleep(0.2)
     assert _state(pg.proc.pid) == "Z"
     started = time.monotonic()
-    again = start_postgres(tmp_path / "pg", port=pg.port)
+    again = start_postgres(pg_root / "pg", port=pg.port)
     try:
         print(f"restart after kill -9 took {time.monotonic() - started:.2f} s")
         assert _state(pg.proc.pid) is None  # reaped
