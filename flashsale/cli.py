@@ -227,6 +227,14 @@ def cmd_embedded_postgres(args: argparse.Namespace) -> int:
     run_postgres(Path(args.data_dir or Path(s.data_dir) / "postgres"), args.port or s.pg_port)
 
 
+def cmd_supervisord_conf(args: argparse.Namespace) -> int:
+    """For production: the Procfile's programs only, started at once, restarted like under dev."""
+    conf = write_conf(Path(args.dir).resolve(), [], procfile_programs(Path(args.procfile)),
+                      app_autostart=True)
+    print(f"{conf}: run it with `supervisord -c {conf}` (settings from the environment)")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     asyncio.run(prepare(load()))
     print("schema and streams are in place")
@@ -276,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     ep.add_argument("--data-dir", help="default: <data_dir>/postgres")
     ep.add_argument("--port", type=int, help="default: pg_port")
     ep.set_defaults(fn=cmd_embedded_postgres)
+    sc = sub.add_parser("supervisord-conf", help="write a supervisord.conf running the Procfile")
+    sc.add_argument("--procfile", default=str(REPO_ROOT / "Procfile"))
+    sc.add_argument("--dir", required=True, help="where the conf, socket and pid file go")
+    sc.set_defaults(fn=cmd_supervisord_conf)
     sub.add_parser("schema", help="apply the schema and create the streams").set_defaults(fn=cmd_schema)
     ls = sub.add_parser("load-sale", help="create/adjust the SKUs of a sale file")
     ls.add_argument("file")

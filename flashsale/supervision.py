@@ -44,9 +44,11 @@ def conf_path(state_dir: Path) -> Path:
     return state_dir / "supervisord.conf"
 
 
-def write_conf(state_dir: Path, servers: list[Program], app: list[Program]) -> Path:
-    """supervisord.conf under `state_dir`: `servers` start at once, `app` (group "app") on demand.
-    Programs log to supervisord's stdout; supervisorctl reaches it on a unix socket there."""
+def write_conf(state_dir: Path, servers: list[Program], app: list[Program],
+               app_autostart: bool = False) -> Path:
+    """supervisord.conf under `state_dir`: `servers` start at once, `app` (group "app") on demand
+    unless `app_autostart`. Programs log to supervisord's stdout; supervisorctl reaches it on a
+    unix socket there."""
     state_dir.mkdir(parents=True, exist_ok=True)
     sock = state_dir / "supervisor.sock"
     sections = [
@@ -69,7 +71,7 @@ serverurl=unix://{sock}
 """
     ]
     # Servers start first and stop last (supervisord stops the highest priority number first).
-    for autostart, priority, programs in ((True, 100, servers), (False, 500, app)):
+    for autostart, priority, programs in ((True, 100, servers), (app_autostart, 500, app)):
         sections += [_program(p, autostart, priority) for p in programs]
     if app:
         sections.append(f"[group:{APP_GROUP}]\nprograms={','.join(p.name for p in app)}\n")
