@@ -91,7 +91,7 @@ class DevError(RuntimeError):
 
 
 class _Stop(Exception):
-    """SIGTERM to `flashsale dev`: stop like Ctrl-C."""
+    """SIGINT (Ctrl-C) or SIGTERM to `flashsale dev`: stop everything."""
 
 
 def _raise_stop(signum: int, frame: object) -> None:
@@ -147,6 +147,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
         env=env, start_new_session=True, preexec_fn=_die_with_parent,
     )
+    # Both set explicitly: a shell without job control starts background commands with SIGINT
+    # ignored, and Python then never turns it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         _serve(settings, args, conf, supervisord, embedded={p.name for p in servers})
@@ -154,7 +157,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     except DevError as e:
         print(f"flashsale: {e}", file=sys.stderr, flush=True)
         return 2
-    except (KeyboardInterrupt, _Stop):
+    except _Stop:
         return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
