@@ -20,8 +20,13 @@ APP_GROUP = "app"  # the Procfile's programs: started once schema, streams and d
 START_S = 2  # a program that lives this long counts as started (its backoff starts again from 1 s)
 START_RETRIES = 30  # quick deaths in a row before supervisord gives up: 1 + 2 + ... + 30 s ≈ 8 min
 STOP_WAIT_S = 15  # after the stop signal, SIGKILL to the program's process group
+# Exit codes that mean "a human must look first": committer's EXIT_CORRUPT (it refused to break a
+# money invariant; docs/operations.md). Every other exit, 0 included, is restarted.
+NO_RESTART_EXIT_CODES = (4,)
 
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # the format honcho and foreman read
+# A program name first (not an assignment `A=b cmd`, not `{`, `!` or a subshell), then arguments.
+_SIMPLE_COMMAND = re.compile(r"[A-Za-z0-9_./-]+(\s.*)?", re.S)
 
 
 @dataclass(frozen=True)
@@ -80,15 +85,23 @@ serverurl=unix://{sock}
     return conf
 
 
+def shell_command(line: str) -> str:
+    """A shell runs the line, as under honcho. A line that is one simple command is exec'd, so
+    that the program itself is the supervised pid (kill -9 of it is seen at once); a line with
+    shell control syntax keeps its shell, and stopasgroup/killasgroup reach its children."""
+    simple = _SIMPLE_COMMAND.fullmatch(line) and not any(c in line for c in ";&|()\n")
+    return f"/bin/sh -c {shlex.quote(('exec ' if simple else '') + line)}"
+
+
 def _program(p: Program, autostart: bool, priority: int) -> str:
-    # A shell runs the line, as under honcho; exec makes the program itself the supervised pid.
-    command = f"/bin/sh -c {shlex.quote('exec ' + p.command)}".replace("%", "%%")
+    command = shell_command(p.command).replace("%", "%%")  # supervisord expands %(name)s
     return f"""[program:{p.name}]
 command={command}
 directory={REPO_ROOT}
 autostart={str(autostart).lower()}
 priority={priority}
-autorestart=true
+autorestart=unexpected
+exitcodes={",".join(map(str, NO_RESTART_EXIT_CODES))}
 startsecs={START_S}
 startretries={START_RETRIES}
 stopsignal={p.stop_signal}
