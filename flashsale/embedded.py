@@ -159,11 +159,9 @@ def _live_pids(comm: str, where: Path | None = None, argv: list[str] | None = No
     `argv`."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or _comm(int(entry.name)) != comm:
             continue
         try:
-            if (entry / "comm").read_text().strip() != comm:
-                continue
             if where is not None and Path(os.readlink(entry / "cwd")) != where:
                 continue
             if argv is not None and (entry / "cmdline").read_bytes().split(b"\0")[:-1] != [
