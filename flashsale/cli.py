@@ -18,8 +18,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import msgspec
 import nats
+import nats.errors
 
 from committer.schema import apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
@@ -183,12 +185,16 @@ def _serve(settings: Settings, args: argparse.Namespace, conf: Path,
     if "postgres" in embedded:
         _wait_until(lambda: postgres_ready(settings.pg_port), "PostgreSQL", 60, supervisord)
         print(f"flashsale: PostgreSQL 16 at {settings.database_url}", flush=True)
-    asyncio.run(prepare(settings))
+    try:
+        asyncio.run(prepare(settings))
+    except (OSError, asyncpg.PostgresError, nats.errors.Error) as e:
+        raise DevError(f"schema and streams not prepared: {e!r}") from e
     started = subprocess.run(
         [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "start", f"{APP_GROUP}:*"],
         capture_output=True, text=True,
     )
-    print(started.stdout, end="", flush=True)
+    # A program that did not start is retried by supervisord with backoff; say so, keep serving.
+    print(started.stdout + started.stderr, end="", flush=True)
     print(f"flashsale: supervising; status and restarts: {Path(sys.executable).parent}/supervisorctl "
           f"-c {conf} status", flush=True)
     if args.sale:
