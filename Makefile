@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-unit lint typecheck bench bench-quick wrk clean
+.PHONY: run test test-unit lint typecheck bench bench-quick wrk strace clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ run: $(VENV)/.installed
 	$(PY) -m flashsale dev
 
 # The gates run first: a type or lint error fails the build before any service starts.
-test: lint typecheck
+test: lint typecheck strace
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
@@ -35,6 +35,13 @@ wrk:
 	@command -v wrk >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 		(apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)) \
 		>/dev/null 2>&1) || echo "wrk not installed: the bench uses its Python generator"
+
+# strace (Debian's package) counts nats-server's fsync calls in
+# tests/integration/test_embedded_durability.py.
+strace:
+	@command -v strace >/dev/null 2>&1 || (apt-get install -y -qq strace >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq strace) >/dev/null 2>&1) || \
+		echo "strace not installed: the fsync-count test will fail"
 
 bench: $(VENV)/.installed wrk
 	$(PY) -m bench

@@ -126,6 +126,12 @@ class Settings(msgspec.Struct, kw_only=True):
     nats_port: int = 14222
     pg_port: int = 15432
 
+    # durability check (issue 8): what the JetStream servers really do, read from their monitoring
+    # endpoints at start (flashsale/durability.py); `flashsale dev` sets it for its embedded server
+    nats_monitor_url: str = ""  # comma-separated, one per server (http://127.0.0.1:18222); "" = unchecked
+    nats_monitor_port: int = 18222  # the embedded nats-server's monitoring port (loopback only)
+    require_sync_always: bool = True  # refuse to start when a server does not fsync before each ack
+
     log_level: str = "INFO"
 
     @property

@@ -4,25 +4,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import os
 import re
+import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import msgspec
+import nats.errors
 
 from committer.schema import apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
 from flashsale import admin
-from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
 from flashsale.db import ensure_database
-from flashsale.embedded import start_nats, start_postgres
+from flashsale.durability import verify
+from flashsale.embedded import (
+    monitor_url,
+    nats_url,
+    postgres_ready,
+    postgres_url,
+    run_nats,
+    run_postgres,
+)
 from flashsale.jetstream import connect_nats, ensure_streams
+from flashsale.supervision import APP_GROUP, Program, procfile_programs, write_conf
+from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
+from proto.messages import Refusal, SkuState
 
 DEMO_SALE = CONFIG_DIR / "sales" / "demo.toml"
 
@@ -38,8 +54,23 @@ async def prepare(settings: Settings) -> None:
         await nc.close()
 
 
-def _procfile_committers(procfile: Path) -> int:
-    return len(re.findall(r"^\w[\w-]*:.*-m committer\b", procfile.read_text(), re.M))
+def _wait_until(ready: Callable[[], bool], what: str, timeout_s: float,
+                supervisord: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if supervisord.poll() is not None:
+            raise DevError(f"supervisord exited with {supervisord.returncode} while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise DevError(f"{what} not up after {timeout_s:g} s (see its log lines above)")
+        time.sleep(0.2)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _wait_ready(urls: list[str], timeout_s: float) -> bool:
@@ -57,57 +88,124 @@ def _wait_ready(urls: list[str], timeout_s: float) -> bool:
     return not pending
 
 
+class DevError(RuntimeError):
+    """`flashsale dev` cannot serve; the message says why."""
+
+
+class _Stop(Exception):
+    """SIGINT (Ctrl-C) or SIGTERM to `flashsale dev`: stop everything."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def _die_with_parent() -> None:
+    """In the supervisord child: SIGTERM when `flashsale dev` dies, even by kill -9, so nothing
+    is left serving (and holding the ports) without it."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _embedded_servers(settings: Settings, data: Path) -> tuple[list[Program], dict[str, str]]:
+    """Programs for the embedded servers that NATS_URL / DATABASE_URL do not replace, and the
+    settings that point every process at them."""
+    me = f"{shlex.quote(sys.executable)} -m flashsale"
+    servers, overrides = [], {}
+    if "NATS_URL" not in os.environ:
+        servers.append(Program("nats", f"{me} embedded-nats --data-dir {shlex.quote(str(data / 'nats'))} "
+                                       f"--port {settings.nats_port} "
+                                       f"--monitor-port {settings.nats_monitor_port}"))
+        overrides["nats_url"] = nats_url(settings.nats_port)
+        overrides["nats_monitor_url"] = monitor_url(settings.nats_monitor_port)
+    if "DATABASE_URL" not in os.environ:
+        servers.append(Program("postgres", f"{me} embedded-postgres --data-dir "
+                                           f"{shlex.quote(str(data / 'postgres'))} --port {settings.pg_port}",
+                               stop_signal="INT"))  # SIGINT: postgres's fast shutdown
+        overrides["database_url"] = postgres_url(settings.pg_port)
+    return servers, overrides
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Everything on this machine: embedded NATS + Postgres (unless NATS_URL / DATABASE_URL point
-    elsewhere), schema, streams, the Procfile under honcho, and the demo sale."""
+    """Everything on this machine under supervisord: the embedded NATS + Postgres (unless NATS_URL /
+    DATABASE_URL point elsewhere), then schema, streams and the durability check, then the
+    Procfile's processes and the demo sale. A program that dies is restarted; Ctrl-C stops all."""
     settings = load()
     data = Path(settings.data_dir).resolve()
-    embedded = []
-    overrides = {}
-    if "NATS_URL" not in os.environ:
-        n = start_nats(data / "nats", settings.nats_port)
-        embedded.append(n)
-        overrides["nats_url"] = n.url
-        print(f"flashsale: nats-server (JetStream) at {n.url}, data in {data / 'nats'}", flush=True)
-    if "DATABASE_URL" not in os.environ:
-        p = start_postgres(data / "postgres", settings.pg_port)
-        embedded.append(p)
-        overrides["database_url"] = p.url
-        print(f"flashsale: PostgreSQL 16 at {p.url}, data in {data / 'postgres'}", flush=True)
+    servers, overrides = _embedded_servers(settings, data)
     settings = msgspec.structs.replace(settings, **overrides)
     procfile = Path(args.procfile)
-    committers = _procfile_committers(procfile)
+    app = procfile_programs(procfile)
+    committers = sum(1 for p in app if re.search(r"-m committer\b", p.command))
     if committers != settings.shards:
         print(f"flashsale: warning: {procfile} runs {committers} committers for "
               f"{settings.shards} shards (set FLASHSALE_SHARDS to match)", flush=True)
+    conf = write_conf(data / "supervisor", servers, app)
+    env = {**os.environ, **to_env(settings)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    # Its own session: Ctrl-C reaches supervisord only through us, as one orderly stop.
+    supervisord = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
+        env=env, start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    # Both set explicitly: a shell without job control starts background commands with SIGINT
+    # ignored, and Python then never turns it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        _serve(settings, args, conf, supervisord, embedded={p.name for p in servers})
+        return supervisord.wait()
+    except DevError as e:
+        print(f"flashsale: {e}", file=sys.stderr, flush=True)
+        return 2
+    except _Stop:
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
+        if supervisord.poll() is None:
+            supervisord.terminate()  # supervisord stops every program, then exits
+        supervisord.wait()
+        print("flashsale: stopped", flush=True)
+
+
+def _serve(settings: Settings, args: argparse.Namespace, conf: Path,
+           supervisord: subprocess.Popen[bytes], embedded: set[str]) -> None:
+    if "nats" in embedded:
+        _wait_until(lambda: _port_open(settings.nats_port), "nats-server", 30, supervisord)
+        print(f"flashsale: nats-server (JetStream) at {settings.nats_url}", flush=True)
+    found = verify(settings.nats_monitor_url)
+    print(f"flashsale: JetStream durability: {found.message}", flush=True)
+    # Our own server must prove it; an external one without a monitor URL cannot be asked.
+    if settings.require_sync_always and (
+        found.verdict == "interval" or ("nats" in embedded and found.verdict != "sync_always")
+    ):
+        raise DevError(f"refusing to serve: {found.message}. config/nats.conf sets sync_interval: "
+                       "always; set FLASHSALE_REQUIRE_SYNC_ALWAYS=false to accept a weaker mode")
+    if "postgres" in embedded:
+        _wait_until(lambda: postgres_ready(settings.pg_port), "PostgreSQL", 60, supervisord)
+        print(f"flashsale: PostgreSQL 16 at {settings.database_url}", flush=True)
     try:
         asyncio.run(prepare(settings))
-        env = {**os.environ, **to_env(settings)}
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env["PYTHONUNBUFFERED"] = "1"
-        honcho = subprocess.Popen(
-            [sys.executable, "-m", "honcho", "-f", str(procfile), "-d", str(REPO_ROOT), "start"],
-            env=env,
-        )
-        if args.sale:
-            threading.Thread(target=_load_demo, args=(settings, Path(args.sale)), daemon=True).start()
-        try:
-            return honcho.wait()
-        except KeyboardInterrupt:
-            # honcho got the same Ctrl-C (same process group) and stops its processes.
-            honcho.send_signal(signal.SIGINT)
-            honcho.wait()
-            return 0
-    finally:
-        for server in reversed(embedded):
-            server.stop()
-        print("flashsale: stopped", flush=True)
+    except (OSError, asyncpg.PostgresError, nats.errors.Error) as e:
+        raise DevError(f"schema and streams not prepared: {e!r}") from e
+    started = subprocess.run(
+        [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "start", f"{APP_GROUP}:*"],
+        capture_output=True, text=True,
+    )
+    # A program that did not start is retried by supervisord with backoff; say so, keep serving.
+    print(started.stdout + started.stderr, end="", flush=True)
+    print(f"flashsale: supervising; status and restarts: {Path(sys.executable).parent}/supervisorctl "
+          f"-c {conf} status", flush=True)
+    if args.sale:
+        threading.Thread(target=_load_demo, args=(settings, Path(args.sale)), daemon=True).start()
 
 
 def _load_demo(settings: Settings, path: Path) -> None:
     urls = []
     if settings.committer_metrics_port:
-        urls = [f"http://127.0.0.1:{settings.committer_metrics_port + s}/readyz" for s in range(settings.shards)]
+        urls = [f"http://127.0.0.1:{settings.committer_metrics_port + s}/readyz"
+                for s in range(settings.shards)]
     urls.append(f"http://{settings.ingest_host}:{settings.ingest_port}/readyz")
     if not _wait_ready(urls, 60):
         print("flashsale: processes not ready; demo sale not loaded", flush=True)
@@ -125,17 +223,38 @@ def _load_demo(settings: Settings, path: Path) -> None:
           flush=True)
 
 
+def cmd_embedded_nats(args: argparse.Namespace) -> int:
+    """What `dev` supervises: stale state cleared, then the process becomes nats-server."""
+    s = load()
+    run_nats(Path(args.data_dir or Path(s.data_dir) / "nats"), args.port or s.nats_port,
+             args.monitor_port or s.nats_monitor_port)
+
+
+def cmd_embedded_postgres(args: argparse.Namespace) -> int:
+    """What `dev` supervises: stale state cleared, then the process becomes the postmaster."""
+    s = load()
+    run_postgres(Path(args.data_dir or Path(s.data_dir) / "postgres"), args.port or s.pg_port)
+
+
+def cmd_supervisord_conf(args: argparse.Namespace) -> int:
+    """For production: the Procfile's programs only, started at once, restarted like under dev."""
+    conf = write_conf(Path(args.dir).resolve(), [], procfile_programs(Path(args.procfile)),
+                      app_autostart=True)
+    print(f"{conf}: run it with `supervisord -c {conf}` (settings from the environment)")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     asyncio.run(prepare(load()))
     print("schema and streams are in place")
     return 0
 
 
-def _print_outcome(out) -> int:
+def _print_outcome(out: list[SkuState | Refusal]) -> int:
     failed = 0
     for item in out:
         print(msgspec.json.encode(item).decode())
-        failed += isinstance(item, admin.Refusal)
+        failed += isinstance(item, Refusal)
     return 1 if failed else 0
 
 
@@ -147,7 +266,7 @@ def cmd_set_sku(args: argparse.Namespace) -> int:
     fields = {k: v for k, v in vars(args).items() if k in admin.UPSERT_FIELDS and v is not None}
     upsert = admin.make_upsert(args.sku, fields)
 
-    async def run():
+    async def run() -> list[SkuState | Refusal]:
         settings = load()
         nc = await connect_nats(settings, "flashsale-set-sku")
         try:
@@ -176,6 +295,19 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--procfile", default=str(REPO_ROOT / "Procfile"))
     dev.add_argument("--sale", default=str(DEMO_SALE), help="sale file to load ('' for none)")
     dev.set_defaults(fn=cmd_dev)
+    en = sub.add_parser("embedded-nats", help="run the embedded nats-server in the foreground")
+    en.add_argument("--data-dir", help="default: <data_dir>/nats")
+    en.add_argument("--port", type=int, help="default: nats_port")
+    en.add_argument("--monitor-port", type=int, help="default: nats_monitor_port")
+    en.set_defaults(fn=cmd_embedded_nats)
+    ep = sub.add_parser("embedded-postgres", help="run the embedded PostgreSQL in the foreground")
+    ep.add_argument("--data-dir", help="default: <data_dir>/postgres")
+    ep.add_argument("--port", type=int, help="default: pg_port")
+    ep.set_defaults(fn=cmd_embedded_postgres)
+    sc = sub.add_parser("supervisord-conf", help="write a supervisord.conf running the Procfile")
+    sc.add_argument("--procfile", default=str(REPO_ROOT / "Procfile"))
+    sc.add_argument("--dir", required=True, help="where the conf, socket and pid file go")
+    sc.set_defaults(fn=cmd_supervisord_conf)
     sub.add_parser("schema", help="apply the schema and create the streams").set_defaults(fn=cmd_schema)
     ls = sub.add_parser("load-sale", help="create/adjust the SKUs of a sale file")
     ls.add_argument("file")
@@ -204,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         # imports the gateway (imports go one way).
         return subprocess.call([sys.executable, "-m", "gateway.reconcile", *argv[1:]])
     args = parser.parse_args(argv)
-    return args.fn(args)
+    command: Callable[[argparse.Namespace], int] = args.fn
+    return command(args)
 
 
 if __name__ == "__main__":

