@@ -6,6 +6,7 @@ Each handler is a short list of steps; a step that refuses the request raises
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -141,8 +142,32 @@ def _intent(ing: Ingest, req: PurchaseRequest, buyer: str, key: str) -> Purchase
 
 async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
     """Store the intent; or, for a key that already made a purchase, that purchase (same body)."""
+    known = ing.hub.decision(intent.id)
+    if known is not None:  # a retry of a decided purchase: nothing to store
+        _check_same_request(known.request_hash, intent.request_hash, key)
+        return known
+    twin = ing.submitting.get(intent.id)
+    if twin is not None:
+        # The same click twice at once on this instance: let the first store it (or fail), then
+        # answer as a retry, so that the two can never get different answers.
+        await asyncio.shield(twin)
+        return await _store_or_find(ing, intent, key, retry=True)
+    done = asyncio.get_running_loop().create_future()
+    ing.submitting[intent.id] = done
+    try:
+        return await _store_or_find(ing, intent, key, retry=False)
+    finally:
+        del ing.submitting[intent.id]
+        done.set_result(None)
+
+
+async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -> PurchaseState:
     subject = ing.names.intent(shard_of(intent.sku, ing.settings.shards), "purchase", intent.id)
-    if ing.hub.is_sold_out(intent.sku):
+    if retry:
+        existing = await ing.reads.stored_intent(subject)
+        if existing is None:
+            raise Overloaded("intent_missing")  # the first copy failed: the client retries
+    elif ing.hub.is_sold_out(intent.sku):
         # Sold-out fast path, but a retry of an accepted purchase still gets that purchase.
         existing = await ing.reads.stored_intent(subject)
         if existing is None:
@@ -158,12 +183,16 @@ async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
         if existing is None:
             # Refused as a duplicate yet not readable (purged meanwhile?): retryable.
             raise Overloaded("intent_missing")
-    if existing.request_hash != intent.request_hash:
+    _check_same_request(existing.request_hash, intent.request_hash, key)
+    return ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id) or existing
+
+
+def _check_same_request(stored_hash: str, request_hash: str, key: str) -> None:
+    if stored_hash and stored_hash != request_hash:
         raise problems.Rejection(
             422, "idempotency_key_reused", "Idempotency key reused",
             "idempotency key reused with a different request", headers={"Idempotency-Key": key},
         )
-    return ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id) or existing
 
 
 def _purchase_id(request: web.Request) -> str:

@@ -6,6 +6,7 @@ any instance answers any request and a restart loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import asyncpg
@@ -59,6 +60,9 @@ class Ingest:
         self.intents = intents
         self.reads = reads
         self.buyers = buyers
+        # Purchase ids being stored by a request of this process right now (bounded by the
+        # requests in flight): a concurrent twin waits for the first instead of racing it.
+        self.submitting: dict[str, asyncio.Future[None]] = {}
         # Failed admin attempts per client address: a few in a burst, then one per second.
         self.admin_failures = RateLimiter(ADMIN_FAILURES_PER_S, ADMIN_FAILURES_BURST, ADMIN_CLIENTS_MAX)
         self.id_key = id_key(settings.id_secret)
