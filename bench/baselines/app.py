@@ -26,7 +26,10 @@ import uvloop
 from aiohttp import web
 
 from proto.clock import now_ms
-from proto.ids import new_idempotency_key, purchase_id
+from proto.ids import id_key, new_idempotency_key, purchase_id
+
+# The baselines derive ids the way flashsale does, with a key of their own.
+_ID_KEY = id_key("bench-baseline")
 
 Kind = Literal["echo", "naive", "rowlock"]
 
@@ -112,7 +115,7 @@ class Baseline:
         if body.qty < 1:
             return _problem(400, "qty must be >= 1")
         key = request.headers.get("Idempotency-Key") or new_idempotency_key()
-        pid = purchase_id(body.user_id, key)
+        pid = purchase_id(_ID_KEY, body.user_id, key)
         accepted = now_ms()
         assert self.pool is not None
         async with self.pool.acquire() as conn:
