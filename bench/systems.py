@@ -284,7 +284,8 @@ class Flashsale(System):
         total = 0
         try:
             for shard in range(self.shards):
-                info = await self.js.consumer_info(names.intents_stream, names.committer_durable(shard))
+                info = await self.js.consumer_info(
+                    names.intents_stream(shard), names.committer_durable(shard))
                 total += info.num_pending + info.num_ack_pending
         except Exception:  # another consumer naming: the live line shows "?" instead
             return None

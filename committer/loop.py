@@ -31,6 +31,7 @@ from proto.messages import (
     Decision,
     Intent,
     PaymentJob,
+    Progress,
     Purchase,
     ResultBatch,
     encode,
@@ -71,7 +72,7 @@ class Committer:
         names = settings.names
         durable = names.committer_durable(shard)
         info = await links.js.add_consumer(
-            names.intents_stream,
+            names.intents_stream(shard),
             ConsumerConfig(
                 durable_name=durable,
                 filter_subject=names.intents_of_shard(shard),
@@ -82,7 +83,7 @@ class Committer:
                 max_waiting=64,
             ),
         )
-        puller = await Puller.open(links.nc, names.intents_stream, durable)
+        puller = await Puller.open(links.nc, names.intents_stream(shard), durable)
         decided_seq = info.ack_floor.stream_seq if info.ack_floor and info.ack_floor.stream_seq else 0
         committer = cls(settings, shard, epoch, links, machine, puller, decided_seq)
         # A crash between commit and publish may have lost payment jobs: hand them out again
@@ -122,6 +123,9 @@ class Committer:
         seqs: list[int] = []
         for msg in msgs:
             seqs.append(msg.metadata.sequence.stream)
+        if seqs:
+            await self._announce_taken(max(seqs))
+        for msg in msgs:
             try:
                 intents.append(intent_decoder.decode(msg.data))
                 acked.append(msg)
@@ -146,6 +150,18 @@ class Committer:
             metrics.BATCH_SIZE.labels(self.label).observe(len(intents))
         if _announces(step):
             await self._announce(step, intents)
+
+    async def _announce_taken(self, taken_seq: int) -> None:
+        """Tell ingest how far this batch reaches before deciding it: a purchase in it is no
+        longer behind anyone (queue position 0). Core NATS, not stored: a lost one only delays
+        a position update until the batch's results."""
+        try:
+            await self.links.nc.publish(
+                self.names.progress(self.shard),
+                encode(Progress(shard=self.shard, epoch=self.epoch, taken_seq=taken_seq)),
+            )
+        except Exception:  # never worth failing a batch for
+            pass
 
     async def _commit(self, step: Step, acked: list[Msg], t: int) -> None:
         """Even a batch with no writes goes through the lease check: a fenced writer must not ack
@@ -251,8 +267,8 @@ class Committer:
             async with lookups:
                 try:
                     msg = await self.links.js.get_last_msg(
-                        self.names.intents_stream, self.names.intent(self.shard, "purchase", d.id),
-                        direct=True,
+                        self.names.intents_stream(self.shard),
+                        self.names.intent(self.shard, "purchase", d.id), direct=True,
                     )
                     intent = intent_decoder.decode(msg.data or b"")
                     token = intent.payment_token if isinstance(intent, Purchase) else None
@@ -269,7 +285,7 @@ class Committer:
         while True:
             try:
                 info = await self.links.js.consumer_info(
-                    self.names.intents_stream, self.names.committer_durable(self.shard)
+                    self.names.intents_stream(self.shard), self.names.committer_durable(self.shard)
                 )
                 metrics.BACKLOG.labels(self.label).set(info.num_pending + info.num_ack_pending)
             except Exception:  # metrics must never take the writer down

@@ -40,7 +40,11 @@ class Settings(msgspec.Struct, kw_only=True):
     # stored go out together as one atomic batch, one disk flush for all.
     ingest_batch_max: int = 500  # intents per batch (nats-server allows 1000)
     ingest_linger_ms: float = 0.0  # extra wait for a batch to fill; 0: only while one is in flight
-    ingest_batches_inflight_max: int = 2  # batches awaiting their ack at once
+    ingest_batches_inflight_max: int = 2  # batches awaiting their ack at once, per shard
+    # A shard whose writer sent no result or heartbeat for shard_silence_s has no live writer:
+    # ingest then accepts at most shard_silent_accept_max more intents for it (503 beyond).
+    shard_silence_s: float = 3.0
+    shard_silent_accept_max: int = 1_000
     # Per-buyer token bucket on POST /v1/purchases (429 beyond it); 0 turns it off.
     user_rate_per_s: float = 20.0
     user_burst: int = 40
@@ -97,7 +101,7 @@ class Settings(msgspec.Struct, kw_only=True):
 
     # streams
     intents_max_age_s: float = 7 * 24 * 3600.0
-    intents_max_bytes: int = 1 << 30  # beyond this ingest answers 503 instead of losing intents
+    intents_max_bytes: int = 1 << 30  # per shard; beyond it ingest answers 503 instead of losing intents
     results_max_age_s: float = 600.0
     duplicate_window_s: float = 120.0
 

@@ -89,8 +89,9 @@ async def _apply(ing: Ingest, upsert: SkuUpsert) -> SkuState | Refusal | None:
     if wait is None:
         raise Overloaded("waiters_max")
     try:
-        subject = ing.names.intent(shard_of(upsert.sku, ing.settings.shards), "sku_upsert", upsert.request_id)
-        await ing.intents.store(subject, encode(upsert), f"admin:{upsert.request_id}")
+        shard = shard_of(upsert.sku, ing.settings.shards)
+        subject = ing.names.intent(shard, "sku_upsert", upsert.request_id)
+        await ing.intents.store(shard, subject, encode(upsert), f"admin:{upsert.request_id}")
         try:
             return await asyncio.wait_for(wait.fut, ADMIN_TIMEOUT_S)
         except TimeoutError:

@@ -33,48 +33,53 @@ class _Item:
     subject: str
     payload: bytes
     msg_id: str
-    stored: asyncio.Future[bool] = field(compare=False)
+    # The stream sequence it was stored at, or 0 when its subject already held an intent.
+    stored: asyncio.Future[int] = field(compare=False)
 
 
 class IntentBatcher:
+    """One queue per shard (an atomic batch lives in one stream), one bound for all."""
+
     def __init__(
-        self, publisher: Publisher, batch_max: int, linger_ms: float, batches_inflight_max: int,
-        inflight_max: int,
+        self, publisher: Publisher, shards: int, batch_max: int, linger_ms: float,
+        batches_inflight_max: int, inflight_max: int,
     ) -> None:
         if not 1 <= batch_max <= BATCH_MAX_MESSAGES:
             raise ValueError(f"batch_max must be 1..{BATCH_MAX_MESSAGES}")
         self.publisher = publisher
         self.batch_max = batch_max
         self.linger_s = linger_ms / 1000
-        self.batches_inflight_max = batches_inflight_max
+        self.batches_inflight_max = batches_inflight_max  # per shard
         self.inflight_max = inflight_max
-        self._queue: list[_Item] = []
+        self._queues: dict[int, list[_Item]] = {shard: [] for shard in range(shards)}
+        self._batches_inflight = dict.fromkeys(range(shards), 0)
+        self._queued = 0
         self._sending = 0  # intents in batches on their way to the server
-        self._batches_inflight = 0
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._task = asyncio.create_task(self._run())
-        self.atomic = True  # until the stream says it takes no atomic batches
+        self.atomic = True  # until a stream says it takes no atomic batches
         self.batches = 0
         self.intents = 0
 
     @property
     def inflight(self) -> int:
         """Intents waiting for their batch or for its ack."""
-        return len(self._queue) + self._sending
+        return self._queued + self._sending
 
     def check_capacity(self) -> None:
         self.publisher.check_capacity()
         if self.inflight >= self.inflight_max:
             raise Overloaded("inflight_max")
 
-    async def store(self, subject: str, payload: bytes, msg_id: str) -> bool:
-        """Like Publisher.publish: True when stored now, False when the subject already holds
-        its intent. Raises Overloaded (nothing stored, or not known to be)."""
+    async def store(self, shard: int, subject: str, payload: bytes, msg_id: str) -> int:
+        """Like Publisher.publish: the stream sequence it was stored at, or 0 when the subject
+        already holds its intent. Raises Overloaded (nothing stored, or not known to be)."""
         self.check_capacity()
         item = _Item(subject, payload, msg_id, asyncio.get_running_loop().create_future())
-        self._queue.append(item)
+        self._queues[shard].append(item)
+        self._queued += 1
         self._wake.set()
         return await item.stored
 
@@ -82,38 +87,41 @@ class IntentBatcher:
         self._task.cancel()
         for task in self._tasks:
             task.cancel()
-        for item in self._queue:
-            if not item.stored.done():
-                item.stored.set_exception(Overloaded("shutting_down"))
-        self._queue.clear()
+        for queue in self._queues.values():
+            _fail(queue, Overloaded("shutting_down"))
+            queue.clear()
+        self._queued = 0
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if self.linger_s and len(self._queue) < self.batch_max:
+            if self.linger_s and self._queued < self.batch_max:
                 await asyncio.sleep(self.linger_s)
-            while self._queue and self._batches_inflight < self.batches_inflight_max:
-                batch, self._queue = self._queue[: self.batch_max], self._queue[self.batch_max :]
-                self._batches_inflight += 1
-                self._sending += len(batch)
-                task = asyncio.create_task(self._send(batch))
-                self._tasks.add(task)  # referenced until done: the loop keeps only weak refs
-                task.add_done_callback(self._tasks.discard)
-            if self._queue:
-                # Every slot is busy: the queue grows into the next batch meanwhile.
+            for shard, queue in self._queues.items():
+                while queue and self._batches_inflight[shard] < self.batches_inflight_max:
+                    batch, self._queues[shard] = queue[: self.batch_max], queue[self.batch_max :]
+                    queue = self._queues[shard]
+                    self._queued -= len(batch)
+                    self._sending += len(batch)
+                    self._batches_inflight[shard] += 1
+                    task = asyncio.create_task(self._send(shard, batch))
+                    self._tasks.add(task)  # referenced until done: the loop keeps only weak refs
+                    task.add_done_callback(self._tasks.discard)
+            if self._queued:
+                # Every slot of a shard with intents is busy: they go into its next batch.
                 self._slot.clear()
                 await self._slot.wait()
             else:
                 self._wake.clear()
 
-    async def _send(self, batch: list[_Item]) -> None:
+    async def _send(self, shard: int, batch: list[_Item]) -> None:
         try:
             if len(batch) == 1 or not self.atomic:
                 await self._one_by_one(batch)
             else:
                 await self._atomic(batch)
         finally:
-            self._batches_inflight -= 1
+            self._batches_inflight[shard] -= 1
             self._sending -= len(batch)
             self.batches += 1
             self.intents += len(batch)
@@ -121,7 +129,7 @@ class IntentBatcher:
 
     async def _atomic(self, batch: list[_Item]) -> None:
         try:
-            await self.publisher.publish_batch([(i.subject, i.payload, i.msg_id) for i in batch])
+            last_seq = await self.publisher.publish_batch([(i.subject, i.payload, i.msg_id) for i in batch])
         except DuplicateInBatch:
             await self._one_by_one(batch)
             return
@@ -140,21 +148,22 @@ class IntentBatcher:
             log.warning("intent batch failed", extra=kv(size=len(batch), error=repr(exc)))
             _fail(batch, Overloaded("publish_failed"))
             return
-        for item in batch:
+        first_seq = last_seq - len(batch) + 1
+        for offset, item in enumerate(batch):
             if not item.stored.done():
-                item.stored.set_result(True)
+                item.stored.set_result(first_seq + offset)
 
     async def _one_by_one(self, batch: list[_Item]) -> None:
         async def one(item: _Item) -> None:
             try:
-                stored = await self.publisher.publish(item.subject, item.payload, item.msg_id)
+                seq = await self.publisher.publish(item.subject, item.payload, item.msg_id)
             except Exception as exc:
                 if not item.stored.done():
                     cause = exc if isinstance(exc, Overloaded) else Overloaded("publish_failed")
                     item.stored.set_exception(cause)
                 return
             if not item.stored.done():
-                item.stored.set_result(stored)
+                item.stored.set_result(seq)
 
         await asyncio.gather(*(one(i) for i in batch))
 

@@ -12,13 +12,14 @@ import logging
 
 import msgspec
 import nats.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from flashsale.logs import kv
 from ingest.results import ResultsHub
-from proto.messages import result_decoder
+from proto.messages import progress_decoder, result_decoder
 from proto.subjects import Names
 
 log = logging.getLogger("ingest.listener")
@@ -29,7 +30,8 @@ RESUBSCRIBE_BACKOFF_MAX_S = 2.0
 
 
 class ResultsListener:
-    def __init__(self, js: JetStreamContext, names: Names, hub: ResultsHub) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, names: Names, hub: ResultsHub) -> None:
+        self.nc = nc
         self.js = js
         self.names = names
         self.hub = hub
@@ -42,7 +44,17 @@ class ResultsListener:
         return self._sub is not None
 
     async def start(self) -> None:
+        # The writers' "taken up to" announcements: core NATS, so they survive a reconnect
+        # without a new consumer (nats-py resubscribes core subscriptions itself).
+        await self.nc.subscribe(self.names.progress_all(), cb=self._on_progress)
         await self._subscribe()
+
+    async def _on_progress(self, msg: Msg) -> None:
+        try:
+            progress = progress_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        self.hub.queues.taken(progress.shard, progress.taken_seq)
 
     async def _subscribe(self) -> None:
         if self.last_seq:

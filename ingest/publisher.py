@@ -57,18 +57,18 @@ _ack_decoder = msgspec.json.Decoder(_PubAck)
 _NO_RESPONDERS = b""  # JetStream answers an unknown subject with an empty "503" status message
 
 
-def ack_stored_now(data: bytes) -> bool:
-    """Parse a JetStream PubAck. True: stored now; False: its subject already holds its one
-    message (a retry, or a concurrent request for the same key). Raises Overloaded when nothing
-    was stored (no stream, stream full, no leader...)."""
+def ack_stored_now(data: bytes) -> int:
+    """Parse a JetStream PubAck: the stream sequence of the message stored now, or 0 when its
+    subject already holds its one message (a retry, or a concurrent request for the same key).
+    Raises Overloaded when nothing was stored (no stream, stream full, no leader...)."""
     if data == _NO_RESPONDERS:
         raise Overloaded("no_stream")
     ack = _ack_decoder.decode(data)
     if ack.error is None:
-        return not ack.duplicate
+        return 0 if ack.duplicate else ack.seq
     err = ack.error
     if is_already_stored(err.err_code, err.description):
-        return False
+        return 0
     raise Overloaded("stream_full" if err.err_code == ERR_STORE_FAILED else "jetstream_refused")
 
 
@@ -81,13 +81,14 @@ class AtomicUnsupported(Exception):
     """The stream does not take atomic batches (not enabled, or a server before 2.12)."""
 
 
-def batch_stored(data: bytes) -> None:
-    """Parse the PubAck of an atomic batch's commit: returns when the whole batch is stored."""
+def batch_stored(data: bytes) -> int:
+    """Parse the PubAck of an atomic batch's commit: the stream sequence of the batch's last
+    message (the batch holds the sequences just before it, in order)."""
     if data == _NO_RESPONDERS:
         raise Overloaded("no_stream")
     ack = _ack_decoder.decode(data)
     if ack.error is None:
-        return
+        return ack.seq
     if ack.error.err_code == ERR_ATOMIC_DISABLED:
         raise AtomicUnsupported(ack.error.description)
     if is_already_stored(ack.error.err_code, ack.error.description) or (
@@ -201,17 +202,23 @@ class Publisher:
             raise
         return await fut
 
-    async def last_message(self, stream: str, subject: str) -> bytes | None:
-        """The payload of the last message on `subject` (JetStream direct get), or None.
+    async def last_message(self, stream: str, subject: str) -> tuple[bytes, int] | None:
+        """The payload and stream sequence of the last message on `subject` (JetStream direct
+        get), or None.
 
         The sold-out fast path asks this for every request, so it shares the reply
         subscription instead of nats-py's per-request inbox, JSON body and timer."""
         msg = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", None)
-        return direct_get_payload(msg.data, msg.headers.get("Status") if msg.headers else None)
+        headers = msg.headers or {}
+        payload = direct_get_payload(msg.data, headers.get("Status"))
+        if payload is None:
+            return None
+        return payload, int(headers.get("Nats-Sequence", "0") or 0)
 
-    async def publish_batch(self, items: list[tuple[str, bytes, str]]) -> None:
+    async def publish_batch(self, items: list[tuple[str, bytes, str]]) -> int:
         """Store (subject, payload, msg id) items as one atomic batch: all or nothing, one disk
-        flush for all. Raises DuplicateInBatch or Overloaded (then nothing is stored)."""
+        flush for all; the stream sequence of the last one. Raises DuplicateInBatch or
+        Overloaded (then nothing is stored)."""
         batch_id = f"{self._prefix[len('_INBOX.'):-1]}-{next(self._counter)}"
         try:
             for seq, (subject, payload, msg_id) in enumerate(items[:-1], 1):
@@ -226,11 +233,11 @@ class Publisher:
             "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(len(items)), "Nats-Msg-Id": msg_id,
             "Nats-Batch-Commit": "1",
         })
-        batch_stored(commit.data)
+        return batch_stored(commit.data)
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> bool:
-        """Store one intent. True: stored now. False: that subject already holds an intent (a
-        retry, or a concurrent request for the same key). Raises Overloaded."""
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        """Store one intent: its stream sequence, or 0 when that subject already holds an intent
+        (a retry, or a concurrent request for the same key). Raises Overloaded."""
         data = (await self._request(subject, payload, {"Nats-Msg-Id": msg_id})).data
         return ack_stored_now(data)
 

@@ -16,7 +16,7 @@ from ingest.auth import is_admin
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
 from ingest.results import PurchaseState, Watch, is_decided, is_final, status_of
-from ingest.schemas import PurchaseRequest, purchase_request_decoder, view_of
+from ingest.schemas import PurchaseRequest, PurchaseView, purchase_request_decoder, view_of
 from ingest.state import STATE, Ingest
 from proto.clock import now_ms
 from proto.ids import is_purchase_id, purchase_id, request_hash
@@ -47,7 +47,7 @@ async def create_purchase(request: web.Request) -> web.Response:
             current = await watch.until(current, is_decided, wait_s)
             headers["Preference-Applied"] = http.preference_applied(wait_s)
     status = 200 if watch is not None and status_of(current) != "pending" else 202
-    return http.json_response(view_of(current), status, headers)
+    return http.json_response(purchase_view(ing, current), status, headers)
 
 
 async def get_purchase(request: web.Request) -> web.Response:
@@ -63,7 +63,7 @@ async def get_purchase(request: web.Request) -> web.Response:
             current = await _until_changed(watch, current, seen, wait_s)
             if prefer:
                 headers["Preference-Applied"] = http.preference_applied(wait_s)
-    return http.json_response(view_of(current), 200, headers)
+    return http.json_response(purchase_view(ing, current), 200, headers)
 
 
 async def cancel_purchase(request: web.Request) -> web.Response:
@@ -76,14 +76,19 @@ async def cancel_purchase(request: web.Request) -> web.Response:
         current = await _existing(ing, pid, buyer, edge.client_of(request))
         _check_cancellable(pid, status_of(current), None)
         if is_final(current):  # cancelled or expired: nothing left to give back
-            return http.json_response(view_of(current), 200, headers)
+            return http.json_response(purchase_view(ing, current), 200, headers)
         await _publish_cancel(ing, current, pid)
         if watch is None:
-            return http.json_response(view_of(current), 202, headers)
+            return http.json_response(purchase_view(ing, current), 202, headers)
         current = await watch.until(current, is_final, wait_s, stop_on_refusal=True)
         headers["Preference-Applied"] = http.preference_applied(wait_s)
         _check_cancellable(pid, status_of(current), watch.refusal)
-    return http.json_response(view_of(current), 200 if is_final(current) else 202, headers)
+    return http.json_response(purchase_view(ing, current), 200 if is_final(current) else 202, headers)
+
+
+def purchase_view(ing: Ingest, state: PurchaseState) -> PurchaseView:
+    """What a buyer sees of a purchase: its state and, while pending, its place in the queue."""
+    return view_of(state, ing.hub.queues.view(state.id) if isinstance(state, Purchase) else None)
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -162,29 +167,40 @@ async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
 
 
 async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -> PurchaseState:
-    subject = ing.names.intent(shard_of(intent.sku, ing.settings.shards), "purchase", intent.id)
+    shard = shard_of(intent.sku, ing.settings.shards)
     if retry:
-        existing = await ing.reads.stored_intent(subject)
+        existing = await ing.reads.stored_intent(shard, intent.id)
         if existing is None:
             raise Overloaded("intent_missing")  # the first copy failed: the client retries
     elif ing.hub.is_sold_out(intent.sku):
         # Sold-out fast path, but a retry of an accepted purchase still gets that purchase.
-        existing = await ing.reads.stored_intent(subject)
+        existing = await ing.reads.stored_intent(shard, intent.id)
         if existing is None:
             raise problems.Rejection(
                 409, "sold_out", "Sold out", f"SKU {intent.sku!r} is sold out; no purchase was created",
                 headers={"Idempotency-Key": key},
             )
-    elif await ing.intents.store(subject, encode(intent), intent.id):
+    elif seq := await _store(ing, shard, intent):
+        ing.hub.queues.queued(intent.id, shard, seq)
         return intent
     else:
         # A retry (or a concurrent twin) of an existing purchase.
-        existing = await ing.reads.stored_intent(subject)
+        existing = await ing.reads.stored_intent(shard, intent.id)
         if existing is None:
             # Refused as a duplicate yet not readable (purged meanwhile?): retryable.
             raise Overloaded("intent_missing")
     _check_same_request(existing.request_hash, intent.request_hash, key)
     return ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id) or existing
+
+
+async def _store(ing: Ingest, shard: int, intent: Purchase) -> int:
+    """Store a new purchase intent: its stream sequence (0 if its subject already held one)."""
+    ing.hub.queues.check_live(shard, time.monotonic())
+    seq = await ing.intents.store(
+        shard, ing.names.intent(shard, "purchase", intent.id), encode(intent), intent.id
+    )
+    ing.hub.queues.accepted(shard)
+    return seq
 
 
 def _check_same_request(stored_hash: str, request_hash: str, key: str) -> None:
@@ -253,10 +269,11 @@ def _check_cancellable(pid: str, status: Status, refusal: Refusal | None) -> Non
 
 
 async def _publish_cancel(ing: Ingest, current: PurchaseState, pid: str) -> None:
-    subject = ing.names.intent(shard_of(current.sku, ing.settings.shards), "cancel", pid)
+    shard = shard_of(current.sku, ing.settings.shards)
     # The dedupe window is per stream, so the cancel's msg id must differ from the purchase's.
-    # False (already requested) is fine: cancelling is idempotent.
-    await ing.intents.store(subject, encode(Cancel(id=pid)), f"cancel:{pid}")
+    # Already requested is fine: cancelling is idempotent.
+    await ing.intents.store(shard, ing.names.intent(shard, "cancel", pid), encode(Cancel(id=pid)),
+                            f"cancel:{pid}")
 
 
 def _cannot_cancel(pid: str, status: str, reason: str | None = None) -> problems.Rejection:

@@ -49,12 +49,18 @@ class ReadModel:
         for row in rows:
             self.hub.remember_sku(sku_state_of(row))
 
-    async def stored_intent(self, subject: str) -> Purchase | None:
-        data = await self.publisher.last_message(self.names.intents_stream, subject)
-        if data is None:
+    async def stored_intent(self, shard: int, pid: str) -> Purchase | None:
+        """The purchase intent in its shard's stream (remembering its place in the queue)."""
+        subject = self.names.intent(shard, "purchase", pid)
+        found = await self.publisher.last_message(self.names.intents_stream(shard), subject)
+        if found is None:
             return None
+        data, seq = found
         intent = intent_decoder.decode(data)
-        return intent if isinstance(intent, Purchase) else None
+        if not isinstance(intent, Purchase):
+            return None
+        self.hub.queues.queued(pid, shard, seq)
+        return intent
 
     async def purchase_from_db(self, pid: str) -> Decision | None:
         row = await self.pool.fetchrow(
@@ -90,7 +96,7 @@ class ReadModel:
         # Accepted (perhaps by another instance) but not decided yet. The SKU, hence the shard,
         # is unknown from the id alone: ask every shard's subject at once.
         found = await asyncio.gather(
-            *(self.stored_intent(self.names.intent(shard, "purchase", pid)) for shard in range(self.shards))
+            *(self.stored_intent(shard, pid) for shard in range(self.shards))
         )
         for intent in found:
             if intent is not None:

@@ -8,6 +8,7 @@ from Postgres, so evicting entries or restarting the process loses nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ import msgspec
 
 from ingest import metrics
 from ingest.edge import WaitBudget, note_refusal
+from ingest.queue import ShardQueues
 from proto.clock import now_ms
 from proto.messages import FINAL_STATUSES, Decision, Purchase, Refusal, ResultBatch, SkuState, Status
 
@@ -104,8 +106,12 @@ class AdminWait(msgspec.Struct):
 
 
 class ResultsHub:
-    def __init__(self, cache_max: int, waiters_max: int, waits: WaitBudget | None = None) -> None:
+    def __init__(self, cache_max: int, waiters_max: int, waits: WaitBudget | None = None,
+                 queues: ShardQueues | None = None) -> None:
         self.cache_max = cache_max
+        # Queue positions of pending purchases and the writers' progress (none: no positions).
+        self.queues = queues or ShardQueues(0, cache_max, silence_s=0, silent_accept_max=0,
+                                            now_s=time.monotonic())
         self.waiters_max = waiters_max
         # Waits per client IP and per buyer; by default only the process cap applies.
         self.waits = waits or WaitBudget(waiters_max, waiters_max)
@@ -117,6 +123,7 @@ class ResultsHub:
 
     def apply(self, batch: ResultBatch) -> None:
         arrived_ms = now_ms()
+        self.queues.results(batch.shard, batch.decided_seq, time.monotonic())
         for state in batch.skus:
             self.put_sku(state)
         for d in batch.decisions:
@@ -124,6 +131,7 @@ class ResultsHub:
             if d.decided_at_ms == d.updated_at_ms:
                 metrics.DECISION_LATENCY.observe(max(0, arrived_ms - d.accepted_at_ms) / 1000.0)
             self.put_decision(d)
+            self.queues.decided(d.id)
             watches = self.watches.get(d.id)
             if watches:
                 for w in watches:

@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from flashsale.admin import TIME_MAX_MS, TIME_MIN_MS
+from ingest.queue import QueueView
 from proto.messages import Decision, Purchase, SkuState
 
 # SKUs travel in URL paths and log lines: a conservative, documented alphabet.
@@ -62,6 +63,7 @@ class PurchaseView(msgspec.Struct):
     decided_at: str | None
     updated_at: str | None
     expires_at: str | None  # deadline of a reservation
+    queue: QueueView | None = None  # while pending: its place in the shard's queue
 
 
 class SkuView(msgspec.Struct):
@@ -87,7 +89,6 @@ encode_json = msgspec.json.Encoder().encode
 _second_prefix: tuple[int, str] = (-1, "")
 
 
-
 def iso_ms(epoch_ms: int | None) -> str | None:
     """RFC 3339 UTC with milliseconds. The formatted second is cached: during a flood nearly
     every timestamp falls in the second before, and strftime is the expensive part."""
@@ -104,12 +105,12 @@ def iso_ms(epoch_ms: int | None) -> str | None:
     return f"{_second_prefix[1]}{ms:03d}Z"
 
 
-def view_of(item: Decision | Purchase) -> PurchaseView:
+def view_of(item: Decision | Purchase, queue: QueueView | None = None) -> PurchaseView:
     if isinstance(item, Purchase):
         return PurchaseView(
             id=item.id, status="pending", reason=None, sku=item.sku, qty=item.qty,
             user_id=item.user_id, amount_cents=None, accepted_at=iso_ms(item.accepted_at_ms),
-            decided_at=None, updated_at=None, expires_at=None,
+            decided_at=None, updated_at=None, expires_at=None, queue=queue,
         )
     return PurchaseView(
         id=item.id, status=item.status, reason=item.reason, sku=item.sku, qty=item.qty,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import asyncpg
 from aiohttp import web
@@ -22,6 +23,7 @@ from ingest.batcher import IntentBatcher
 from ingest.edge import Edge
 from ingest.listener import ResultsListener
 from ingest.publisher import Publisher
+from ingest.queue import ShardQueues
 from ingest.ratelimit import RateLimiter
 from ingest.readmodel import MISS_CLIENTS_MAX, ReadModel
 from ingest.results import ResultsHub
@@ -79,7 +81,11 @@ class Ingest:
         if not settings.id_secret:
             raise ConfigError("id_secret must be set (the same on every ingest instance)")
         # Waits are capped as the edge sized them from the fd limit, not by waiters_max alone.
-        hub = ResultsHub(settings.results_cache_max, edge.limits.waits_max, edge.waits)
+        queues = ShardQueues(
+            settings.shards, settings.results_cache_max, settings.shard_silence_s,
+            settings.shard_silent_accept_max, time.monotonic(),
+        )
+        hub = ResultsHub(settings.results_cache_max, edge.limits.waits_max, edge.waits, queues)
         listeners: list[ResultsListener] = []  # the reconnect callback needs the listener
 
         async def on_reconnected() -> None:
@@ -91,7 +97,7 @@ class Ingest:
         await ensure_streams(js, settings)
         pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=POOL_SIZE_MAX)
         publisher = await Publisher.start(nc, settings.inflight_max)
-        listener = ResultsListener(js, settings.names, hub)
+        listener = ResultsListener(nc, js, settings.names, hub)
         listeners.append(listener)
         await listener.start()
         misses = (
@@ -101,7 +107,7 @@ class Ingest:
         reads = ReadModel(settings.names, settings.shards, pool, publisher, hub, misses)
         await reads.load_skus()
         intents = IntentBatcher(
-            publisher, settings.ingest_batch_max, settings.ingest_linger_ms,
+            publisher, settings.shards, settings.ingest_batch_max, settings.ingest_linger_ms,
             settings.ingest_batches_inflight_max, settings.inflight_max,
         )
         metrics.INFLIGHT.set_function(lambda: intents.inflight)

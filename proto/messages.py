@@ -163,8 +163,18 @@ class ResultBatch(msgspec.Struct, frozen=True):
     decided_seq: int = 0
 
 
+class Progress(msgspec.Struct, frozen=True):
+    """A writer took its shard's intents up to `taken_seq` (its intents stream's sequence) into
+    the batch it is deciding now. Sent on core NATS before the batch commits."""
+
+    shard: int
+    epoch: int
+    taken_seq: int
+
+
 # Reusable encoders/decoders: constructing them per message costs more than using them.
 encode = msgspec.msgpack.Encoder().encode
 intent_decoder = msgspec.msgpack.Decoder(Intent)
 result_decoder = msgspec.msgpack.Decoder(ResultBatch)
+progress_decoder = msgspec.msgpack.Decoder(Progress)
 payment_decoder = msgspec.msgpack.Decoder(PaymentJob)

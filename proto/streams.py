@@ -57,14 +57,15 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
     replicas: int = 1
 
 
-def stream_specs(names: Names, limits: StreamLimits) -> list[StreamSpec]:
+def stream_specs(names: Names, limits: StreamLimits, shards: int) -> list[StreamSpec]:
     return [
-        # Intents: one message per subject (= per purchase id and kind), and new messages are
-        # refused rather than old ones dropped when full: nothing that got a 202 is ever lost,
-        # and a second copy of a purchase is refused by the server itself, forever.
-        StreamSpec(
-            name=names.intents_stream,
-            subjects=[names.intents_all()],
+        # Intents, one stream per shard: one message per subject (= per purchase id and kind),
+        # and new messages are refused rather than old ones dropped when full: nothing that got
+        # a 202 is ever lost, and a second copy of a purchase is refused by the server itself,
+        # forever.
+        *(StreamSpec(
+            name=names.intents_stream(shard),
+            subjects=[names.intents_of_shard(shard)],
             discard="new",
             discard_new_per_subject=True,
             max_msgs_per_subject=1,
@@ -76,7 +77,7 @@ def stream_specs(names: Names, limits: StreamLimits) -> list[StreamSpec]:
             # batch instead of one per purchase, each intent still on its own subject.
             allow_atomic=True,
             replicas=limits.replicas,
-        ),
+        ) for shard in range(shards)),
         # Results: a short-lived fan-out log of committed decisions for ingest long-polls.
         StreamSpec(
             name=names.results_stream,

@@ -12,8 +12,14 @@ KIND_TOKEN = {"purchase": "p", "confirm": "c", "release": "r", "cancel": "x", "s
 class Names(msgspec.Struct, frozen=True):
     namespace: str = "fs"
 
+    def intents_stream(self, shard: int) -> str:
+        """One stream per shard: its stream sequence orders exactly that shard's intents (a
+        purchase's place in the queue), and shards flush their disks in parallel."""
+        return f"{self.namespace.upper()}_INTENTS_{shard}"
+
     @property
-    def intents_stream(self) -> str:
+    def legacy_intents_stream(self) -> str:
+        """The one intents stream of every shard, before flashsale 0.2."""
         return f"{self.namespace.upper()}_INTENTS"
 
     @property
@@ -28,15 +34,19 @@ class Names(msgspec.Struct, frozen=True):
     def deadletter_stream(self) -> str:
         return f"{self.namespace.upper()}_DEADLETTER"
 
-    def intents_all(self) -> str:
-        return f"{self.namespace}.intents.>"
-
     def intents_of_shard(self, shard: int) -> str:
         return f"{self.namespace}.intents.{shard}.>"
 
     def intent(self, shard: int, kind: str, key: str) -> str:
         """Subject of one intent; `key` is the purchase id (or admin request id)."""
         return f"{self.namespace}.intents.{shard}.{KIND_TOKEN[kind]}.{key}"
+
+    def progress(self, shard: int) -> str:
+        """Core NATS (not stored): how far the shard's writer has taken its intents."""
+        return f"{self.namespace}.progress.{shard}"
+
+    def progress_all(self) -> str:
+        return f"{self.namespace}.progress.*"
 
     def results(self, shard: int) -> str:
         return f"{self.namespace}.results.{shard}"

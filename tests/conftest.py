@@ -59,6 +59,9 @@ def settings(servers: Servers, tmp_path: Path) -> Settings:
         log_level="INFO",
         **AUTH_SETTINGS,
         client_rate_per_s=0,  # tests send from one address; the per-IP rate has its own test
+        # JetStream reserves a stream's max_bytes from the server's storage: many tests share
+        # one server, so each namespace gets small intents streams.
+        intents_max_bytes=16 << 20,
     )
     asyncio.run(_prepare_db(s.database_url))
     return s

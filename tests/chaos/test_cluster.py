@@ -23,6 +23,7 @@ from flashsale.cluster import Cluster, start_cluster
 from flashsale.db import ensure_database
 from flashsale.embedded import free_port
 from flashsale.jetstream import connect_nats, ensure_streams
+from proto.sharding import shard_of
 from tests.conftest import Servers, System
 from tests.flood import Attempt, FloodResult, check_invariants, plan, post_all
 from tests.integration.test_flood import create_sku
@@ -68,8 +69,8 @@ def cluster_system(cluster_settings: Settings, tmp_path: Path):
 
 async def replicas(js, settings: Settings) -> dict[str, int]:
     names = settings.names
-    streams = [names.intents_stream, names.results_stream, names.payments_stream,
-               names.deadletter_stream]
+    streams = [*(names.intents_stream(shard) for shard in range(settings.shards)),
+               names.results_stream, names.payments_stream, names.deadletter_stream]
     return {s: (await js.stream_info(s)).config.num_replicas for s in streams}
 
 
@@ -81,7 +82,7 @@ async def test_a_list_of_nodes_connects_even_with_one_of_them_down(cluster, clus
         assert nc.connected_url is not None and nc.connected_url.port != int(dead.rsplit(":", 1)[1])
         js = nc.jetstream()
         await ensure_streams(js, s)
-        info = await js.stream_info(s.names.intents_stream)
+        info = await js.stream_info(s.names.intents_stream(0))
         assert info.cluster is not None and info.cluster.leader is not None
         assert len(info.cluster.replicas or []) == 2
     finally:
@@ -175,7 +176,8 @@ def node_of_client(cluster: Cluster, client_name: str) -> str | None:
 
 
 async def intents_leader(js, settings: Settings) -> str:
-    info = await js.stream_info(settings.names.intents_stream)
+    """The node leading the intents stream of the hot SKU's shard."""
+    info = await js.stream_info(settings.names.intents_stream(shard_of("hot", settings.shards)))
     assert info.cluster is not None and info.cluster.leader is not None
     return info.cluster.leader
 

@@ -207,7 +207,7 @@ async def _stored(server: Embedded, namespace: str, keys: list[str]) -> list[str
         found = []
         for key in keys:
             try:
-                msg = await js.get_last_msg(settings.names.intents_stream,
+                msg = await js.get_last_msg(settings.names.intents_stream(0),
                                             settings.names.intent(0, "purchase", key))
             except NotFoundError:
                 continue

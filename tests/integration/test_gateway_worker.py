@@ -50,7 +50,7 @@ class Harness:
 
     async def intent(self, kind: str, purchase_id: str):
         try:
-            msg = await self.js.get_last_msg(self.settings.names.intents_stream,
+            msg = await self.js.get_last_msg(self.settings.names.intents_stream(1),
                                              self.settings.names.intent(1, kind, purchase_id))
         except nats.js.errors.NotFoundError:
             return None

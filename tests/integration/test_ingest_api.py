@@ -20,8 +20,9 @@ PROBLEM = "application/problem+json"
 async def intents_count(settings) -> int:
     nc = await nats.connect(settings.nats_url)
     try:
-        info = await nc.jetstream().stream_info(settings.names.intents_stream)
-        return info.state.messages
+        js = nc.jetstream()
+        return sum([(await js.stream_info(settings.names.intents_stream(shard))).state.messages
+                    for shard in range(settings.shards)])
     finally:
         await nc.close()
 

@@ -148,6 +148,8 @@ async def _intents(settings) -> int:
 
     nc = await nats.connect(settings.nats_url)
     try:
-        return (await nc.jetstream().stream_info(settings.names.intents_stream)).state.messages
+        js = nc.jetstream()
+        return sum([(await js.stream_info(settings.names.intents_stream(shard))).state.messages
+                    for shard in range(settings.shards)])
     finally:
         await nc.close()

@@ -30,7 +30,7 @@ def test_stream_replicas_reach_every_stream():
 
 def intents(replicas: int) -> StreamConfig:
     s = load(env={}, file=None, stream_replicas=replicas)
-    return next(c for c in stream_configs(s) if c.name == s.names.intents_stream)
+    return next(c for c in stream_configs(s) if c.name == s.names.intents_stream(0))
 
 
 def as_server_reports(config: StreamConfig, **changes: object) -> StreamConfig:

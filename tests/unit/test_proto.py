@@ -50,5 +50,5 @@ def test_intents_and_results_round_trip():
 def test_subjects_are_namespaced():
     n = Names("t7")
     assert n.intent(1, "purchase", "p_x") == "t7.intents.1.p.p_x"
-    assert n.intents_stream == "T7_INTENTS"
+    assert n.intents_stream(1) == "T7_INTENTS_1"
     assert n.intents_of_shard(1) == "t7.intents.1.>"
