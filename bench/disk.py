@@ -60,7 +60,11 @@ def disk_of(sys_dev_entry: Path) -> str:
 
 def block_device_of(path: Path) -> str | None:
     """Name under /sys/block of the disk holding `path`, or None (overlay, tmpfs, no sysfs)."""
-    dev = os.stat(path).st_dev
+    return disk_of_dev(os.stat(path).st_dev)
+
+
+def disk_of_dev(dev: int) -> str | None:
+    """The same for a device number (st_dev): /sys/dev/block/MAJ:MIN, then its whole disk."""
     entry = SYS_DEV_BLOCK / f"{os.major(dev)}:{os.minor(dev)}"
     if not entry.exists():
         return None
