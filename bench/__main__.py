@@ -59,7 +59,7 @@ DRAIN_TIMEOUT_S = 60.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short phases, fewer runs: under two minutes")
+    ap.add_argument("--quick", action="store_true", help="short phases, fewer runs (development)")
     ap.add_argument("--scenarios", default=None,
                     help=f"comma list of {SCENARIOS} (default: all; with --quick all but paid)")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {SYSTEMS}")

@@ -138,7 +138,8 @@ class FlushFigures(msgspec.Struct, kw_only=True):
 
 
 class Window:
-    """Counting over one phase: `start()` at the load's start, `stop()` after the drain."""
+    """Counting over one phase: `attach()` before the load (strace takes a moment to attach to
+    every thread), `start()` at the load's start, `stop()` after the drain."""
 
     def __init__(self, probe: Probe, pids_by_name: dict[str, list[int]]) -> None:
         self.probe = probe
@@ -155,11 +156,13 @@ class Window:
             if got is not None:
                 self._idle = (got, now_s)
 
-    async def start(self, now_s: float, out_dir: Path) -> None:
+    def start(self, now_s: float) -> None:
         self._t0 = now_s
         if self.probe.source == "device" and self.probe.device:
             self._before = read_device(self.probe.device)
-        elif self.probe.source == "strace":
+
+    async def attach(self, out_dir: Path) -> None:
+        if self.probe.source == "strace":
             for name, pids in self.pids_by_name.items():
                 if not pids:
                     continue
@@ -170,7 +173,7 @@ class Window:
                 proc = await asyncio.create_subprocess_exec(
                     *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
                 self._straces[name] = (proc, out)
-            await asyncio.sleep(0.3)  # attaching to every thread takes a moment
+            await asyncio.sleep(0.5)  # attaching to every thread takes a moment
 
     async def stop(self, now_s: float) -> FlushFigures:
         fig = FlushFigures(source=self.probe.source, window_s=round(now_s - self._t0, 2))

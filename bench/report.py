@@ -27,7 +27,8 @@ LOSES = {
 
 
 class Headline(msgspec.Struct):
-    """The SPEC's targets, from one run.
+    """The SPEC's targets, from one run. The accepted path (`acc_*`: scenario `accepted`, every
+    request an order) and sell-out (hot-sku) are separate figures, never mixed.
 
     hot-sku figures are definitive answers per second (2xx + 409 sold out): once the hot SKU is
     sold out, flashsale answers 409 at the edge while naive/rowlock answer 200 "rejected" after a

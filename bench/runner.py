@@ -295,11 +295,12 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     if generator == "wrk":
         closed = msgspec.structs.replace(base, tag=f"{tag}-w", mode="closed")
         write_tokens(wrk_tokens, f"{tag}-w", tokens_needed(plan, closed) * GEN_PROCESSES)
+    flushes = Window(probe, sut.syncing_pids())
+    await flushes.attach(work_dir)
     # Time for the generators to start and connect before the common start instant.
     start_at = time.time() + 1.5
     start_ms = int(start_at * 1000)
     specs = [msgspec.structs.replace(s, start_at=start_at) for s in specs]
-    flushes = Window(probe, sut.syncing_pids())
     flushes.mark_idle(time.time())
     for i, s in enumerate(specs):
         out = work_dir / f"{tag}-{i}.gen"
@@ -307,7 +308,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         gens.append((proc, pump, out))
     # CPU is measured over the load window only: from the common start instant.
     await asyncio.sleep(max(0.0, start_at - time.time()))
-    await flushes.start(time.time(), work_dir)
+    flushes.start(time.time())
     cpu_before = {name: cpu_snapshot(pids) for name, pids in groups.items()}
     children_before, self_before = _children_cpu(), _self_cpu()
     box_before = psutil.cpu_times()
