@@ -368,7 +368,8 @@ def render_accepted(result: RunResult) -> list[str]:
             "latency through `Prefer: wait` (every 10th request) from the intended send time. "
             "flushes = the disk's flush requests from the load's start to the end of the drain, per "
             "accepted purchase; ceiling = purchases/s one serial flusher allows if each flush took "
-            f"{PROJECTION_FLUSH_MS:g} ms. CPU = server processes' CPU per accepted purchase (us).", ""]
+            f"{PROJECTION_FLUSH_MS:g} ms. CPU = server processes' CPU per accepted purchase (us). "
+            f"Flushes from: {result.settings.get('disk flushes', '?')}.", ""]
     echo = h.acc_accepted_per_s.get("echo")
     naive = h.acc_accepted_per_s.get("naive")
     rows = []
