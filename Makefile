@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-unit lint typecheck bench bench-quick wrk strace clean
+.PHONY: run test test-unit lint typecheck bench bench-quick bench-tools wrk strace clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,11 @@ typecheck: $(VENV)/.installed
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit
 
-# wrk (Debian's package) drives the closed-loop phases; without it the bench falls back to its
-# Python generator and says so in the report.
-wrk:
-	@command -v wrk >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
-		(apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk)) \
-		>/dev/null 2>&1) || echo "wrk not installed: the bench uses its Python generator"
+# Debian packages the bench uses: wrk drives the closed-loop phases (without it the bench falls
+# back to its Python generator), redis-server is the redis baseline (without it that baseline is
+# skipped), strace counts fsyncs when the data dir has no block-device flush counter. Each one is
+# installed when missing; the report says what was not there.
+BENCH_TOOLS := wrk:wrk redis-server:redis-server strace:strace
 
 # strace (Debian's package) counts nats-server's fsync calls in
 # tests/integration/test_embedded_durability.py.
@@ -43,10 +42,19 @@ strace:
 		(apt-get update -qq && apt-get install -y -qq strace) >/dev/null 2>&1) || \
 		echo "strace not installed: the fsync-count test will fail"
 
-bench: $(VENV)/.installed wrk
+bench-tools:
+	@for pair in $(BENCH_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+		command -v $$cmd >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+			(apt-get install -y -qq $$pkg >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $$pkg)) \
+			>/dev/null 2>&1) || echo "$$pkg not installed: see docs/benchmarks.md for what the bench does without it"; \
+	done
+
+wrk: bench-tools
+
+bench: $(VENV)/.installed bench-tools
 	$(PY) -m bench
 
-bench-quick: $(VENV)/.installed wrk
+bench-quick: $(VENV)/.installed bench-tools
 	$(PY) -m bench --quick
 
 clean:

@@ -24,19 +24,31 @@ import msgspec
 import psutil
 
 from bench import plots
+from bench.buyers import skipped_limits, verify_cost_us
+from bench.disk import Probe
 from bench.paid import PAID_RATE, PAID_SKU, PAID_STOCK, PAID_TOKENS, FlashsalePaid
 from bench.report import RunResult, headline, render_report
-from bench.runner import PhasePlan, SystemRun, db_figures, finish_phase, py_spy, run_phase, wrk_available
-from bench.systems import Baseline, Flashsale, Place, System
+from bench.runner import PhasePlan, SystemRun, db_figures, py_spy, run_phase, wrk_available
+from bench.systems import REDIS_LOSES, Baseline, Flashsale, Place, RedisSeckill, System
 from flashsale.embedded import start_nats, start_postgres
 from flashsale.testing import Process
 
-SCENARIOS = ["hot-sku", "many-skus", "retry-storm", "paid"]
-# --quick leaves out `paid` (~10 s more) to stay under two minutes; the full run has it (~17 s).
-QUICK_SCENARIOS = ["hot-sku", "many-skus", "retry-storm"]
-SYSTEMS = ["echo", "naive", "rowlock", "flashsale"]
+SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm", "paid"]
+# --quick leaves out `paid` (~10 s more) to stay short; the full run has it (~17 s).
+QUICK_SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm"]
+SYSTEMS = ["echo", "naive", "rowlock", "redis-always", "redis-everysec", "flashsale"]
+SYSTEM_ALIASES = {"redis": ["redis-always", "redis-everysec"]}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HOT_STOCK = 1_000  # far below demand: a few hundred ms of load sells it out
+# The accepted path: stock far above any demand, so every request becomes an order.
+ACCEPTED_STOCK = 100_000_000
+# Buyers reused in the accepted path's `max-repeat` phase: their tokens are verified once, then
+# cached, so against `max` (a new buyer, a new token, per request) it shows what verifying costs.
+REPEAT_BUYERS = 1_000
+# Closed-loop answers/s to mint buyer tokens for (flashsale's sold-out fast path is the fastest
+# thing measured; the others are far slower). Past them requests repeat earlier clicks.
+RATE_GUESS = {"flashsale": 25_000.0}
+RATE_GUESS_DEFAULT = 12_000.0
 MANY_SKUS = 1_000
 MANY_STOCK = 100_000  # per SKU: never sells out, so many-skus measures the full accept path
 STORM_SKUS = 100
@@ -47,7 +59,7 @@ DRAIN_TIMEOUT_S = 60.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short phases, fewer runs: under two minutes")
+    ap.add_argument("--quick", action="store_true", help="short phases, fewer runs (development)")
     ap.add_argument("--scenarios", default=None,
                     help=f"comma list of {SCENARIOS} (default: all; with --quick all but paid)")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {SYSTEMS}")
@@ -62,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--paid-rate", type=float, default=PAID_RATE,
                     help=f"paid scenario: buyers/s, open loop (default {PAID_RATE:g})")
     ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument("--flushes", choices=["auto", "device", "strace", "none"], default="auto",
+                    help="disk flush counts: the block device's counter (auto when it exists), "
+                         "strace -f -c of the syncing processes (slows them), or none")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy flame graphs of flashsale's processes during its max phases "
                          "(pip install py-spy)")
@@ -70,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.scenarios is None:
         args.scenarios = ",".join(QUICK_SCENARIOS if args.quick else SCENARIOS)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
-    args.systems = [s for s in args.systems.split(",") if s]
+    args.systems = [x for s in args.systems.split(",") if s for x in SYSTEM_ALIASES.get(s, [s])]
     for s in args.scenarios:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s!r}")
@@ -96,10 +111,11 @@ def plan_systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int
         # The baselines have no payment path: flashsale only.
         return [("flashsale", args.hot_shards)] if "flashsale" in args.systems else []
     for name in args.systems:
-        if name == "echo" and scenario != "hot-sku":
-            continue  # echo keeps no state: only its HTTP limit on hot-sku means anything
-        if name == "rowlock" and args.quick and scenario != "hot-sku":
-            continue  # quick mode: keep under two minutes
+        if name == "echo" and scenario not in ("hot-sku", "accepted"):
+            continue  # echo keeps no state: only its HTTP limit on the headline scenarios means anything
+        if name in ("rowlock", "redis-always", "redis-everysec") and args.quick and scenario not in (
+                "hot-sku", "accepted"):
+            continue  # quick mode: keep it short
         if name == "flashsale":
             for shards in (args.shards if scenario == "many-skus" else [args.hot_shards]):
                 out.append((name, shards))
@@ -114,13 +130,33 @@ def phases_for(scenario: str, system: str,
     phase starts with stock to sell and then sells out."""
     d, wrk = args.duration_s, args.generator == "wrk"
     sampler = 0.0 if system == "echo" else SAMPLER_RATE
+    guess = RATE_GUESS.get(system, RATE_GUESS_DEFAULT)
+    # echo verifies nothing: a small pool of tokens, reused, sends the same bytes.
+    echo_pool = REPEAT_BUYERS if system == "echo" else 0
+    if scenario == "accepted":
+        # One hot SKU per phase that never sells out, a new buyer per request: every request
+        # becomes an order, so this is the accepted path (publish + fsync, decide, commit).
+        n_skus = 2 + len(args.fractions)
+        stock = {f"acc-{i}": ACCEPTED_STOCK for i in range(n_skus)}
+        plans = [PhasePlan("max", "closed", ["acc-0"], d, connections=args.connections,
+                           sampler_rate=sampler, use_wrk=wrk, rate_guess=guess, repeat_buyers=echo_pool)]
+        if system == "flashsale":
+            plans.append(PhasePlan("max-repeat", "closed", [f"acc-{n_skus - 1}"], d,
+                                   connections=args.connections, sampler_rate=sampler, use_wrk=wrk,
+                                   repeat_buyers=REPEAT_BUYERS))
+        wait_every = 0 if system == "echo" else 10
+        plans += [PhasePlan(f"open@{f:g}", "open", [f"acc-{i + 1}"], d, wait_every=wait_every,
+                            repeat_buyers=echo_pool)
+                  for i, f in enumerate(args.fractions)]
+        return stock, plans
     if scenario == "hot-sku":
         stock = {f"hot-{i}": HOT_STOCK for i in range(1 + len(args.fractions))}
         plans = [PhasePlan("max", "closed", ["hot-0"], d, connections=args.connections,
-                           sampler_rate=sampler, use_wrk=wrk)]
+                           sampler_rate=sampler, use_wrk=wrk, rate_guess=guess, repeat_buyers=echo_pool)]
         # echo decides nothing: no request of its open-loop phases waits for a decision.
         wait_every = 0 if system == "echo" else 10
-        plans += [PhasePlan(f"open@{f:g}", "open", [f"hot-{i + 1}"], d, wait_every=wait_every)
+        plans += [PhasePlan(f"open@{f:g}", "open", [f"hot-{i + 1}"], d, wait_every=wait_every,
+                            repeat_buyers=echo_pool)
                   for i, f in enumerate(args.fractions)]
         return stock, plans
     if scenario == "many-skus":
@@ -129,14 +165,15 @@ def phases_for(scenario: str, system: str,
         # where hot-sku's open phases are mostly answered by the sold-out fast path.
         return ({s: MANY_STOCK for s in skus},
                 [PhasePlan("max", "closed", skus, d, connections=args.connections, sampler_rate=sampler,
-                           use_wrk=wrk),
+                           use_wrk=wrk, rate_guess=guess),
                  PhasePlan("open@0.8", "open", skus, d)])
     if scenario == "paid":
         # Every buyer waits for the decision (`reserved`); the payment outcome comes from the DB.
         return {PAID_SKU: PAID_STOCK}, [PhasePlan("paid", "open", [PAID_SKU], d, rate=args.paid_rate,
                                                   wait_every=1, payment_tokens=PAID_TOKENS)]
     skus = [f"storm-{i:03d}" for i in range(STORM_SKUS)]
-    return {s: STORM_STOCK for s in skus}, [PhasePlan("retry", "retry", skus, d, connections=64)]
+    return {s: STORM_STOCK for s in skus}, [PhasePlan("retry", "retry", skus, d, connections=64,
+                                                      rate_guess=guess)]
 
 
 def machine_info() -> dict[str, str]:
@@ -160,7 +197,7 @@ def machine_info() -> dict[str, str]:
 
 
 async def run_system(sut: System, scenario: str, args: argparse.Namespace, work: Path, n: int,
-                     out_dir: Path) -> SystemRun:
+                     out_dir: Path, probe: Probe) -> SystemRun:
     stock, plans = phases_for(scenario, sut.name, args)
     run = SystemRun(scenario=scenario, system=sut.label(), shards=getattr(sut, "shards", None))
     await sut.seed(stock)
@@ -172,17 +209,19 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
                 continue
             plan.rate = round(max_rate * float(plan.phase.split("@")[1]), 1)
         profile = args.profile and sut.name == "flashsale" and plan.phase == "max"
-        result, phase_ids = await run_phase(sut, scenario, plan, work, f"r{n}{plan.phase.replace('@', '')}",
+        tag = f"r{n}{plan.phase.replace('@', '').replace('-', '')}"
+        result, phase_ids = await run_phase(sut, scenario, plan, work, tag, probe, DRAIN_TIMEOUT_S,
                                             out_dir if profile else None)
         if plan.phase == "max":
             max_rate = result.answered_per_s
         ids |= phase_ids
-        run.drained = await finish_phase(sut, result, DRAIN_TIMEOUT_S) and run.drained
+        run.drained = result.drained and run.drained
         await db_figures(sut, result)
         run.phases.append(result)
     if isinstance(sut, FlashsalePaid) and run.phases:
         run.paid = await sut.paid_figures(run.phases[0].started_ms, run.phases[0].ended_ms)
-    run.invariants = await sut.invariants(ids, sum(stock.values()))
+    repeat_skus = [sku for plan in plans if plan.repeat_buyers for sku in plan.skus]
+    run.invariants = await sut.invariants(ids, sum(stock.values()), repeat_skus)
     run.invariants.id_mismatch = sum((p.retry or {}).get("id_mismatch", 0) for p in run.phases)
     return run
 
@@ -194,6 +233,10 @@ async def launch_system(place: Place, processes: list[Process], shards: int | No
         return await FlashsalePaid.launch_paid(place, processes, shards or 1, ingests)
     if place.name == "flashsale":
         return await Flashsale.launch(place, processes, shards or 1, ingests)
+    if place.name == "redis-always":
+        return await RedisSeckill.launch_redis(place, processes, "always")
+    if place.name == "redis-everysec":
+        return await RedisSeckill.launch_redis(place, processes, "everysec")
     return await Baseline.launch(place, processes)
 
 
@@ -214,6 +257,8 @@ async def amain(args: argparse.Namespace) -> Path:
     root = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
     work = root / "gen"
     work.mkdir()
+    probe = Probe.choose(root, args.flushes)
+    fresh_us, cached_us = verify_cost_us()
     result = RunResult(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         command=" ".join(["python -m bench", *map(shlex.quote, sys.argv[1:])]),
@@ -221,13 +266,29 @@ async def amain(args: argparse.Namespace) -> Path:
         settings={
             "postgres": "16 (pgserver wheel), fsync=on, synchronous_commit=on, full_page_writes=on, "
                         "shared_buffers=256MB",
-            "nats": "JetStream file storage, sync_interval=always",
+            # What config/nats.conf asks for; whether the embedded launcher keeps it shows in the
+            # flushes per accepted purchase (>= 1 when every intent is fsynced before its 202).
+            "nats": "JetStream file storage, config/nats.conf asks sync_interval=always",
             "generator": args.generator + ("" if args.generator == "wrk" else
                                            " (wrk not installed: Python generator for closed loop)"),
             "phase seconds": f"{args.duration_s:g}",
             "closed-loop connections": str(args.connections),
+            "buyers": "JWT (HS256) per buyer, verified by ingest.auth.BuyerVerifier in flashsale, naive, "
+                      "rowlock and redis (echo ignores it); a new buyer per click unless the phase says "
+                      "repeat",
+            "token verification (in-process)": f"new token {fresh_us:.1f} us, already verified "
+                                               f"{cached_us:.2f} us",
+            "disk flushes": probe.why,
+            "redis": "; ".join(f"redis-{k}: loses {v}" for k, v in REDIS_LOSES.items()),
         },
     )
+    result.verify_us = {"new": round(fresh_us, 2), "cached": round(cached_us, 3)}
+    if skipped_limits():
+        result.notes.append("settings not in this checkout, so not turned off: "
+                            + ", ".join(skipped_limits()))
+    if {"redis-always", "redis-everysec"} & set(args.systems) and shutil.which("redis-server") is None:
+        result.notes.append("redis-server not installed (apt-get install redis-server): redis skipped")
+        args.systems = [s for s in args.systems if not s.startswith("redis-")]
     if "flashsale" in args.systems and importlib.util.find_spec("ingest.__main__") is None:
         result.notes.append("flashsale not runnable here (no `python -m ingest`): skipped")
         args.systems = [s for s in args.systems if s != "flashsale"]
@@ -246,7 +307,7 @@ async def amain(args: argparse.Namespace) -> Path:
                 try:
                     sut = await launch_system(Place(name, root, pg, nats), processes, shards,
                                               args.ingests, scenario)
-                    result.runs.append(await run_system(sut, scenario, args, work, n, out_dir))
+                    result.runs.append(await run_system(sut, scenario, args, work, n, out_dir, probe))
                 except Exception as e:  # one broken system must not lose the others' figures
                     traceback.print_exc()
                     label = sut.label() if sut is not None else name

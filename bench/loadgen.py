@@ -30,6 +30,7 @@ from typing import Literal, NamedTuple
 import msgspec
 import uvloop
 
+from bench.buyers import read_tokens
 from bench.stats import arrival_offset
 
 # uvloop's loop.time() has millisecond resolution: latencies need the perf counter.
@@ -60,6 +61,11 @@ class GenSpec(msgspec.Struct, kw_only=True):
     retry_attempts: int = 5
     resend_every: int = 0  # retry mode: every Nth purchase is sent once more after its answer
     payment_tokens: list[str] = []  # request n carries payment_token tokens[n % len] (paid scenario)
+    tokens_file: str = ""  # buyer tokens, one per line (bench.buyers.write_tokens)
+    # False: request n is buyer n's only click (key k<n>); past the file's end, requests repeat
+    # earlier clicks (same buyer, same key: a retry). True: buyers are reused round-robin, each
+    # request with its own key (repeated buyers: their tokens are verified once, then cached).
+    repeat_buyers: bool = False
 
 
 class GenResult(msgspec.Struct):
@@ -80,6 +86,7 @@ class GenResult(msgspec.Struct):
     retries: int = 0
     gave_up: int = 0
     id_mismatch: int = 0  # one key answered with two different ids: a duplicate
+    clicks_repeated: int = 0  # requests past the token file's end (sent as retries of earlier clicks)
 
 
 class _Answer(msgspec.Struct):
@@ -155,16 +162,22 @@ class Generator:
         )
         self._prefer = b"Prefer: wait=%d\r\n" % spec.wait_s
         self._skus = [s.encode() for s in spec.skus]
-        self._tag = spec.tag.encode()
         self._tokens = [b',"payment_token":"%s"' % t.encode() for t in spec.payment_tokens]
+        buyers = read_tokens(Path(spec.tokens_file)) if spec.tokens_file else []
+        self._auth = [b"Authorization: Bearer %s\r\n" % t.encode() for t in buyers] or [b""]
 
     def build(self, n: int, wait: bool) -> bytes:
-        """Request n: user `<tag>-n` with key `k<n>`; the SKU cycles through the list."""
+        """Request n: the buyer of token line n (or n mod the lines, see GenSpec.repeat_buyers),
+        who is the token's subject (no user_id in the body); the SKU cycles through the list."""
+        buyer = n % len(self._auth)
+        key = n if self.spec.repeat_buyers else buyer
+        if not self.spec.repeat_buyers and n >= len(self._auth):
+            self.result.clicks_repeated += 1
         token = self._tokens[n % len(self._tokens)] if self._tokens else b""
         sku = self._skus[n % len(self._skus)]
-        body = b'{"sku":"%s","qty":1,"user_id":"%s-%d"%s}' % (sku, self._tag, n, token)
-        return b"%sIdempotency-Key: k%d\r\n%sContent-Length: %d\r\n\r\n%s" % (
-            self._head, n, self._prefer if wait else b"", len(body), body,
+        body = b'{"sku":"%s","qty":1%s}' % (sku, token)
+        return b"%s%sIdempotency-Key: k%d\r\n%sContent-Length: %d\r\n\r\n%s" % (
+            self._head, self._auth[buyer], key, self._prefer if wait else b"", len(body), body,
         )
 
     def _count(self, table: dict[str, int], key: str) -> None:

@@ -110,6 +110,8 @@ def write_all(runs: list[SystemRun], out_dir: Path) -> list[str]:
     made = []
     if latency_vs_rate(runs, out_dir / "latency_vs_rate.png"):
         made.append("latency_vs_rate.png")
+    if latency_vs_rate(runs, out_dir / "accepted_latency_vs_rate.png", scenario="accepted"):
+        made.append("accepted_latency_vs_rate.png")
     if throughput_over_time(runs, out_dir / "throughput_over_time.png"):
         made.append("throughput_over_time.png")
     if shard_sweep(runs, out_dir / "shard_sweep.png"):

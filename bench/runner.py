@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import msgspec
 import psutil
 
+from bench.buyers import write_tokens
+from bench.disk import FlushFigures, Probe, Window
 from bench.loadgen import GenResult, GenSpec, Mode
 from bench.paid import PaidFigures
 from bench.stats import LatencySummary, split_rate, summarize
@@ -46,6 +48,12 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     offered_rate: float | None = None
     answered_per_s: float = 0.0  # definitive answers: 2xx + 409 sold out
     accepted_per_s: float = 0.0  # 2xx: a purchase exists
+    answered: int = 0
+    accepted: int = 0
+    buyers: str = "new"  # new: a new buyer (token) per click; repeat: a pool of buyers reused
+    clicks_repeated: int = 0  # requests past the minted tokens, sent as retries of earlier clicks
+    flush: FlushFigures | None = None  # from the load's start to the end of its drain
+    drained: bool = True
     decisions_per_s: float | None = None
     accept: LatencySummary = msgspec.field(default_factory=LatencySummary)
     decision: LatencySummary = msgspec.field(default_factory=LatencySummary)
@@ -99,6 +107,7 @@ class WrkResult(msgspec.Struct):
     statuses: dict[str, int]
     seconds: dict[int, int]  # unix second -> answers
     ids: list[str]
+    repeated: int = 0  # requests past the tokens file's end (retries of earlier clicks)
 
 
 _decode_gen_line = msgspec.json.Decoder(GenLine).decode
@@ -165,12 +174,13 @@ async def _spawn_gen(spec: GenSpec, out: Path, idx: int, live: Live,
     return proc, asyncio.create_task(_pump(idx, proc.stdout, live, sink))
 
 
-async def _spawn_wrk(sut: System, tag: str, skus: list[str], duration_s: float, connections: int,
-                     start_at: float) -> asyncio.subprocess.Process:
+async def _spawn_wrk(sut: System, tokens: Path, repeat: bool, skus: list[str], duration_s: float,
+                     connections: int, start_at: float) -> asyncio.subprocess.Process:
     await asyncio.sleep(max(0.0, start_at - time.time()))
     return await asyncio.create_subprocess_exec(
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
-        "-s", str(WRK_SCRIPT), sut.base_url, "--", tag, ",".join(skus),
+        "-s", str(WRK_SCRIPT), sut.base_url, "--", str(tokens), "repeat" if repeat else "per-buyer",
+        ",".join(skus), "1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
 
@@ -202,6 +212,21 @@ class PhasePlan:
     use_wrk: bool = True
     retry_timeout_s: float = 0.03
     payment_tokens: list[str] = field(default_factory=list)  # cycled over requests (paid scenario)
+    # Buyers: 0 = a new buyer per click; N = N buyers reused round-robin (their tokens are
+    # verified once, then answered from the verifier's cache).
+    repeat_buyers: int = 0
+    # Closed loop: answers/s to mint tokens for (the rate is not known before the phase); past
+    # them requests repeat earlier clicks as retries, and the report says how many.
+    rate_guess: float = 12_000.0
+
+
+def tokens_needed(plan: PhasePlan, spec: GenSpec) -> int:
+    """Distinct buyers one generator needs for a phase (bounded in bench.buyers)."""
+    if plan.repeat_buyers:
+        return plan.repeat_buyers
+    if spec.mode == "open":
+        return int(spec.rate * spec.duration_s) + 16
+    return int(plan.rate_guess * spec.duration_s / GEN_PROCESSES) + 16
 
 
 def py_spy() -> str | None:
@@ -227,21 +252,22 @@ async def _start_profiles(sut: System, plan: PhasePlan, out_dir: Path,
     return spies
 
 
-async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
-                    tag: str, profile_dir: Path | None = None) -> tuple[PhaseResult, set[str]]:
+async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path, tag: str,
+                    probe: Probe, drain_timeout_s: float,
+                    profile_dir: Path | None = None) -> tuple[PhaseResult, set[str]]:
+    """Load, then drain; CPU over the load window, disk flushes from the load's start to the
+    end of the drain (the commits of what the load accepted belong to it)."""
     label = f"[{scenario} {sut.label()} {plan.phase}]"
     live = Live(label)
     sink: list[str] = []
     groups = sut.cpu_groups()
-    # Time for the generators to start and connect before the common start instant.
-    start_at = time.time() + 1.5
-    start_ms = int(start_at * 1000)
     generator = "wrk" if plan.mode == "closed" and plan.use_wrk else "python"
     gens: list[tuple[asyncio.subprocess.Process, asyncio.Task[None], Path]] = []
     wrk_proc = None
 
-    base = GenSpec(port=sut.port, mode=plan.mode, duration_s=plan.duration_s, start_at=start_at,
-                   tag=tag, skus=plan.skus, payment_tokens=plan.payment_tokens)
+    base = GenSpec(port=sut.port, mode=plan.mode, duration_s=plan.duration_s, start_at=0.0,
+                   tag=tag, skus=plan.skus, payment_tokens=plan.payment_tokens,
+                   repeat_buyers=plan.repeat_buyers > 0)
 
     def spec(i: int, **changes: Any) -> GenSpec:
         return msgspec.structs.replace(base, tag=f"{tag}-{i}", **changes)
@@ -260,17 +286,35 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     if plan.mode == "closed" and plan.sampler_rate > 0:
         # The sampler: a trickle of buyers who wait for their decision, beside the full load.
         specs.append(spec(len(specs), mode="open", rate=plan.sampler_rate, concurrency=200, wait_every=1))
+    # Buyer tokens are minted before the clock starts (a few seconds for a few 100k buyers).
+    for i, s in enumerate(specs):
+        path = work_dir / f"{tag}-{i}.tokens"
+        write_tokens(path, s.tag, tokens_needed(plan, s))
+        specs[i] = msgspec.structs.replace(s, tokens_file=str(path))
+    wrk_tokens = work_dir / f"{tag}-w.tokens"
+    if generator == "wrk":
+        closed = msgspec.structs.replace(base, tag=f"{tag}-w", mode="closed")
+        write_tokens(wrk_tokens, f"{tag}-w", tokens_needed(plan, closed) * GEN_PROCESSES)
+    flushes = Window(probe, sut.syncing_pids())
+    await flushes.attach(work_dir)
+    # Time for the generators to start and connect before the common start instant.
+    start_at = time.time() + 1.5
+    start_ms = int(start_at * 1000)
+    specs = [msgspec.structs.replace(s, start_at=start_at) for s in specs]
+    flushes.mark_idle(time.time())
     for i, s in enumerate(specs):
         out = work_dir / f"{tag}-{i}.gen"
         proc, pump = await _spawn_gen(s, out, i, live, sink)
         gens.append((proc, pump, out))
     # CPU is measured over the load window only: from the common start instant.
     await asyncio.sleep(max(0.0, start_at - time.time()))
+    flushes.start(time.time())
     cpu_before = {name: cpu_snapshot(pids) for name, pids in groups.items()}
     children_before, self_before = _children_cpu(), _self_cpu()
     box_before = psutil.cpu_times()
     if generator == "wrk":
-        wrk_proc = await _spawn_wrk(sut, f"{tag}-w", plan.skus, plan.duration_s, plan.connections, start_at)
+        wrk_proc = await _spawn_wrk(sut, wrk_tokens, plan.repeat_buyers > 0, plan.skus, plan.duration_s,
+                                    plan.connections, start_at)
         groups["wrk"] = [wrk_proc.pid]
 
     spies: list[asyncio.subprocess.Process] = []
@@ -301,7 +345,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     result = PhaseResult(scenario=scenario, system=sut.label(), phase=plan.phase, mode=plan.mode,
                          generator=generator, duration_s=plan.duration_s, offered_rate=plan.rate,
                          cpu_pct=cpu, started_ms=start_ms, ended_ms=end_ms, box_busy_pct=box_busy,
-                         steal_pct=steal)
+                         steal_pct=steal, buyers="repeat" if plan.repeat_buyers else "new")
     if spies:
         result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*.svg")
     ids: set[str] = set()
@@ -325,6 +369,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
         ok += sum(n for code, n in g.statuses.items() if code.startswith("2"))
         answered += g.answered
         per_second = _add_lists(per_second, g.per_second)
+        result.clicks_repeated += g.clicks_repeated
         for k in retry:
             retry[k] += getattr(g, k)
         if g.undecided:
@@ -345,6 +390,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
                 if v and k != "status":  # "status" = non-2xx answers, already in statuses
                     result.errors[k] = result.errors.get(k, 0) + v
             ids.update(i for i in w.ids if i != "p_echo")
+            result.clicks_repeated += w.repeated
             ok += sum(n for code, n in w.statuses.items() if code.startswith("2"))
             answered += sum(n for code, n in w.statuses.items() if code.startswith("2") or code == "409")
             lat = w.latency_us
@@ -360,7 +406,15 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
                 per_second = _add_lists(per_second, wrk_ps)
     result.accepted_per_s = round(ok / plan.duration_s, 1)
     result.answered_per_s = round(answered / plan.duration_s, 1)
+    result.accepted, result.answered = ok, answered
     result.answered_per_second = per_second
+    if result.clicks_repeated and sut.name != "echo":
+        result.notes.append(f"{result.clicks_repeated:,} requests past the minted buyers were sent as "
+                            "retries of earlier clicks (same buyer, same key)")
+    result.drained = await finish_phase(sut, result, drain_timeout_s)
+    result.flush = await flushes.stop(time.time())
+    for path in [wrk_tokens, *(Path(s.tokens_file) for s in specs)]:
+        path.unlink(missing_ok=True)
     return result, ids
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import asyncpg
@@ -22,11 +23,14 @@ import psutil
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from bench.baselines.app import SCHEMA
+from bench.baselines.seckill import Seckill
+from bench.buyers import bench_settings
 from committer.schema import apply_schema
-from config.settings import Settings, load
+from config.settings import Settings, to_env
 from flashsale import testing as procs
 from flashsale.db import ensure_database
-from flashsale.embedded import Embedded, free_port, free_port_block
+from flashsale.embedded import Embedded, free_port, free_port_block, wait_for_port
 
 FINAL_OR_RESERVED = ["reserved", "confirmed", "rejected", "expired", "cancelled"]
 _run_numbers = itertools.count(1)
@@ -83,6 +87,16 @@ class System:
         groups["nats-server"] = [self.nats.proc.pid]
         return groups
 
+    def syncing_pids(self) -> dict[str, list[int]]:
+        """The processes that fsync (for strace): every postgres process, nats-server, and
+        whatever else the system adds (redis-server)."""
+        pg = [self.postgres.proc.pid]
+        try:
+            pg += [c.pid for c in psutil.Process(pg[0]).children(recursive=True)]
+        except psutil.Error:
+            pass
+        return {"postgres": pg, "nats-server": [self.nats.proc.pid]}
+
     async def close(self) -> None:
         """Close the harness's own connections to the system (before stop())."""
 
@@ -97,7 +111,8 @@ class System:
         """Wait until everything accepted is decided. Baselines decide synchronously."""
         return True
 
-    async def invariants(self, accepted_ids: set[str], stock: int) -> Invariants:
+    async def invariants(self, accepted_ids: set[str], stock: int,
+                         repeat_skus: list[str]) -> Invariants:
         raise NotImplementedError
 
     async def decisions_between(self, start_ms: int, end_ms: int) -> tuple[int, list[float], list[int]]:
@@ -134,6 +149,11 @@ async def _wait_ready(p: procs.Process, url: str, timeout_s: float = 60.0) -> No
     await asyncio.to_thread(p.wait_http_ok, url, timeout_s)
 
 
+def _baseline_env() -> dict[str, str]:
+    """The baselines load the bench's identity settings (the same as flashsale's) from here."""
+    return {**os.environ, **to_env(bench_settings())}
+
+
 @dataclass(kw_only=True)
 class Baseline(System):
     """echo, naive or rowlock: `python -m bench.baselines.<name>`."""
@@ -152,7 +172,7 @@ class Baseline(System):
         log_dir = place.root / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         p = procs.Process(name, [sys.executable, "-m", f"bench.baselines.{name}", *args],
-                          dict(os.environ), log_dir / f"{name}.log").start()
+                          _baseline_env(), log_dir / f"{name}.log").start()
         processes.append(p)
         await _wait_ready(p, f"http://127.0.0.1:{port}/readyz")
         return cls(name=name, root=place.root, postgres=place.postgres, nats=place.nats, port=port,
@@ -179,13 +199,14 @@ class Baseline(System):
             handled: int = (await r.json())["handled"]
         return handled, 0
 
-    async def invariants(self, accepted_ids: set[str], stock: int) -> Invariants:
+    async def invariants(self, accepted_ids: set[str], stock: int,
+                         repeat_skus: list[str]) -> Invariants:
         if self.name == "echo":
             return Invariants(accepted_ids=len(accepted_ids))
         conn = await asyncpg.connect(self.database_url)
         try:
             return await _check(conn, accepted_ids, stock, "bench_skus", "bench_orders",
-                                "s.sold > s.stock", "s.sold")
+                                "s.sold > s.stock", "s.sold", repeat_skus)
         finally:
             await conn.close()
 
@@ -195,6 +216,94 @@ class Baseline(System):
         return await _decisions(self.database_url, "bench_orders", start_ms, end_ms)
 
 
+AppendFsync = Literal["always", "everysec"]
+# What each AOF policy loses on power failure, for the report's labels.
+REDIS_LOSES = {
+    "always": "nothing answered (AOF fsynced before the replies of each event-loop turn)",
+    "everysec": "up to ~1 s of answered orders (AOF fsynced once a second)",
+}
+
+
+def redis_conf(port: int, data_dir: Path, appendfsync: AppendFsync) -> str:
+    """redis-server's config: AOF only (no RDB snapshots), loopback, in the foreground."""
+    return "\n".join([
+        f"port {port}", "bind 127.0.0.1", "protected-mode yes", "daemonize no", f'dir "{data_dir}"',
+        'save ""', "appendonly yes", f"appendfsync {appendfsync}", "aof-use-rdb-preamble yes",
+        f'logfile "{data_dir / "redis.log"}"', "",
+    ])
+
+
+@dataclass(kw_only=True)
+class RedisSeckill(Baseline):
+    """redis-always / redis-everysec: redis-server + `python -m bench.baselines.redis_seckill` (the
+    HTTP app) + `python -m bench.baselines.seckill_worker` (stream -> Postgres)."""
+
+    appendfsync: AppendFsync
+    redis_pid: int
+    store: Seckill
+
+    @classmethod
+    async def launch_redis(cls, place: Place, processes: list[procs.Process],
+                           appendfsync: AppendFsync) -> RedisSeckill:
+        n = next(_run_numbers)
+        data_dir = place.root / f"redis{n}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log_dir = place.root / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        redis_port = free_port()
+        conf = data_dir / "redis.conf"
+        conf.write_text(redis_conf(redis_port, data_dir, appendfsync))
+        server = procs.Process("redis-server", ["redis-server", str(conf)], dict(os.environ),
+                               log_dir / f"redis-server-{n}.log").start()
+        processes.append(server)
+        await asyncio.to_thread(wait_for_port, redis_port, 20)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        database_url = await _new_database(place.postgres, f"bench_redis_{n}")
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(SCHEMA)
+        finally:
+            await conn.close()
+        port = free_port()
+        app = procs.Process(place.name, [sys.executable, "-m", "bench.baselines.redis_seckill",
+                                         "--port", str(port), "--redis-url", redis_url],
+                            _baseline_env(), log_dir / f"{place.name}-{n}.log").start()
+        processes.append(app)
+        worker = procs.Process("seckill-worker", [sys.executable, "-m", "bench.baselines.seckill_worker",
+                                                  "--redis-url", redis_url, "--database-url", database_url],
+                               dict(os.environ), log_dir / f"seckill-worker-{n}.log").start()
+        processes.append(worker)
+        await _wait_ready(app, f"http://127.0.0.1:{port}/readyz")
+        assert server.proc is not None
+        return cls(name=place.name, root=place.root, postgres=place.postgres, nats=place.nats, port=port,
+                   database_url=database_url, processes=processes, http=aiohttp.ClientSession(),
+                   appendfsync=appendfsync, redis_pid=server.proc.pid, store=Seckill.connect(redis_url, 4))
+
+    async def close(self) -> None:
+        await self.store.close()
+        await super().close()
+
+    def syncing_pids(self) -> dict[str, list[int]]:
+        return {**super().syncing_pids(), "redis-server": [self.redis_pid]}
+
+    async def seed(self, stock_by_sku: dict[str, int]) -> None:
+        await super().seed(stock_by_sku)  # Postgres: the worker counts `sold` against it
+        await self.store.seed(stock_by_sku)
+
+    async def live(self) -> tuple[int, int | None]:
+        handled, _ = await super().live()
+        return handled, await self.store.backlog()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Until the worker has written (and acked) every order of the stream."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await self.store.backlog() == 0:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+
 async def start_flashsale(place: Place, processes: list[procs.Process], shards: int,
                           ingests: int) -> tuple[Settings, Path]:
     """Starts the committers and ingest of a fresh flashsale (own database and namespace);
@@ -202,8 +311,8 @@ async def start_flashsale(place: Place, processes: list[procs.Process], shards: 
     n = next(_run_numbers)
     database_url = await _new_database(place.postgres, f"bench_fs_{n}")
     await apply_schema(database_url)
-    s = load(
-        env={}, file=None, nats_url=place.nats.url, database_url=database_url,
+    s = bench_settings(
+        nats_url=place.nats.url, database_url=database_url,
         namespace=f"b{n}", shards=shards, ingest_port=free_port(),
         committer_metrics_port=free_port_block(shards), data_dir=str(place.root / f"fs{n}"),
         log_level="WARNING",
@@ -308,11 +417,12 @@ class Flashsale(System):
         finally:
             await conn.close()
 
-    async def invariants(self, accepted_ids: set[str], stock: int) -> Invariants:
+    async def invariants(self, accepted_ids: set[str], stock: int,
+                         repeat_skus: list[str]) -> Invariants:
         conn = await asyncpg.connect(self.database_url)
         try:
             return await _check(conn, accepted_ids, stock, "skus", "purchases",
-                                "s.reserved + s.sold > s.stock", "s.reserved + s.sold")
+                                "s.reserved + s.sold > s.stock", "s.reserved + s.sold", repeat_skus)
         finally:
             await conn.close()
 
@@ -321,7 +431,7 @@ class Flashsale(System):
 
 
 async def _check(conn: asyncpg.Connection, accepted_ids: set[str], stock: int, skus: str,
-                 orders: str, oversold_cond: str, sold_expr: str) -> Invariants:
+                 orders: str, oversold_cond: str, sold_expr: str, repeat_skus: list[str]) -> Invariants:
     inv = Invariants(accepted_ids=len(accepted_ids), stock=stock)
     counters = await conn.fetchval(f"SELECT count(*) FROM {skus} s WHERE {oversold_cond}")
     by_orders = await conn.fetchval(
@@ -331,10 +441,11 @@ async def _check(conn: asyncpg.Connection, accepted_ids: set[str], stock: int, s
     )
     inv.oversold_skus = counters + by_orders
     # Every logical purchase the bench makes has its own buyer: two rows for one buyer means one
-    # click became two orders.
+    # click became two orders. Except on the SKUs of repeated-buyer phases, where buyers buy many
+    # times on purpose (their ids still come from (buyer, key), so a retry cannot add a row).
     inv.duplicate_orders = await conn.fetchval(
         f"SELECT coalesce(sum(n - 1), 0)::bigint FROM (SELECT count(*) n FROM {orders}"
-        " GROUP BY user_id HAVING count(*) > 1) x"
+        " WHERE sku <> ALL($1::text[]) GROUP BY user_id HAVING count(*) > 1) x", repeat_skus
     )
     inv.lost = await conn.fetchval(
         f"SELECT count(*) FROM unnest($1::text[]) a(id) LEFT JOIN {orders} o USING (id)"

@@ -4,13 +4,22 @@
 - naive:   per request, one transaction: conditional `UPDATE ... SET sold = sold + qty WHERE
            stock - sold >= qty` plus an order INSERT. What most shops write first.
 - rowlock: per request, one transaction: `SELECT ... FOR UPDATE`, then UPDATE and INSERT.
+- redis:   the seckill way (seckill.py): one Redis Lua script checks and decrements the stock,
+           keeps a per-SKU buyer set and appends the order to a stream, answered 202 when the
+           script returns (after Redis's AOF fsync with `appendfsync always`); a worker process
+           (seckill_worker.py) writes the stream to Postgres in batches.
+
+Every baseline but echo verifies the buyer's JWT exactly as ingest does (ingest.auth.BuyerVerifier
+with the same settings, so the same cache of verified tokens): the buyer is the token's `sub`, a
+body `user_id` must be absent or equal to it. echo reads the request (Authorization header
+included) and does nothing: the HTTP limit.
 
 naive and rowlock decide synchronously, so their POST answers 200 with the decided state (what
 flashsale answers to `Prefer: wait=N`). They use their own database and tables (`bench_skus`,
 `bench_orders`) on the same PostgreSQL server as flashsale, with the same durable settings
 (fsync=on, synchronous_commit=on): every 200 is a committed, fsynced transaction.
 
-An order id is derived from (user, Idempotency-Key) exactly as flashsale does, and is the primary
+An order id is derived from (buyer, Idempotency-Key) exactly as flashsale does, and is the primary
 key, so a retry never creates a second order: the INSERT conflicts and the transaction (with its
 stock change) is rolled back, and the existing order is answered.
 """
@@ -25,13 +34,14 @@ import msgspec
 import uvloop
 from aiohttp import web
 
+from bench.baselines.seckill import Seckill
+from config.settings import load
+from ingest import problems
+from ingest.auth import BuyerVerifier
 from proto.clock import now_ms
 from proto.ids import id_key, new_idempotency_key, purchase_id
 
-# The baselines derive ids the way flashsale does, with a key of their own.
-_ID_KEY = id_key("bench-baseline")
-
-Kind = Literal["echo", "naive", "rowlock"]
+Kind = Literal["echo", "naive", "rowlock", "redis"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bench_skus (
@@ -59,7 +69,7 @@ POOL_MAX = 20  # bounded: 2 cores cannot use more concurrent transactions than t
 class PurchaseBody(msgspec.Struct):
     sku: str
     qty: int
-    user_id: str
+    user_id: str | None = None  # absent, or the token's `sub`
 
 
 class SkuBody(msgspec.Struct):
@@ -94,29 +104,47 @@ def _problem(status: int, title: str) -> web.Response:
 
 
 class Baseline:
-    def __init__(self, kind: Kind, pool: asyncpg.Pool | None) -> None:
+    def __init__(self, kind: Kind, pool: asyncpg.Pool | None, seckill: Seckill | None,
+                 buyers: BuyerVerifier | None, id_secret: bytes) -> None:
         self.kind = kind
-        self.pool = pool  # None for echo, which has no database
+        self.pool = pool  # naive, rowlock
+        self.seckill = seckill  # redis
+        self.buyers = buyers  # None for echo, which verifies nothing
+        self.id_key = id_secret
         self.handled = 0  # requests answered, for the bench's live progress line
 
     async def stop(self, app: web.Application) -> None:
         if self.pool is not None:
             await self.pool.close()
+        if self.seckill is not None:
+            await self.seckill.close()
 
     async def post_purchase(self, request: web.Request) -> web.Response:
         self.handled += 1
         raw = await request.read()
         if self.kind == "echo":
             return _json(_ECHO_BODY, 202)
+        assert self.buyers is not None
+        try:
+            buyer = self.buyers.buyer(request)
+        except problems.Rejection as r:
+            return r.response()
         try:
             body = _decode_purchase(raw)
         except msgspec.ValidationError as e:
             return _problem(400, str(e))
         if body.qty < 1:
             return _problem(400, "qty must be >= 1")
+        if body.user_id is not None and body.user_id != buyer:
+            return _problem(403, "user_id in the body differs from the authenticated buyer")
         key = request.headers.get("Idempotency-Key") or new_idempotency_key()
-        pid = purchase_id(_ID_KEY, body.user_id, key)
+        pid = purchase_id(self.id_key, buyer, key)
         accepted = now_ms()
+        if self.seckill is not None:
+            outcome = await self.seckill.purchase(pid, buyer, body.sku, body.qty, accepted)
+            if outcome != "confirmed":
+                return _problem(409, outcome)  # like flashsale's fast path: no purchase exists
+            return _json(_encode(Order(pid, "confirmed")), 202, {"Location": f"/v1/purchases/{pid}"})
         assert self.pool is not None
         async with self.pool.acquire() as conn:
             try:
@@ -141,7 +169,7 @@ class Baseline:
                         "INSERT INTO bench_orders (id, sku, user_id, qty, status, reason, accepted_at_ms,"
                         " decided_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (id) DO NOTHING"
                         " RETURNING 1",
-                        pid, body.sku, body.user_id, body.qty, status, reason, accepted, now_ms(),
+                        pid, body.sku, buyer, body.qty, status, reason, accepted, now_ms(),
                     )
                     if inserted is None:
                         raise _Duplicate
@@ -154,6 +182,9 @@ class Baseline:
 
     async def get_purchase(self, request: web.Request) -> web.Response:
         pid = request.match_info["id"]
+        if self.seckill is not None:
+            status = await self.seckill.status(pid)
+            return _json(_encode(Order(pid, status))) if status else _problem(404, "no such purchase")
         if self.pool is None:
             return _json(_encode(Order(pid, "pending")))
         row = await self.pool.fetchrow("SELECT status, reason FROM bench_orders WHERE id = $1", pid)
@@ -164,6 +195,8 @@ class Baseline:
     async def put_sku(self, request: web.Request) -> web.Response:
         # The baselines trust the bench: no admin token check (they only listen on loopback).
         body = _decode_sku(await request.read())
+        if self.seckill is not None:
+            await self.seckill.seed({request.match_info["sku"]: body.stock})
         if self.pool is not None:
             await self.pool.execute(
                 "INSERT INTO bench_skus (sku, stock) VALUES ($1, $2)"
@@ -179,15 +212,26 @@ class Baseline:
         return _json(_encode({"handled": self.handled}))
 
 
-async def make_app(kind: Kind, database_url: str | None) -> web.Application:
+async def make_app(kind: Kind, database_url: str | None, redis_url: str | None = None) -> web.Application:
     pool = None
-    if kind != "echo":
+    seckill = None
+    buyers = None
+    # The same settings as the flashsale under test (the harness passes them in the environment).
+    settings = load()
+    if kind in ("naive", "rowlock"):
         if not database_url:
             raise SystemExit(f"{kind} needs --database-url")
         pool = await asyncpg.create_pool(database_url, min_size=POOL_MAX, max_size=POOL_MAX)
         async with pool.acquire() as conn:
             await conn.execute(SCHEMA)
-    b = Baseline(kind, pool)
+    if kind == "redis":
+        if not redis_url:
+            raise SystemExit("redis needs --redis-url")
+        seckill = Seckill.connect(redis_url, connections_max=POOL_MAX * 3)
+        await seckill.ensure_group()
+    if kind != "echo":
+        buyers = BuyerVerifier.from_settings(settings)
+    b = Baseline(kind, pool, seckill, buyers, id_key(settings.id_secret))
     app = web.Application(client_max_size=4096)
     app.on_cleanup.append(b.stop)
     app.router.add_post("/v1/purchases", b.post_purchase)
@@ -203,9 +247,10 @@ def main(kind: Kind) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--redis-url", default=None)
     args = parser.parse_args()
     uvloop.install()
     web.run_app(
-        make_app(kind, args.database_url), host=args.host, port=args.port,
+        make_app(kind, args.database_url, args.redis_url), host=args.host, port=args.port,
         access_log=None, print=None, backlog=4096,
     )

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from bench.report import RunResult, headline, render_report, render_table
+import pytest
+
+from bench.disk import FlushFigures
+from bench.report import (
+    RunResult,
+    cpu_us_per_request,
+    front_names,
+    headline,
+    projection,
+    render_report,
+    render_table,
+)
 from bench.runner import PhaseResult, SystemRun
 from bench.stats import summarize
 from bench.systems import Invariants
@@ -52,3 +63,73 @@ def test_report_lists_errors_without_sold_out_and_flags_violations() -> None:
     assert "**not met**" in text  # echo ratio 0.67 >= 0.5 is met; the lost intent is not
     assert "503: 2, timeout: 1" in text
     assert "409: 5" not in text  # sold out is an answer, not an error
+
+
+def _acc(system: str, phase: str, accepted: float, flushes: int | None, cpu: dict[str, float],
+         p99s: list[float] | None = None) -> PhaseResult:
+    return PhaseResult(scenario="accepted", system=system, phase=phase, mode="closed", generator="wrk",
+                       duration_s=10, answered_per_s=accepted, accepted_per_s=accepted,
+                       accepted=int(accepted * 10), decision=summarize(p99s or []), cpu_pct=cpu,
+                       flush=FlushFigures(source="device", flushes=flushes, window_s=12.0, flush_ms=5,
+                                          idle_per_s=1.5))
+
+
+def _accepted_runs() -> list[SystemRun]:
+    return [
+        SystemRun(scenario="accepted", system="echo",
+                  phases=[_acc("echo", "max", 20000, 3, {"echo": 100.0})]),
+        SystemRun(scenario="accepted", system="naive",
+                  phases=[_acc("naive", "max", 1000, 10000, {"naive": 50.0, "postgres": 50.0})]),
+        SystemRun(scenario="accepted", system="flashsale/2sh", shards=2, phases=[
+            _acc("flashsale/2sh", "max", 8000, 4000,
+                 {"ingest": 80.0, "nats-server": 30.0, "generator": 40.0}),
+            _acc("flashsale/2sh", "max-repeat", 10000, 4000, {"ingest": 80.0}),
+            _acc("flashsale/2sh", "open@0.8", 6400, 3200, {"ingest": 60.0}, [10.0, 20.0, 150.0]),
+        ]),
+    ]
+
+
+def test_accepted_path_headline_is_its_own() -> None:
+    h = headline(_accepted_runs())
+    assert h.acc_vs_naive == 8.0
+    assert h.acc_vs_echo == 0.4
+    assert h.acc_flushes_per_accepted == 4000 / 80000
+    assert h.acc_p99_decision_at_80pct_ms == 150.0
+    assert h.hot_answered_per_s == {}  # nothing of the accepted path leaks into the sell-out figures
+
+
+def test_cpu_per_request_of_the_front_and_of_named_processes() -> None:
+    p = _accepted_runs()[2].phases[0]
+    assert front_names(p) == ["ingest"]
+    assert cpu_us_per_request(p) == 0.8 / 8000 * 1e6  # 100 us of ingest per purchase
+    assert cpu_us_per_request(p, ["ingest", "nats-server"]) == pytest.approx(1.1 / 8000 * 1e6)
+    assert front_names(_accepted_runs()[1].phases[0]) == ["naive"]
+
+
+def test_projection_from_measured_flushes_leaves_echo_out() -> None:
+    lines = projection(_accepted_runs())
+    assert lines == [
+        "naive: 1.000 flushes per accepted purchase -> at most 1,000 purchases/s on a disk with 1 ms flushes",
+        "flashsale/2sh: 0.050 flushes per accepted purchase -> at most 20,000 purchases/s on a disk "
+        "with 1 ms flushes",
+    ]
+
+
+def test_report_has_accepted_path_tables_apart_from_sell_out() -> None:
+    result = RunResult(started="now", command="python -m bench", machine={}, settings={},
+                       runs=_accepted_runs(), verify_us={"new": 50.0, "cached": 0.2})
+    result.headline = headline(result.runs)
+    text = render_report(result)
+    assert "## Accepted path" in text
+    assert "## Sell-out" not in text  # no hot-sku run: no sell-out section
+    assert "| disk flushes per accepted purchase at max, flashsale | 0.050 | <= 0.05 | met |" in text
+    assert "| p99 POST -> decided at 0.8 x max, flashsale (ms) | 150 | <= 100 | **not met** |" in text
+    # flashsale: 8,000/s, 8x naive, 0.4x echo, 0.05 flushes each, 20,000/s at 1 ms, 138 us of
+    # server CPU (ingest 80% + nats 30% of a core; not the generator), 100 us of it ingest's.
+    assert "| flashsale/2sh | 8,000 | 8.00 | 0.40 | 150 | 0.050 | 20,000 | 138 | 100 |" in text
+    assert "| echo | 20,000 | 20.00 | 1.00 | - | 0.000 | - |" in text
+    # verification: new buyers 100 us of ingest per request, repeated buyers 80 us
+    assert "| flashsale/2sh | 8,000 | 10,000 | 100 | 80 | 20 |" in text
+    assert "a new token 50.0 us" in text
+    flush_row = "| accepted | flashsale/2sh | max | 80,000 | 4,000 | 333.3 | 0.050 | 1.5 | 0.001 | device |"
+    assert flush_row in text
