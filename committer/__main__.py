@@ -66,10 +66,12 @@ class Shard:
         ttl_ms = int(self.settings.lease_ttl_s * 1000)
         if self.epoch is not None:
             await store.renew_lease(links.conn, self.shard, self.epoch, ttl_ms)
+            self.health.back("postgres")  # it took a write, not only a connection
             return self.epoch
         waiting = False
         while not stopping.is_set():
             epoch, lease = await store.acquire_lease(links.conn, self.shard, self.owner, ttl_ms)
+            self.health.back("postgres")  # it took a write, not only a connection
             if epoch is not None:
                 if waiting:
                     log.info("standby took over", extra=kv(shard=self.shard, epoch=epoch,

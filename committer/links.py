@@ -138,5 +138,6 @@ async def _connect_postgres(settings: Settings, shard: int, health: Health) -> a
         )
     except Exception as e:
         raise Unreachable("postgres", e) from e
-    health.back("postgres")
+    # "postgres back" is said once a lease write went through (a read-only database accepts
+    # connections and refuses the writes: that is not back).
     return conn

@@ -106,3 +106,41 @@ async def _is(status, expected: int) -> bool:
         return bool(await status() == expected)
     except aiohttp.ClientError:
         return False
+
+
+async def test_postgres_read_only_for_a_while(system, settings, db):
+    """The database refuses writes for a few seconds mid-flood (a failover in progress, a full
+    disk turned read-only): buyers keep getting 202s, the writer retries without deciding
+    anything twice, and once writes come back every accepted purchase is decided."""
+    system.start()
+    await create_sku(system.base_url, settings.admin_token, "hot", stock=STOCK, max_per_user=1)
+    attempts = plan("hot", requests=3000, users=2000, seed=23)
+    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=200))
+    await wait_rows(db, 100, flood)
+    name = await db.fetchval("SELECT current_database()")
+    await db.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    await db.fetchval(TERMINATE_COMMITTERS)  # their next sessions are read-only
+    read_only_at = asyncio.get_running_loop().time()
+    await asyncio.sleep(0.5)  # batches committed before the sessions went read-only are in
+    frozen = await db.fetchval("SELECT count(*) FROM purchases")
+    await asyncio.sleep(2.5)
+    assert await db.fetchval("SELECT count(*) FROM purchases") == frozen  # nothing written
+    await db.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+    await db.fetchval(TERMINATE_COMMITTERS)
+    writable_at = asyncio.get_running_loop().time()
+
+    async def deciding_again() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM purchases") > frozen)
+
+    await eventually(deciding_again, timeout_s=30)
+    print(f"read-only for {writable_at - read_only_at:.1f} s; decisions resumed "
+          f"{asyncio.get_running_loop().time() - writable_at:.2f} s after writes came back")
+    result = await flood
+    summary = await check_invariants(db, result, "hot", STOCK, max_per_user=1)
+    assert summary["confirmed"] == STOCK
+    await check_history(db, settings, result.accepted())
+    assert all(p.alive for p in system.processes.values())
+    # One line when writes stopped being accepted, one when they came back, not one per retry.
+    committer = system.processes[f"committer-{shard_of('hot', settings.shards)}"]
+    lost, back = log_lines(committer, "postgres lost"), log_lines(committer, "postgres back")
+    assert len(lost) == len(back) == 1, (lost, back)
