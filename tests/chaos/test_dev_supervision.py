@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import REPO_ROOT
+from config.settings import CONFIG_DIR, REPO_ROOT, load
 from flashsale.embedded import free_port, free_port_block
+from ingest.auth import dev_tokens
 from proto.sharding import shard_of
 
 pytestmark = pytest.mark.chaos
@@ -133,16 +134,19 @@ class Buyer:
 
     def __init__(self, dev: Dev) -> None:
         self.dev = dev
-        self.accepted: set[str] = set()
+        self.accepted: dict[str, str] = {}  # purchase id -> the buyer's token
+        # `flashsale dev` runs with config/dev.toml: its development secret signs the tokens.
+        self.settings = load(env={}, file=CONFIG_DIR / "dev.toml")
 
     def buy(self) -> str | None:
         """The decided status of one new purchase, or None if it was not decided within 2 s."""
         key = uuid.uuid4().hex
-        status, body = _request("POST", f"{self.dev.base}/v1/purchases",
-                                {"sku": SKU, "qty": 1, "user_id": f"u-{key[:12]}"},
-                                {"Idempotency-Key": key, "Prefer": "wait=2"}, timeout_s=4)
+        [token] = dev_tokens(self.settings, [f"u-{key[:12]}"])
+        status, body = _request("POST", f"{self.dev.base}/v1/purchases", {"sku": SKU, "qty": 1},
+                                {"Idempotency-Key": key, "Prefer": "wait=2",
+                                 "Authorization": f"Bearer {token}"}, timeout_s=4)
         if status in (200, 202):
-            self.accepted.add(body["id"])
+            self.accepted[body["id"]] = token
         return body["status"] if status == 200 and body.get("status") in FINAL else None
 
     def window_after(self, kill) -> float:
@@ -162,7 +166,8 @@ class Buyer:
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
             for pid in list(pending):
-                status, body = _request("GET", f"{self.dev.base}/v1/purchases/{pid}?wait=1")
+                status, body = _request("GET", f"{self.dev.base}/v1/purchases/{pid}?wait=1",
+                                        headers={"Authorization": f"Bearer {self.accepted[pid]}"})
                 if status == 200 and body.get("status") in FINAL:
                     pending.discard(pid)
         return pending
@@ -194,7 +199,8 @@ def test_every_killed_process_comes_back_and_purchases_resume(dev: Dev):
                      if re.search(rf"-m committer --shard {shard_of(SKU, SHARDS)}\b", command))
     windows = {}
     for label, program in [("ingest", "app:ingest"), (committer, f"app:{committer}"),
-                           ("nats-server", "nats"), ("postmaster", "postgres")]:
+                           ("gateway", "app:gateway"), ("nats-server", "nats"),
+                           ("postmaster", "postgres")]:
         _wait("every program RUNNING", lambda: all(dev.pids().values()), dev)
         before = dev.pids()
         victim = before[program]
