@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-unit lint typecheck bench bench-quick bench-tools wrk strace clean
+.PHONY: run test test-unit chaos lint typecheck bench bench-quick bench-tools wrk strace clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
+
+# The fault suite alone, with floods 5x the size CI runs (FLASHSALE_CHAOS_SCALE).
+chaos: $(VENV)/.installed strace
+	FLASHSALE_CHAOS_SCALE=$${FLASHSALE_CHAOS_SCALE:-5} $(PY) -m pytest -q tests/chaos
 
 test-unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit

@@ -24,6 +24,7 @@ from flashsale.db import ensure_database
 from flashsale.embedded import free_port
 from flashsale.jetstream import connect_nats, ensure_streams
 from proto.sharding import shard_of
+from tests.chaos import scaled
 from tests.conftest import Servers, System
 from tests.flood import Attempt, FloodResult, check_invariants, plan, post_all
 from tests.integration.test_flood import create_sku
@@ -199,7 +200,7 @@ async def test_losing_the_intents_leader_mid_flood(how, healed_cluster, cluster_
 
     probe = Probe(cluster_system.base_url)
     probes = [asyncio.create_task(probe.run(w)) for w in range(4)]
-    attempts = plan("hot", requests=3000, users=2000, seed=13)
+    attempts = plan("hot", requests=scaled(3000), users=scaled(2000), seed=13)
     started = time.monotonic()
     flood = asyncio.create_task(post_all(cluster_system.base_url, attempts, concurrency=100))
     lost = healed_cluster.node(leader)

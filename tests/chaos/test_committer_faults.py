@@ -13,6 +13,7 @@ import pytest
 
 from flashsale.testing import committer_ready_url
 from proto.sharding import shard_of
+from tests.chaos import scaled
 from tests.chaos.test_committer_kill import wait_rows
 from tests.chaos.test_standby import log_lines
 from tests.flood import check_invariants, plan, post_all
@@ -32,7 +33,7 @@ async def test_backends_terminated_mid_flood(system, settings, db):
     await create_sku(system.base_url, settings.admin_token, "hot", stock=STOCK, price_cents=999,
                      max_per_user=1)
     committer = system.processes[f"committer-{shard_of('hot', settings.shards)}"]
-    attempts = plan("hot", requests=5000, users=3000, seed=17)
+    attempts = plan("hot", requests=scaled(5000), users=scaled(3000), seed=17)
     flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300))
     terminated = 0
     for at_least in (100, 250, 400):
@@ -56,7 +57,7 @@ async def test_internal_client_error_after_commit(system, settings, db):
     system.start()
     await create_sku(system.base_url, settings.admin_token, "hot", stock=STOCK, max_per_user=1)
     committer = system.processes[f"committer-{shard_of('hot', settings.shards)}"]
-    attempts = plan("hot", requests=3000, users=2000, seed=19)
+    attempts = plan("hot", requests=scaled(3000), users=scaled(2000), seed=19)
     result = await post_all(system.base_url, attempts, concurrency=200, wait_s=5)
     summary = await check_invariants(db, result, "hot", STOCK, max_per_user=1)
     assert summary["confirmed"] == STOCK
@@ -114,7 +115,7 @@ async def test_postgres_read_only_for_a_while(system, settings, db):
     anything twice, and once writes come back every accepted purchase is decided."""
     system.start()
     await create_sku(system.base_url, settings.admin_token, "hot", stock=STOCK, max_per_user=1)
-    attempts = plan("hot", requests=3000, users=2000, seed=23)
+    attempts = plan("hot", requests=scaled(3000), users=scaled(2000), seed=23)
     flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=200))
     await wait_rows(db, 100, flood)
     name = await db.fetchval("SELECT current_database()")

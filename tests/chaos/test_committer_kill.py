@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from proto.sharding import shard_of
+from tests.chaos import scaled
 from tests.flood import check_invariants, plan, post_all
 from tests.integration.test_flood import create_sku
 
@@ -31,7 +32,7 @@ async def test_kill_9_committer_mid_flood(system, settings, db):
     await create_sku(system.base_url, settings.admin_token, "hot", stock=STOCK, price_cents=999,
                      max_per_user=1)
     shard = shard_of("hot", settings.shards)
-    attempts = plan("hot", requests=5000, users=3000, seed=11)
+    attempts = plan("hot", requests=scaled(5000), users=scaled(3000), seed=11)
     flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300))
     # Two kills: one early (mid-sale, stock left) and one around the sell-out.
     for at_least in (300, STOCK):
@@ -60,7 +61,7 @@ async def test_death_between_commit_and_ack(system, settings, db):
     doomed = msgspec.structs.replace(settings, crash_after_commit=1)
     system.settings = doomed
     crashing = system.start_committer(shard, name=name)
-    attempts = plan("hot", requests=400, users=300, seed=5)
+    attempts = plan("hot", requests=scaled(400), users=scaled(300), seed=5)
     # The buyers wait for their outcome: each must get the committed one.
     flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=100, wait_s=10))
     for _ in range(500):

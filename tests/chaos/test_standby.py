@@ -17,6 +17,7 @@ import pytest
 from committer.recovery import EXIT_FENCED
 from flashsale.testing import Process, committer_ready_url, spare_port
 from proto.sharding import shard_of
+from tests.chaos import scaled
 from tests.chaos.test_committer_kill import wait_rows
 from tests.flood import check_invariants, plan, post_all
 from tests.history import check_history, read_results
@@ -89,7 +90,7 @@ async def test_sigstop_writer_standby_takes_over(system, settings, db):
     # flood may be over by then): the first one decided after the stop times the take-over.
     probe = same_shard_sku(settings, shard)
     await create_sku(system.base_url, settings.admin_token, probe, stock=100_000)
-    attempts = plan("hot", requests=5000, users=3000, seed=13)
+    attempts = plan("hot", requests=scaled(5000), users=scaled(3000), seed=13)
     flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300))
     await wait_rows(db, 300, flood)
     stopped_at = time.monotonic()
