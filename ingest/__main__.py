@@ -47,6 +47,9 @@ async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
         # Closes a connection idle this long, and one whose request head is not complete this
         # long after the connection (or its previous request) ended: the slow-head deadline.
         keepalive_timeout=settings.idle_timeout_s, lingering_time=edge.LINGER_S,
+        # A client that goes away ends its handler: a long-poll gives its wait slot back at once
+        # instead of holding it (and the buyer's per-buyer budget) until its wait runs out.
+        handler_cancellation=True,
     )
     await runner.setup()  # connects NATS and Postgres (the app's cleanup context)
     handlers = runner.server

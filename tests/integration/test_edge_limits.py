@@ -471,3 +471,28 @@ async def test_the_total_connection_cap_keeps_the_process_below_its_fd_limit(sys
     assert fds < proc_fd_limit(ingest.proc.pid)
     assert refusals(samples, "connections_total") >= 2 * per_address - connections_max
     assert refusals(samples, "connections_client") == 0
+
+
+async def test_a_long_poll_whose_client_left_gives_its_slot_back(system, settings):
+    s = msgspec.structs.replace(settings, buyer_waits_max=1)
+    await seed_sku(s, "s1", stock=100)
+    system.start_ingest(s)  # no committers: purchases stay pending
+    base = system.base_url
+    async with session(BUYER, limit=0) as http, session("127.0.0.1") as ops:
+        async with http.post(f"{base}/v1/purchases", json={"sku": "s1", "qty": 1},
+                             headers=bearer("leaver")) as r:
+            pid = (await r.json())["id"]
+        for _ in range(3):  # the buyer's app gives up on a poll and opens another, thrice
+            poll = asyncio.create_task(http.get(f"{base}/v1/purchases/{pid}?wait=30",
+                                                headers=bearer("leaver")).__aenter__())
+
+            async def waiting() -> bool:
+                return (await metric(ops, base, "flashsale_ingest_waiters")).get("", 0) == 1
+
+            await eventually(waiting)
+            poll.cancel()  # the client closes the connection
+
+            async def released() -> bool:
+                return (await metric(ops, base, "flashsale_ingest_waiters")).get("", 0) == 0
+
+            await eventually(released, timeout_s=5)
