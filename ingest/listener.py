@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import msgspec
 import nats.errors
@@ -27,6 +28,10 @@ log = logging.getLogger("ingest.listener")
 # A listener that misses two heartbeats is recreated by nats-py from the last sequence seen.
 HEARTBEAT_S = 2.0
 RESUBSCRIBE_BACKOFF_MAX_S = 2.0
+# Every live writer sends a result batch or a heartbeat about every second, and writers announce
+# each batch they take on core NATS: a listener that hears those but no result for this long
+# has lost its consumer (its stream was failed over, say) and makes a new one.
+STALE_S = 5.0
 
 
 class ResultsListener:
@@ -38,6 +43,9 @@ class ResultsListener:
         self.last_seq = 0  # stream sequence of the last result batch received
         self._sub: JetStreamContext.PushSubscription | None = None  # None: not listening
         self._resubscribing: asyncio.Task[None] | None = None
+        self._last_result_s = time.monotonic()
+        self._last_progress_s = 0.0
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def listening(self) -> bool:
@@ -48,13 +56,25 @@ class ResultsListener:
         # without a new consumer (nats-py resubscribes core subscriptions itself).
         await self.nc.subscribe(self.names.progress_all(), cb=self._on_progress)
         await self._subscribe()
+        self._watchdog = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(STALE_S / 2)
+            now_s = time.monotonic()
+            writers_alive = now_s - self._last_progress_s < STALE_S
+            if writers_alive and now_s - self._last_result_s > STALE_S and self.nc.is_connected:
+                log.warning("results listener stale: resubscribing", extra=kv(from_seq=self.last_seq + 1))
+                self._last_result_s = now_s  # one attempt per stale period
+                self.on_reconnected()
 
     async def _on_progress(self, msg: Msg) -> None:
         try:
             progress = progress_decoder.decode(msg.data)
         except msgspec.DecodeError:
             return
-        self.hub.queues.taken(progress.shard, progress.taken_seq)
+        self._last_progress_s = time.monotonic()
+        self.hub.queues.taken(progress.shard, progress.taken_seq, self._last_progress_s)
 
     async def _subscribe(self) -> None:
         if self.last_seq:
@@ -96,6 +116,8 @@ class ResultsListener:
                 delay_s = min(delay_s * 2, RESUBSCRIBE_BACKOFF_MAX_S)
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._resubscribing is not None:
             self._resubscribing.cancel()
         if self._sub is not None:
@@ -106,6 +128,7 @@ class ResultsListener:
             self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
+        self._last_result_s = time.monotonic()
         try:
             self.last_seq = max(self.last_seq, msg.metadata.sequence.stream)
         except nats.errors.NotJSMessageError:

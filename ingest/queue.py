@@ -75,10 +75,14 @@ class ShardQueues:
 
     # -- the writers' progress -----------------------------------------------------------------
 
-    def taken(self, shard: int, taken_seq: int) -> None:
+    def taken(self, shard: int, taken_seq: int, now_s: float) -> None:
+        """The shard's writer took a batch: it is alive (heard on core NATS, so this holds even
+        while the result stream is being failed over)."""
         if 0 <= shard < len(self._shards):
             s = self._shards[shard]
             s.taken_seq = max(s.taken_seq, taken_seq)
+            s.last_results_s = now_s
+            s.accepted_since_results = 0
 
     def results(self, shard: int, decided_seq: int, now_s: float) -> None:
         """A result batch (or a heartbeat) from the shard's writer: it is alive and this far."""

@@ -24,6 +24,7 @@ from flashsale.db import ensure_database
 from flashsale.embedded import free_port
 from flashsale.jetstream import connect_nats, ensure_streams
 from proto.sharding import shard_of
+from tests.auth import bearer
 from tests.chaos import scaled
 from tests.conftest import Servers, System
 from tests.flood import Attempt, FloodResult, check_invariants, plan, post_all
@@ -125,6 +126,10 @@ async def test_database_url_with_several_hosts(servers: Servers, settings: Setti
         await conn.close()
 
 
+# The probe buys on the hot SKU's shard, so it measures the stream whose leader is lost.
+PROBE_SKU = next(f"probe-{i}" for i in range(100) if shard_of(f"probe-{i}", 2) == shard_of("hot", 2))
+
+
 @dataclass
 class Probe:
     """One buyer after another on a SKU of its own, each retrying until accepted: when each
@@ -140,14 +145,14 @@ class Probe:
             i = 0
             while not self.stop.is_set():
                 user = f"probe-{worker}-{i}"
-                a = Attempt(user, f"probe-key-{worker}-{i}", {"sku": "probe", "qty": 1, "user_id": user})
+                a = Attempt(user, f"probe-key-{worker}-{i}", {"sku": PROBE_SKU, "qty": 1, "user_id": user})
                 i += 1
                 self.attempts.append(a)
                 while a.status not in (200, 202):
                     sent = time.monotonic()
                     try:
                         async with http.post(f"{self.base_url}/v1/purchases", json=a.body,
-                                             headers={"Idempotency-Key": a.key},
+                                             headers={"Idempotency-Key": a.key, **bearer(user)},
                                              timeout=aiohttp.ClientTimeout(total=10)) as r:
                             a.status = r.status
                             body = await r.json(content_type=None)
@@ -192,7 +197,7 @@ async def test_losing_the_intents_leader_mid_flood(how, healed_cluster, cluster_
     cluster_system.start()
     await create_sku(cluster_system.base_url, s.admin_token, "hot", stock=STOCK, price_cents=999,
                      max_per_user=1)
-    await create_sku(cluster_system.base_url, s.admin_token, "probe", stock=PROBE_STOCK)
+    await create_sku(cluster_system.base_url, s.admin_token, PROBE_SKU, stock=PROBE_STOCK)
     nc = await connect_nats(s, "test-chaos")
     js = nc.jetstream()
     assert set((await replicas(js, s)).values()) == {3}
@@ -238,7 +243,7 @@ async def test_losing_the_intents_leader_mid_flood(how, healed_cluster, cluster_
     summary = await check_invariants(db, result, "hot", STOCK, max_per_user=1)
     print("hot:", summary)
     assert summary["confirmed"] == STOCK
-    probe_summary = await check_invariants(db, FloodResult(probe.attempts), "probe", PROBE_STOCK,
+    probe_summary = await check_invariants(db, FloodResult(probe.attempts), PROBE_SKU, PROBE_STOCK,
                                            max_per_user=None)
     print("probe:", probe_summary)
 

@@ -23,8 +23,9 @@ def test_nats_url_is_one_server_or_a_comma_separated_list():
 
 def test_stream_replicas_reach_every_stream():
     assert {c.num_replicas for c in stream_configs(load(env={}, file=None))} == {1}
-    configs = stream_configs(load(env={"FLASHSALE_STREAM_REPLICAS": "3"}, file=None))
-    assert len(configs) == 4
+    settings = load(env={"FLASHSALE_STREAM_REPLICAS": "3"}, file=None)
+    configs = stream_configs(settings)
+    assert len(configs) == settings.shards + 3  # intents per shard, results, payments, deadletter
     assert {c.num_replicas for c in configs} == {3}
 
 

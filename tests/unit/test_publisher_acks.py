@@ -9,18 +9,18 @@ import pytest
 from ingest.publisher import Overloaded, PendingReplies, ack_stored_now, direct_get_payload
 
 
-def test_a_new_message_is_stored_now():
-    assert ack_stored_now(b'{"stream":"FS_INTENTS","seq":7}') is True
+def test_a_new_message_is_stored_now_at_its_sequence():
+    assert ack_stored_now(b'{"stream":"FS_INTENTS_0","seq":7}') == 7
 
 
 def test_a_duplicate_msg_id_is_not_stored_again():
-    assert ack_stored_now(b'{"stream":"FS_INTENTS","seq":7,"duplicate":true}') is False
+    assert ack_stored_now(b'{"stream":"FS_INTENTS_0","seq":7,"duplicate":true}') == 0
 
 
 def test_the_per_subject_limit_means_already_stored():
     data = (b'{"error":{"code":503,"err_code":10077,'
             b'"description":"maximum messages per subject exceeded"}}')
-    assert ack_stored_now(data) is False
+    assert ack_stored_now(data) == 0
 
 
 @pytest.mark.parametrize(("data", "cause"), [

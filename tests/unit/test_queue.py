@@ -20,9 +20,9 @@ def test_position_counts_the_intents_ahead_and_never_grows():
     assert q.view("p").position == 10  # type: ignore[union-attr]
     q.results(0, decided_seq=4, now_s=1.0)
     assert q.view("p").position == 6  # type: ignore[union-attr]
-    q.taken(0, taken_seq=3)  # an older announcement arriving late changes nothing
+    q.taken(0, taken_seq=3, now_s=1.5)  # an older announcement arriving late changes nothing
     assert q.view("p").position == 6  # type: ignore[union-attr]
-    q.taken(0, taken_seq=11)  # its batch is being decided: nobody ahead any more
+    q.taken(0, taken_seq=11, now_s=1.6)  # its batch is being decided: nobody ahead any more
     assert q.view("p").position == 0  # type: ignore[union-attr]
     q.results(0, decided_seq=20, now_s=2.0)
     assert q.view("p").position == 0  # type: ignore[union-attr]
@@ -34,7 +34,7 @@ def test_other_shards_do_not_move_a_position():
     q = queues()
     q.queued("p", shard=1, seq=5)
     q.results(0, decided_seq=100, now_s=1.0)
-    q.taken(0, taken_seq=200)
+    q.taken(0, taken_seq=200, now_s=1.0)
     assert q.view("p").position == 4  # type: ignore[union-attr]
 
 
@@ -59,6 +59,10 @@ def test_a_silent_shard_takes_only_so_many_more_intents():
     q.check_live(1, now_s=10.0)  # another shard is not held back
     q.results(0, decided_seq=0, now_s=10.5)  # a heartbeat: the writer is back
     q.check_live(0, now_s=11.0)
+    q.accepted(0)
+    q.accepted(0)
+    q.taken(0, taken_seq=1, now_s=20.0)  # a batch taken, heard on core NATS: alive too
+    q.check_live(0, now_s=21.0)
 
 
 def test_a_busy_shard_is_never_refused():
