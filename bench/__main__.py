@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -26,11 +27,12 @@ import psutil
 from bench import plots
 from bench.buyers import skipped_limits, verify_cost_us
 from bench.disk import Probe
-from bench.paid import PAID_RATE, PAID_SKU, PAID_STOCK, PAID_TOKENS, FlashsalePaid
+from bench.paid import PAID_RATE, FlashsalePaid
+from bench.plans import phases_for, plan_systems
 from bench.report import RunResult, headline, render_report
-from bench.runner import PhasePlan, SystemRun, db_figures, py_spy, run_phase, wrk_available
+from bench.runner import SystemRun, db_figures, py_spy, run_phase, wrk_available
 from bench.systems import REDIS_LOSES, Baseline, Flashsale, Place, RedisSeckill, System
-from flashsale.embedded import start_nats, start_postgres
+from flashsale.embedded import Embedded, start_nats, start_postgres
 from flashsale.testing import Process
 
 SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm", "paid"]
@@ -39,21 +41,6 @@ QUICK_SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm"]
 SYSTEMS = ["echo", "naive", "rowlock", "redis-always", "redis-everysec", "flashsale"]
 SYSTEM_ALIASES = {"redis": ["redis-always", "redis-everysec"]}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-HOT_STOCK = 1_000  # far below demand: a few hundred ms of load sells it out
-# The accepted path: stock far above any demand, so every request becomes an order.
-ACCEPTED_STOCK = 100_000_000
-# Buyers reused in the accepted path's `max-repeat` phase: their tokens are verified once, then
-# cached, so against `max` (a new buyer, a new token, per request) it shows what verifying costs.
-REPEAT_BUYERS = 1_000
-# Closed-loop answers/s to mint buyer tokens for (flashsale's sold-out fast path is the fastest
-# thing measured; the others are far slower). Past them requests repeat earlier clicks.
-RATE_GUESS = {"flashsale": 25_000.0}
-RATE_GUESS_DEFAULT = 12_000.0
-MANY_SKUS = 1_000
-MANY_STOCK = 100_000  # per SKU: never sells out, so many-skus measures the full accept path
-STORM_SKUS = 100
-STORM_STOCK = 100  # per SKU: sells out part-way, so retries meet both accepts and sell-outs
-SAMPLER_RATE = 20.0  # buyers/s who wait for their decision beside a closed-loop max phase
 DRAIN_TIMEOUT_S = 60.0
 
 
@@ -103,77 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.profile and py_spy() is None:
         ap.error("--profile needs py-spy (pip install py-spy)")
     return args
-
-
-def plan_systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int | None]]:
-    out: list[tuple[str, int | None]] = []
-    if scenario == "paid":
-        # The baselines have no payment path: flashsale only.
-        return [("flashsale", args.hot_shards)] if "flashsale" in args.systems else []
-    for name in args.systems:
-        if name == "echo" and scenario not in ("hot-sku", "accepted"):
-            continue  # echo keeps no state: only its HTTP limit on the headline scenarios means anything
-        if name in ("rowlock", "redis-always", "redis-everysec") and args.quick and scenario not in (
-                "hot-sku", "accepted"):
-            continue  # quick mode: keep it short
-        if name == "flashsale":
-            for shards in (args.shards if scenario == "many-skus" else [args.hot_shards]):
-                out.append((name, shards))
-        else:
-            out.append((name, None))
-    return out
-
-
-def phases_for(scenario: str, system: str,
-               args: argparse.Namespace) -> tuple[dict[str, int], list[PhasePlan]]:
-    """(stock by SKU to seed, phases). Each hot-sku phase gets its own fresh hot SKU, so every
-    phase starts with stock to sell and then sells out."""
-    d, wrk = args.duration_s, args.generator == "wrk"
-    sampler = 0.0 if system == "echo" else SAMPLER_RATE
-    guess = RATE_GUESS.get(system, RATE_GUESS_DEFAULT)
-    # echo verifies nothing: a small pool of tokens, reused, sends the same bytes.
-    echo_pool = REPEAT_BUYERS if system == "echo" else 0
-    if scenario == "accepted":
-        # One hot SKU per phase that never sells out, a new buyer per request: every request
-        # becomes an order, so this is the accepted path (publish + fsync, decide, commit).
-        n_skus = 2 + len(args.fractions)
-        stock = {f"acc-{i}": ACCEPTED_STOCK for i in range(n_skus)}
-        plans = [PhasePlan("max", "closed", ["acc-0"], d, connections=args.connections,
-                           sampler_rate=sampler, use_wrk=wrk, rate_guess=guess, repeat_buyers=echo_pool)]
-        if system == "flashsale":
-            plans.append(PhasePlan("max-repeat", "closed", [f"acc-{n_skus - 1}"], d,
-                                   connections=args.connections, sampler_rate=sampler, use_wrk=wrk,
-                                   repeat_buyers=REPEAT_BUYERS))
-        wait_every = 0 if system == "echo" else 10
-        plans += [PhasePlan(f"open@{f:g}", "open", [f"acc-{i + 1}"], d, wait_every=wait_every,
-                            repeat_buyers=echo_pool)
-                  for i, f in enumerate(args.fractions)]
-        return stock, plans
-    if scenario == "hot-sku":
-        stock = {f"hot-{i}": HOT_STOCK for i in range(1 + len(args.fractions))}
-        plans = [PhasePlan("max", "closed", ["hot-0"], d, connections=args.connections,
-                           sampler_rate=sampler, use_wrk=wrk, rate_guess=guess, repeat_buyers=echo_pool)]
-        # echo decides nothing: no request of its open-loop phases waits for a decision.
-        wait_every = 0 if system == "echo" else 10
-        plans += [PhasePlan(f"open@{f:g}", "open", [f"hot-{i + 1}"], d, wait_every=wait_every,
-                            repeat_buyers=echo_pool)
-                  for i, f in enumerate(args.fractions)]
-        return stock, plans
-    if scenario == "many-skus":
-        skus = [f"m-{i:04d}" for i in range(MANY_SKUS)]
-        # open@0.8 here measures decisions on the full accept path (publish, commit, result),
-        # where hot-sku's open phases are mostly answered by the sold-out fast path.
-        return ({s: MANY_STOCK for s in skus},
-                [PhasePlan("max", "closed", skus, d, connections=args.connections, sampler_rate=sampler,
-                           use_wrk=wrk, rate_guess=guess),
-                 PhasePlan("open@0.8", "open", skus, d)])
-    if scenario == "paid":
-        # Every buyer waits for the decision (`reserved`); the payment outcome comes from the DB.
-        return {PAID_SKU: PAID_STOCK}, [PhasePlan("paid", "open", [PAID_SKU], d, rate=args.paid_rate,
-                                                  wait_every=1, payment_tokens=PAID_TOKENS)]
-    skus = [f"storm-{i:03d}" for i in range(STORM_SKUS)]
-    return {s: STORM_STOCK for s in skus}, [PhasePlan("retry", "retry", skus, d, connections=64,
-                                                      rate_guess=guess)]
 
 
 def machine_info() -> dict[str, str]:
@@ -250,14 +166,47 @@ def write_outputs(result: RunResult, out_dir: Path) -> None:
     (out_dir / "report.md").write_text(report)
 
 
+@dataclass
+class Session:
+    """One `python -m bench` run: its arguments, what it measured so far and where things are."""
+
+    args: argparse.Namespace
+    result: RunResult
+    root: Path  # temp dir of the servers and systems, removed at the end
+    out_dir: Path
+    probe: Probe
+
+    @property
+    def work(self) -> Path:
+        return self.root / "gen"  # generators' tokens and result files
+
+
 async def amain(args: argparse.Namespace) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out) if args.out else RESULTS_DIR / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
-    work = root / "gen"
-    work.mkdir()
+    (root / "gen").mkdir()
     probe = Probe.choose(root, args.flushes)
+    session = Session(args, new_result(args, probe), root, out_dir, probe)
+    skip_unavailable(args, session.result)
+    print(f"bench: servers under {root}, results in {out_dir}", file=sys.stderr)
+    nats = start_nats(root / "nats")
+    pg = start_postgres(root / "pg")
+    if "paid" in args.scenarios and set(args.systems) - {"flashsale"}:
+        session.result.notes.append("paid: flashsale only (echo, naive and rowlock have no payment path)")
+    try:
+        await run_all(session, pg, nats)
+    finally:
+        nats.stop()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    write_outputs(session.result, out_dir)
+    return out_dir
+
+
+def new_result(args: argparse.Namespace, probe: Probe) -> RunResult:
+    """The run's header: command, machine, and the settings every figure was measured with."""
     fresh_us, cached_us = verify_cost_us()
     result = RunResult(
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -286,44 +235,47 @@ async def amain(args: argparse.Namespace) -> Path:
     if skipped_limits():
         result.notes.append("settings not in this checkout, so not turned off: "
                             + ", ".join(skipped_limits()))
+    return result
+
+
+def skip_unavailable(args: argparse.Namespace, result: RunResult) -> None:
+    """Drops the systems this machine cannot run from `args.systems`, with a note why."""
     if {"redis-always", "redis-everysec"} & set(args.systems) and shutil.which("redis-server") is None:
         result.notes.append("redis-server not installed (apt-get install redis-server): redis skipped")
         args.systems = [s for s in args.systems if not s.startswith("redis-")]
     if "flashsale" in args.systems and importlib.util.find_spec("ingest.__main__") is None:
         result.notes.append("flashsale not runnable here (no `python -m ingest`): skipped")
         args.systems = [s for s in args.systems if s != "flashsale"]
-    print(f"bench: servers under {root}, results in {out_dir}", file=sys.stderr)
-    nats = start_nats(root / "nats")
-    pg = start_postgres(root / "pg")
-    if "paid" in args.scenarios and set(args.systems) - {"flashsale"}:
-        result.notes.append("paid: flashsale only (echo, naive and rowlock have no payment path)")
+
+
+async def run_all(session: Session, pg: Embedded, nats: Embedded) -> None:
     n = 0
+    for scenario in session.args.scenarios:
+        for name, shards in plan_systems(scenario, session.args):
+            n += 1
+            await run_one(session, Place(name, session.root, pg, nats), shards, scenario, n)
+            # After every system: a crash keeps what was measured.
+            write_outputs(session.result, session.out_dir)
+
+
+async def run_one(session: Session, place: Place, shards: int | None, scenario: str, n: int) -> None:
+    """Starts one system, runs the scenario against it and stops it; a failure becomes a note."""
+    args, result = session.args, session.result
+    processes: list[Process] = []
+    sut: System | None = None
     try:
-        for scenario in args.scenarios:
-            for name, shards in plan_systems(scenario, args):
-                n += 1
-                processes: list[Process] = []
-                sut: System | None = None
-                try:
-                    sut = await launch_system(Place(name, root, pg, nats), processes, shards,
-                                              args.ingests, scenario)
-                    result.runs.append(await run_system(sut, scenario, args, work, n, out_dir, probe))
-                except Exception as e:  # one broken system must not lose the others' figures
-                    traceback.print_exc()
-                    label = sut.label() if sut is not None else name
-                    result.notes.append(f"{scenario} {label} failed: {type(e).__name__}: {e}")
-                finally:
-                    if sut is not None:
-                        await sut.close()
-                    for p in reversed(processes):
-                        p.stop()
-                write_outputs(result, out_dir)  # after every system: a crash keeps what was measured
+        sut = await launch_system(place, processes, shards, args.ingests, scenario)
+        result.runs.append(await run_system(sut, scenario, args, session.work, n, session.out_dir,
+                                            session.probe))
+    except Exception as e:  # one broken system must not lose the others' figures
+        traceback.print_exc()
+        label = sut.label() if sut is not None else place.name
+        result.notes.append(f"{scenario} {label} failed: {type(e).__name__}: {e}")
     finally:
-        nats.stop()
-        pg.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    write_outputs(result, out_dir)
-    return out_dir
+        if sut is not None:
+            await sut.close()
+        for p in reversed(processes):
+            p.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

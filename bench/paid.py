@@ -159,73 +159,97 @@ class FlashsalePaid(Flashsale):
         f = PaidFigures(tokens=token_mix(PAID_TOKENS), psp_rates=dict(PSP_RATES))
         conn = await asyncpg.connect(self.database_url)
         try:
-            deadline = time.monotonic() + PAID_TTL_S + SETTLE_EXTRA_S
-            while True:
-                open_ = await conn.fetchval("SELECT count(*) FROM purchases WHERE status = 'reserved'")
-                if open_ == 0:
-                    f.settled = True
-                    f.settle_s = round(time.time() - end_ms / 1000, 1)
-                    break
-                if time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.2)
-            f.still_reserved = open_
-            rows = await conn.fetch("SELECT status || coalesce(':' || reason, '') AS s, count(*) AS n"
-                                    " FROM purchases GROUP BY 1 ORDER BY 2 DESC")
-            # The outcomes the scenario is about are listed even when none happened.
-            f.by_status = {**dict.fromkeys(FINAL_OUTCOMES, 0), **{r["s"]: r["n"] for r in rows}}
-            f.purchases = sum(f.by_status.values())
-            lat = await conn.fetch("SELECT decided_at_ms - accepted_at_ms AS r, status,"
-                                   " updated_at_ms - accepted_at_ms AS c, updated_at_ms AS u"
-                                   " FROM purchases WHERE accepted_at_ms >= $1", start_ms)
-            f.reserve_db = summarize([float(r["r"]) for r in lat])
-            conf = [r for r in lat if r["status"] == "confirmed"]
-            f.confirmed = len(conf)
-            f.confirm_db = summarize([float(r["c"]) for r in conf])
-            if conf:
-                last = max(r["u"] for r in conf)
-                f.confirmed_per_s = round(len(conf) / max(0.001, (last - start_ms) / 1000), 1)
-                in_load = sum(1 for r in conf if r["u"] < end_ms)
-                f.confirmed_per_s_in_load = round(in_load / max(0.001, (end_ms - start_ms) / 1000), 1)
-
-            async def money() -> tuple[dict[str, int], dict[str, str | None]]:
-                confirmed = {r["id"]: r["psp_ref"] for r in await conn.fetch(
-                    "SELECT id, psp_ref FROM purchases WHERE status = 'confirmed'")}
-                return money_check(await asyncio.to_thread(self.admin.ledger), confirmed), confirmed
-
-            until = time.monotonic() + MONEY_SETTLE_S
-            while True:
-                m, _ = await money()
-                bad = m["captured_twice"] + m["confirmed_without_capture"] + m["captured_not_confirmed"]
-                if bad == 0 or time.monotonic() > until:
-                    break
-                await asyncio.sleep(0.5)
-            for k, v in m.items():
-                setattr(f, k, v)
-            sku = await conn.fetchrow("SELECT stock, reserved, sold FROM skus WHERE sku = $1", PAID_SKU)
-            if sku is None:
-                raise RuntimeError(f"the paid SKU {PAID_SKU} is not in Postgres")
-            sold_qty = await conn.fetchval("SELECT coalesce(sum(qty), 0) FROM purchases"
-                                           " WHERE status = 'confirmed' AND sku = $1", PAID_SKU)
-            f.stock_not_returned = sku["reserved"] + abs(sku["sold"] - sold_qty)
-            f.oversold = int(sku["reserved"] + sku["sold"] > sku["stock"])
+            await _wait_settled(conn, f, end_ms)
+            await _outcomes(conn, f, start_ms, end_ms)
+            await self._check_money(conn, f)
+            await _check_stock(conn, f)
         finally:
             await conn.close()
         f.psp_stats = await asyncio.to_thread(self.admin.stats)
+        f.cpu_s = self._payment_cpu_s()
+        f.reconcile = await self._reconcile_dry_run()
+        return f
+
+    async def _check_money(self, conn: asyncpg.Connection, f: PaidFigures) -> None:
+        """Captures in the fake PSP's ledger vs confirmed purchases, once the refunds landed."""
+        until = time.monotonic() + MONEY_SETTLE_S
+        while True:
+            confirmed = {r["id"]: r["psp_ref"] for r in await conn.fetch(
+                "SELECT id, psp_ref FROM purchases WHERE status = 'confirmed'")}
+            m = money_check(await asyncio.to_thread(self.admin.ledger), confirmed)
+            bad = m["captured_twice"] + m["confirmed_without_capture"] + m["captured_not_confirmed"]
+            if bad == 0 or time.monotonic() > until:
+                break
+            await asyncio.sleep(0.5)
+        for k, v in m.items():
+            setattr(f, k, v)
+
+    def _payment_cpu_s(self) -> dict[str, float]:
+        """CPU seconds of the gateway and the fake PSP since they started."""
+        cpu_s: dict[str, float] = {}
         for p in self.processes:
             if p.name in ("gateway", "fakepsp") and p.proc is not None:
                 try:
                     t = psutil.Process(p.proc.pid).cpu_times()
-                    f.cpu_s[p.name] = round(t.user + t.system, 1)
+                    cpu_s[p.name] = round(t.user + t.system, 1)
                 except psutil.Error:
                     pass
+        return cpu_s
+
+    async def _reconcile_dry_run(self) -> dict[str, int]:
         try:
             from gateway.reconcile import reconcile
 
             report = await reconcile(self.settings, repair=False, grace_s=0)
-            f.reconcile = {k: v for k, v in msgspec.to_builtins(report).items()
-                           if isinstance(v, int) and not isinstance(v, bool)}
+            return {k: v for k, v in msgspec.to_builtins(report).items()
+                    if isinstance(v, int) and not isinstance(v, bool)}
         except Exception as e:  # a cross-check only: the figures above stand on their own
-            f.reconcile = {"error": 1}
             print(f"bench: reconcile dry run failed: {type(e).__name__}: {e}")
-        return f
+            return {"error": 1}
+
+
+async def _wait_settled(conn: asyncpg.Connection, f: PaidFigures, end_ms: int) -> None:
+    """Until no purchase is `reserved`, bounded by the TTL (+ time for the last commits)."""
+    deadline = time.monotonic() + PAID_TTL_S + SETTLE_EXTRA_S
+    while True:
+        open_ = await conn.fetchval("SELECT count(*) FROM purchases WHERE status = 'reserved'")
+        if open_ == 0:
+            f.settled = True
+            f.settle_s = round(time.time() - end_ms / 1000, 1)
+            break
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    f.still_reserved = open_
+
+
+async def _outcomes(conn: asyncpg.Connection, f: PaidFigures, start_ms: int, end_ms: int) -> None:
+    """Purchases by outcome, reserve and confirm latency, and the confirmation rate."""
+    rows = await conn.fetch("SELECT status || coalesce(':' || reason, '') AS s, count(*) AS n"
+                            " FROM purchases GROUP BY 1 ORDER BY 2 DESC")
+    # The outcomes the scenario is about are listed even when none happened.
+    f.by_status = {**dict.fromkeys(FINAL_OUTCOMES, 0), **{r["s"]: r["n"] for r in rows}}
+    f.purchases = sum(f.by_status.values())
+    lat = await conn.fetch("SELECT decided_at_ms - accepted_at_ms AS r, status,"
+                           " updated_at_ms - accepted_at_ms AS c, updated_at_ms AS u"
+                           " FROM purchases WHERE accepted_at_ms >= $1", start_ms)
+    f.reserve_db = summarize([float(r["r"]) for r in lat])
+    conf = [r for r in lat if r["status"] == "confirmed"]
+    f.confirmed = len(conf)
+    f.confirm_db = summarize([float(r["c"]) for r in conf])
+    if conf:
+        last = max(r["u"] for r in conf)
+        f.confirmed_per_s = round(len(conf) / max(0.001, (last - start_ms) / 1000), 1)
+        in_load = sum(1 for r in conf if r["u"] < end_ms)
+        f.confirmed_per_s_in_load = round(in_load / max(0.001, (end_ms - start_ms) / 1000), 1)
+
+
+async def _check_stock(conn: asyncpg.Connection, f: PaidFigures) -> None:
+    """Stock held by purchases that are not confirmed, and overselling, on the paid SKU."""
+    sku = await conn.fetchrow("SELECT stock, reserved, sold FROM skus WHERE sku = $1", PAID_SKU)
+    if sku is None:
+        raise RuntimeError(f"the paid SKU {PAID_SKU} is not in Postgres")
+    sold_qty = await conn.fetchval("SELECT coalesce(sum(qty), 0) FROM purchases"
+                                   " WHERE status = 'confirmed' AND sku = $1", PAID_SKU)
+    f.stock_not_returned = sku["reserved"] + abs(sku["sold"] - sold_qty)
+    f.oversold = int(sku["reserved"] + sku["sold"] > sku["stock"])

@@ -8,195 +8,36 @@ phase runs, a live line on stderr shows the answer rate, p99, errors and the bac
 from __future__ import annotations
 
 import asyncio
-import resource
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
-import psutil
 
 from bench.buyers import write_tokens
-from bench.disk import FlushFigures, Probe, Window
-from bench.loadgen import GenResult, GenSpec, Mode
-from bench.paid import PaidFigures
-from bench.stats import LatencySummary, split_rate, summarize
-from bench.systems import Invariants, System, cpu_delta, cpu_snapshot
+from bench.cpu import CpuMark
+from bench.disk import Probe, Window
+from bench.generators import GenProcess, Live, show_progress, spawn_gen, spawn_wrk, wrk_available
+from bench.loadgen import GenSpec, Mode
+from bench.results import PhaseResult, SystemRun
+from bench.stats import split_rate, summarize
+from bench.systems import System
+from bench.tally import Tally, add_generators, add_totals, add_wrk
 
-WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "purchases.lua"
+# PhaseResult, SystemRun and wrk_available have their homes elsewhere; importers of this module
+# (bench.__main__, bench.report, bench.plots, tests) keep finding them here.
+__all__ = ["GEN_PROCESSES", "OPEN_CONNECTIONS", "PhasePlan", "PhaseResult", "SystemRun", "db_figures",
+           "finish_phase", "py_spy", "run_phase", "tokens_needed", "wrk_available"]
+
 GEN_PROCESSES = 2  # one per core: more Python processes only fight over the same two cores
 # Open-loop connections per generator process. Like the closed loop's 64, so an open phase at
 # F x max meets the server with the connection count that max was measured with (aiohttp's
 # throughput drops with thousands of connections); when all are busy, requests wait in the
 # generator and their latency still counts from the intended send time.
 OPEN_CONNECTIONS = 64
-
-
-class PhaseResult(msgspec.Struct, kw_only=True):
-    scenario: str
-    system: str
-    phase: str  # max | open@0.8 | retry ...
-    mode: Mode
-    generator: str  # wrk | python
-    duration_s: float
-    started_ms: int = 0
-    ended_ms: int = 0
-    offered_rate: float | None = None
-    answered_per_s: float = 0.0  # definitive answers: 2xx + 409 sold out
-    accepted_per_s: float = 0.0  # 2xx: a purchase exists
-    answered: int = 0
-    accepted: int = 0
-    buyers: str = "new"  # new: a new buyer (token) per click; repeat: a pool of buyers reused
-    clicks_repeated: int = 0  # requests past the minted tokens, sent as retries of earlier clicks
-    flush: FlushFigures | None = None  # from the load's start to the end of its drain
-    drained: bool = True
-    decisions_per_s: float | None = None
-    accept: LatencySummary = msgspec.field(default_factory=LatencySummary)
-    decision: LatencySummary = msgspec.field(default_factory=LatencySummary)
-    decision_db: LatencySummary = msgspec.field(default_factory=LatencySummary)
-    statuses: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    cpu_pct: dict[str, float] = {}  # % of one core over the load window
-    gen_lag_p99_ms: float | None = None
-    box_busy_pct: float | None = None  # all CPUs of the box, busy share over the load window
-    steal_pct: float | None = None  # CPU taken by the hypervisor for other guests (noisy neighbours)
-    answered_per_second: list[int] = []
-    decided_per_second: list[int] = []
-    retry: dict[str, int] | None = None
-    notes: list[str] = []
-
-
-class SystemRun(msgspec.Struct, kw_only=True):
-    scenario: str
-    system: str
-    shards: int | None = None
-    phases: list[PhaseResult] = []
-    invariants: Invariants = msgspec.field(default_factory=Invariants)
-    drained: bool = True
-    paid: PaidFigures | None = None  # the paid scenario: payment outcomes and money checks
-
-
-class GenLine(msgspec.Struct):
-    """A generator's per-second progress line (bench.loadgen's `progress`)."""
-
-    n: int = 0  # answers in the last second
-    sent: int = 0
-    err: int = 0
-    p99: float | None = None  # ms, of the last second's answers
-
-
-class WrkLatencyUs(msgspec.Struct):
-    p50: float
-    p95: float
-    p99: float
-    max: float
-    mean: float
-
-
-class WrkResult(msgspec.Struct):
-    """The `WRK_JSON` line bench/wrk/purchases.lua prints when wrk is done."""
-
-    requests: int
-    duration_us: int
-    errors: dict[str, int]  # connect, read, write, timeout, status (= non-2xx answers)
-    latency_us: WrkLatencyUs
-    statuses: dict[str, int]
-    seconds: dict[int, int]  # unix second -> answers
-    ids: list[str]
-    repeated: int = 0  # requests past the tokens file's end (retries of earlier clicks)
-
-
-_decode_gen_line = msgspec.json.Decoder(GenLine).decode
-_decode_wrk = msgspec.json.Decoder(WrkResult).decode
-
-
-@dataclass
-class Live:
-    """What the progress line shows; fed by the generators' per-second lines."""
-
-    label: str
-    gen_lines: dict[int, GenLine] = field(default_factory=dict)
-
-    def update(self, idx: int, line: GenLine) -> None:
-        self.gen_lines[idx] = line
-
-
-async def _pump(idx: int, stream: asyncio.StreamReader, live: Live, sink: list[str]) -> None:
-    while True:
-        raw = await stream.readline()
-        if not raw:
-            return
-        text = raw.decode(errors="replace").strip()
-        if text.startswith("{"):
-            try:
-                live.update(idx, _decode_gen_line(text))
-                continue
-            except msgspec.DecodeError:
-                pass
-        sink.append(text)
-
-
-async def _progress(sut: System, live: Live, started: float) -> None:
-    last_count, last_t = None, time.monotonic()
-    while True:
-        await asyncio.sleep(1.0)
-        try:
-            count, backlog = await sut.live()
-        except Exception:  # the live line is best effort; the phase's figures come from elsewhere
-            count, backlog = None, None
-        t = time.monotonic()
-        rate = None if count is None or last_count is None else (count - last_count) / (t - last_t)
-        last_count, last_t = count, t
-        p99s = [line.p99 for line in live.gen_lines.values() if line.p99 is not None]
-        errs = sum(line.err for line in live.gen_lines.values())
-        print(
-            f"\r\x1b[K{live.label} t={t - started:4.0f}s rate={_fmt(rate)}/s "
-            f"p99={_fmt(max(p99s) if p99s else None, 1)}ms errors={errs}/s backlog={_fmt(backlog)}",
-            end="", file=sys.stderr, flush=True,
-        )
-
-
-def _fmt(v: float | None, digits: int = 0) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
-async def _spawn_gen(spec: GenSpec, out: Path, idx: int, live: Live,
-                     sink: list[str]) -> tuple[asyncio.subprocess.Process, asyncio.Task[None]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.loadgen", msgspec.json.encode(spec).decode(), str(out),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    return proc, asyncio.create_task(_pump(idx, proc.stdout, live, sink))
-
-
-async def _spawn_wrk(sut: System, tokens: Path, repeat: bool, skus: list[str], duration_s: float,
-                     connections: int, start_at: float) -> asyncio.subprocess.Process:
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    return await asyncio.create_subprocess_exec(
-        "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
-        "-s", str(WRK_SCRIPT), sut.base_url, "--", str(tokens), "repeat" if repeat else "per-buyer",
-        ",".join(skus), "1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-
-
-def wrk_available() -> bool:
-    return shutil.which("wrk") is not None
-
-
-def _children_cpu() -> float:
-    u = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return u.ru_utime + u.ru_stime
-
-
-def _self_cpu() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
 
 
 @dataclass
@@ -257,206 +98,168 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
                     profile_dir: Path | None = None) -> tuple[PhaseResult, set[str]]:
     """Load, then drain; CPU over the load window, disk flushes from the load's start to the
     end of the drain (the commits of what the load accepted belong to it)."""
-    label = f"[{scenario} {sut.label()} {plan.phase}]"
-    live = Live(label)
-    sink: list[str] = []
-    groups = sut.cpu_groups()
-    generator = "wrk" if plan.mode == "closed" and plan.use_wrk else "python"
-    gens: list[tuple[asyncio.subprocess.Process, asyncio.Task[None], Path]] = []
-    wrk_proc = None
-
-    base = GenSpec(port=sut.port, mode=plan.mode, duration_s=plan.duration_s, start_at=0.0,
-                   tag=tag, skus=plan.skus, payment_tokens=plan.payment_tokens,
-                   repeat_buyers=plan.repeat_buyers > 0)
-
-    def spec(i: int, **changes: Any) -> GenSpec:
-        return msgspec.structs.replace(base, tag=f"{tag}-{i}", **changes)
-
-    specs: list[GenSpec] = []
-    if plan.mode == "open":
-        assert plan.rate
-        specs = [spec(i, mode="open", rate=r, concurrency=OPEN_CONNECTIONS, wait_every=plan.wait_every)
-                 for i, r in enumerate(split_rate(plan.rate, GEN_PROCESSES))]
-    elif plan.mode == "retry":
-        specs = [spec(i, mode="retry", concurrency=plan.connections // GEN_PROCESSES, wait_s=1,
-                      retry_timeout_s=plan.retry_timeout_s, resend_every=5) for i in range(GEN_PROCESSES)]
-    elif generator == "python":
-        specs = [spec(i, mode="closed", concurrency=plan.connections // GEN_PROCESSES)
-                 for i in range(GEN_PROCESSES)]
-    if plan.mode == "closed" and plan.sampler_rate > 0:
-        # The sampler: a trickle of buyers who wait for their decision, beside the full load.
-        specs.append(spec(len(specs), mode="open", rate=plan.sampler_rate, concurrency=200, wait_every=1))
+    phase = _Phase(sut, scenario, plan, work_dir, tag, Live(f"[{scenario} {sut.label()} {plan.phase}]"))
     # Buyer tokens are minted before the clock starts (a few seconds for a few 100k buyers).
-    for i, s in enumerate(specs):
-        path = work_dir / f"{tag}-{i}.tokens"
-        write_tokens(path, s.tag, tokens_needed(plan, s))
-        specs[i] = msgspec.structs.replace(s, tokens_file=str(path))
-    wrk_tokens = work_dir / f"{tag}-w.tokens"
-    if generator == "wrk":
-        closed = msgspec.structs.replace(base, tag=f"{tag}-w", mode="closed")
-        write_tokens(wrk_tokens, f"{tag}-w", tokens_needed(plan, closed) * GEN_PROCESSES)
+    specs = phase.mint_tokens(phase.gen_specs())
+    wrk_tokens = phase.mint_wrk_tokens()
     flushes = Window(probe, sut.syncing_pids())
     await flushes.attach(work_dir)
-    # Time for the generators to start and connect before the common start instant.
-    start_at = time.time() + 1.5
-    start_ms = int(start_at * 1000)
-    specs = [msgspec.structs.replace(s, start_at=start_at) for s in specs]
-    flushes.mark_idle(time.time())
-    for i, s in enumerate(specs):
-        out = work_dir / f"{tag}-{i}.gen"
-        proc, pump = await _spawn_gen(s, out, i, live, sink)
-        gens.append((proc, pump, out))
-    # CPU is measured over the load window only: from the common start instant.
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    flushes.start(time.time())
-    cpu_before = {name: cpu_snapshot(pids) for name, pids in groups.items()}
-    children_before, self_before = _children_cpu(), _self_cpu()
-    box_before = psutil.cpu_times()
-    if generator == "wrk":
-        wrk_proc = await _spawn_wrk(sut, wrk_tokens, plan.repeat_buyers > 0, plan.skus, plan.duration_s,
-                                    plan.connections, start_at)
-        groups["wrk"] = [wrk_proc.pid]
-
-    spies: list[asyncio.subprocess.Process] = []
-    if profile_dir is not None:
-        label = sut.label().replace("/", "-")
-        spies = await _start_profiles(sut, plan, profile_dir, f"profile-{scenario}-{label}-{plan.phase}")
-    progress = asyncio.create_task(_progress(sut, live, time.monotonic()))
-    wrk_out = b""
-    try:
-        if wrk_proc is not None:
-            wrk_out, _ = await wrk_proc.communicate()
-        for proc, pump, _ in gens:
-            await proc.wait()
-            await pump
-        for spy in spies:
-            await spy.wait()
-    finally:
-        progress.cancel()
-        print(file=sys.stderr)
-    end_ms = int(time.time() * 1000)
-    wall = max(0.001, (end_ms - start_ms) / 1000)
-    cpu_after = {name: cpu_snapshot(pids) for name, pids in groups.items() if name != "wrk"}
-    cpu = {n: round(100 * cpu_delta(cpu_before[n], cpu_after[n]) / wall, 1) for n in cpu_after}
-    cpu["generator"] = round(100 * (_children_cpu() - children_before) / wall, 1)
-    cpu["bench harness"] = round(100 * (_self_cpu() - self_before) / wall, 1)
-    box_busy, steal = _box_usage(box_before, psutil.cpu_times())
-
-    result = PhaseResult(scenario=scenario, system=sut.label(), phase=plan.phase, mode=plan.mode,
-                         generator=generator, duration_s=plan.duration_s, offered_rate=plan.rate,
-                         cpu_pct=cpu, started_ms=start_ms, ended_ms=end_ms, box_busy_pct=box_busy,
-                         steal_pct=steal, buyers="repeat" if plan.repeat_buyers else "new")
-    if spies:
-        result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*.svg")
-    ids: set[str] = set()
-    accept_ms: list[float] = []
-    decision_ms: list[float] = []
-    lag_ms: list[float] = []
-    per_second: list[int] = []
-    ok = answered = 0
-    retry = {"logical": 0, "retries": 0, "gave_up": 0, "id_mismatch": 0}
-    for proc, _, out in gens:
-        if proc.returncode != 0 or not out.exists():
-            result.notes.append(f"generator failed: {' | '.join(sink[-5:])}")
-            continue
-        g = msgspec.msgpack.decode(out.read_bytes(), type=GenResult)
-        _merge(result.statuses, g.statuses)
-        _merge(result.errors, g.errors)
-        ids.update(g.accepted_ids)
-        accept_ms += g.accept_ms
-        decision_ms += g.decision_ms
-        lag_ms += g.lag_ms
-        ok += sum(n for code, n in g.statuses.items() if code.startswith("2"))
-        answered += g.answered
-        per_second = _add_lists(per_second, g.per_second)
-        result.clicks_repeated += g.clicks_repeated
-        for k in retry:
-            retry[k] += getattr(g, k)
-        if g.undecided:
-            result.errors["undecided_after_wait"] = result.errors.get("undecided_after_wait", 0) + g.undecided
-    result.accept = summarize(accept_ms)
-    result.decision = summarize(decision_ms)
-    if lag_ms:
-        result.gen_lag_p99_ms = summarize(lag_ms).p99
-    if plan.mode == "retry":
-        result.retry = retry
-    if wrk_proc is not None:
-        w = _parse_wrk(wrk_out)
-        if w is None:
-            result.notes.append("wrk gave no result: " + wrk_out.decode(errors="replace")[-300:])
-        else:
-            _merge(result.statuses, w.statuses)
-            for k, v in w.errors.items():
-                if v and k != "status":  # "status" = non-2xx answers, already in statuses
-                    result.errors[k] = result.errors.get(k, 0) + v
-            ids.update(i for i in w.ids if i != "p_echo")
-            result.clicks_repeated += w.repeated
-            ok += sum(n for code, n in w.statuses.items() if code.startswith("2"))
-            answered += sum(n for code, n in w.statuses.items() if code.startswith("2") or code == "409")
-            lat = w.latency_us
-            # wrk's latencies are closed-loop (coordinated omission applies): POST -> answer.
-            result.accept = LatencySummary(count=w.requests, p50=lat.p50 / 1000, p95=lat.p95 / 1000,
-                                           p99=lat.p99 / 1000, max=lat.max / 1000, mean=lat.mean / 1000)
-            secs = sorted(w.seconds.items())
-            if secs:
-                first = secs[0][0]
-                wrk_ps = [0] * (secs[-1][0] - first + 1)
-                for second, v in secs:
-                    wrk_ps[second - first] += v
-                per_second = _add_lists(per_second, wrk_ps)
-    result.accepted_per_s = round(ok / plan.duration_s, 1)
-    result.answered_per_s = round(answered / plan.duration_s, 1)
-    result.accepted, result.answered = ok, answered
-    result.answered_per_second = per_second
-    if result.clicks_repeated and sut.name != "echo":
-        result.notes.append(f"{result.clicks_repeated:,} requests past the minted buyers were sent as "
-                            "retries of earlier clicks (same buyer, same key)")
+    load = await phase.load(specs, wrk_tokens, flushes, profile_dir)
+    result = phase.result(load)
+    tally = Tally()
+    add_generators(result, tally, load.gens, phase.sink, plan.mode)
+    if load.wrk_out is not None:
+        add_wrk(result, tally, load.wrk_out)
+    add_totals(result, tally, plan.duration_s, sut.name)
     result.drained = await finish_phase(sut, result, drain_timeout_s)
     result.flush = await flushes.stop(time.time())
-    for path in [wrk_tokens, *(Path(s.tokens_file) for s in specs)]:
+    for path in [phase.wrk_tokens_path, *(Path(s.tokens_file) for s in specs)]:
         path.unlink(missing_ok=True)
-    return result, ids
+    return result, tally.ids
 
 
-class CpuTimes(Protocol):
-    """psutil.cpu_times(): a named tuple of seconds whose fields depend on the platform."""
+@dataclass
+class _Load:
+    """What the load window left: the generators to read, wrk's output and the CPU figures."""
+
+    gens: list[GenProcess]
+    wrk_out: bytes | None  # None: no wrk in this phase
+    profiled: bool
+    start_ms: int
+    end_ms: int
+    cpu_pct: dict[str, float]
+    box_busy_pct: float | None
+    steal_pct: float | None
+
+
+@dataclass
+class _Phase:
+    """One phase's plan and what its steps share: the live line and the generators' stray output."""
+
+    sut: System
+    scenario: str
+    plan: PhasePlan
+    work_dir: Path
+    tag: str
+    live: Live
+    sink: list[str] = field(default_factory=list)
 
     @property
-    def idle(self) -> float: ...
+    def generator(self) -> str:
+        return "wrk" if self.plan.mode == "closed" and self.plan.use_wrk else "python"
 
-    def __iter__(self) -> Iterator[float]: ...
+    @property
+    def wrk_tokens_path(self) -> Path:
+        return self.work_dir / f"{self.tag}-w.tokens"
 
+    def base_spec(self) -> GenSpec:
+        plan = self.plan
+        return GenSpec(port=self.sut.port, mode=plan.mode, duration_s=plan.duration_s, start_at=0.0,
+                       tag=self.tag, skus=plan.skus, payment_tokens=plan.payment_tokens,
+                       repeat_buyers=plan.repeat_buyers > 0)
 
-def _box_usage(before: CpuTimes, after: CpuTimes) -> tuple[float | None, float | None]:
-    """(busy %, steal %) of the whole box between two psutil.cpu_times() snapshots."""
-    total = sum(after) - sum(before)
-    if total <= 0:
-        return None, None
-    iowait_s = getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0)
-    idle = (after.idle - before.idle) + iowait_s
-    steal = getattr(after, "steal", 0.0) - getattr(before, "steal", 0.0)
-    return round(100 * (total - idle - steal) / total, 1), round(100 * steal / total, 1)
+    def gen_specs(self) -> list[GenSpec]:
+        """The Python generator processes of this phase (none for a closed loop run by wrk)."""
+        plan, base = self.plan, self.base_spec()
 
+        def spec(i: int, **changes: Any) -> GenSpec:
+            return msgspec.structs.replace(base, tag=f"{self.tag}-{i}", **changes)
 
-def _merge(into: dict[str, int], more: dict[str, int]) -> None:
-    for k, v in more.items():
-        into[k] = into.get(k, 0) + v
+        specs: list[GenSpec] = []
+        if plan.mode == "open":
+            assert plan.rate
+            specs = [spec(i, mode="open", rate=r, concurrency=OPEN_CONNECTIONS, wait_every=plan.wait_every)
+                     for i, r in enumerate(split_rate(plan.rate, GEN_PROCESSES))]
+        elif plan.mode == "retry":
+            specs = [spec(i, mode="retry", concurrency=plan.connections // GEN_PROCESSES, wait_s=1,
+                          retry_timeout_s=plan.retry_timeout_s, resend_every=5) for i in range(GEN_PROCESSES)]
+        elif self.generator == "python":
+            specs = [spec(i, mode="closed", concurrency=plan.connections // GEN_PROCESSES)
+                     for i in range(GEN_PROCESSES)]
+        if plan.mode == "closed" and plan.sampler_rate > 0:
+            # The sampler: a trickle of buyers who wait for their decision, beside the full load.
+            specs.append(spec(len(specs), mode="open", rate=plan.sampler_rate, concurrency=200, wait_every=1))
+        return specs
 
+    def mint_tokens(self, specs: list[GenSpec]) -> list[GenSpec]:
+        """Writes each generator's buyer tokens; the specs name their tokens file."""
+        out = []
+        for i, s in enumerate(specs):
+            path = self.work_dir / f"{self.tag}-{i}.tokens"
+            write_tokens(path, s.tag, tokens_needed(self.plan, s))
+            out.append(msgspec.structs.replace(s, tokens_file=str(path)))
+        return out
 
-def _add_lists(a: list[int], b: list[int]) -> list[int]:
-    out = [0] * max(len(a), len(b))
-    for i, v in enumerate(a):
-        out[i] += v
-    for i, v in enumerate(b):
-        out[i] += v
-    return out
+    def mint_wrk_tokens(self) -> Path | None:
+        if self.generator != "wrk":
+            return None
+        closed = msgspec.structs.replace(self.base_spec(), tag=f"{self.tag}-w", mode="closed")
+        write_tokens(self.wrk_tokens_path, f"{self.tag}-w", tokens_needed(self.plan, closed) * GEN_PROCESSES)
+        return self.wrk_tokens_path
 
+    async def load(self, specs: list[GenSpec], wrk_tokens: Path | None, flushes: Window,
+                   profile_dir: Path | None) -> _Load:
+        """Starts every generator at one common instant and waits for all of them to finish."""
+        # Time for the generators to start and connect before the common start instant.
+        start_at = time.time() + 1.5
+        start_ms = int(start_at * 1000)
+        flushes.mark_idle(time.time())
+        gens = [await self.spawn_gen(i, msgspec.structs.replace(s, start_at=start_at))
+                for i, s in enumerate(specs)]
+        # CPU is measured over the load window only: from the common start instant.
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        flushes.start(time.time())
+        cpu = CpuMark.take(self.sut.cpu_groups())
+        wrk_proc = None
+        if wrk_tokens is not None:
+            plan = self.plan
+            wrk_proc = await spawn_wrk(self.sut, wrk_tokens, plan.repeat_buyers > 0, plan.skus,
+                                       plan.duration_s, plan.connections, start_at)
+        spies = await self.start_profiles(profile_dir)
+        wrk_out = await self.wait(gens, wrk_proc, spies)
+        end_ms = int(time.time() * 1000)
+        cpu_pct, box_busy, steal = cpu.usage(max(0.001, (end_ms - start_ms) / 1000))
+        return _Load(gens=gens, wrk_out=wrk_out, profiled=bool(spies), start_ms=start_ms, end_ms=end_ms,
+                     cpu_pct=cpu_pct, box_busy_pct=box_busy, steal_pct=steal)
 
-def _parse_wrk(out: bytes) -> WrkResult | None:
-    for line in out.decode(errors="replace").splitlines():
-        if line.startswith("WRK_JSON "):
-            return _decode_wrk(line[len("WRK_JSON "):])
-    return None
+    async def spawn_gen(self, i: int, spec: GenSpec) -> GenProcess:
+        return await spawn_gen(spec, self.work_dir / f"{self.tag}-{i}.gen", i, self.live, self.sink)
+
+    async def start_profiles(self, profile_dir: Path | None) -> list[asyncio.subprocess.Process]:
+        if profile_dir is None:
+            return []
+        label = self.sut.label().replace("/", "-")
+        return await _start_profiles(self.sut, self.plan, profile_dir,
+                                     f"profile-{self.scenario}-{label}-{self.plan.phase}")
+
+    async def wait(self, gens: list[GenProcess], wrk_proc: asyncio.subprocess.Process | None,
+                   spies: list[asyncio.subprocess.Process]) -> bytes | None:
+        """Waits for the load to end with the live line on; returns wrk's output (None: no wrk)."""
+        progress = asyncio.create_task(show_progress(self.sut, self.live, time.monotonic()))
+        wrk_out = None
+        try:
+            if wrk_proc is not None:
+                wrk_out, _ = await wrk_proc.communicate()
+            for g in gens:
+                await g.proc.wait()
+                await g.pump
+            for spy in spies:
+                await spy.wait()
+        finally:
+            progress.cancel()
+            print(file=sys.stderr)
+        return wrk_out
+
+    def result(self, load: _Load) -> PhaseResult:
+        plan = self.plan
+        result = PhaseResult(scenario=self.scenario, system=self.sut.label(), phase=plan.phase,
+                             mode=plan.mode, generator=self.generator, duration_s=plan.duration_s,
+                             offered_rate=plan.rate, cpu_pct=load.cpu_pct, started_ms=load.start_ms,
+                             ended_ms=load.end_ms, box_busy_pct=load.box_busy_pct,
+                             steal_pct=load.steal_pct, buyers="repeat" if plan.repeat_buyers else "new")
+        if load.profiled:
+            result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*.svg")
+        return result
 
 
 async def finish_phase(sut: System, result: PhaseResult, drain_timeout_s: float) -> bool:

@@ -1,4 +1,4 @@
-"""`python -m gateway.fakepsp --port 8090`; rates come from FAKEPSP_* variables (see app.py)."""
+"""`python -m gateway.fakepsp --port 8090`; rates come from FAKEPSP_* variables (see config.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,56 @@
+"""What a bench run measured: one `PhaseResult` per phase, one `SystemRun` per system and
+scenario (results.json is these, encoded)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from bench.disk import FlushFigures
+from bench.loadgen import Mode
+from bench.paid import PaidFigures
+from bench.stats import LatencySummary
+from bench.systems import Invariants
+
+
+class PhaseResult(msgspec.Struct, kw_only=True):
+    scenario: str
+    system: str
+    phase: str  # max | open@0.8 | retry ...
+    mode: Mode
+    generator: str  # wrk | python
+    duration_s: float
+    started_ms: int = 0
+    ended_ms: int = 0
+    offered_rate: float | None = None
+    answered_per_s: float = 0.0  # definitive answers: 2xx + 409 sold out
+    accepted_per_s: float = 0.0  # 2xx: a purchase exists
+    answered: int = 0
+    accepted: int = 0
+    buyers: str = "new"  # new: a new buyer (token) per click; repeat: a pool of buyers reused
+    clicks_repeated: int = 0  # requests past the minted tokens, sent as retries of earlier clicks
+    flush: FlushFigures | None = None  # from the load's start to the end of its drain
+    drained: bool = True
+    decisions_per_s: float | None = None
+    accept: LatencySummary = msgspec.field(default_factory=LatencySummary)
+    decision: LatencySummary = msgspec.field(default_factory=LatencySummary)
+    decision_db: LatencySummary = msgspec.field(default_factory=LatencySummary)
+    statuses: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    cpu_pct: dict[str, float] = {}  # % of one core over the load window
+    gen_lag_p99_ms: float | None = None
+    box_busy_pct: float | None = None  # all CPUs of the box, busy share over the load window
+    steal_pct: float | None = None  # CPU taken by the hypervisor for other guests (noisy neighbours)
+    answered_per_second: list[int] = []
+    decided_per_second: list[int] = []
+    retry: dict[str, int] | None = None
+    notes: list[str] = []
+
+
+class SystemRun(msgspec.Struct, kw_only=True):
+    scenario: str
+    system: str
+    shards: int | None = None
+    phases: list[PhaseResult] = []
+    invariants: Invariants = msgspec.field(default_factory=Invariants)
+    drained: bool = True
+    paid: PaidFigures | None = None  # the paid scenario: payment outcomes and money checks
