@@ -12,6 +12,7 @@ import msgspec
 from flashsale.embedded import free_port, start_nats
 from tests.auth import bearer
 from tests.conftest import seed_sku
+from tests.integration.test_ingest_api import intents_count
 
 BODY = {"sku": "sneaker-42", "qty": 1, "user_id": "u1"}
 
@@ -140,16 +141,5 @@ async def test_a_buyer_over_the_rate_limit_gets_429(system, settings):
                              json={**BODY, "user_id": "someone-else"},
                              headers=bearer("someone-else")) as resp:
             assert resp.status == 202
-    assert await _intents(settings) == statuses.count(202) + 1
+    assert await intents_count(settings) == statuses.count(202) + 1
 
-
-async def _intents(settings) -> int:
-    import nats
-
-    nc = await nats.connect(settings.nats_url)
-    try:
-        js = nc.jetstream()
-        return sum([(await js.stream_info(settings.names.intents_stream(shard))).state.messages
-                    for shard in range(settings.shards)])
-    finally:
-        await nc.close()
