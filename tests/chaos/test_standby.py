@@ -17,6 +17,7 @@ import pytest
 from committer.recovery import EXIT_FENCED
 from flashsale.testing import Process, committer_ready_url, spare_port
 from proto.sharding import shard_of
+from tests.auth import bearer
 from tests.chaos import scaled
 from tests.chaos.test_committer_kill import wait_rows
 from tests.flood import check_invariants, plan, post_all
@@ -61,8 +62,8 @@ async def keep_buying(base_url: str, sku: str, accepted: list[str], interval_s: 
     async with aiohttp.ClientSession() as http:
         for i in itertools.count():
             async with http.post(f"{base_url}/v1/purchases",
-                                 json={"sku": sku, "qty": 1, "user_id": f"prober-{i}"},
-                                 headers={"Idempotency-Key": f"probe-{i}"}) as r:
+                                 json={"sku": sku, "qty": 1},
+                                 headers={"Idempotency-Key": f"probe-{i}", **bearer(f"prober-{i}")}) as r:
                 if r.status in (200, 202):
                     accepted.append((await r.json())["id"])
             await asyncio.sleep(interval_s)
