@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -94,6 +95,14 @@ def postgres_url(port: int, database: str = "flashsale", password: str = "") -> 
 
 
 # --- credentials ------------------------------------------------------------------------------
+
+
+_URL_PASSWORD = re.compile(r"(//[^:/@,]*):[^@/]*@")
+
+
+def without_password(url: str) -> str:
+    """A URL (or a comma-separated list of them) fit for a terminal or a log line."""
+    return _URL_PASSWORD.sub(r"\1:***@", url)
 
 
 def password(data_dir: Path) -> str:
