@@ -111,7 +111,7 @@ def password(data_dir: Path) -> str:
     comes first creates it (`flashsale dev` before the servers it supervises, or `start_*`)."""
     path = Path(data_dir) / PASSWORD_FILE
     try:
-        return path.read_text().strip()
+        return _stored_password(path)
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,14 @@ def password(data_dir: Path) -> str:
         pass
     finally:
         scratch.unlink()
-    return path.read_text().strip()
+    return _stored_password(path)
+
+
+def _stored_password(path: Path) -> str:
+    secret = path.read_text().strip()
+    if not secret:  # an empty password would mean URLs without credentials: never silently
+        raise RuntimeError(f"{path} is empty: delete it, and a new password is generated")
+    return secret
 
 
 def _write_secret(path: Path, text: str) -> None:
