@@ -75,6 +75,13 @@ class Settings(msgspec.Struct, kw_only=True):
     # Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.
     trusted_proxies: str = ""
 
+    # internal services (issue 9, findings 8 and 10): what only operators reach. Ingest's /metrics
+    # is served on a port of its own on loopback, never on the public port (404 there). Each
+    # ingest process needs its own (they may share ingest_port, not this one).
+    ingest_metrics_port: int = 0  # 0 = no /metrics; the dev config sets 9180
+    # Request line + headers ingest reads; a larger head is answered 431 and the connection closed.
+    head_max_bytes: int = 16_384
+
     # committer
     batch_max: int = 2_000
     fetch_timeout_s: float = 0.5  # idle wait for intents; also the expiry tick when idle

@@ -30,10 +30,12 @@ from flashsale.durability import verify
 from flashsale.embedded import (
     monitor_url,
     nats_url,
+    password,
     postgres_ready,
     postgres_url,
     run_nats,
     run_postgres,
+    without_password,
 )
 from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.supervision import APP_GROUP, Program, procfile_programs, write_conf
@@ -107,22 +109,40 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _embedded_urls(settings: Settings, data: Path) -> dict[str, str]:
+    """The settings that point a process at the embedded servers under `data` (those that
+    NATS_URL / DATABASE_URL do not replace), with their generated credentials."""
+    overrides = {}
+    if "NATS_URL" not in os.environ:
+        overrides["nats_url"] = nats_url(settings.nats_port, password(data / "nats"))
+        overrides["nats_monitor_url"] = monitor_url(settings.nats_monitor_port)
+    if "DATABASE_URL" not in os.environ:
+        overrides["database_url"] = postgres_url(settings.pg_port, password=password(data / "postgres"))
+    return overrides
+
+
+def _load() -> Settings:
+    """The settings of a command run next to `flashsale dev` (schema, load-sale, set-sku,
+    reconcile): its embedded servers, with their credentials, unless the environment names others."""
+    settings = load()
+    return msgspec.structs.replace(settings, **_embedded_urls(settings, Path(settings.data_dir).resolve()))
+
+
 def _embedded_servers(settings: Settings, data: Path) -> tuple[list[Program], dict[str, str]]:
     """Programs for the embedded servers that NATS_URL / DATABASE_URL do not replace, and the
-    settings that point every process at them."""
+    settings that point every process at them. The credentials exist before the servers start:
+    `_embedded_urls` creates them, and the servers find them in the same directories."""
     me = f"{shlex.quote(sys.executable)} -m flashsale"
-    servers, overrides = [], {}
-    if "NATS_URL" not in os.environ:
+    servers = []
+    overrides = _embedded_urls(settings, data)
+    if "nats_url" in overrides:
         servers.append(Program("nats", f"{me} embedded-nats --data-dir {shlex.quote(str(data / 'nats'))} "
                                        f"--port {settings.nats_port} "
                                        f"--monitor-port {settings.nats_monitor_port}"))
-        overrides["nats_url"] = nats_url(settings.nats_port)
-        overrides["nats_monitor_url"] = monitor_url(settings.nats_monitor_port)
-    if "DATABASE_URL" not in os.environ:
+    if "database_url" in overrides:
         servers.append(Program("postgres", f"{me} embedded-postgres --data-dir "
                                            f"{shlex.quote(str(data / 'postgres'))} --port {settings.pg_port}",
                                stop_signal="INT"))  # SIGINT: postgres's fast shutdown
-        overrides["database_url"] = postgres_url(settings.pg_port)
     return servers, overrides
 
 
@@ -173,7 +193,7 @@ def _serve(settings: Settings, args: argparse.Namespace, conf: Path,
            supervisord: subprocess.Popen[bytes], embedded: set[str]) -> None:
     if "nats" in embedded:
         _wait_until(lambda: _port_open(settings.nats_port), "nats-server", 30, supervisord)
-        print(f"flashsale: nats-server (JetStream) at {settings.nats_url}", flush=True)
+        print(f"flashsale: nats-server (JetStream) at {without_password(settings.nats_url)}", flush=True)
     found = verify(settings.nats_monitor_url)
     print(f"flashsale: JetStream durability: {found.message}", flush=True)
     # Our own server must prove it; an external one without a monitor URL cannot be asked.
@@ -184,7 +204,7 @@ def _serve(settings: Settings, args: argparse.Namespace, conf: Path,
                        "always; set FLASHSALE_REQUIRE_SYNC_ALWAYS=false to accept a weaker mode")
     if "postgres" in embedded:
         _wait_until(lambda: postgres_ready(settings.pg_port), "PostgreSQL", 60, supervisord)
-        print(f"flashsale: PostgreSQL 16 at {settings.database_url}", flush=True)
+        print(f"flashsale: PostgreSQL 16 at {without_password(settings.database_url)}", flush=True)
     try:
         asyncio.run(prepare(settings))
     except (OSError, asyncpg.PostgresError, nats.errors.Error) as e:
@@ -245,7 +265,7 @@ def cmd_supervisord_conf(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    asyncio.run(prepare(load()))
+    asyncio.run(prepare(_load()))
     print("schema and streams are in place")
     return 0
 
@@ -259,7 +279,7 @@ def _print_outcome(out: list[SkuState | Refusal]) -> int:
 
 
 def cmd_load_sale(args: argparse.Namespace) -> int:
-    return _print_outcome(asyncio.run(admin.load_sale(load(), Path(args.file), args.timeout_s)))
+    return _print_outcome(asyncio.run(admin.load_sale(_load(), Path(args.file), args.timeout_s)))
 
 
 def cmd_set_sku(args: argparse.Namespace) -> int:
@@ -267,7 +287,7 @@ def cmd_set_sku(args: argparse.Namespace) -> int:
     upsert = admin.make_upsert(args.sku, fields)
 
     async def run() -> list[SkuState | Refusal]:
-        settings = load()
+        settings = _load()
         nc = await connect_nats(settings, "flashsale-set-sku")
         try:
             return await admin.apply_upserts(nc, settings, [upsert], args.timeout_s)
@@ -334,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["reconcile"]:
         # Reconciliation belongs to the gateway: run its own command, so that plumbing never
         # imports the gateway (imports go one way).
-        return subprocess.call([sys.executable, "-m", "gateway.reconcile", *argv[1:]])
+        s = _load()
+        env = {**os.environ, "NATS_URL": s.nats_url, "DATABASE_URL": s.database_url}
+        return subprocess.call([sys.executable, "-m", "gateway.reconcile", *argv[1:]], env=env)
     args = parser.parse_args(argv)
     command: Callable[[argparse.Namespace], int] = args.fn
     return command(args)

@@ -7,12 +7,18 @@ bench); `run_*` becomes the server in the foreground (`python -m flashsale embed
 Both write the same configuration and clear the same stale state first, so a server killed with
 -9 starts again on its data. Production sets NATS_URL and DATABASE_URL to real clusters and never
 touches this module.
+
+Neither server takes anonymous clients: each has a password generated into its data directory on
+first use (`password`, a 0600 file, the same on every later run), and the URLs every process gets
+carry it (nats://flashsale:<password>@..., postgresql://postgres:<password>@...).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -29,6 +35,9 @@ from config.settings import CONFIG_DIR
 
 PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver uses this name too
 NATS_CONF_TEMPLATE = CONFIG_DIR / "nats.conf"
+NATS_USER = "flashsale"  # the one client user of the embedded nats-server
+PG_SUPERUSER = "postgres"  # the role every flashsale process connects as
+PASSWORD_FILE = "password"  # in each server's data directory
 
 # Below the kernel's ephemeral range (32768+), so no outgoing connection takes a port between
 # choosing it and the server binding it.
@@ -70,16 +79,72 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | N
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
-def nats_url(port: int) -> str:
-    return f"nats://127.0.0.1:{port}"
+def nats_url(port: int, password: str = "") -> str:
+    """password "": a URL without credentials (for a server that asks for none)."""
+    user = f"{NATS_USER}:{password}@" if password else ""
+    return f"nats://{user}127.0.0.1:{port}"
 
 
 def monitor_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def postgres_url(port: int, database: str = "flashsale") -> str:
-    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+def postgres_url(port: int, database: str = "flashsale", password: str = "") -> str:
+    secret = f":{password}" if password else ""
+    return f"postgresql://{PG_SUPERUSER}{secret}@127.0.0.1:{port}/{database}"
+
+
+# --- credentials ------------------------------------------------------------------------------
+
+
+_URL_PASSWORD = re.compile(r"(//[^:/@,]*):[^@/]*@")
+
+
+def without_password(url: str) -> str:
+    """A URL (or a comma-separated list of them) fit for a terminal or a log line."""
+    return _URL_PASSWORD.sub(r"\1:***@", url)
+
+
+def password(data_dir: Path) -> str:
+    """The password of the embedded server whose data directory this is: generated on first use
+    (random, URL-safe, in a file only its owner may read), read back on every later run. Whoever
+    comes first creates it (`flashsale dev` before the servers it supervises, or `start_*`)."""
+    path = Path(data_dir) / PASSWORD_FILE
+    try:
+        return _stored_password(path)
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under another name, then linked into place: a second process creating it at
+    # the same moment never reads a half-written file, and the first link wins for both.
+    scratch = path.with_name(f".{PASSWORD_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_urlsafe(24) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    try:
+        os.link(scratch, path)
+    except FileExistsError:
+        pass
+    finally:
+        scratch.unlink()
+    return _stored_password(path)
+
+
+def _stored_password(path: Path) -> str:
+    secret = path.read_text().strip()
+    if not secret:  # an empty password would mean URLs without credentials: never silently
+        raise RuntimeError(f"{path} is empty: delete it, and a new password is generated")
+    return secret
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """A file holding a secret: readable by its owner only, from the first byte written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 @dataclass
@@ -205,14 +270,16 @@ def nats_server_binary() -> str:
 
 
 def write_nats_conf(data_dir: Path, port: int, monitor_port: int) -> Path:
-    """config/nats.conf with its placeholders filled in: the one configuration of the embedded
-    server."""
+    """config/nats.conf with its placeholders filled in, and the client user with its generated
+    password: the one configuration of the embedded server (0600: it holds the password)."""
     conf = data_dir / "nats.conf"
-    conf.write_text(
-        string.Template(NATS_CONF_TEMPLATE.read_text()).substitute(
-            port=port, monitor_port=monitor_port, store_dir=data_dir / "jetstream"
-        )
+    template = string.Template(NATS_CONF_TEMPLATE.read_text()).substitute(
+        port=port, monitor_port=monitor_port, store_dir=data_dir / "jetstream"
     )
+    # One user in the default account, which has JetStream; no user, no connection.
+    authorization = (f'\nauthorization {{\n  user: "{NATS_USER}"\n'
+                     f'  password: "{password(data_dir)}"\n}}\n')
+    _write_secret(conf, template + authorization)
     return conf
 
 
@@ -236,7 +303,8 @@ def start_nats(data_dir: Path, port: int | None = None, monitor_port: int | None
             start_new_session=True,
         )
     wait_for_port(port, 20, proc)
-    return Embedded("nats", proc, nats_url(port), port, log_path, monitor_url(monitor_port))
+    return Embedded("nats", proc, nats_url(port, password(data_dir)), port, log_path,
+                    monitor_url(monitor_port))
 
 
 def run_nats(data_dir: Path, port: int, monitor_port: int) -> NoReturn:
@@ -321,9 +389,42 @@ def clear_stale_postgres(pgdata: Path, socket_dir: Path) -> None:
             (socket_dir / lock.name.removesuffix(".lock")).unlink(missing_ok=True)
 
 
-def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None) -> list[str]:
-    """initdb on first use, stale state cleared, and the postgres command line. Durable settings:
-    fsync and synchronous_commit stay on (a committed batch survives a crash)."""
+# The whole client authentication of the embedded postgres, written at every start: every
+# connection proves the password (SCRAM-SHA-256), over the unix socket in the data directory and
+# over TCP on loopback, the only address it listens on. Nothing else may connect.
+PG_HBA = """\
+# Written by flashsale.embedded at every start (edits are overwritten).
+local  all  all                scram-sha-256
+host   all  all  127.0.0.1/32  scram-sha-256
+"""
+
+
+def _write_for_postgres(path: Path, text: str, run_as: RunAs | None) -> None:
+    _write_secret(path, text)
+    if run_as is not None:
+        os.chown(path, run_as.uid, run_as.gid)
+
+
+def _set_password(pgdata: Path, secret: str, run_as: RunAs | None) -> None:
+    """Give the superuser the generated password, in single-user mode (no server listens, so no
+    client can come in before it is set). The password file is the truth: this runs at every
+    start, also turning a data directory from before credentials (trust) into one that asks."""
+    done = subprocess.run(
+        [_pg_bin("postgres"), "--single", "-D", str(pgdata), "-c", "log_min_messages=error",
+         "postgres"],
+        # password_encryption is scram-sha-256 (the default): the server stores a verifier.
+        input=f"ALTER ROLE {PG_SUPERUSER} PASSWORD '{secret}';\n",  # URL-safe: no quote inside
+        capture_output=True, text=True,
+        user=None if run_as is None else run_as.uid, group=None if run_as is None else run_as.gid,
+    )
+    if done.returncode != 0 or "ERROR:" in done.stderr or "FATAL:" in done.stderr:
+        raise RuntimeError(f"setting the postgres password failed ({done.returncode}): {done.stderr}")
+
+
+def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None, secret: str) -> list[str]:
+    """initdb on first use, stale state cleared, the password set and required, and the postgres
+    command line. Durable settings: fsync and synchronous_commit stay on (a committed batch
+    survives a crash)."""
     pgdata = data_dir / "pgdata"
     if not pgdata.exists():
         # Into a scratch directory first: an initdb that fails or is killed half-way must not
@@ -331,15 +432,22 @@ def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None) -> list[str]
         scratch = data_dir / "pgdata.initdb"
         shutil.rmtree(scratch, ignore_errors=True)
         done = subprocess.run(
-            [_pg_bin("initdb"), "-D", str(scratch), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--no-instructions"],
+            [_pg_bin("initdb"), "-D", str(scratch), "-U", PG_SUPERUSER, "--auth=scram-sha-256",
+             f"--pwfile={data_dir / PASSWORD_FILE}", "--encoding=UTF8", "--no-instructions"],
             capture_output=True, text=True,
             user=None if run_as is None else run_as.uid, group=None if run_as is None else run_as.gid,
         )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed ({done.returncode}): {done.stdout}{done.stderr}")
+        _write_for_postgres(scratch / "pg_hba.conf", PG_HBA, run_as)
         scratch.rename(pgdata)
     clear_stale_postgres(pgdata, socket_dir=data_dir)
+    hba = pgdata / "pg_hba.conf"
+    if hba.read_text() != PG_HBA:
+        print(f"flashsale: {pgdata} let clients in without a password (made before credentials): "
+              f"now it requires the one in {data_dir / PASSWORD_FILE}", file=sys.stderr, flush=True)
+    _set_password(pgdata, secret, run_as)
+    _write_for_postgres(hba, PG_HBA, run_as)
     return [
         _pg_bin("postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",
         "-k", str(data_dir),
@@ -355,8 +463,9 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "fla
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    secret = password(data_dir)  # before _pg_user, which hands the data directory to postgres
     run_as = _pg_user(data_dir)
-    argv = _postgres_argv(data_dir, port, run_as)
+    argv = _postgres_argv(data_dir, port, run_as, secret)
     log_path = data_dir / "postgres.log"
     with open(log_path, "ab") as log:
         if run_as is not None:
@@ -367,15 +476,16 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "fla
         )
     wait_for_port(port, 60, proc)
     _wait_pg_ready(port, proc)
-    return Embedded("postgres", proc, postgres_url(port, database), port, log_path)
+    return Embedded("postgres", proc, postgres_url(port, database, secret), port, log_path)
 
 
 def run_postgres(data_dir: Path, port: int) -> NoReturn:
     """Become the embedded postmaster (logging to stdout) for a supervisor to watch."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    secret = password(data_dir)  # before _pg_user, which hands the data directory to postgres
     run_as = _pg_user(data_dir)
-    argv = _postgres_argv(data_dir, port, run_as)
+    argv = _postgres_argv(data_dir, port, run_as, secret)
     sys.stdout.flush()
     if run_as is not None:
         os.setgroups([])

@@ -111,6 +111,13 @@ def ingest_ready_url(settings: Settings) -> str:
     return f"http://{settings.ingest_host}:{settings.ingest_port}/readyz"
 
 
+def ingest_metrics_url(settings: Settings) -> str:
+    """Ingest's /metrics: on its own loopback port, not on the public one."""
+    if not settings.ingest_metrics_port:
+        raise ValueError("ingest_metrics_port is 0: this ingest serves no /metrics")
+    return f"http://127.0.0.1:{settings.ingest_metrics_port}/metrics"
+
+
 def spare_port(settings: Settings) -> int:
     """A free port that is not one the committers will bind later (metrics base + shard)."""
     taken = range(settings.committer_metrics_port,

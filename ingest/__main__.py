@@ -1,7 +1,8 @@
 """`python -m ingest`: the HTTP tier, configured from the environment (config.settings.load).
 
-The app runs behind `edge.GuardedProtocol` (connection caps) on a server made here, rather than
-with `web.run_app`, so that every accepted connection is counted before aiohttp sees it.
+The app runs behind `edge.GuardedProtocol` (connection caps, request head size) on a server made
+here, rather than with `web.run_app`, so that every accepted connection is counted before aiohttp
+sees it. /metrics is served apart, on `ingest_metrics_port` on loopback (0: not at all).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from aiohttp import web
 from config.settings import Settings, load
 from flashsale.logs import kv, setup
 from ingest import edge
-from ingest.app import create_app
+from ingest.app import create_app, create_metrics_app
 
 log = logging.getLogger("ingest")
 
 SHUTDOWN_TIMEOUT_S = 5.0
+METRICS_HOST = "127.0.0.1"
+EXIT_CONFIG = 2  # cannot serve as configured (e.g. the metrics port is taken)
 
 
 def main() -> None:
@@ -29,18 +32,50 @@ def main() -> None:
     setup("ingest", settings.log_level)
     # Per-request access logs would cost more than the request itself at peak.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # A request aiohttp cannot parse: a counted refusal logged once per client per interval,
+    # instead of a traceback each time.
+    logging.getLogger("aiohttp.server").addFilter(edge.BadRequestLog())
     limits = edge.size_limits(settings, edge.raise_fd_limit())
     log.info("edge limits", extra=kv(
         **msgspec.structs.asdict(limits), idle_timeout_s=settings.idle_timeout_s,
         body_timeout_s=settings.body_timeout_s, client_rate_per_s=settings.client_rate_per_s,
         client_burst=settings.client_burst, trusted_proxies=settings.trusted_proxies,
+        head_max_bytes=settings.head_max_bytes,
     ))
-    uvloop.run(serve(settings, limits))
+    try:
+        uvloop.run(serve(settings, limits))
+    except MetricsPortTaken as e:
+        log.error("cannot serve /metrics: each ingest process needs its own ingest_metrics_port",
+                  extra=kv(port=e.port, error=repr(e.__cause__)))
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+class MetricsPortTaken(Exception):
+    def __init__(self, port: int) -> None:
+        super().__init__(f"port {port} is taken")
+        self.port = port
+
+
+async def serve_metrics(port: int) -> web.AppRunner | None:
+    """/metrics on `port` on loopback (None: port 0, no /metrics). Not SO_REUSEPORT: with
+    several processes on one port a scrape would read whichever answered."""
+    if not port:
+        return None
+    runner = web.AppRunner(create_metrics_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, METRICS_HOST, port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise MetricsPortTaken(port) from e
+    log.info("ingest metrics listening", extra=kv(host=METRICS_HOST, port=port))
+    return runner
 
 
 async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish requests and disconnect."""
     front = edge.Edge(settings, limits)
+    metrics_runner = await serve_metrics(settings.ingest_metrics_port)
     runner = web.AppRunner(
         create_app(settings, front), access_log=None, handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
@@ -50,6 +85,9 @@ async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
         # A client that goes away ends its handler: a long-poll gives its wait slot back at once
         # instead of holding it (and the buyer's per-buyer budget) until its wait runs out.
         handler_cancellation=True,
+        # No single line of a head may be longer than the whole head may be (the guard counts
+        # the first head; these bound later ones on a kept-alive connection).
+        max_line_size=settings.head_max_bytes, max_field_size=settings.head_max_bytes,
     )
     await runner.setup()  # connects NATS and Postgres (the app's cleanup context)
     handlers = runner.server
@@ -71,6 +109,8 @@ async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
         log.info("ingest stopping")
         server.close()
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
 
 
 if __name__ == "__main__":

@@ -63,9 +63,16 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
     app.router.add_put("/v1/admin/skus/{sku}", put_sku)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
+    return app
+
+
+def create_metrics_app() -> web.Application:
+    """/metrics alone, for `ingest_metrics_port` on loopback: what operators scrape is not on
+    the public port, where it would tell anyone the load and the refusals (issue 9, finding 10)."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_endpoint)
     return app
 
 

@@ -9,7 +9,10 @@ reconnect, /metrics stops answering (issue 9, findings 1 and 2). So:
   from the result, keeping `headroom` fds for NATS, Postgres, logs and accepts in flight;
 - `GuardedProtocol` sits in front of aiohttp's protocol and closes a connection at once (an
   RST: no request is parsed, nothing is answered) when the process or that peer already
-  holds its cap of connections;
+  holds its cap of connections, and answers a first request head larger than `head_max_bytes`
+  with a 431 problem before aiohttp parses it (finding 8);
+- `BadRequestLog` turns aiohttp's traceback for every request it cannot parse into a counted,
+  rate-limited refusal line (a client sending garbage must not flood the log);
 - aiohttp's `keepalive_timeout` (`idle_timeout_s`) closes a connection idle between requests and
   one whose request head is not complete that long after it opened (the slow-head attack);
   `read_body` gives the body its own deadline (`body_timeout_s`, 408);
@@ -37,6 +40,7 @@ from typing import Literal, cast
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
 
 from config.settings import Settings
@@ -60,8 +64,10 @@ LINGER_S = 2.0
 REFUSAL_LOG_INTERVAL_S = 10.0
 # Clients remembered by the rate limiter and the refusal log (least recently seen forgotten).
 CLIENTS_TRACKED_MAX = 100_000
-# Probes and scrapes are never rate limited: an orchestrator must see the process as it is.
-RATE_EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Probes are never rate limited: an orchestrator must see the process as it is. (/metrics is not
+# on this port at all: ingest_metrics_port.)
+RATE_EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
+HEAD_END = b"\r\n\r\n"
 
 Reason = Literal[
     "connections_total",  # the process holds connections_max connections
@@ -71,6 +77,8 @@ Reason = Literal[
     "waits_total",  # the process holds waits_max long-polls: answered without waiting
     "rate_client",  # this client exceeds client_rate_per_s
     "body_timeout",  # the body did not arrive within body_timeout_s
+    "head_too_large",  # the first request head exceeds head_max_bytes: 431, closed
+    "bad_request",  # aiohttp could not parse a request: its 400, closed
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -300,14 +308,30 @@ class RefusalLog:
 _refusals = RefusalLog()
 
 
-def note_refusal(reason: Reason, who: str) -> None:
+def note_refusal(reason: Reason, who: str, detail: str = "") -> None:
     """Count a refusal; log it if it is the first for `who` (a client IP, or a buyer for
-    waits_buyer) and `reason` in REFUSAL_LOG_INTERVAL_S."""
+    waits_buyer) and `reason` in REFUSAL_LOG_INTERVAL_S (`detail`: of the one logged)."""
     metrics.EDGE_REFUSALS.labels(reason).inc()
     count = _refusals.note(reason, who, time.monotonic())
     if count is not None:
         log.warning("edge refusal", extra=kv(reason=reason, who=who, refused=count,
-                                             interval_s=REFUSAL_LOG_INTERVAL_S))
+                                             interval_s=REFUSAL_LOG_INTERVAL_S,
+                                             **({"detail": detail} if detail else {})))
+
+
+class BadRequestLog(logging.Filter):
+    """On aiohttp's server logger: a request aiohttp cannot parse (it answers 400 and closes) is
+    a refusal, counted and logged once per client per interval, without a traceback. Every other
+    record (a handler's unexpected exception) passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        # aiohttp's message: "Error handling request from %s", the peer address.
+        args = record.args if isinstance(record.args, tuple) else ()
+        note_refusal("bad_request", str(args[0]) if args else "", detail=exc.message[:200])
+        return False
 
 
 def refused(reason: Reason, who: str, retry_after_s: int, detail: str) -> problems.Rejection:
@@ -330,6 +354,8 @@ class Edge:
         self.retry_after_s = settings.retry_after_s
         self.connections = ConnectionGuard(limits, self.trusted)
         self.waits = WaitBudget.for_limits(limits, settings.retry_after_s)
+        self.head_max_bytes = settings.head_max_bytes
+        self.head_too_large = head_too_large_response(settings.head_max_bytes)
         self.client_rate_per_s = settings.client_rate_per_s
         # None when configured off (client_rate_per_s = 0): load tests run from one address.
         self.rate = (
@@ -413,17 +439,45 @@ def _reset(transport: asyncio.BaseTransport) -> None:
     cast(asyncio.Transport, transport).abort()
 
 
+def head_too_large_response(head_max_bytes: int) -> bytes:
+    """The whole 431 answer, written by the connection guard itself: aiohttp has not parsed the
+    request (and would answer a plain-text 400 with a traceback in the log)."""
+    body = msgspec.json.encode(problems.Problem(
+        type=problems.PROBLEM_BASE + "headers_too_large", title="Request header fields too large",
+        status=431, detail=f"the request line and headers exceed {head_max_bytes} bytes",
+    ))
+    head = ("HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            f"Content-Type: {problems.PROBLEM_CONTENT_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n"
+            "Server: flashsale\r\n\r\n")
+    return head.encode() + body
+
+
 class GuardedProtocol(asyncio.Protocol):
     """One accepted connection: closed at once when over a connection cap, else handed to
-    aiohttp's protocol (`make_handler`, the runner's server) for the rest of its life."""
+    aiohttp's protocol (`make_handler`, the runner's server) for the rest of its life.
 
-    __slots__ = ("_edge", "_handler", "_make_handler", "_peer")
+    The head of the connection's first request is counted on its way to aiohttp: beyond
+    `head_max_bytes` before its blank line, the rest is never parsed, the client gets a 431 and
+    the connection closes. Later requests on a kept-alive connection are not counted here (that
+    would take parsing their bodies); aiohttp's own line limits, set to the same size, answer
+    those with its 400 (logged by `BadRequestLog`)."""
+
+    __slots__ = ("_answered", "_edge", "_handler", "_head_bytes", "_head_open", "_head_tail",
+                 "_linger", "_make_handler", "_peer", "_transport")
 
     def __init__(self, make_handler: Callable[[], asyncio.Protocol], edge: Edge) -> None:
         self._make_handler = make_handler
         self._edge = edge
         self._handler: asyncio.Protocol | None = None
         self._peer = ""
+        self._transport: asyncio.BaseTransport | None = None
+        self._head_open = True  # the first head has not ended yet
+        self._head_bytes = 0  # of it, seen so far
+        self._head_tail = b""  # its last bytes, in case the blank line spans two reads
+        self._answered = False  # 431 written: the rest is read and dropped until closed
+        self._linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peername = transport.get_extra_info("peername")
@@ -432,10 +486,13 @@ class GuardedProtocol(asyncio.Protocol):
             _reset(transport)
             return
         self._peer = peer
+        self._transport = transport
         self._handler = self._make_handler()
         self._handler.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
         handler = self._handler
         if handler is None:
             return  # refused: never counted
@@ -444,10 +501,41 @@ class GuardedProtocol(asyncio.Protocol):
         handler.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._handler is not None:
-            self._handler.data_received(data)
+        if self._handler is None or self._answered:
+            return
+        if self._head_open and not self._head_fits(data):
+            self._answer_head_too_large()
+            return
+        self._handler.data_received(data)
+
+    def _head_fits(self, data: bytes) -> bool:
+        """Count `data` into the first head: False once that head exceeds head_max_bytes."""
+        limit = self._edge.head_max_bytes
+        window = self._head_tail + data if self._head_tail else data
+        end = window.find(HEAD_END)
+        if end >= 0:
+            self._head_open = False
+            return self._head_bytes - len(self._head_tail) + end + len(HEAD_END) <= limit
+        self._head_bytes += len(data)
+        self._head_tail = window[-(len(HEAD_END) - 1):]
+        return self._head_bytes <= limit
+
+    def _answer_head_too_large(self) -> None:
+        """The 431, then FIN; what the client still sends is read and dropped for LINGER_S, so
+        that closing finds nothing unread (which would reset the connection and could destroy
+        the answer before the client read it)."""
+        transport = cast(asyncio.Transport, self._transport)
+        self._answered = True
+        note_refusal("head_too_large", self._peer,
+                     detail=f"more than {self._edge.head_max_bytes} bytes before the blank line")
+        transport.write(self._edge.head_too_large)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def eof_received(self) -> bool | None:
+        if self._answered:
+            return False  # the client is done too: close now
         return self._handler.eof_received() if self._handler is not None else None
 
     def pause_writing(self) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from config.settings import Settings
+from flashsale.embedded import without_password
 from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
 from ingest import metrics
@@ -114,7 +115,8 @@ class Ingest:
         metrics.INTENT_BATCHES.set_function(lambda: intents.batches)
         metrics.BATCHED_INTENTS.set_function(lambda: intents.intents)
         metrics.WAITERS.set_function(lambda: hub.watch_count)
-        log.info("ingest connected", extra=kv(nats=settings.nats_url, namespace=settings.namespace))
+        log.info("ingest connected",
+                 extra=kv(nats=without_password(settings.nats_url), namespace=settings.namespace))
         return cls(settings, nc, pool, hub, listener, publisher, intents, reads, buyers)
 
     async def close(self) -> None:

@@ -54,6 +54,7 @@ def settings(servers: Servers, tmp_path: Path) -> Settings:
         namespace=f"t{n}",
         shards=2,
         ingest_port=free_port(),
+        ingest_metrics_port=free_port(),  # a second ingest of a test needs one of its own
         committer_metrics_port=free_port_block(4),
         data_dir=str(tmp_path / "data"),
         log_level="INFO",

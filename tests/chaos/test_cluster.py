@@ -116,7 +116,8 @@ async def test_database_url_with_several_hosts(servers: Servers, settings: Setti
     """asyncpg tries the hosts in order: a dead first host does not stop a process, and the
     query parameters reach the maintenance connection too."""
     dead, live = free_port(), servers.postgres.port
-    url = (f"postgresql://postgres@127.0.0.1:{dead},127.0.0.1:{live}/{settings.namespace}_multi"
+    user = servers.postgres.url.split("//", 1)[1].split("@", 1)[0]  # postgres:<password>
+    url = (f"postgresql://{user}@127.0.0.1:{dead},127.0.0.1:{live}/{settings.namespace}_multi"
            "?target_session_attrs=read-write")
     await ensure_database(url)
     conn = await asyncpg.connect(url)

@@ -88,9 +88,10 @@ def proc_fd_limit(pid: int) -> int:
     raise AssertionError("no 'Max open files' in /proc/<pid>/limits")
 
 
-async def metric(http: aiohttp.ClientSession, base: str, name: str) -> dict[str, float]:
-    """Samples of one metric family from /metrics, keyed by their label text."""
-    async with http.get(f"{base}/metrics") as r:
+async def metric(http: aiohttp.ClientSession, settings, name: str) -> dict[str, float]:
+    """Samples of one metric family from the /metrics of the ingest started with `settings`,
+    keyed by their label text."""
+    async with http.get(procs.ingest_metrics_url(settings)) as r:
         text = await r.text()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -131,7 +132,7 @@ async def test_slow_heads_and_idle_polls_from_one_client_do_not_take_the_process
             status, _, p = await admin.buy("idle", f"holder-{i}", "k1", payment_token="tok_visa")
             assert status == 200 and p["status"] == "reserved", p
             held.append((f"holder-{i}", p["id"]))
-        limits = await metric(ops, base, "flashsale_ingest_edge_limit")
+        limits = await metric(ops, s, "flashsale_ingest_edge_limit")
         client_waits_max = limits['{limit="client_waits_max"}']
         print(f"\nedge limits: {limits}")
 
@@ -157,7 +158,7 @@ async def test_slow_heads_and_idle_polls_from_one_client_do_not_take_the_process
         polls = [asyncio.create_task(poll(n)) for n in range(polls_n)]
 
         async def waiting() -> bool:
-            got = await metric(ops, base, "flashsale_ingest_waiters")
+            got = await metric(ops, s, "flashsale_ingest_waiters")
             return got.get("", 0) >= client_waits_max
 
         await eventually(waiting, timeout_s=30)
@@ -203,13 +204,13 @@ async def test_slow_heads_and_idle_polls_from_one_client_do_not_take_the_process
             latencies_ms.append((time.perf_counter() - t0) * 1000)
             statuses.append((status, p.get("status", p.get("type", ""))))
             n += 1
-        async with buyer_http.get(f"{base}/metrics") as r:
+        async with buyer_http.get(procs.ingest_metrics_url(s)) as r:
             metrics_status = r.status
         fds_during = proc_fds(ingest.proc.pid)
 
         outcomes = await asyncio.gather(*heads)
         sampler.cancel()
-        samples = await metric(ops, base, "flashsale_ingest_edge_refusals_total")
+        samples = await metric(ops, s, "flashsale_ingest_edge_refusals_total")
         for t in polls:
             t.cancel()
         await asyncio.gather(*polls, return_exceptions=True)
@@ -269,7 +270,7 @@ async def test_connections_beyond_the_per_client_cap_are_closed_at_once(system, 
 
     assert await eventually(admitted_again, timeout_s=10)
     async with session("127.0.0.1") as ops:
-        samples = await metric(ops, system.base_url, "flashsale_ingest_edge_refusals_total")
+        samples = await metric(ops, s, "flashsale_ingest_edge_refusals_total")
     assert refusals(samples, "connections_client") >= 1
     for _, w in held:
         w.close()
@@ -350,7 +351,7 @@ async def test_per_client_and_per_buyer_wait_caps(system, settings):
         polls = [asyncio.create_task(get(attacker, u, 4)) for u in ("a1", "a2", "a3")]
 
         async def three_waiting() -> bool:
-            return (await metric(ops, base, "flashsale_ingest_waiters")).get("", 0) == 3
+            return (await metric(ops, s, "flashsale_ingest_waiters")).get("", 0) == 3
 
         await eventually(three_waiting)
         status, headers, problem = await get(attacker, "a4", 4)
@@ -374,7 +375,7 @@ async def test_per_client_and_per_buyer_wait_caps(system, settings):
         eves = [asyncio.create_task(bought(buyer, "eve", f"k{i}", 3)) for i in range(2)]
 
         async def two_waiting() -> bool:
-            return (await metric(ops, base, "flashsale_ingest_waiters")).get("", 0) == 2
+            return (await metric(ops, s, "flashsale_ingest_waiters")).get("", 0) == 2
 
         await eventually(two_waiting)
         before = await intents_count(s)
@@ -384,7 +385,7 @@ async def test_per_client_and_per_buyer_wait_caps(system, settings):
         status, p = await bought(other, "frank", "k1", 0.5)
         assert status == 202 and p["status"] == "pending"
         assert [(await t)[0] for t in eves] == [202, 202]
-        samples = await metric(ops, base, "flashsale_ingest_edge_refusals_total")
+        samples = await metric(ops, s, "flashsale_ingest_edge_refusals_total")
     assert refusals(samples, "waits_client") == 1 and refusals(samples, "waits_buyer") == 1
 
 
@@ -420,7 +421,7 @@ async def test_per_client_rate_and_forwarded_for(system, settings):
         # The rightmost untrusted hop counts, not what the client wrote to the left of it.
         assert await statuses(proxy, 1, forwarded_for="10.0.0.9, 10.0.0.1") == [429]
         assert await statuses(proxy, 1) == [200]  # the proxy's own requests are its own
-        samples = await metric(ops, base, "flashsale_ingest_edge_refusals_total")
+        samples = await metric(ops, s, "flashsale_ingest_edge_refusals_total")
     assert refusals(samples, "rate_client") == 4
 
 
@@ -430,7 +431,7 @@ async def test_the_total_connection_cap_keeps_the_process_below_its_fd_limit(sys
     ingest = start_limited_ingest(system, settings, soft=1024, hard=1024)
     per_address = 550  # 1,100 in all: more than the 1,024 fds
     async with session("127.0.0.1") as ops:
-        limits = await metric(ops, system.base_url, "flashsale_ingest_edge_limit")
+        limits = await metric(ops, settings, "flashsale_ingest_edge_limit")
     connections_max = int(limits['{limit="connections_max"}'])
     assert limits['{limit="client_connections_max"}'] == connections_max < 2 * per_address
     held: list[asyncio.StreamWriter] = []
@@ -464,7 +465,7 @@ async def test_the_total_connection_cap_keeps_the_process_below_its_fd_limit(sys
 
     assert await eventually(serving_again, timeout_s=10)
     async with session("127.0.0.1") as ops:
-        samples = await metric(ops, system.base_url, "flashsale_ingest_edge_refusals_total")
+        samples = await metric(ops, settings, "flashsale_ingest_edge_refusals_total")
     print(f"\n{2 * per_address} connections: connections_max={connections_max}, ingest fds {fds} of "
           f"{proc_fd_limit(ingest.proc.pid)}, reset during connect {reset}, /healthz while full: "
           f"{status}, refusals {samples}")

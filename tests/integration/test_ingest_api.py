@@ -11,6 +11,7 @@ import msgspec
 import nats
 
 from flashsale.embedded import free_port
+from flashsale.testing import ingest_metrics_url
 from tests.auth import bearer, pid
 from tests.conftest import seed_sku
 
@@ -133,7 +134,7 @@ async def test_idempotency_keys_and_reads_from_another_instance(system, settings
     """Committers are started only at the end, so purchases stay pending meanwhile."""
     await seed_sku(settings, "sneaker-42", stock=10)
     system.start_ingest()
-    other = msgspec.structs.replace(settings, ingest_port=free_port())
+    other = msgspec.structs.replace(settings, ingest_port=free_port(), ingest_metrics_port=free_port())
     system.start_ingest(settings=other, name="ingest-2")
     url = f"{system.base_url}/v1/purchases"
     other_url = f"http://{other.ingest_host}:{other.ingest_port}"
@@ -221,7 +222,11 @@ async def test_service_endpoints(system, settings):
                 assert path in spec["paths"], path
             assert "sold_out" in json.dumps(spec["paths"]["/v1/purchases"])
         await post(http, f"{system.base_url}/v1/purchases", {"qty": 0})
+        # /metrics is for operators, on its own loopback port (issue 9, finding 10).
         async with http.get(f"{system.base_url}/metrics") as resp:
+            assert resp.status == 404
+            assert resp.headers["Content-Type"].startswith("application/problem+json")
+        async with http.get(ingest_metrics_url(settings)) as resp:
             text = await resp.text()
         for metric in ("flashsale_ingest_requests_total", "flashsale_ingest_accept_seconds",
                        "flashsale_ingest_decision_seconds", "flashsale_ingest_inflight_publishes",

@@ -85,7 +85,7 @@ async def test_buy_until_sold_out_then_restock(system, settings, db):
         status, _, reused = await c.buy("sneaker-42", "alice", "k1", qty=2, wait_s=None)
         assert status == 422 and reused["type"].endswith("/idempotency_key_reused")
         # An instance started after the sell-out knows it too (from Postgres).
-        other = msgspec.structs.replace(settings, ingest_port=free_port())
+        other = msgspec.structs.replace(settings, ingest_port=free_port(), ingest_metrics_port=free_port())
         system.start_ingest(settings=other, name="ingest-2")
         c2 = Client(http, f"http://127.0.0.1:{other.ingest_port}", settings.admin_token)
         status, _, problem = await c2.buy("sneaker-42", "carol", "k2")

@@ -10,6 +10,7 @@ import aiohttp
 import msgspec
 
 from flashsale.embedded import free_port, start_nats
+from flashsale.testing import ingest_metrics_url
 from tests.auth import bearer
 from tests.conftest import seed_sku
 from tests.integration.test_ingest_api import intents_count
@@ -37,7 +38,8 @@ async def test_inflight_limit_and_full_stream_are_503(system, settings):
     small = msgspec.structs.replace(settings, intents_max_bytes=2048)
     system.settings = small
     system.start_ingest(settings=small)
-    no_room = msgspec.structs.replace(small, ingest_port=free_port(), inflight_max=0)
+    no_room = msgspec.structs.replace(small, ingest_port=free_port(), ingest_metrics_port=free_port(),
+                                      inflight_max=0)
     system.start_ingest(settings=no_room, name="ingest-2")
     async with aiohttp.ClientSession() as http:
         status, headers, body, _ = await _post(http, f"http://127.0.0.1:{no_room.ingest_port}", "a")
@@ -54,7 +56,7 @@ async def test_inflight_limit_and_full_stream_are_503(system, settings):
             assert status == 202, body
         assert statuses[0] == 202 and statuses[-1] == 503, statuses
 
-        async with http.get(f"{system.base_url}/metrics") as resp:
+        async with http.get(ingest_metrics_url(small)) as resp:
             text = await resp.text()
         assert 'flashsale_ingest_sheds_total{cause="stream_full"}' in text
 
