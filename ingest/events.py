@@ -50,9 +50,10 @@ class Streams:
     """The event streams this instance holds: the SKU feeds, their count, and the signal that
     ends every stream when the server shuts down."""
 
-    def __init__(self, sku_streams_max: int, interval_s: float) -> None:
+    def __init__(self, sku_streams_max: int, interval_s: float, retry_after_s: int) -> None:
         self.sku_streams_max = sku_streams_max
         self.interval_s = interval_s
+        self.retry_after_s = retry_after_s
         self.sku_streams = 0
         self.feeds: dict[str, SkuFeed] = {}
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -63,7 +64,8 @@ class Streams:
         if self.sku_streams >= self.sku_streams_max:
             raise problems.Rejection(
                 503, "too_many_streams", "Too many event streams",
-                f"this instance holds {self.sku_streams_max} SKU event streams already", retry_after_s=1,
+                f"this instance holds {self.sku_streams_max} SKU event streams already",
+                retry_after_s=self.retry_after_s,
             )
         feed = self.feeds.get(state.sku)
         if feed is None:
@@ -147,7 +149,9 @@ STREAMS = web.AppKey("event_streams", Streams)
 
 def setup(app: web.Application, settings: Settings) -> None:
     async def streams(app: web.Application) -> AsyncIterator[None]:
-        app[STREAMS] = Streams(settings.sku_streams_max, settings.sku_events_interval_ms / 1000)
+        app[STREAMS] = Streams(
+            settings.sku_streams_max, settings.sku_events_interval_ms / 1000, settings.retry_after_s
+        )
         yield
         app[STREAMS].close()
 
