@@ -232,7 +232,8 @@ def is_news(eid: str, held: str | None) -> bool:
 
 
 def _view(ing: Ingest, state: PurchaseState) -> PurchaseView:
-    # The one place the stream builds a view: the same view GET /v1/purchases/{id} answers.
+    # The one place the stream builds a view: it must be the view GET /v1/purchases/{id} answers
+    # (with its queue position once the view carries one; `ing` holds what that is read from).
     return view_of(state)
 
 
