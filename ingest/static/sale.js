@@ -191,10 +191,15 @@
     }
   }
 
+  let lastLogged = null;
+
   function showPurchase(p) {
     const [headline, detail] = describe(p);
     setStatus(p.status, headline, detail);
-    logLine(detail && p.status === "pending" ? `${headline}: ${detail}` : headline);
+    // The POST's answer and the stream's first event are often the same state: log it once.
+    const line = detail && p.status === "pending" ? `${headline}: ${detail}` : headline;
+    if (line !== lastLogged) logLine(line);
+    lastLogged = line;
   }
 
   async function post(body) {
@@ -219,6 +224,7 @@
     e.preventDefault();
     if (purchaseStream) purchaseStream.abort();
     $("log").replaceChildren();
+    lastLogged = null;
     const sku = skus.get($("sku").value);
     const body = {sku: sku.sku, qty: Number($("qty").value)};
     if (sku.payment === "required") body.payment_token = $("payment").value.trim();

@@ -15,6 +15,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.auth import token
+from tests.conftest import seed_sku
 from tests.integration.test_ingest_flow import Client
 
 # Debian's package (the Makefile's test target installs it): Playwright downloads nothing.
@@ -127,6 +128,39 @@ async def test_without_the_dev_helper_the_page_takes_a_pasted_token(system, sett
             "data-status", "confirmed", timeout=UI_TIMEOUT_MS)
         await expect(page.locator("#stock-text")).to_contain_text("1 of 2 left", timeout=UI_TIMEOUT_MS)
         assert errors == []
+
+
+async def test_the_page_resumes_its_purchase_stream_without_repeats(system, settings, browser):
+    """The server ends each stream after sse_max_s; the page reconnects with Last-Event-ID and
+    shows the decision once it comes, each state logged once."""
+    s = msgspec.structs.replace(settings, dev_token_endpoint=True, sse_max_s=0.8, sse_retry_ms=100)
+    system.settings = s
+    await seed_sku(s, "tee", stock=2)
+    system.start_ingest()  # no committers yet: the purchase stays pending across reconnects
+    page, errors = await open_page(browser, system.base_url + "/?sku=tee")
+    await page.get_by_label("Buyer name").fill("dora")
+    await page.get_by_label("Buyer name").press("Enter")
+    await expect(page.locator("#who")).to_have_text("Signed in as dora.")
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.headers.get("last-event-id", "-"))
+            if r.url.endswith("/events") and "/purchases/" in r.url else None)
+    await buy(page, "tee")
+    status = page.locator("#status")
+    await expect(status).to_have_attribute("data-status", "pending")
+    for _ in range(100):  # two streams ended by the server, the page came back each time
+        if len(streams) >= 3:
+            break
+        await page.wait_for_timeout(100)
+    assert len(streams) >= 3, streams
+    for shard in range(s.shards):
+        system.start_committer(shard)
+    await expect(status).to_have_attribute("data-status", "confirmed", timeout=UI_TIMEOUT_MS)
+    log = await page.evaluate(
+        "[...document.querySelectorAll('#log li')].map((li) => li.lastChild.textContent)")
+    assert len(log) == 2 and log[0].startswith("Pending") and log[1].startswith("Confirmed"), log
+    assert streams[0] == "-" and all(held.startswith("pending") for held in streams[1:]), streams
+    print(f"{len(streams)} purchase streams, Last-Event-ID sent: {streams}")
+    assert errors == []
 
 
 async def test_the_dev_token_helper_signs_tokens_that_buy(system, settings):
