@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-unit chaos lint typecheck bench bench-quick bench-tools wrk strace clean
+.PHONY: run test test-unit chaos lint typecheck bench bench-quick bench-tools wrk strace chromium clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ run: $(VENV)/.installed
 	$(PY) -m flashsale dev
 
 # The gates run first: a type or lint error fails the build before any service starts.
-test: lint typecheck strace
+test: lint typecheck strace chromium
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
@@ -45,6 +45,13 @@ strace:
 	@command -v strace >/dev/null 2>&1 || (apt-get install -y -qq strace >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq strace) >/dev/null 2>&1) || \
 		echo "strace not installed: the fsync-count test will fail"
+
+# Debian's chromium for the sale page's browser test (Playwright drives this one; it downloads no
+# browser of its own). Without it that test fails, saying so: it is never skipped.
+chromium:
+	@test -x /usr/bin/chromium || (command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)) \
+		>/dev/null 2>&1) || echo "chromium not installed: tests/integration/test_sale_page.py will fail"
 
 bench-tools:
 	@for pair in $(BENCH_TOOLS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \

@@ -132,6 +132,17 @@ class Settings(msgspec.Struct, kw_only=True):
     reconcile_grace_s: float = 120.0  # captures younger than this may still be confirming
     reconcile_page_size: int = 100
 
+    # push: event streams and the live sale page (issue 11). A stream holds a connection for
+    # minutes, so each one is bounded in life and counted (purchase streams as long-polls).
+    sse_heartbeat_s: float = 15.0  # a `: hb` comment this often keeps idle proxies from closing
+    sse_max_s: float = 300.0  # a stream ends after this; the client resumes with Last-Event-ID
+    sse_retry_ms: int = 1000  # the reconnect delay a stream tells EventSource
+    sse_queue_poll_ms: float = 250.0  # a pending purchase's queue is re-read this often
+    sku_events_interval_ms: float = 250.0  # at most one SKU update per stream per this
+    sku_streams_max: int = 10_000  # SKU event streams per ingest instance (503 beyond)
+    # POST /dev/token signs buyer tokens for anyone who asks: true in config/dev.toml only.
+    dev_token_endpoint: bool = False
+
     # embedded dev servers
     data_dir: str = "data"
     nats_port: int = 14222

@@ -1,7 +1,8 @@
 """The ingest HTTP app: routes, the process's connected state, and the ops endpoints.
 
-Where things are: buyer routes in `purchases`, the public SKU route in `skus`, operator routes in
-`admin`, HTTP details in `http`, lookups in `readmodel`, what is refused before any work in
+Where things are: buyer routes in `purchases`, the public SKU routes in `skus`, operator routes in
+`admin`, event streams in `events`, the sale page in `page`, the development token helper in
+`devtoken`, HTTP details in `http`, lookups in `readmodel`, what is refused before any work in
 `admission`.
 """
 
@@ -15,10 +16,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
-from ingest import admission, edge, http, metrics, problems
+from ingest import admission, devtoken, edge, events, http, metrics, page, problems
 from ingest.admin import put_sku
 from ingest.purchases import cancel_purchase, create_purchase, get_purchase
-from ingest.skus import get_sku
+from ingest.skus import get_sku, list_skus
 from ingest.state import STATE, Ingest
 
 
@@ -27,6 +28,8 @@ def openapi_document(settings: Settings) -> bytes:
     a client (or a schema-driven fuzzer) reads the truth."""
     doc = json.loads(resources.files("ingest").joinpath("openapi.json").read_bytes())
     doc["components"]["schemas"]["PurchaseRequest"]["properties"]["qty"]["maximum"] = settings.qty_max
+    if not settings.dev_token_endpoint:
+        del doc["paths"]["/dev/token"]
     return json.dumps(doc, ensure_ascii=False).encode()
 
 
@@ -59,12 +62,16 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
     app.router.add_post("/v1/purchases", create_purchase)
     app.router.add_get("/v1/purchases/{id}", get_purchase)
     app.router.add_post("/v1/purchases/{id}/cancel", cancel_purchase)
+    app.router.add_get("/v1/skus", list_skus)
     app.router.add_get("/v1/skus/{sku}", get_sku)
     app.router.add_put("/v1/admin/skus/{sku}", put_sku)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
+    events.setup(app, settings)
+    page.setup(app, settings)
+    devtoken.setup(app, settings)
     return app
 
 

@@ -34,6 +34,10 @@ BATCHED_INTENTS = Gauge(
     "flashsale_ingest_batched_intents", "Intents sent in those batches (monotonic)", registry=REGISTRY
 )
 WAITERS = Gauge("flashsale_ingest_waiters", "Long-polls waiting for a decision", registry=REGISTRY)
+EVENT_STREAMS = Gauge(
+    "flashsale_ingest_event_streams", "Open Server-Sent Event streams, by kind (purchase, sku)",
+    ["kind"], registry=REGISTRY,
+)
 REJECTS = Counter(
     "flashsale_ingest_rejects_total", "Requests refused by ingest itself, by reason", ["reason"],
     registry=REGISTRY,

@@ -52,13 +52,13 @@ async def create_purchase(request: web.Request) -> web.Response:
 
 async def get_purchase(request: web.Request) -> web.Response:
     ing = request.app[STATE]
-    reader = _reader(ing, request)
-    pid = _purchase_id(request)
+    reader = reader_of(ing, request)
+    pid = purchase_id_in_path(request)
     wait_s, prefer = _poll_wait(request, ing.settings.wait_max_s)
     seen = _seen_status(request)
     headers: dict[str, str] = {}
     with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=reader) as watch:
-        current = await _existing(ing, pid, reader, edge.client_of(request))
+        current = await owned_purchase(ing, pid, reader, edge.client_of(request))
         if watch is not None:
             current = await _until_changed(watch, current, seen, wait_s)
             if prefer:
@@ -69,11 +69,11 @@ async def get_purchase(request: web.Request) -> web.Response:
 async def cancel_purchase(request: web.Request) -> web.Response:
     ing = request.app[STATE]
     buyer = ing.buyers.buyer(request)
-    pid = _purchase_id(request)
+    pid = purchase_id_in_path(request)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
     with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer) as watch:
-        current = await _existing(ing, pid, buyer, edge.client_of(request))
+        current = await owned_purchase(ing, pid, buyer, edge.client_of(request))
         _check_cancellable(pid, status_of(current), None)
         if is_final(current):  # cancelled or expired: nothing left to give back
             return http.json_response(purchase_view(ing, current), 200, headers)
@@ -102,7 +102,7 @@ def _check_body_buyer(req: PurchaseRequest, buyer: str) -> None:
         )
 
 
-def _reader(ing: Ingest, request: web.Request) -> str | None:
+def reader_of(ing: Ingest, request: web.Request) -> str | None:
     """Who reads: a buyer id, or None for an operator (who may read every purchase)."""
     return None if is_admin(request, ing.settings.admin_token) else ing.buyers.buyer(request)
 
@@ -211,14 +211,14 @@ def _check_same_request(stored_hash: str, request_hash: str, key: str) -> None:
         )
 
 
-def _purchase_id(request: web.Request) -> str:
+def purchase_id_in_path(request: web.Request) -> str:
     pid = request.match_info["id"]
     if not is_purchase_id(pid):
         raise problems.not_found(f"no purchase {pid!r} (not a purchase id)")
     return pid
 
 
-async def _existing(ing: Ingest, pid: str, reader: str | None, client: str) -> PurchaseState:
+async def owned_purchase(ing: Ingest, pid: str, reader: str | None, client: str) -> PurchaseState:
     """The purchase, if `reader` may see it (None: an operator). Another buyer's purchase reads
     exactly like one that does not exist."""
     current = await ing.reads.lookup(pid, client)

@@ -128,3 +128,8 @@ def sku_view_of(s: SkuState) -> SkuView:
         max_per_user=s.max_per_user, payment=s.payment, reservation_ttl_s=s.reservation_ttl_s,
         sale_start=iso_ms(s.sale_start_ms), sale_end=iso_ms(s.sale_end_ms),
     )
+
+
+class SkuList(msgspec.Struct):
+    skus: list[SkuView]
+    next_after: str | None  # pass as ?after= for the next page; null on the last page

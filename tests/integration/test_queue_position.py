@@ -18,7 +18,7 @@ BUYERS = 6
 
 async def test_positions_are_exact_and_count_down(system, settings, db):
     system.start()
-    other = msgspec.structs.replace(settings, ingest_port=free_port())
+    other = msgspec.structs.replace(settings, ingest_port=free_port(), ingest_metrics_port=free_port())
     system.start_ingest(settings=other, name="ingest-2")
     shard = shard_of("hot", settings.shards)
     writer = system.processes[f"committer-{shard}"]

@@ -1,0 +1,346 @@
+"""Server-Sent Events: a purchase's state and a SKU's availability, pushed as they change.
+
+`GET /v1/purchases/{id}/events` (the buyer's, like GET) sends the current state at once, then
+every change: a decision as soon as the hub's watch wakes, a change of the pending view (its
+queue position) when the view is re-read every `sse_queue_poll_ms`; a `: hb` comment after
+`sse_heartbeat_s` of silence; and it ends after a final state, or after `sse_max_s` (the client
+reconnects with `Last-Event-ID`).
+
+Event ids name the state the client then holds, so a resume sends exactly what is newer:
+`pending`, `pending.<position>` or `pending.<position>.<eta_ms>` while pending, and
+`<status>.<updated_at_ms>` once decided. They are ordered per purchase: pending before decided,
+a smaller position after a larger one (a position never increases), a later `updated_at_ms`
+after an earlier one. A state is sent when its id differs from the last one the client has and
+is not older than it; a client that holds the final state already gets `204 No Content`, which
+also tells `EventSource` to stop reconnecting.
+
+`GET /v1/skus/{sku}/events` (public) sends the SKU view at once and then at most one update per
+`sku_events_interval_ms`, only when it changed: one feed per SKU reads the hub on that interval
+and encodes the event once for all of its listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+from aiohttp import web
+
+from config.settings import Settings
+from ingest import edge, metrics, problems
+from ingest.purchases import owned_purchase, purchase_id_in_path, purchase_view, reader_of
+from ingest.results import PurchaseState, ResultsHub, Watch, is_final, newer, status_of
+from ingest.schemas import PurchaseView, encode_json, sku_view_of
+from ingest.skus import known_sku
+from ingest.state import STATE, Ingest
+from proto.messages import STATUSES, Decision, SkuState
+
+EVENT_STREAM = "text/event-stream"
+HEARTBEAT = b": hb\n\n"
+# Last-Event-ID is the client's echo of an id this server made: anything longer is not one.
+EVENT_ID_LEN_MAX = 64
+_PENDING_UNPLACED = -(2**63)
+GONE_CHECK_S = 1.0  # `pending` without a position: before any placed pending state
+
+
+class Streams:
+    """The event streams this instance holds: the SKU feeds, their count, and the signal that
+    ends every stream when the server shuts down."""
+
+    def __init__(self, sku_streams_max: int, interval_s: float, retry_after_s: int) -> None:
+        self.sku_streams_max = sku_streams_max
+        self.interval_s = interval_s
+        self.retry_after_s = retry_after_s
+        self.sku_streams = 0
+        self.feeds: dict[str, SkuFeed] = {}
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @contextmanager
+    def listening(self, hub: ResultsHub, state: SkuState, request: web.Request) -> Iterator[Listener]:
+        """A listener on the SKU's feed for the duration of a request (503 beyond the bound)."""
+        if self.sku_streams >= self.sku_streams_max:
+            raise problems.Rejection(
+                503, "too_many_streams", "Too many event streams",
+                f"this instance holds {self.sku_streams_max} SKU event streams already",
+                retry_after_s=self.retry_after_s,
+            )
+        feed = self.feeds.get(state.sku)
+        if feed is None:
+            feed = self.feeds[state.sku] = SkuFeed(hub, state, self.interval_s)
+        listener = Listener(feed, request)
+        feed.listeners.add(listener)
+        self.sku_streams += 1
+        metrics.EVENT_STREAMS.labels("sku").inc()
+        try:
+            yield listener
+        finally:
+            self.sku_streams -= 1
+            metrics.EVENT_STREAMS.labels("sku").dec()
+            feed.listeners.discard(listener)
+            if not feed.listeners:
+                feed.stop()
+                del self.feeds[state.sku]
+
+    def close(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for feed in self.feeds.values():
+            feed.stop()
+
+
+class Listener:
+    """One SKU stream. Its feed completes `wake` when the event changed or the client left."""
+
+    __slots__ = ("feed", "request", "wake")
+
+    def __init__(self, feed: SkuFeed, request: web.Request) -> None:
+        self.feed = feed
+        self.request = request
+        self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def rearm(self) -> None:
+        if self.wake.done():
+            self.wake = asyncio.get_running_loop().create_future()
+
+    def wake_up(self) -> None:
+        if not self.wake.done():
+            self.wake.set_result(None)
+
+
+class SkuFeed:
+    """One SKU's latest event, re-read from the hub every `interval_s` while anyone listens and
+    encoded once for all of them. The same tick finds the listeners whose client has gone (a
+    handler is not told), so their places are given back within a tick, not a heartbeat."""
+
+    def __init__(self, hub: ResultsHub, state: SkuState, interval_s: float) -> None:
+        self.hub = hub
+        self.sku = state.sku
+        self.interval_s = interval_s
+        self.listeners: set[Listener] = set()
+        self.state = state
+        self.event = sku_event(state)
+        self._task = asyncio.create_task(self._run(), name=f"sku-feed-{self.sku}")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            state = self.hub.skus.get(self.sku)
+            if state is not None and state is not self.state:
+                self.state = state
+                event = sku_event(state)
+                if event != self.event:
+                    self.event = event
+                    for listener in self.listeners:
+                        listener.wake_up()
+                    continue
+            for listener in self.listeners:
+                if _gone(listener.request):
+                    listener.wake_up()
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+STREAMS = web.AppKey("event_streams", Streams)
+
+
+def setup(app: web.Application, settings: Settings) -> None:
+    async def streams(app: web.Application) -> AsyncIterator[None]:
+        app[STREAMS] = Streams(
+            settings.sku_streams_max, settings.sku_events_interval_ms / 1000, settings.retry_after_s
+        )
+        yield
+        app[STREAMS].close()
+
+    async def end_streams(app: web.Application) -> None:
+        # Before aiohttp waits for the open handlers: streams end now, cleanly, not at the cut-off.
+        app[STREAMS].close()
+
+    app.cleanup_ctx.append(streams)
+    app.on_shutdown.append(end_streams)
+    # No HEAD: it would hold the connection for a stream whose body it never sends.
+    app.router.add_get("/v1/purchases/{id}/events", purchase_events, allow_head=False)
+    app.router.add_get("/v1/skus/{sku}/events", sku_events, allow_head=False)
+
+
+# -- the wire format -----------------------------------------------------------------------
+
+
+def event(name: str, data: bytes, event_id: str | None = None) -> bytes:
+    # JSON from msgspec has no raw newlines, so every event is one `data:` line.
+    head = f"id: {event_id}\nevent: {name}\n" if event_id is not None else f"event: {name}\n"
+    return head.encode() + b"data: " + data + b"\n\n"
+
+
+def sku_event(state: SkuState) -> bytes:
+    return event("sku", encode_json(sku_view_of(state)))
+
+
+def _queue(view: PurchaseView) -> tuple[int | None, int | None]:
+    """(position, eta_ms) of a pending view's `queue`, (None, None) without one."""
+    if view.queue is None:
+        return None, None
+    return view.queue.position, view.queue.eta_ms
+
+
+def event_id(state: PurchaseState, view: PurchaseView) -> str:
+    if isinstance(state, Decision):
+        return f"{state.status}.{state.updated_at_ms}"
+    position, eta_ms = _queue(view)
+    if position is None:
+        return "pending"
+    return f"pending.{position}" if eta_ms is None else f"pending.{position}.{eta_ms}"
+
+
+def event_order(eid: str) -> tuple[int, int] | None:
+    """Where an id stands in its purchase's history; None for a string that is not our id."""
+    if len(eid) > EVENT_ID_LEN_MAX:
+        return None
+    status, _, rest = eid.partition(".")
+    if status == "pending":
+        if not rest:
+            return (0, _PENDING_UNPLACED)
+        position = rest.partition(".")[0]
+        return (0, -int(position)) if _is_number(position) else None
+    if status in STATUSES and _is_number(rest):  # a decided status (pending is above)
+        return (1, int(rest))
+    return None
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # str.isdigit alone takes "²", which int() refuses
+
+
+def is_news(eid: str, held: str | None) -> bool:
+    """Whether a client holding the state `held` (None: nothing) should get the state `eid`."""
+    if held is None:
+        return True
+    if eid == held:
+        return False
+    mine, theirs = event_order(eid), event_order(held)
+    return theirs is None or mine is None or mine >= theirs
+
+
+# -- the routes ----------------------------------------------------------------------------
+
+
+def _view(ing: Ingest, state: PurchaseState) -> PurchaseView:
+    # The one place the stream builds a view: the view GET /v1/purchases/{id} answers.
+    return purchase_view(ing, state)
+
+
+async def _open(request: web.Request, settings: Settings) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={
+        "Content-Type": EVENT_STREAM,
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",  # a proxy in front (nginx) must not hold events back
+    })
+    await resp.prepare(request)
+    await resp.write(f"retry: {settings.sse_retry_ms}\n\n".encode())
+    return resp
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def purchase_events(request: web.Request) -> web.StreamResponse:
+    ing = request.app[STATE]
+    reader = reader_of(ing, request)
+    pid = purchase_id_in_path(request)
+    held = request.headers.get("Last-Event-ID") or None
+    with ing.hub.watching(pid, True, client=edge.client_of(request), buyer=reader) as watch:
+        current = await owned_purchase(ing, pid, reader, edge.client_of(request))
+        if watch is None:
+            raise problems.Rejection(
+                503, "too_many_streams", "Too many event streams",
+                "this instance holds waiters_max long-polls and streams already",
+                retry_after_s=ing.settings.retry_after_s,
+            )
+        current = newer(current, watch.decision)
+        if is_final(current) and held == event_id(current, _view(ing, current)):
+            return web.Response(status=204)  # the client has the last word already
+        resp = await _open(request, ing.settings)
+        metrics.EVENT_STREAMS.labels("purchase").inc()
+        try:
+            await _stream_purchase(request, resp, ing, watch, current, held)
+        except ConnectionResetError:
+            pass  # the client went away
+        finally:
+            metrics.EVENT_STREAMS.labels("purchase").dec()
+    return resp
+
+
+async def _stream_purchase(
+    request: web.Request, resp: web.StreamResponse, ing: Ingest, watch: Watch,
+    current: PurchaseState, held: str | None,
+) -> None:
+    settings = ing.settings
+    closed = request.app[STREAMS].closed
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.sse_max_s
+    quiet_until = loop.time() + settings.sse_heartbeat_s
+    while True:
+        # Re-arm before reading: a decision landing while this loop writes is in watch.decision.
+        watch.rearm()
+        current = newer(current, watch.decision)
+        view = _view(ing, current)
+        eid = event_id(current, view)
+        if is_news(eid, held):
+            await resp.write(event("purchase", encode_json(view), eid))
+            held = eid
+            quiet_until = loop.time() + settings.sse_heartbeat_s
+        if is_final(current):
+            break
+        now = loop.time()
+        if now >= deadline or closed.done() or _gone(request):
+            break
+        if now >= quiet_until:
+            await resp.write(HEARTBEAT)
+            quiet_until = now + settings.sse_heartbeat_s
+        # Pending: the queue position moves without a decision. Otherwise still look for a
+        # client that left now and then (nothing tells the handler), to free its place.
+        tick_s = settings.sse_queue_poll_ms / 1000 if status_of(current) == "pending" else GONE_CHECK_S
+        timeout = min(min(deadline, quiet_until) - now, tick_s)
+        await asyncio.wait((watch.fut, closed), timeout=max(timeout, 0.0), return_when=FIRST_COMPLETED)
+    await resp.write_eof()
+
+
+async def sku_events(request: web.Request) -> web.StreamResponse:
+    ing = request.app[STATE]
+    streams = request.app[STREAMS]
+    state = await known_sku(ing, request)
+    with streams.listening(ing.hub, state, request) as listener:
+        resp = await _open(request, ing.settings)
+        try:
+            await _stream_sku(request, resp, ing.settings, listener, streams.closed)
+        except ConnectionResetError:
+            pass
+    return resp
+
+
+async def _stream_sku(
+    request: web.Request, resp: web.StreamResponse, settings: Settings, listener: Listener,
+    closed: asyncio.Future[None],
+) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.sse_max_s
+    sent: bytes | None = None
+    while True:
+        listener.rearm()  # before reading the event: a change after this wakes the wait below
+        if listener.feed.event is not sent:
+            sent = listener.feed.event
+            await resp.write(sent)
+        now = loop.time()
+        if now >= deadline or closed.done() or _gone(request):
+            break
+        done, _ = await asyncio.wait(
+            (listener.wake, closed), timeout=min(settings.sse_heartbeat_s, deadline - now),
+            return_when=FIRST_COMPLETED,
+        )
+        if not done and loop.time() < deadline:
+            await resp.write(HEARTBEAT)
+    await resp.write_eof()
