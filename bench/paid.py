@@ -120,7 +120,7 @@ class FlashsalePaid(Flashsale):
     @classmethod
     async def launch_paid(cls, place: Place, processes: list[Process], shards: int,
                           ingests: int) -> FlashsalePaid:
-        settings, _ = await start_flashsale(place, processes, shards, ingests)
+        settings, _, _ = await start_flashsale(place, processes, shards, ingests)
         log_dir = place.root / "logs" / f"paid-{settings.namespace}"
         psp, psp_url = fakepsp_process(settings, log_dir, port=None, name="fakepsp", **PSP_RATES)
         processes.append(psp.start())

@@ -305,9 +305,9 @@ class RedisSeckill(Baseline):
 
 
 async def start_flashsale(place: Place, processes: list[procs.Process], shards: int,
-                          ingests: int) -> tuple[Settings, Path]:
+                          ingests: int) -> tuple[Settings, Path, list[str]]:
     """Starts the committers and ingest of a fresh flashsale (own database and namespace);
-    returns its settings and log directory."""
+    returns its settings, log directory and the /metrics URL of each ingest process."""
     n = next(_run_numbers)
     database_url = await _new_database(place.postgres, f"bench_fs_{n}")
     await apply_schema(database_url)
@@ -322,13 +322,17 @@ async def start_flashsale(place: Place, processes: list[procs.Process], shards: 
     processes.extend(committers)
     for shard, committer in enumerate(committers):
         await _wait_ready(committer, procs.committer_ready_url(s, shard))
+    metrics_urls = []
     for i in range(ingests):
-        ingest = procs.ingest(s, log_dir, "ingest" if i == 0 else f"ingest-{i + 1}").start()
+        # Each process serves its own /metrics, on a loopback port of its own.
+        own = msgspec.structs.replace(s, ingest_metrics_port=free_port())
+        ingest = procs.ingest(own, log_dir, "ingest" if i == 0 else f"ingest-{i + 1}").start()
         processes.append(ingest)
+        metrics_urls.append(procs.ingest_metrics_url(own))
         # One at a time: with a shared port, readiness only proves *some* process answers,
         # so each is checked before the next one starts.
         await _wait_ready(ingest, procs.ingest_ready_url(s))
-    return s, log_dir
+    return s, log_dir, metrics_urls
 
 
 @dataclass(kw_only=True)
@@ -341,16 +345,17 @@ class Flashsale(System):
     nc: Client
     js: JetStreamContext
     http: aiohttp.ClientSession
+    metrics_urls: list[str]
 
     @classmethod
     async def launch(cls, place: Place, processes: list[procs.Process], shards: int,
                      ingests: int) -> Flashsale:
-        settings, _ = await start_flashsale(place, processes, shards, ingests)
+        settings, _, metrics_urls = await start_flashsale(place, processes, shards, ingests)
         nc = await nats.connect(place.nats.url)
         return cls(name=place.name, root=place.root, postgres=place.postgres, nats=place.nats,
                    port=settings.ingest_port, database_url=settings.database_url, processes=processes,
                    shards=shards, ingests=ingests, settings=settings, nc=nc, js=nc.jetstream(),
-                   http=aiohttp.ClientSession())
+                   http=aiohttp.ClientSession(), metrics_urls=metrics_urls)
 
     def label(self) -> str:
         return f"flashsale/{self.shards}sh" + (f"/{self.ingests}in" if self.ingests > 1 else "")
@@ -377,14 +382,14 @@ class Flashsale(System):
             await conn.close()
 
     async def live(self) -> tuple[int, int | None]:
-        """Answers to POST /v1/purchases so far, from ingest's own Prometheus counter (with
-        several ingest processes on one port, from whichever answers: the live line is a hint)."""
-        async with self.http.get(f"{self.base_url}/metrics") as r:
-            text = await r.text()
+        """Answers to POST /v1/purchases so far, from every ingest process's own counter."""
         answered = 0.0
-        for line in text.splitlines():
-            if line.startswith("flashsale_ingest_requests_total{") and "purchases" in line:
-                answered += float(line.rsplit(" ", 1)[1])
+        for url in self.metrics_urls:
+            async with self.http.get(url) as r:
+                text = await r.text()
+            for line in text.splitlines():
+                if line.startswith("flashsale_ingest_requests_total{") and "purchases" in line:
+                    answered += float(line.rsplit(" ", 1)[1])
         return int(answered), await self.backlog()
 
     async def backlog(self) -> int | None:
