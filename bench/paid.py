@@ -120,7 +120,7 @@ class FlashsalePaid(Flashsale):
     @classmethod
     async def launch_paid(cls, place: Place, processes: list[Process], shards: int,
                           ingests: int) -> FlashsalePaid:
-        settings, _, _ = await start_flashsale(place, processes, shards, ingests)
+        settings, _, metrics_urls = await start_flashsale(place, processes, shards, ingests)
         log_dir = place.root / "logs" / f"paid-{settings.namespace}"
         psp, psp_url = fakepsp_process(settings, log_dir, port=None, name="fakepsp", **PSP_RATES)
         processes.append(psp.start())
@@ -134,7 +134,7 @@ class FlashsalePaid(Flashsale):
         return cls(name=place.name, root=place.root, postgres=place.postgres, nats=place.nats,
                    port=settings.ingest_port, database_url=settings.database_url, processes=processes,
                    shards=shards, ingests=ingests, settings=settings, nc=nc, js=nc.jetstream(),
-                   http=aiohttp.ClientSession(), psp_url=psp_url,
+                   http=aiohttp.ClientSession(), metrics_urls=metrics_urls, psp_url=psp_url,
                    admin=FakePspAdmin(psp_url, settings.psp_api_key))
 
     async def seed(self, stock_by_sku: dict[str, int]) -> None:
