@@ -488,12 +488,12 @@ async def test_a_long_poll_whose_client_left_gives_its_slot_back(system, setting
                                                 headers=bearer("leaver")).__aenter__())
 
             async def waiting() -> bool:
-                return (await metric(ops, base, "flashsale_ingest_waiters")).get("", 0) == 1
+                return (await metric(ops, s, "flashsale_ingest_waiters")).get("", 0) == 1
 
             await eventually(waiting)
             poll.cancel()  # the client closes the connection
 
             async def released() -> bool:
-                return (await metric(ops, base, "flashsale_ingest_waiters")).get("", 0) == 0
+                return (await metric(ops, s, "flashsale_ingest_waiters")).get("", 0) == 0
 
             await eventually(released, timeout_s=5)

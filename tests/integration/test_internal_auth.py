@@ -65,7 +65,7 @@ async def test_nats_refuses_anonymous_and_wrong_credentials(servers: Servers, se
     try:
         await ensure_streams(nc.jetstream(), settings)
         names = {s.config.name for s in await nc.jetstream().streams_info()}
-        assert settings.names.intents_stream in names  # with the generated credentials: all there
+        assert settings.names.intents_stream(0) in names  # with the generated credentials: all there
     finally:
         await nc.close()
     anonymous = await nats_refuses(nats_url(port))
