@@ -83,7 +83,7 @@ def test_a_verified_token_is_remembered_until_it_expires():
     v = verifier(S1)
     token = jwt.encode(claims(exp=int(time.time()) + 10), S1, "HS256")
     assert v.subject(token, time.time()) == "alice"
-    v.hs256_secrets = [RETIRED]  # from now on only a remembered token passes
+    v._hs256_keys = [RETIRED.encode()]  # from now on only a remembered token passes
     assert v.subject(token, time.time() + 12) == "alice"  # within leeway of its exp
     with pytest.raises(Rejection):
         v.subject(token, time.time() + 60)  # past exp: verified again, and refused
@@ -131,3 +131,18 @@ def test_purchase_ids_need_the_server_secret():
     assert purchase_id(id_key(S1), "alice", "k") == purchase_id(id_key(S1), "alice", "k")
     assert purchase_id(id_key(S1), "alice", "k") != purchase_id(id_key("s2"), "alice", "k")
     assert purchase_id(id_key(S1), "alice", "k") != purchase_id(id_key(S1), "bob", "k")
+
+
+def test_hs256_edge_cases_match_the_standard():
+    v = verifier(S1)
+    assert v.subject(jwt.encode(claims(aud=["other", AUD]), S1, "HS256"), time.time()) == "alice"
+    assert v.subject(jwt.encode(claims(extra={"role": "vip"}), S1, "HS256"), time.time()) == "alice"
+    refused(v, jwt.encode(claims(aud=["other"]), S1, "HS256"))
+    refused(v, jwt.encode(claims(iss=None), S1, "HS256"))
+    refused(v, jwt.encode(claims(aud=None), S1, "HS256"))
+    refused(v, jwt.encode(claims(sub=7), S1, "HS256"))
+    refused(v, jwt.encode(claims(), S1, "HS256", headers={"crit": ["exp"]}))
+    header, payload, _ = jwt.encode(claims(), S1, "HS256").split(".")
+    refused(v, f"{header}.{payload}.")  # no signature
+    refused(v, f"{header}.{payload}.!!!!")  # not base64
+    refused(v, f"{header}.{payload}")  # two parts
