@@ -39,8 +39,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # Group commit of intents (ingest/batcher.py): the intents that arrive while a batch is being
     # stored go out together as one atomic batch, one disk flush for all.
     ingest_batch_max: int = 500  # intents per batch (nats-server allows 1000)
-    ingest_linger_ms: float = 0.0  # extra wait for a batch to fill; 0: only while one is in flight
-    ingest_batches_inflight_max: int = 2  # batches awaiting their ack at once, per shard
+    ingest_linger_ms: float = 5.0  # under load, a batch waits this long to fill (0: never)
+    ingest_batches_inflight_max: int = 1  # batches awaiting their ack at once, per shard
     # A shard whose writer sent no result or heartbeat for shard_silence_s has no live writer:
     # ingest then accepts at most shard_silent_accept_max more intents for it (503 beyond).
     shard_silence_s: float = 3.0
@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, kw_only=True):
 
     # committer
     batch_max: int = 2_000
+    # Under load, a batch waits this long for more intents before it is committed: fewer
+    # commits and result publishes (a disk flush each) per purchase. 0: never waits.
+    commit_linger_ms: float = 5.0
     fetch_timeout_s: float = 0.5  # idle wait for intents; also the expiry tick when idle
     seen_max: int = 2_000_000  # purchase ids a committer remembers before asking Postgres
     # Unacked intents of a killed committer come back after this. Short is safe: a redelivered
