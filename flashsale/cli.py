@@ -237,9 +237,12 @@ def _load_demo(settings: Settings, path: Path) -> None:
         return
     for item in out:
         print(f"flashsale: sale {path.name}: {msgspec.json.encode(item).decode()}", flush=True)
-    print(f"flashsale: ready: try\n  curl -si -X POST http://{settings.ingest_host}:{settings.ingest_port}"
-          "/v1/purchases -H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' "
-          "-H 'Prefer: wait=5' -d '{\"sku\": \"sneaker-42\", \"qty\": 1, \"user_id\": \"alice\"}'",
+    base = f"http://{settings.ingest_host}:{settings.ingest_port}"
+    print(f"flashsale: ready: the sale page is {base}/ ; or try\n"
+          "  ALICE=$(.venv/bin/flashsale token alice)\n"
+          f"  curl -si -X POST {base}/v1/purchases -H \"Authorization: Bearer $ALICE\" "
+          "-H 'Content-Type: application/json' -H 'Idempotency-Key: demo-1' "
+          "-H 'Prefer: wait=5' -d '{\"sku\": \"sneaker-42\", \"qty\": 1}'",
           flush=True)
 
 

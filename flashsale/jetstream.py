@@ -46,6 +46,9 @@ class ConnectionLog:
         self.name = name
         self.connected = True
         self._errors_seen: set[str] = set()
+        # The client, once connected: its own close() also calls the disconnect callback, and
+        # that is not a lost connection.
+        self.clients: list[NATS] = []
 
     async def on_error(self, exc: Exception) -> None:
         kind = type(exc).__name__
@@ -54,6 +57,8 @@ class ConnectionLog:
             log.warning("nats error", extra=kv(client=self.name, error=repr(exc)))
 
     async def on_disconnected(self) -> None:
+        if any(c.is_closed for c in self.clients):
+            return
         if self.connected:
             self.connected = False
             log.warning("nats lost", extra=kv(client=self.name))
@@ -88,7 +93,7 @@ async def connect_nats(
     to any other node when that one goes away, forever (a process never gives up on NATS).
     Connection changes are logged once each (`ConnectionLog`); the callbacks run after that."""
     state = ConnectionLog(name)
-    return await nats.connect(
+    nc = await nats.connect(
         servers=nats_servers(settings.nats_url),
         name=name,
         max_reconnect_attempts=-1,
@@ -98,6 +103,8 @@ async def connect_nats(
         reconnected_cb=_then(state.on_reconnected, reconnected_cb),
         **({"closed_cb": closed_cb} if closed_cb is not None else {}),
     )
+    state.clients.append(nc)
+    return nc
 
 
 def stream_limits(settings: Settings) -> StreamLimits:
