@@ -44,6 +44,9 @@ SOLD_OUT = 409
 DECIDED = frozenset({"reserved", "confirmed", "rejected", "expired", "cancelled"})
 
 
+STREAMS_MAX = 200  # event streams followed at once per generator process
+
+
 class GenSpec(msgspec.Struct, kw_only=True):
     host: str = "127.0.0.1"
     port: int
@@ -56,6 +59,9 @@ class GenSpec(msgspec.Struct, kw_only=True):
     concurrency: int = 64  # closed/retry: connections; open: most connections in flight
     wait_every: int = 0  # every Nth request carries `Prefer: wait=wait_s` (0 = none)
     wait_s: int = 5
+    # Every Nth request without Prefer: wait is followed through its event stream
+    # (GET /v1/purchases/{id}/events) to its decision, as a buyer's app would (0 = none).
+    stream_every: int = 0
     timeout_s: float = 10.0  # per request; past this it counts as an error (open/closed)
     retry_timeout_s: float = 0.05  # retry mode: the impatient buyer's timeout
     retry_attempts: int = 5
@@ -72,6 +78,7 @@ class GenResult(msgspec.Struct):
     sent: int = 0
     accept_ms: list[float] = []  # POST -> 2xx, for requests without Prefer: wait
     decision_ms: list[float] = []  # POST -> decided state in the answer
+    stream_decision_ms: list[float] = []  # POST -> decided state on the purchase's event stream
     undecided: int = 0  # Prefer: wait requests still pending when answered
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
@@ -165,6 +172,7 @@ class Generator:
         self._tokens = [b',"payment_token":"%s"' % t.encode() for t in spec.payment_tokens]
         buyers = read_tokens(Path(spec.tokens_file)) if spec.tokens_file else []
         self._auth = [b"Authorization: Bearer %s\r\n" % t.encode() for t in buyers] or [b""]
+        self._followers: set[asyncio.Task[None]] = set()
 
     def build(self, n: int, wait: bool) -> bytes:
         """Request n: the buyer of token line n (or n mod the lines, see GenSpec.repeat_buyers),
@@ -228,6 +236,41 @@ class Generator:
             self._error(type(e).__name__)
         return None
 
+    def _maybe_follow(self, n: int, wait: bool, answer: _Answer | None, sent_at: float) -> None:
+        spec = self.spec
+        if wait or not spec.stream_every or n % spec.stream_every != spec.stream_every // 2:
+            return
+        if answer is None or not answer.id:
+            return
+        if answer.status in DECIDED:
+            self.result.stream_decision_ms.append((now() - sent_at) * 1000)
+            return
+        if len(self._followers) < STREAMS_MAX:
+            task = asyncio.create_task(self._follow(answer.id, self._auth[n % len(self._auth)], sent_at))
+            self._followers.add(task)
+            task.add_done_callback(self._followers.discard)
+
+    async def _follow(self, pid: str, auth: bytes, sent_at: float) -> None:
+        """Read the purchase's event stream until an event carries a decided state."""
+        spec = self.spec
+        request = (b"GET /v1/purchases/%s/events HTTP/1.1\r\nHost: %s:%d\r\n%sAccept: text/event-stream"
+                   b"\r\n\r\n" % (pid.encode(), spec.host.encode(), spec.port, auth))
+        try:
+            async with asyncio.timeout(spec.timeout_s):
+                reader, writer = await asyncio.open_connection(spec.host, spec.port)
+                try:
+                    writer.write(request)
+                    while line := await reader.readline():
+                        if line.startswith(b"data:"):
+                            answer = _decode_answer(line[5:].strip())
+                            if answer.status in DECIDED:
+                                self.result.stream_decision_ms.append((now() - sent_at) * 1000)
+                                return
+                finally:
+                    writer.close()
+        except (TimeoutError, OSError, msgspec.DecodeError):
+            self._error("stream")
+
     async def open_worker(self, counter: itertools.count[int], conn: HttpConn) -> None:
         spec = self.spec
         end = self.t0 + spec.duration_s
@@ -244,7 +287,8 @@ class Generator:
             self.result.sent += 1
             got = await self._send(conn, self.build(n, wait), spec.timeout_s)
             if got is not None:
-                self._record(got[0], got[1], (now() - due) * 1000, wait)
+                answer = self._record(got[0], got[1], (now() - due) * 1000, wait)
+                self._maybe_follow(n, wait, answer, due)
         conn.close()
 
     async def closed_worker(self, counter: itertools.count[int], conn: HttpConn) -> None:
@@ -343,6 +387,8 @@ class Generator:
         await asyncio.sleep(max(0.0, self.t0 - now()))
         ticker = asyncio.create_task(self.progress())
         await asyncio.gather(*(job(counter, c) for c in conns))
+        if self._followers:  # the last streams still on their way to a decision
+            await asyncio.wait(set(self._followers), timeout=spec.timeout_s)
         ticker.cancel()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         self.result.cpu_s = usage.ru_utime + usage.ru_stime

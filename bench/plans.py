@@ -101,8 +101,12 @@ def _open_phases(prefix: str, system: str, args: argparse.Namespace) -> list[Pha
     """One open-loop phase per fraction of the max, each on its own SKU `<prefix>-1`, `-2`, ..."""
     # echo decides nothing: no request of its open-loop phases waits for a decision.
     wait_every = 0 if system == "echo" else 10
+    # Only flashsale has event streams: every 10th of its requests (between the long-polled
+    # ones) is followed on its stream to the decision, as a buyer's app would.
+    stream_every = 10 if system == "flashsale" else 0
     return [PhasePlan(f"open@{f:g}", "open", [f"{prefix}-{i + 1}"], args.duration_s,
-                      wait_every=wait_every, repeat_buyers=_echo_pool(system))
+                      wait_every=wait_every, stream_every=stream_every,
+                      repeat_buyers=_echo_pool(system))
             for i, f in enumerate(args.fractions)]
 
 

@@ -194,8 +194,28 @@ def render_report(result: RunResult) -> str:
                 "`rejected` after a transaction). Reported apart from the accepted path: most answers "
                 "here are not orders.", ""]
         out += render_sellout_targets(h)
+    out += render_streams(result.runs)
     out += ["", *render_body(result)]
     return "\n".join(out) + "\n"
+
+
+def render_streams(runs: Sequence[SystemRun]) -> list[str]:
+    """Time to the decision as a buyer's app sees it without polling: every 10th request of
+    flashsale's open-loop phases is followed on its event stream, beside the long-polled ones."""
+    rows = []
+    for run in runs:
+        for p in run.phases:
+            if p.stream_decision.count:
+                s, d = p.stream_decision, p.decision
+                rows.append([p.scenario, p.system, p.phase, s.count, s.p50, s.p95, s.p99, s.max, d.p99])
+    if not rows:
+        return []
+    return ["", "## Time to decision through the event stream", "",
+            "POST -> the decided state on `GET /v1/purchases/{id}/events`, from the intended send "
+            "time (ms); beside it the p99 of the long-polled requests (`Prefer: wait`) of the same "
+            "phase.", "",
+            render_table(["scenario", "system", "phase", "samples", "stream p50", "stream p95",
+                          "stream p99", "stream max", "long-poll p99"], rows)]
 
 
 def render_sellout_targets(h: Headline) -> list[str]:

@@ -33,6 +33,8 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     decisions_per_s: float | None = None
     accept: LatencySummary = msgspec.field(default_factory=LatencySummary)
     decision: LatencySummary = msgspec.field(default_factory=LatencySummary)
+    # POST -> the decided state on the purchase's event stream (flashsale's open-loop phases)
+    stream_decision: LatencySummary = msgspec.field(default_factory=LatencySummary)
     decision_db: LatencySummary = msgspec.field(default_factory=LatencySummary)
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}

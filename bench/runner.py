@@ -49,6 +49,7 @@ class PhasePlan:
     rate: float | None = None  # open loop, total over all generator processes
     connections: int = 64  # closed loop / retry: total
     wait_every: int = 10  # open loop: every Nth request waits for its decision
+    stream_every: int = 0  # open loop: every Nth request is followed on its event stream
     sampler_rate: float = 0.0  # closed loop: decision-latency sampler beside the load
     use_wrk: bool = True
     retry_timeout_s: float = 0.03
@@ -168,7 +169,8 @@ class _Phase:
         specs: list[GenSpec] = []
         if plan.mode == "open":
             assert plan.rate
-            specs = [spec(i, mode="open", rate=r, concurrency=OPEN_CONNECTIONS, wait_every=plan.wait_every)
+            specs = [spec(i, mode="open", rate=r, concurrency=OPEN_CONNECTIONS, wait_every=plan.wait_every,
+                          stream_every=plan.stream_every)
                      for i, r in enumerate(split_rate(plan.rate, GEN_PROCESSES))]
         elif plan.mode == "retry":
             specs = [spec(i, mode="retry", concurrency=plan.connections // GEN_PROCESSES, wait_s=1,

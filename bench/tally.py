@@ -27,6 +27,7 @@ def add_generators(result: PhaseResult, tally: Tally, gens: list[GenProcess], si
     """Adds the Python generators' result files to the phase."""
     accept_ms: list[float] = []
     decision_ms: list[float] = []
+    stream_ms: list[float] = []
     lag_ms: list[float] = []
     retry = {"logical": 0, "retries": 0, "gave_up": 0, "id_mismatch": 0}
     for gen in gens:
@@ -39,6 +40,7 @@ def add_generators(result: PhaseResult, tally: Tally, gens: list[GenProcess], si
         tally.ids.update(g.accepted_ids)
         accept_ms += g.accept_ms
         decision_ms += g.decision_ms
+        stream_ms += g.stream_decision_ms
         lag_ms += g.lag_ms
         tally.accepted += sum(n for code, n in g.statuses.items() if code.startswith("2"))
         tally.answered += g.answered
@@ -50,6 +52,7 @@ def add_generators(result: PhaseResult, tally: Tally, gens: list[GenProcess], si
             result.errors["undecided_after_wait"] = result.errors.get("undecided_after_wait", 0) + g.undecided
     result.accept = summarize(accept_ms)
     result.decision = summarize(decision_ms)
+    result.stream_decision = summarize(stream_ms)
     if lag_ms:
         result.gen_lag_p99_ms = summarize(lag_ms).p99
     if mode == "retry":

@@ -12,6 +12,7 @@ from bench.report import (
     headline,
     projection,
     render_report,
+    render_streams,
     render_table,
 )
 from bench.runner import PhaseResult, SystemRun
@@ -133,3 +134,13 @@ def test_report_has_accepted_path_tables_apart_from_sell_out() -> None:
     assert "a new token 50.0 us" in text
     flush_row = "| accepted | flashsale/2sh | max | 80,000 | 4,000 | 333.3 | 0.050 | 1.5 | 0.001 | device |"
     assert flush_row in text
+
+
+def test_event_stream_decisions_get_their_own_table() -> None:
+    runs = _runs()
+    assert render_streams(runs) == []  # no phase followed its purchases on their streams
+    phase = runs[2].phases[1]
+    phase.stream_decision = summarize([2.0, 3.0, 50.0])
+    table = "\n".join(render_streams(runs))
+    assert "Time to decision through the event stream" in table
+    assert "| hot-sku | flashsale/2sh | open@0.8 | 3 |" in table
