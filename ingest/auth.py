@@ -29,6 +29,7 @@ HS_ALGORITHMS = ["HS256"]
 PUBLIC_KEY_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 VERIFIED_TOKENS_MAX = 100_000
 TOKEN_LEN_MAX = 4096
+HEADERS_MAX = 64  # distinct token headers remembered (alg, typ, kid: a handful per issuer)
 HS256_SECRET_MIN_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash
 DEV_TOKEN_TTL_S = 3600
 _REQUIRED_CLAIMS = ["exp", "sub", "iss", "aud"]
@@ -68,6 +69,7 @@ class BuyerVerifier:
             raise ConfigError(f"every jwt_hs256_secrets entry needs >= {HS256_SECRET_MIN_BYTES} bytes")
         self.hs256_secrets = hs256_secrets
         self._hs256_keys = [s.encode() for s in hs256_secrets]
+        self._headers: dict[str, dict[str, Any]] = {}  # header segment -> parsed header
         self.public_keys = public_keys
         self.issuer = issuer
         self.audience = audience
@@ -107,19 +109,39 @@ class BuyerVerifier:
         return sub
 
     def _verify(self, token: str) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError:
-            raise _unauthorized("malformed token") from None
+        header = self._header(token)
         alg = header.get("alg")
         try:
             if alg in HS_ALGORITHMS and self.hs256_secrets:
-                return self._verify_hs256(token, header)
-            if alg in PUBLIC_KEY_ALGORITHMS and self.public_keys:
-                return self._verify_public(token, header.get("kid"), alg)
+                claims = self._verify_hs256(token, header)
+            elif alg in PUBLIC_KEY_ALGORITHMS and self.public_keys:
+                claims = self._verify_public(token, header.get("kid"), alg)
+            else:
+                raise _unauthorized(f"tokens signed with {alg!r} are not accepted")
         except jwt.InvalidTokenError as exc:
             raise _unauthorized(f"invalid token: {exc}") from None
-        raise _unauthorized(f"tokens signed with {alg!r} are not accepted")
+        # Only the headers of tokens that verified are remembered: junk cannot fill the table.
+        segment = token.partition(".")[0]
+        if segment not in self._headers and len(self._headers) < HEADERS_MAX:
+            self._headers[segment] = header
+        return claims
+
+    def _header(self, token: str) -> dict[str, Any]:
+        """The token's JOSE header. An issuer signs every token with the same few headers, so
+        they are parsed once each (bounded), not once per token."""
+        segment, dot, _ = token.partition(".")
+        if not dot or token.count(".") != 2:
+            raise _unauthorized("malformed token")
+        header = self._headers.get(segment)
+        if header is not None:
+            return header
+        try:
+            parsed = json.loads(_b64url(segment))
+        except (jwt.DecodeError, ValueError, UnicodeDecodeError):
+            raise _unauthorized("malformed token") from None
+        if not isinstance(parsed, dict):
+            raise _unauthorized("malformed token")
+        return parsed
 
     def _decode(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
         claims: dict[str, Any] = jwt.decode(
@@ -135,7 +157,7 @@ class BuyerVerifier:
         changed byte anywhere fails), then exp/nbf with leeway, iss and aud."""
         if "crit" in header:
             raise jwt.InvalidTokenError("critical header extensions are not understood")
-        head, payload, signature = token.split(".")  # three parts: get_unverified_header checked
+        head, payload, signature = token.split(".")  # three parts: _header checked
         signing_input = f"{head}.{payload}".encode()
         given = _b64url(signature)
         # Rotation: every configured secret (the newest first), until their tokens expired.
