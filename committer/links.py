@@ -58,7 +58,7 @@ class Links:
         try:
             js = nc.jetstream()
             await ensure_streams(js, settings)
-            conn = await _connect_postgres(settings, shard, health)
+            conn = await _connect_postgres(settings, shard)
         except BaseException:
             await watch.close(nc)
             raise
@@ -128,7 +128,7 @@ def postgres_session(settings: Settings, shard: int) -> dict[str, str]:
     }
 
 
-async def _connect_postgres(settings: Settings, shard: int, health: Health) -> asyncpg.Connection:
+async def _connect_postgres(settings: Settings, shard: int) -> asyncpg.Connection:
     try:
         conn = await asyncpg.connect(
             settings.database_url,

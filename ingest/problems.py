@@ -43,21 +43,10 @@ def problem(
     headers: dict[str, str] | None = None,
     instance: str | None = None,
 ) -> web.Response:
-    body = Problem(
-        type=PROBLEM_BASE + slug,
-        title=title,
-        status=status,
-        detail=detail,
+    return Rejection(
+        status, slug, title, detail, errors=errors, retry_after_s=retry_after_s, headers=headers,
         instance=instance,
-        errors=errors,
-        retry_after_s=retry_after_s,
-    )
-    out_headers: dict[str, Any] = dict(headers or {})
-    if retry_after_s is not None:
-        out_headers["Retry-After"] = str(retry_after_s)
-    return web.Response(
-        status=status, body=_encode_json(body), content_type=PROBLEM_CONTENT_TYPE, headers=out_headers
-    )
+    ).response()
 
 
 class Rejection(Exception):
@@ -74,6 +63,7 @@ class Rejection(Exception):
         errors: list[FieldError] | None = None,
         retry_after_s: int | None = None,
         headers: dict[str, str] | None = None,
+        instance: str | None = None,
     ) -> None:
         super().__init__(f"{status} {slug}: {detail}")
         self.status = status
@@ -83,12 +73,18 @@ class Rejection(Exception):
         self.errors = errors
         self.retry_after_s = retry_after_s
         self.headers = headers
+        self.instance = instance
 
     def response(self) -> web.Response:
-        return problem(
-            self.status, self.slug, self.title, self.detail, errors=self.errors,
-            retry_after_s=self.retry_after_s, headers=self.headers,
+        body = Problem(
+            type=PROBLEM_BASE + self.slug, title=self.title, status=self.status, detail=self.detail,
+            instance=self.instance, errors=self.errors, retry_after_s=self.retry_after_s,
         )
+        headers: dict[str, Any] = dict(self.headers or {})
+        if self.retry_after_s is not None:
+            headers["Retry-After"] = str(self.retry_after_s)
+        return web.Response(status=self.status, body=_encode_json(body),
+                            content_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 
 def overloaded(detail: str, retry_after_s: int) -> web.Response:

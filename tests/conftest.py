@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,13 +122,18 @@ class System:
             p.stop()
 
 
-@pytest.fixture
-def system(settings: Settings, tmp_path: Path):
-    sys_ = System(settings, tmp_path / "logs")
+def running(settings: Settings, log_dir: Path) -> Iterator[System]:
+    """A System for one test: stopped afterwards, its processes' log tails printed."""
+    sys_ = System(settings, log_dir)
     yield sys_
     sys_.stop()
     for p in sys_.processes.values():
         print(f"--- {p.name} log tail ---\n{p.log_tail(20)}")
+
+
+@pytest.fixture
+def system(settings: Settings, tmp_path: Path) -> Iterator[System]:
+    yield from running(settings, tmp_path / "logs")
 
 
 async def seed_sku(settings: Settings, sku: str, stock: int, **fields) -> None:

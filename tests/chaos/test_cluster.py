@@ -10,6 +10,7 @@ import logging
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from flashsale.jetstream import connect_nats, ensure_streams
 from proto.sharding import shard_of
 from tests.auth import bearer
 from tests.chaos import scaled
-from tests.conftest import Servers, System
+from tests.conftest import Servers, System, running
 from tests.flood import Attempt, FloodResult, check_invariants, plan, post_all
 from tests.integration.test_flood import create_sku
 from tests.util import eventually
@@ -61,12 +62,8 @@ def cluster_settings(settings: Settings, cluster: Cluster) -> Settings:
 
 
 @pytest.fixture
-def cluster_system(cluster_settings: Settings, tmp_path: Path):
-    sys_ = System(cluster_settings, tmp_path / "logs")
-    yield sys_
-    sys_.stop()
-    for p in sys_.processes.values():
-        print(f"--- {p.name} log tail ---\n{p.log_tail(20)}")
+def cluster_system(cluster_settings: Settings, tmp_path: Path) -> Iterator[System]:
+    yield from running(cluster_settings, tmp_path / "logs")
 
 
 async def replicas(js, settings: Settings) -> dict[str, int]:
