@@ -263,6 +263,7 @@ def render_body(result: RunResult) -> list[str]:
          "acc p50", "acc p95", "acc p99", "acc max", "dec p50", "dec p95", "dec p99", "dec max",
          "dec p99 (db)", "409 sold out", "errors"], rows))
     out += render_flushes(result.runs)
+    out += render_group_commit(result.runs)
     out += ["", "## Invariants (must all be 0)", ""]
     rows = []
     for run in result.runs:
@@ -455,6 +456,21 @@ def render_auth_cost(result: RunResult) -> list[str]:
     out.append(render_table(["system", "accepted/s new buyers", "accepted/s repeated buyers",
                              "front CPU us/req new", "front CPU us/req repeated", "difference (us)"], rows))
     return out
+
+
+def render_group_commit(runs: Sequence[SystemRun]) -> list[str]:
+    """Where a 202 waits: flashsale's intent batches beside the time to the answer."""
+    rows = [[run.scenario, p.system, p.phase, p.accepted_per_s, g.batches_per_s, g.intents_per_batch,
+             g.store_ms_per_batch, p.accept.p50]
+            for run in runs for p in run.phases if (g := p.group_commit) is not None]
+    if not rows:
+        return []
+    return ["", "## Group commit (flashsale's intent batches)", "",
+            "From ingest's own counters over the load window: batches of intents sent to JetStream "
+            "per second, intents per batch, and the mean time from a batch's first publish to "
+            "JetStream's answer (the stored batch, fsynced), beside the POST -> 202 median (ms).", "",
+            render_table(["scenario", "system", "phase", "accepted/s", "batches/s", "intents / batch",
+                          "store ms / batch", "acc p50"], rows)]
 
 
 def render_flushes(runs: Sequence[SystemRun]) -> list[str]:

@@ -12,6 +12,14 @@ from bench.stats import LatencySummary
 from bench.systems import Invariants
 
 
+class GroupCommit(msgspec.Struct, kw_only=True):
+    """flashsale's intent batches over a load window, from ingest's own counters."""
+
+    batches_per_s: float
+    intents_per_batch: float
+    store_ms_per_batch: float  # first publish of a batch to JetStream's answer, mean
+
+
 class PhaseResult(msgspec.Struct, kw_only=True):
     scenario: str
     system: str
@@ -45,6 +53,7 @@ class PhaseResult(msgspec.Struct, kw_only=True):
     answered_per_second: list[int] = []
     decided_per_second: list[int] = []
     retry: dict[str, int] | None = None
+    group_commit: GroupCommit | None = None  # flashsale only
     notes: list[str] = []
 
 

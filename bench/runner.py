@@ -22,9 +22,9 @@ from bench.cpu import CpuMark
 from bench.disk import Probe, Window
 from bench.generators import GenProcess, Live, show_progress, spawn_gen, spawn_wrk, wrk_available
 from bench.loadgen import GenSpec, Mode
-from bench.results import PhaseResult, SystemRun
+from bench.results import GroupCommit, PhaseResult, SystemRun
 from bench.stats import split_rate, summarize
-from bench.systems import System
+from bench.systems import BatchCounters, System
 from bench.tally import Tally, add_generators, add_totals, add_wrk
 
 # PhaseResult, SystemRun and wrk_available have their homes elsewhere; importers of this module
@@ -105,8 +105,10 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     wrk_tokens = phase.mint_wrk_tokens()
     flushes = Window(probe, sut.syncing_pids())
     await flushes.attach(work_dir)
+    batches_before = await sut.batch_counters()
     load = await phase.load(specs, wrk_tokens, flushes, profile_dir)
     result = phase.result(load)
+    result.group_commit = group_commit(batches_before, await sut.batch_counters(), plan.duration_s)
     tally = Tally()
     add_generators(result, tally, load.gens, phase.sink, plan.mode)
     if load.wrk_out is not None:
@@ -117,6 +119,16 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     for path in [phase.wrk_tokens_path, *(Path(s.tokens_file) for s in specs)]:
         path.unlink(missing_ok=True)
     return result, tally.ids
+
+
+def group_commit(before: BatchCounters | None, after: BatchCounters | None,
+                 duration_s: float) -> GroupCommit | None:
+    if before is None or after is None or after.batches <= before.batches:
+        return None
+    batches = after.batches - before.batches
+    return GroupCommit(batches_per_s=batches / duration_s,
+                       intents_per_batch=(after.intents - before.intents) / batches,
+                       store_ms_per_batch=1000 * (after.store_s - before.store_s) / batches)
 
 
 @dataclass

@@ -59,6 +59,22 @@ class Place:
     nats: Embedded
 
 
+@dataclass(frozen=True)
+class BatchCounters:
+    """ingest's monotonic intent batch counters, summed over ingest processes."""
+
+    batches: float
+    intents: float
+    store_s: float
+
+
+_BATCH_SERIES = {
+    "flashsale_ingest_intent_batches": "batches",
+    "flashsale_ingest_batched_intents": "intents",
+    "flashsale_ingest_intent_batch_store_seconds": "store_s",
+}
+
+
 @dataclass(kw_only=True)
 class System:
     """Base: one running system under test, built by a subclass's async `launch(...)`, which
@@ -110,6 +126,10 @@ class System:
     async def drain(self, timeout_s: float) -> bool:
         """Wait until everything accepted is decided. Baselines decide synchronously."""
         return True
+
+    async def batch_counters(self) -> BatchCounters | None:
+        """flashsale's intent batch counters so far (None: the system has none)."""
+        return None
 
     async def invariants(self, accepted_ids: set[str], stock: int,
                          repeat_skus: list[str]) -> Invariants:
@@ -381,16 +401,29 @@ class Flashsale(System):
         finally:
             await conn.close()
 
+    async def _metric_lines(self) -> list[str]:
+        """Every ingest process's /metrics, as lines."""
+        lines: list[str] = []
+        for url in self.metrics_urls:
+            async with self.http.get(url) as r:
+                lines += (await r.text()).splitlines()
+        return lines
+
     async def live(self) -> tuple[int, int | None]:
         """Answers to POST /v1/purchases so far, from every ingest process's own counter."""
         answered = 0.0
-        for url in self.metrics_urls:
-            async with self.http.get(url) as r:
-                text = await r.text()
-            for line in text.splitlines():
-                if line.startswith("flashsale_ingest_requests_total{") and "purchases" in line:
-                    answered += float(line.rsplit(" ", 1)[1])
+        for line in await self._metric_lines():
+            if line.startswith("flashsale_ingest_requests_total{") and "purchases" in line:
+                answered += float(line.rsplit(" ", 1)[1])
         return int(answered), await self.backlog()
+
+    async def batch_counters(self) -> BatchCounters | None:
+        totals = dict.fromkeys(_BATCH_SERIES.values(), 0.0)
+        for line in await self._metric_lines():
+            name, _, value = line.partition(" ")
+            if name in _BATCH_SERIES:
+                totals[_BATCH_SERIES[name]] += float(value)
+        return BatchCounters(**totals)
 
     async def backlog(self) -> int | None:
         """Intents published but not yet acked by their committer (JetStream's own count)."""

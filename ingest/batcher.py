@@ -68,6 +68,7 @@ class IntentBatcher:
         self.atomic = True  # until a stream says it takes no atomic batches
         self.batches = 0
         self.intents = 0
+        self.store_s = 0.0  # summed over batches: first publish to the server's answer
 
     @property
     def inflight(self) -> int:
@@ -123,6 +124,7 @@ class IntentBatcher:
                 self._wake.clear()
 
     async def _send(self, shard: int, batch: list[_Item]) -> None:
+        started_s = time.perf_counter()
         try:
             if len(batch) == 1 or not self.atomic:
                 await self._one_by_one(batch)
@@ -133,6 +135,7 @@ class IntentBatcher:
             self._sending -= len(batch)
             self.batches += 1
             self.intents += len(batch)
+            self.store_s += time.perf_counter() - started_s
             self._slot.set()
 
     async def _atomic(self, batch: list[_Item]) -> None:

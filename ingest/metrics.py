@@ -33,6 +33,11 @@ INTENT_BATCHES = Gauge(
 BATCHED_INTENTS = Gauge(
     "flashsale_ingest_batched_intents", "Intents sent in those batches (monotonic)", registry=REGISTRY
 )
+INTENT_BATCH_STORE_SECONDS = Gauge(
+    "flashsale_ingest_intent_batch_store_seconds",
+    "Seconds those batches took from their first publish to JetStream's answer, summed (monotonic)",
+    registry=REGISTRY,
+)
 WAITERS = Gauge("flashsale_ingest_waiters", "Long-polls waiting for a decision", registry=REGISTRY)
 EVENT_STREAMS = Gauge(
     "flashsale_ingest_event_streams", "Open Server-Sent Event streams, by kind (purchase, sku)",

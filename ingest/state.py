@@ -114,6 +114,7 @@ class Ingest:
         metrics.INFLIGHT.set_function(lambda: intents.inflight)
         metrics.INTENT_BATCHES.set_function(lambda: intents.batches)
         metrics.BATCHED_INTENTS.set_function(lambda: intents.intents)
+        metrics.INTENT_BATCH_STORE_SECONDS.set_function(lambda: intents.store_s)
         metrics.WAITERS.set_function(lambda: hub.watch_count)
         log.info("ingest connected",
                  extra=kv(nats=without_password(settings.nats_url), namespace=settings.namespace))
