@@ -24,6 +24,9 @@ class Settings(msgspec.Struct, kw_only=True):
     database_url: str = "postgresql://postgres@127.0.0.1:15432/flashsale"
     namespace: str = "fs"
     shards: int = 2
+    # A one-shot command (schema, set-sku, load-sale) gives up on NATS after this long; services
+    # retry forever.
+    command_connect_timeout_s: float = 10.0
 
     # ingest
     ingest_host: str = "127.0.0.1"

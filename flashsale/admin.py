@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from config.settings import Settings
-from flashsale.jetstream import connect_nats
+from flashsale.jetstream import connect_nats_for_command
 from proto.messages import (
     CLEARABLE_SKU_FIELDS,
     Payment,
@@ -174,7 +174,7 @@ def read_sale_file(path: Path) -> list[SkuUpsert]:
 
 
 async def load_sale(settings: Settings, path: Path, timeout_s: float = 10.0) -> list[SkuState | Refusal]:
-    nc = await connect_nats(settings, "flashsale-load-sale")
+    nc = await connect_nats_for_command(settings, "flashsale-load-sale")
     try:
         return await apply_upserts(nc, settings, read_sale_file(path), timeout_s)
     finally:

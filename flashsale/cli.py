@@ -37,7 +37,7 @@ from flashsale.embedded import (
     run_postgres,
     without_password,
 )
-from flashsale.jetstream import connect_nats, ensure_streams
+from flashsale.jetstream import connect_nats_for_command, ensure_streams
 from flashsale.supervision import APP_GROUP, Program, procfile_programs, write_conf
 from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
 from proto.messages import Refusal, SkuState
@@ -49,7 +49,7 @@ async def prepare(settings: Settings) -> None:
     """Schema and streams: idempotent, safe to run at every start."""
     await ensure_database(settings.database_url)
     await apply_schema(settings.database_url)
-    nc = await connect_nats(settings, "flashsale-prepare")
+    nc = await connect_nats_for_command(settings, "flashsale-prepare")
     try:
         await ensure_streams(nc.jetstream(), settings)
     finally:
@@ -232,7 +232,7 @@ def _load_demo(settings: Settings, path: Path) -> None:
         return
     try:
         out = asyncio.run(admin.load_sale(settings, path))
-    except admin.AdminError as e:
+    except (admin.AdminError, ConnectionError) as e:
         print(f"flashsale: demo sale not loaded: {e}", flush=True)
         return
     for item in out:
@@ -291,7 +291,7 @@ def cmd_set_sku(args: argparse.Namespace) -> int:
 
     async def run() -> list[SkuState | Refusal]:
         settings = _load()
-        nc = await connect_nats(settings, "flashsale-set-sku")
+        nc = await connect_nats_for_command(settings, "flashsale-set-sku")
         try:
             return await admin.apply_upserts(nc, settings, [upsert], args.timeout_s)
         finally:
@@ -362,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call([sys.executable, "-m", "gateway.reconcile", *argv[1:]], env=env)
     args = parser.parse_args(argv)
     command: Callable[[argparse.Namespace], int] = args.fn
-    return command(args)
+    try:
+        return command(args)
+    except ConnectionError as e:  # a server the command needs is down: say so, no traceback
+        print(f"flashsale: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

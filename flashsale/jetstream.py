@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -15,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from config.settings import Settings
+from flashsale.embedded import without_password
 from flashsale.logs import kv
 from proto.streams import StreamLimits, StreamSpec, stream_specs
 
@@ -105,6 +107,17 @@ async def connect_nats(
     )
     state.clients.append(nc)
     return nc
+
+
+async def connect_nats_for_command(settings: Settings, name: str) -> NATS:
+    """connect_nats for a command that runs once (schema, set-sku, load-sale): ConnectionError
+    when no node answers within `command_connect_timeout_s`, where a service retries forever."""
+    timeout_s = settings.command_connect_timeout_s
+    try:
+        return await asyncio.wait_for(connect_nats(settings, name), timeout_s)
+    except TimeoutError:
+        where = without_password(settings.nats_url)
+        raise ConnectionError(f"NATS unreachable at {where} for {timeout_s:g} s") from None
 
 
 def stream_limits(settings: Settings) -> StreamLimits:

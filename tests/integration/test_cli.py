@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import msgspec
+
 from config.settings import to_env
 
 
@@ -29,3 +31,12 @@ async def test_set_sku_and_load_sale_go_through_the_writer(system, settings, db,
     out = flashsale(settings, "load-sale", str(sale))
     assert out.returncode == 0, out.stderr
     assert dict(await db.fetch("SELECT sku, stock FROM skus WHERE sku IN ('a', 'b')")) == {"a": 3, "b": 4}
+
+
+def test_a_command_says_nats_is_down_instead_of_waiting_forever(settings):
+    down = msgspec.structs.replace(settings, nats_url="nats://flashsale:secret@127.0.0.1:1",
+                                   command_connect_timeout_s=1.0)
+    out = flashsale(down, "set-sku", "hot", "--stock", "5")
+    assert out.returncode == 1
+    assert "NATS unreachable at nats://flashsale:***@127.0.0.1:1 for 1 s" in out.stderr
+    assert "secret" not in out.stderr and "Traceback" not in out.stderr
