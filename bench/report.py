@@ -199,6 +199,13 @@ def render_report(result: RunResult) -> str:
     return "\n".join(out) + "\n"
 
 
+def section(title: str, intro: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """A `##` section of one table, or nothing when there are no rows."""
+    if not rows:
+        return []
+    return ["", f"## {title}", "", intro, "", render_table(headers, rows)]
+
+
 def render_streams(runs: Sequence[SystemRun]) -> list[str]:
     """Time to the decision as a buyer's app sees it without polling: every 10th request of
     flashsale's open-loop phases is followed on its event stream, beside the long-polled ones."""
@@ -208,14 +215,13 @@ def render_streams(runs: Sequence[SystemRun]) -> list[str]:
             if p.stream_decision.count:
                 s, d = p.stream_decision, p.decision
                 rows.append([p.scenario, p.system, p.phase, s.count, s.p50, s.p95, s.p99, s.max, d.p99])
-    if not rows:
-        return []
-    return ["", "## Time to decision through the event stream", "",
-            "POST -> the decided state on `GET /v1/purchases/{id}/events`, from the intended send "
-            "time (ms); beside it the p99 of the long-polled requests (`Prefer: wait`) of the same "
-            "phase.", "",
-            render_table(["scenario", "system", "phase", "samples", "stream p50", "stream p95",
-                          "stream p99", "stream max", "long-poll p99"], rows)]
+    return section(
+        "Time to decision through the event stream",
+        "POST -> the decided state on `GET /v1/purchases/{id}/events`, from the intended send "
+        "time (ms); beside it the p99 of the long-polled requests (`Prefer: wait`) of the same "
+        "phase.",
+        ["scenario", "system", "phase", "samples", "stream p50", "stream p95", "stream p99",
+         "stream max", "long-poll p99"], rows)
 
 
 def render_sellout_targets(h: Headline) -> list[str]:
@@ -463,14 +469,13 @@ def render_group_commit(runs: Sequence[SystemRun]) -> list[str]:
     rows = [[run.scenario, p.system, p.phase, p.accepted_per_s, g.batches_per_s, g.intents_per_batch,
              g.store_ms_per_batch, p.accept.p50]
             for run in runs for p in run.phases if (g := p.group_commit) is not None]
-    if not rows:
-        return []
-    return ["", "## Group commit (flashsale's intent batches)", "",
-            "From ingest's own counters over the load window: batches of intents sent to JetStream "
-            "per second, intents per batch, and the mean time from a batch's first publish to "
-            "JetStream's answer (the stored batch, fsynced), beside the POST -> 202 median (ms).", "",
-            render_table(["scenario", "system", "phase", "accepted/s", "batches/s", "intents / batch",
-                          "store ms / batch", "acc p50"], rows)]
+    return section(
+        "Group commit (flashsale's intent batches)",
+        "From ingest's own counters over the load window: batches of intents sent to JetStream "
+        "per second, intents per batch, and the mean time from a batch's first publish to "
+        "JetStream's answer (the stored batch, fsynced), beside the POST -> 202 median (ms).",
+        ["scenario", "system", "phase", "accepted/s", "batches/s", "intents / batch",
+         "store ms / batch", "acc p50"], rows)
 
 
 def render_flushes(runs: Sequence[SystemRun]) -> list[str]:
@@ -485,11 +490,10 @@ def render_flushes(runs: Sequence[SystemRun]) -> list[str]:
                          None if not f.window_s else round((f.flushes or 0) / f.window_s, 1),
                          fmt(flushes_per_accepted(p), 3), f.idle_per_s, fmt(per_flush, 3),
                          ", ".join(f"{k} {v:,}" for k, v in f.by_process.items()) or f.source])
-    if not rows:
-        return []
-    return ["", "## Disk flushes", "",
-            "From the load's start to the end of the drain. idle/s = the device's flushes per second "
-            "just before the load (other processes on the disk: the noise floor); ms/flush = the "
-            "device's time flushing / flushes (field 17).", "",
-            render_table(["scenario", "system", "phase", "accepted", "flushes", "flushes/s",
-                          "flushes / accepted", "idle/s", "ms/flush", "source"], rows)]
+    return section(
+        "Disk flushes",
+        "From the load's start to the end of the drain. idle/s = the device's flushes per second "
+        "just before the load (other processes on the disk: the noise floor); ms/flush = the "
+        "device's time flushing / flushes (field 17).",
+        ["scenario", "system", "phase", "accepted", "flushes", "flushes/s", "flushes / accepted",
+         "idle/s", "ms/flush", "source"], rows)
