@@ -57,6 +57,7 @@ class Dev:
             "FLASHSALE_NATS_MONITOR_PORT": str(free_port()),
             "FLASHSALE_PG_PORT": str(free_port()),
             "FLASHSALE_COMMITTER_METRICS_PORT": str(self.committer_port),
+            "FLASHSALE_INGEST_METRICS_PORT": str(free_port()),
             "FLASHSALE_SHARDS": str(SHARDS),
             "FLASHSALE_PSP_URL": f"http://127.0.0.1:{psp_port}",
         })
