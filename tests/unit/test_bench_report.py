@@ -11,13 +11,15 @@ from bench.report import (
     front_names,
     headline,
     projection,
+    render_group_commit,
     render_report,
     render_streams,
     render_table,
 )
-from bench.runner import PhaseResult, SystemRun
+from bench.results import GroupCommit
+from bench.runner import PhaseResult, SystemRun, group_commit
 from bench.stats import summarize
-from bench.systems import Invariants
+from bench.systems import BatchCounters, Invariants
 
 
 def _phase(system: str, phase: str, answered: float, accepted: float, p99s: list[float]) -> PhaseResult:
@@ -144,3 +146,21 @@ def test_event_stream_decisions_get_their_own_table() -> None:
     table = "\n".join(render_streams(runs))
     assert "Time to decision through the event stream" in table
     assert "| hot-sku | flashsale/2sh | open@0.8 | 3 |" in table
+
+
+def test_group_commit_figures_come_from_the_counters_difference():
+    before = BatchCounters(batches=10, intents=500, store_s=0.05)
+    after = BatchCounters(batches=110, intents=6_500, store_s=0.65)
+    g = group_commit(before, after, duration_s=2.0)
+    assert g == GroupCommit(batches_per_s=50.0, intents_per_batch=60.0, store_ms_per_batch=6.0)
+    assert group_commit(after, after, 2.0) is None  # no batch in the window: nothing to say
+    assert group_commit(None, after, 2.0) is None  # a system without the counters
+
+
+def test_the_group_commit_table_appears_only_for_phases_that_have_it():
+    runs = _runs()
+    assert render_group_commit(runs) == []
+    runs[2].phases[0].group_commit = GroupCommit(batches_per_s=50, intents_per_batch=60, store_ms_per_batch=6)
+    table = "\n".join(render_group_commit(runs))
+    assert "## Group commit" in table
+    assert "| hot-sku | flashsale/2sh | max | 300 | 50 | 60 | 6 |" in table
