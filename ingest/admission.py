@@ -61,10 +61,10 @@ def middleware(
             response = await _admit(request, handler, route)
         except web.HTTPException as exc:
             # Router 404/405 and aiohttp's own 413 for an oversized chunked body.
-            response = problems.problem(
+            response = problems.Rejection(
                 exc.status, _HTTP_SLUGS.get(exc.status, "http_error"), exc.reason,
                 exc.text or exc.reason,
-            )
+            ).response()
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
         except problems.Rejection as exc:
@@ -77,15 +77,15 @@ def middleware(
         except _DEPENDENCY_ERRORS as exc:
             metrics.SHEDS.labels("dependency_error").inc()
             log.warning("dependency error on %s %s: %r", request.method, route, exc)
-            response = problems.problem(
+            response = problems.Rejection(
                 503, "dependency_unavailable", "Dependency unavailable",
                 "a backing service did not answer; retry later", retry_after_s=retry_after_s,
-            )
+            ).response()
         except Exception:
             log.exception("unhandled error on %s %s", request.method, route)
-            response = problems.problem(
+            response = problems.Rejection(
                 500, "internal", "Internal error", "unexpected error; it has been logged"
-            )
+            ).response()
         metrics.count_request(route, response.status)
         if route == "/v1/purchases" and response.status == 202:
             metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
@@ -96,10 +96,10 @@ def middleware(
             declared = request.content_length
             if declared is not None and declared > body_max_bytes:
                 metrics.REJECTS.labels("body_too_large").inc()
-                return problems.problem(
+                return problems.Rejection(
                     413, "body_too_large", "Body too large",
                     f"request body is limited to {body_max_bytes} bytes",
-                )
+                ).response()
             if route in _PUBLISHING_ROUTES:
                 check_capacity()
         return await handler(request)

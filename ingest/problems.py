@@ -32,23 +32,6 @@ class Problem(msgspec.Struct, omit_defaults=True):
     retry_after_s: int | None = None
 
 
-def problem(
-    status: int,
-    slug: str,
-    title: str,
-    detail: str,
-    *,
-    errors: list[FieldError] | None = None,
-    retry_after_s: int | None = None,
-    headers: dict[str, str] | None = None,
-    instance: str | None = None,
-) -> web.Response:
-    return Rejection(
-        status, slug, title, detail, errors=errors, retry_after_s=retry_after_s, headers=headers,
-        instance=instance,
-    ).response()
-
-
 class Rejection(Exception):
     """A request refused with a problem. Any step of a handler raises it; the admission
     middleware answers it (and counts it by `slug`), so handlers read as a list of steps."""
@@ -88,7 +71,7 @@ class Rejection(Exception):
 
 
 def overloaded(detail: str, retry_after_s: int) -> web.Response:
-    return problem(503, "overloaded", "Service overloaded", detail, retry_after_s=retry_after_s)
+    return Rejection(503, "overloaded", "Service overloaded", detail, retry_after_s=retry_after_s).response()
 
 
 def not_found(detail: str) -> Rejection:

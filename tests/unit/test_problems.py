@@ -11,7 +11,8 @@ from ingest.schemas import PurchaseRequest
 
 
 def test_a_problem_is_problem_json_with_a_type_uri():
-    resp = problems.problem(409, "sold_out", "Sold out", "no stock", headers={"Idempotency-Key": "k"})
+    sold_out = problems.Rejection(409, "sold_out", "Sold out", "no stock", headers={"Idempotency-Key": "k"})
+    resp = sold_out.response()
     body = json.loads(resp.body)  # type: ignore[arg-type]
     assert resp.status == 409 and resp.content_type == problems.PROBLEM_CONTENT_TYPE
     assert body == {"type": problems.PROBLEM_BASE + "sold_out", "title": "Sold out", "status": 409,
