@@ -8,6 +8,7 @@ again. Errors are sorted into transient (retry with the same key) and final (act
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
@@ -107,6 +108,12 @@ class PaymentProvider(Protocol):
     def ledger(self, page_size: int = 100) -> AsyncIterator[PaymentIntent]: ...
 
     async def close(self) -> None: ...
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random = random._inst) -> float:
+    """Full jitter (sleep uniformly in [0, min(max, base * 2**attempt)]): retries from many
+    jobs that failed together spread out instead of hammering the PSP in lock-step."""
+    return rng.uniform(0, min(max_s, base_s * (2 ** attempt)))
 
 
 def idempotency_key(purchase_id: str, step: str, intent_id: str | None = None) -> str:

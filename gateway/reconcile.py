@@ -8,7 +8,9 @@
 Safe while the sale is live: a purchase still `reserved` may be about to be confirmed, and a
 capture younger than the grace period may be waiting for its refused confirm to be compensated by
 the gateway, so both are left alone. Idempotent: refunds and voids use the same idempotency keys
-as the gateway, and a second run finds nothing left to do.
+as the gateway, and a second run finds nothing left to do. Because the keys are the same, a
+refund or void whose answer got lost is simply sent again (bounded by `payment_attempts_max`);
+only a PSP that keeps failing leaves an error in the report.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import asyncio
 import logging
 import sys
 import time
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
 
 import asyncpg
 import msgspec
@@ -26,12 +29,14 @@ import msgspec
 from config.settings import Settings, load
 from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
-from gateway.psp import PaymentIntent, PaymentProvider, StripeLikePsp
+from gateway.psp import PaymentIntent, PaymentProvider, PspError, StripeLikePsp, backoff_s
 from proto.messages import Status
 
 log = logging.getLogger("gateway.reconcile")
 
 FLAGGED_IDS_MAX = 100  # ids listed in the report; the counts are always complete
+
+T = TypeVar("T")
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -84,14 +89,14 @@ async def reconcile(settings: Settings, *, repair: bool, grace_s: float | None =
         async for intent in psp.ledger(settings.reconcile_page_size):
             page.append(intent)
             if len(page) >= settings.reconcile_page_size:
-                await _check_page(conn, psp, page, unmatched, report, grace_s)
+                await _check_page(settings, conn, psp, page, unmatched, report, grace_s)
                 page = []
         if page:
-            await _check_page(conn, psp, page, unmatched, report, grace_s)
+            await _check_page(settings, conn, psp, page, unmatched, report, grace_s)
         for purchase_id, psp_ref in unmatched.items():
             # The purchase may have been confirmed after the ledger page holding its capture was
             # read; look once more at that one intent before flagging.
-            if psp_ref and await _is_live_capture(psp, psp_ref, purchase_id):
+            if psp_ref and await _is_live_capture(settings, psp, psp_ref, purchase_id):
                 report.captures_matched += 1
                 continue
             report.confirmed_without_capture += 1
@@ -107,16 +112,33 @@ async def reconcile(settings: Settings, *, repair: bool, grace_s: float | None =
     return report
 
 
-async def _is_live_capture(psp: PaymentProvider, psp_ref: str, purchase_id: str) -> bool:
+async def _retrying(settings: Settings, call: Callable[[], Awaitable[T]]) -> T:
+    """The call, again with the same idempotency key while the PSP's failure is transient (a
+    lost answer, a timeout, the key still in use), paced like the gateway's own retries."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except PspError as e:
+            if not e.transient or attempt >= settings.payment_attempts_max:
+                raise
+        await asyncio.sleep(backoff_s(attempt - 1, settings.payment_backoff_base_s,
+                                      settings.payment_backoff_max_s))
+
+
+async def _is_live_capture(settings: Settings, psp: PaymentProvider, psp_ref: str,
+                           purchase_id: str) -> bool:
     try:
-        intent = await psp.retrieve(psp_ref)
+        intent = await _retrying(settings, lambda: psp.retrieve(psp_ref))
     except Exception:
-        return False
+        return False  # gone (404), unreachable or unreadable: flagged, for a human to look at
     return intent.purchase_id == purchase_id and intent.net_captured_cents > 0
 
 
-async def _check_page(conn: asyncpg.Connection, psp: PaymentProvider, page: list[PaymentIntent],
-                      unmatched: dict[str, str], report: Report, grace_s: float) -> None:
+async def _check_page(settings: Settings, conn: asyncpg.Connection, psp: PaymentProvider,
+                      page: list[PaymentIntent], unmatched: dict[str, str], report: Report,
+                      grace_s: float) -> None:
     # Read the purchases after the ledger page: a capture listed before its confirm committed is
     # then seen either as confirmed (matched) or as reserved (skipped), never as an orphan.
     ids = list({i.purchase_id for i in page if i.purchase_id})
@@ -142,26 +164,26 @@ async def _check_page(conn: asyncpg.Connection, psp: PaymentProvider, page: list
             else:
                 report.orphan_captures += 1
             if report.repair:
-                await _repair(psp, report, purchase_id, intent, "refund")
+                await _repair(settings, psp, report, purchase_id, intent, "refund")
         elif intent.status == "requires_capture":
             if (row is not None and row.status == "reserved") or now_s - intent.created < grace_s:
                 report.skipped_in_flight += 1
                 continue
             report.stale_authorizations += 1
             if report.repair:
-                await _repair(psp, report, purchase_id, intent, "void")
+                await _repair(settings, psp, report, purchase_id, intent, "void")
 
 
-async def _repair(psp: PaymentProvider, report: Report, purchase_id: str, intent: PaymentIntent,
-                  action: Literal["refund", "void"]) -> None:
+async def _repair(settings: Settings, psp: PaymentProvider, report: Report, purchase_id: str,
+                  intent: PaymentIntent, action: Literal["refund", "void"]) -> None:
     try:
         if action == "refund":
-            refund = await psp.refund(purchase_id, intent.id)
+            refund = await _retrying(settings, lambda: psp.refund(purchase_id, intent.id))
             if refund is not None:
                 report.refunded += 1
                 report.refunded_cents += refund.amount
         else:
-            await psp.void(purchase_id, intent.id)
+            await _retrying(settings, lambda: psp.void(purchase_id, intent.id))
             report.voided += 1
     except Exception as e:
         report.errors += 1

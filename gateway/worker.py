@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -37,7 +36,7 @@ from flashsale.logs import kv
 from flashsale.pull import Puller
 from gateway.messages import DeadLetter, GiveUpReason, PspStep, encode_deadletter
 from gateway.metrics import COMPENSATIONS, DEADLETTERS, JOB_SECONDS, JOBS, JOBS_INFLIGHT, PSP_RETRIES
-from gateway.psp import CardDeclined, PaymentIntent, PaymentProvider, PspError
+from gateway.psp import CardDeclined, PaymentIntent, PaymentProvider, PspError, backoff_s
 from proto.clock import now_ms
 from proto.messages import (
     Confirm,
@@ -70,12 +69,6 @@ SKIPPED: Mapping[Status, Outcome] = {
     "pending": "skipped_pending", "confirmed": "skipped_confirmed", "rejected": "skipped_rejected",
     "expired": "skipped_expired", "cancelled": "skipped_cancelled",
 }
-
-
-def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random = random._inst) -> float:
-    """Full jitter (sleep uniformly in [0, min(max, base * 2**attempt)]): retries from many
-    jobs that failed together spread out instead of hammering the PSP in lock-step."""
-    return rng.uniform(0, min(max_s, base_s * (2 ** attempt)))
 
 
 class GiveUp(Exception):

@@ -124,3 +124,44 @@ async def test_reconcile_repairs_injected_mismatches_and_nothing_else(settings, 
     assert out.returncode == 1, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["confirmed_without_capture_ids"] == ["p_lost"] and report["refunded"] == 0
+
+
+async def test_reconcile_repairs_through_a_psp_that_loses_answers(settings, db, psp_url):
+    """Half the PSP's answers time out or get lost (the work still happens): reconciliation
+    retries with the same keys until each repair is answered, moves the money once, and has
+    nothing left to do afterwards."""
+    s = msgspec.structs.replace(settings, psp_url=psp_url, payment_attempts_max=40,
+                                payment_backoff_base_s=0.01, payment_backoff_max_s=0.05)
+    admin = FakePspAdmin(psp_url, s.psp_api_key)
+    psp = StripeLikePsp(psp_url, s.psp_api_key, timeout_s=0.1)
+    try:
+        # Ten of each: twenty repairs, of which some first answers are lost for sure (1 - 2**-20).
+        # Not tok_visa: the fake PSP never fails a request about a tok_visa payment.
+        orphans = []
+        for i in range(10):
+            auth = await psp.authorize(f"p_gone{i}", 500, "tok_mastercard")
+            orphans.append((await psp.capture(f"p_gone{i}", auth.id)).id)
+        stale = [(await psp.authorize(f"p_let_go{i}", 500, "tok_mastercard")).id for i in range(10)]
+        for i in range(10):
+            await add_purchase(db, f"p_gone{i}", "expired")
+            await add_purchase(db, f"p_let_go{i}", "cancelled")
+        admin.set_rates(timeout_rate=0.25, lost_rate=0.25, hang_s=0.2)
+
+        fixed = await reconcile(s, repair=True, grace_s=0, psp=psp)
+        assert fixed.errors == 0, fixed
+        assert (fixed.refunded, fixed.refunded_cents, fixed.voided) == (10, 5000, 10)
+        assert set(fixed.repaired_ids) == set(orphans + stale)
+        faults = admin.stats()
+        assert faults.get("timeouts", 0) + faults.get("lost_responses", 0) > 0
+
+        admin.set_rates(timeout_rate=0, lost_rate=0)
+        await asyncio.sleep(0.3)  # a hung first request finishes its work meanwhile
+        assert admin.stats()["refunds"] == 10  # one refund each, however many retries
+        for ref in orphans:
+            assert (await psp.retrieve(ref)).net_captured_cents == 0
+        for ref in stale:
+            assert (await psp.retrieve(ref)).status == "canceled"
+        again = await reconcile(s, repair=True, grace_s=0, psp=psp)
+        assert again.clean and again.refunded == again.voided == 0
+    finally:
+        await psp.close()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import random
 
-from gateway.psp import idempotency_key
-from gateway.worker import backoff_s
+from gateway.psp import backoff_s, idempotency_key
 
 
 def test_backoff_is_jittered_exponential_and_capped():
