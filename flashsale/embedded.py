@@ -26,6 +26,7 @@ import string
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ PASSWORD_FILE = "password"  # in each server's data directory
 # Below the kernel's ephemeral range (32768+), so no outgoing connection takes a port between
 # choosing it and the server binding it.
 _PORT_RANGE = (20000, 32000)
+# A port handed out is bindable until its server starts, so a second call could return it again
+# (CI met an ingest whose API and metrics ports were the same); this process hands none out twice.
+_HANDED_OUT_MAX = 2000
+_handed_out: deque[int] = deque(maxlen=_HANDED_OUT_MAX)
 
 
 def _bindable(port: int) -> bool:
@@ -61,7 +66,9 @@ def free_port_block(n: int) -> int:
     """A base port such that base .. base+n-1 are free now (e.g. one status port per shard)."""
     for _ in range(200):
         base = random.randrange(_PORT_RANGE[0], _PORT_RANGE[1] - n)
-        if all(_bindable(p) for p in range(base, base + n)):
+        block = range(base, base + n)
+        if all(p not in _handed_out and _bindable(p) for p in block):
+            _handed_out.extend(block)
             return base
     raise RuntimeError(f"no block of {n} free ports")
 
