@@ -39,8 +39,8 @@ async def add_purchase(db, pid: str, status: str, psp_ref: str | None = None) ->
         pid, status, now, now + 60_000, psp_ref)
 
 
-async def charge(psp: StripeLikePsp, pid: str) -> str:
-    auth = await psp.authorize(pid, 500, "tok_visa")
+async def charge(psp: StripeLikePsp, pid: str, token: str = "tok_visa") -> str:
+    auth = await psp.authorize(pid, 500, token)
     return (await psp.capture(pid, auth.id)).id
 
 
@@ -137,10 +137,7 @@ async def test_reconcile_repairs_through_a_psp_that_loses_answers(settings, db, 
     try:
         # Ten of each: twenty repairs, of which some first answers are lost for sure (1 - 2**-20).
         # Not tok_visa: the fake PSP never fails a request about a tok_visa payment.
-        orphans = []
-        for i in range(10):
-            auth = await psp.authorize(f"p_gone{i}", 500, "tok_mastercard")
-            orphans.append((await psp.capture(f"p_gone{i}", auth.id)).id)
+        orphans = [await charge(psp, f"p_gone{i}", "tok_mastercard") for i in range(10)]
         stale = [(await psp.authorize(f"p_let_go{i}", 500, "tok_mastercard")).id for i in range(10)]
         for i in range(10):
             await add_purchase(db, f"p_gone{i}", "expired")
