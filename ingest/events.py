@@ -247,11 +247,22 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+def held_event_id(request: web.Request) -> str | None:
+    """The id of the state the client holds, from `Last-Event-ID` (None: it holds nothing)."""
+    held = request.headers.get("Last-Event-ID") or None
+    if held is not None and len(held) > EVENT_ID_LEN_MAX:
+        raise problems.Rejection(
+            400, "bad_last_event_id", "Invalid Last-Event-ID",
+            f"Last-Event-ID is at most {EVENT_ID_LEN_MAX} characters: send back an id this stream sent",
+        )
+    return held
+
+
 async def purchase_events(request: web.Request) -> web.StreamResponse:
     ing = request.app[STATE]
     reader = reader_of(ing, request)
     pid = purchase_id_in_path(request)
-    held = request.headers.get("Last-Event-ID") or None
+    held = held_event_id(request)
     with ing.hub.watching(pid, True, client=edge.client_of(request), buyer=reader) as watch:
         current = await owned_purchase(ing, pid, reader, edge.client_of(request))
         if watch is None:

@@ -128,10 +128,14 @@ async def test_pending_first_then_decided_then_the_stream_ends_and_resumes(syste
         async with http.get(url, headers={**bearer("alice"), "Last-Event-ID": final.id}) as r:
             assert r.status == 204
         # With an older (or no, or a foreign) id: the final state at once, then the end.
-        for held in (first.id, None, "garbage", "pending." + "9" * 100):
+        for held in (first.id, None, "garbage", "pending." + "9" * 56):
             headers = bearer("alice") | ({"Last-Event-ID": held} if held else {})
             again = Sse(await open_stream(http, url, headers))
             assert [e.id for e in await again.events()] == [final.id], held
+        # Longer than any id the stream sends: refused as the schema says, not read as nothing held.
+        async with http.get(url, headers={**bearer("alice"), "Last-Event-ID": "p" * 65}) as r:
+            assert r.status == 400 and r.content_type == "application/problem+json"
+            assert (await r.json())["type"].endswith("/bad_last_event_id")
 
 
 async def test_decided_states_resume_and_a_stream_ends_after_sse_max_s(system, settings):
