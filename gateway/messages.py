@@ -9,7 +9,7 @@ import msgspec
 from proto.messages import PaymentJob
 
 # The PSP calls the gateway makes (retry and metrics label; a dead letter names the failed one).
-PspStep = Literal["authorize", "capture", "void", "refund", "search"]
+PspStep = Literal["authorize", "capture", "void", "refund", "search", "retrieve"]
 # Why the gateway stopped retrying a step.
 GiveUpReason = Literal["retry_budget_exhausted", "expired_while_retrying", "psp_rejected"]
 

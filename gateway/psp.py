@@ -8,15 +8,24 @@ again. Errors are sorted into transient (retry with the same key) and final (act
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal, Protocol, TypeVar
 
 import aiohttp
 import msgspec
 
-from gateway.metrics import PSP_CALLS, PSP_SECONDS
+from config.settings import Settings
+from flashsale.logs import kv
+from gateway.messages import GiveUpReason, PspStep
+from gateway.metrics import PSP_CALLS, PSP_RETRIES, PSP_SECONDS
+from proto.clock import now_ms
+
+log = logging.getLogger("gateway.psp")
+T = TypeVar("T")
 
 IntentStatus = Literal[
     "requires_payment_method", "requires_confirmation", "requires_action", "processing",
@@ -114,6 +123,44 @@ def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random = ra
     """Full jitter (sleep uniformly in [0, min(max, base * 2**attempt)]): retries from many
     jobs that failed together spread out instead of hammering the PSP in lock-step."""
     return rng.uniform(0, min(max_s, base_s * (2 ** attempt)))
+
+
+class GiveUp(Exception):
+    """A PSP step that failed for good: a final error, or transient ones until the budget ran out."""
+
+    def __init__(self, step: PspStep, reason: GiveUpReason, error: str, attempts: int) -> None:
+        super().__init__(f"{step}: {reason} after {attempts} attempts: {error}")
+        self.step = step
+        self.reason = reason
+        self.error = error
+        self.attempts = attempts
+
+
+async def retrying(settings: Settings, step: PspStep, call: Callable[[], Awaitable[T]],
+                   deadline_ms: int | None = None) -> T:
+    """The call, sent again with the same idempotency key while the PSP's failure is transient (a
+    lost answer, a timeout, the key still in use): at most `payment_attempts_max` sends, paced by
+    `backoff_s`, none that would wait past `deadline_ms`. CardDeclined passes through (the caller
+    acts on it); any other failure ends as GiveUp."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except CardDeclined:
+            raise
+        except PspError as e:
+            if not e.transient:
+                raise GiveUp(step, "psp_rejected", str(e), attempt) from e
+            if attempt >= settings.payment_attempts_max:
+                raise GiveUp(step, "retry_budget_exhausted", str(e), attempt) from e
+            delay_s = backoff_s(attempt - 1, settings.payment_backoff_base_s, settings.payment_backoff_max_s)
+            if deadline_ms is not None and now_ms() + delay_s * 1000 >= deadline_ms:
+                raise GiveUp(step, "expired_while_retrying", str(e), attempt) from e
+            PSP_RETRIES.labels(step).inc()
+            log.info("psp transient failure, retrying",
+                     extra=kv(step=step, attempt=attempt, delay_s=round(delay_s, 3), error=str(e)))
+            await asyncio.sleep(delay_s)
 
 
 def idempotency_key(purchase_id: str, step: str, intent_id: str | None = None) -> str:

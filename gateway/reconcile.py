@@ -20,8 +20,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -29,14 +28,12 @@ import msgspec
 from config.settings import Settings, load
 from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
-from gateway.psp import PaymentIntent, PaymentProvider, PspError, StripeLikePsp, backoff_s
+from gateway.psp import PaymentIntent, PaymentProvider, StripeLikePsp, retrying
 from proto.messages import Status
 
 log = logging.getLogger("gateway.reconcile")
 
 FLAGGED_IDS_MAX = 100  # ids listed in the report; the counts are always complete
-
-T = TypeVar("T")
 
 
 class Report(msgspec.Struct, kw_only=True):
@@ -112,25 +109,10 @@ async def reconcile(settings: Settings, *, repair: bool, grace_s: float | None =
     return report
 
 
-async def _retrying(settings: Settings, call: Callable[[], Awaitable[T]]) -> T:
-    """The call, again with the same idempotency key while the PSP's failure is transient (a
-    lost answer, a timeout, the key still in use), paced like the gateway's own retries."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await call()
-        except PspError as e:
-            if not e.transient or attempt >= settings.payment_attempts_max:
-                raise
-        await asyncio.sleep(backoff_s(attempt - 1, settings.payment_backoff_base_s,
-                                      settings.payment_backoff_max_s))
-
-
 async def _is_live_capture(settings: Settings, psp: PaymentProvider, psp_ref: str,
                            purchase_id: str) -> bool:
     try:
-        intent = await _retrying(settings, lambda: psp.retrieve(psp_ref))
+        intent = await retrying(settings, "retrieve", lambda: psp.retrieve(psp_ref))
     except Exception:
         return False  # gone (404), unreachable or unreadable: flagged, for a human to look at
     return intent.purchase_id == purchase_id and intent.net_captured_cents > 0
@@ -178,12 +160,12 @@ async def _repair(settings: Settings, psp: PaymentProvider, report: Report, purc
                   intent: PaymentIntent, action: Literal["refund", "void"]) -> None:
     try:
         if action == "refund":
-            refund = await _retrying(settings, lambda: psp.refund(purchase_id, intent.id))
+            refund = await retrying(settings, "refund", lambda: psp.refund(purchase_id, intent.id))
             if refund is not None:
                 report.refunded += 1
                 report.refunded_cents += refund.amount
         else:
-            await _retrying(settings, lambda: psp.void(purchase_id, intent.id))
+            await retrying(settings, "void", lambda: psp.void(purchase_id, intent.id))
             report.voided += 1
     except Exception as e:
         report.errors += 1

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from functools import partial
-from typing import Literal, TypeVar, cast
+from typing import Literal, cast
 
 import asyncpg
 import msgspec
@@ -34,9 +34,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from config.settings import Settings
 from flashsale.logs import kv
 from flashsale.pull import Puller
-from gateway.messages import DeadLetter, GiveUpReason, PspStep, encode_deadletter
-from gateway.metrics import COMPENSATIONS, DEADLETTERS, JOB_SECONDS, JOBS, JOBS_INFLIGHT, PSP_RETRIES
-from gateway.psp import CardDeclined, PaymentIntent, PaymentProvider, PspError, backoff_s
+from gateway.messages import DeadLetter, encode_deadletter
+from gateway.metrics import COMPENSATIONS, DEADLETTERS, JOB_SECONDS, JOBS, JOBS_INFLIGHT
+from gateway.psp import CardDeclined, GiveUp, PaymentIntent, PaymentProvider, PspError, backoff_s, retrying
 from proto.clock import now_ms
 from proto.messages import (
     Confirm,
@@ -52,7 +52,6 @@ from proto.streams import is_already_stored
 
 log = logging.getLogger("gateway.worker")
 
-T = TypeVar("T")
 
 PAYMENTS_DURABLE = "gateway"
 FETCH_WAIT_S = 1.0  # idle wait per fetch; a message returns it at once
@@ -69,15 +68,6 @@ SKIPPED: Mapping[Status, Outcome] = {
     "pending": "skipped_pending", "confirmed": "skipped_confirmed", "rejected": "skipped_rejected",
     "expired": "skipped_expired", "cancelled": "skipped_cancelled",
 }
-
-
-class GiveUp(Exception):
-    def __init__(self, step: PspStep, reason: GiveUpReason, error: str, attempts: int) -> None:
-        super().__init__(f"{step}: {reason} after {attempts} attempts: {error}")
-        self.step = step
-        self.reason = reason
-        self.error = error
-        self.attempts = attempts
 
 
 class Gateway:
@@ -110,8 +100,8 @@ class Gateway:
             await self._publish_intent(job.shard, Release(job.id, "payment_declined"))
             return "declined"
         try:
-            intent = await self._retrying(
-                "authorize", lambda: self.psp.authorize(job.id, job.amount_cents, token),
+            intent = await retrying(
+                self.settings, "authorize", lambda: self.psp.authorize(job.id, job.amount_cents, token),
                 deadline_ms=job.expires_at_ms)
         except CardDeclined:
             await self._publish_intent(job.shard, Release(job.id, "payment_declined"))
@@ -129,7 +119,7 @@ class Gateway:
                 await self._void_quietly(job.id, intent)
                 return "closed_before_capture"
             try:
-                intent = await self._retrying("capture", lambda: self.psp.capture(job.id, intent.id))
+                intent = await retrying(self.settings, "capture", lambda: self.psp.capture(job.id, intent.id))
             except GiveUp as e:
                 found = await self._look_up(job.id)
                 if found is None or found.status != "succeeded":
@@ -145,29 +135,6 @@ class Gateway:
             return "failed"
         await self._publish_intent(job.shard, Confirm(job.id, intent.id, intent.amount_received))
         return "confirmed"
-
-    async def _retrying(self, step: PspStep, call: Callable[[], Awaitable[T]],
-                        deadline_ms: int | None = None) -> T:
-        s = self.settings
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await call()
-            except CardDeclined:
-                raise
-            except PspError as e:
-                if not e.transient:
-                    raise GiveUp(step, "psp_rejected", str(e), attempt) from e
-                if attempt >= s.payment_attempts_max:
-                    raise GiveUp(step, "retry_budget_exhausted", str(e), attempt) from e
-                delay_s = backoff_s(attempt - 1, s.payment_backoff_base_s, s.payment_backoff_max_s)
-                if deadline_ms is not None and now_ms() + delay_s * 1000 >= deadline_ms:
-                    raise GiveUp(step, "expired_while_retrying", str(e), attempt) from e
-                PSP_RETRIES.labels(step).inc()
-                log.info("psp transient failure, retrying",
-                         extra=kv(step=step, attempt=attempt, delay_s=round(delay_s, 3), error=str(e)))
-                await asyncio.sleep(delay_s)
 
     async def _purchase_status(self, purchase_id: str) -> Status | None:
         if self.db is None:
@@ -185,7 +152,7 @@ class Gateway:
         """The purchase's authorized or captured intent at the PSP, if any (a read: the PSP's
         lost answers and stuck requests hit its writes)."""
         try:
-            intents = await self._retrying("search", lambda: self.psp.intents_for(purchase_id))
+            intents = await retrying(self.settings, "search", lambda: self.psp.intents_for(purchase_id))
         except GiveUp:
             return None
         live = [i for i in intents if i.status in ("requires_capture", "succeeded")]
@@ -196,7 +163,7 @@ class Gateway:
 
     async def _void_quietly(self, purchase_id: str, intent: PaymentIntent) -> None:
         try:
-            await self._retrying("void", lambda: self.psp.void(purchase_id, intent.id))
+            await retrying(self.settings, "void", lambda: self.psp.void(purchase_id, intent.id))
         except (GiveUp, PspError) as e:
             log.warning("void failed; reconciliation will settle it",
                         extra=kv(purchase_id=purchase_id, psp_ref=intent.id, error=str(e)))
@@ -246,15 +213,15 @@ class Gateway:
 
     async def _compensate_purchase(self, purchase_id: str, status: Status | None, why: str) -> None:
         """Refund every capture and void every hold of a purchase that is not an order."""
-        intents = await self._retrying("search", lambda: self.psp.intents_for(purchase_id))
+        intents = await retrying(self.settings, "search", lambda: self.psp.intents_for(purchase_id))
         for intent in intents:
             if intent.net_captured_cents > 0:
-                await self._retrying("refund", partial(self.psp.refund, purchase_id, intent.id))
+                await retrying(self.settings, "refund", partial(self.psp.refund, purchase_id, intent.id))
                 COMPENSATIONS.labels("refund").inc()
                 log.info("refunded", extra=kv(purchase_id=purchase_id, psp_ref=intent.id, status=status,
                                               why=why, amount_cents=intent.net_captured_cents))
             elif intent.status == "requires_capture":
-                await self._retrying("void", partial(self.psp.void, purchase_id, intent.id))
+                await retrying(self.settings, "void", partial(self.psp.void, purchase_id, intent.id))
                 COMPENSATIONS.labels("void").inc()
                 log.info("voided", extra=kv(purchase_id=purchase_id, psp_ref=intent.id, status=status,
                                             why=why))
