@@ -13,6 +13,7 @@ import base64
 import binascii
 import hmac
 import json
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -136,7 +137,7 @@ class BuyerVerifier:
         if header is not None:
             return header
         try:
-            parsed = json.loads(_b64url(segment))
+            parsed = json.loads(b64url_decode(segment))
         except (jwt.DecodeError, ValueError, UnicodeDecodeError):
             raise _unauthorized("malformed token") from None
         if not isinstance(parsed, dict):
@@ -159,13 +160,13 @@ class BuyerVerifier:
             raise jwt.InvalidTokenError("critical header extensions are not understood")
         head, payload, signature = token.split(".")  # three parts: _header checked
         signing_input = f"{head}.{payload}".encode()
-        given = _b64url(signature)
+        given = b64url_decode(signature)
         # Rotation: every configured secret (the newest first), until their tokens expired.
         if not any(hmac.compare_digest(hmac.digest(key, signing_input, "sha256"), given)
                    for key in self._hs256_keys):
             raise jwt.InvalidSignatureError("Signature verification failed")
         try:
-            claims = _claims_decoder.decode(_b64url(payload))
+            claims = _claims_decoder.decode(b64url_decode(payload))
         except msgspec.DecodeError as exc:
             raise jwt.InvalidTokenError(f"claims: {exc}") from None
         now_s = time.time()
@@ -189,6 +190,8 @@ class BuyerVerifier:
             raise jwt.InvalidTokenError(f"unknown key id {kid!r}")
         if key.algorithm_name != alg:
             raise jwt.InvalidTokenError(f"key {kid!r} is for {key.algorithm_name}, not {alg}")
+        for segment in token.split("."):  # PyJWT's own decoding is lenient
+            b64url_decode(segment)
         return self._decode(token, key.key, alg)
 
 
@@ -206,11 +209,31 @@ class _Claims(msgspec.Struct):
 _claims_decoder = msgspec.json.Decoder(_Claims)
 
 
-def _b64url(part: str) -> bytes:
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
+_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# The last character of an unpadded segment carries 2 (length % 4 == 2) or 4 (== 3) data bits
+# and 4 or 2 bits that must be zero: only these characters end a canonical segment.
+_CANONICAL_LAST = {
+    2: frozenset(_B64URL_ALPHABET[::16]),
+    3: frozenset(_B64URL_ALPHABET[::4]),
+}
+
+
+def b64url_decode(part: str) -> bytes:
+    """A JWS segment, decoded strictly (RFC 7515 2 and appendix C): the base64url alphabet only,
+    no padding, no length that no byte string encodes to, and zero unused bits in the last
+    character, so one byte string has exactly one spelling. A lenient decoder accepts many
+    spellings of one signature, and a token cache or a deny-list keyed by text then sees
+    different tokens where there is one."""
+    if not _B64URL_RE.fullmatch(part):
+        raise jwt.DecodeError("invalid base64url: only A-Z a-z 0-9 - _ and no padding")
+    rest = len(part) % 4
+    if rest == 1 or (rest and part[-1] not in _CANONICAL_LAST[rest]):
+        raise jwt.DecodeError("invalid base64url: not the canonical encoding")
     try:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
     except (ValueError, binascii.Error):
-        raise jwt.DecodeError("invalid base64") from None
+        raise jwt.DecodeError("invalid base64url") from None
 
 
 def dev_tokens(settings: Settings, subjects: list[str], ttl_s: int = DEV_TOKEN_TTL_S) -> list[str]:

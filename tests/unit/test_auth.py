@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from config.settings import load
-from ingest.auth import BuyerVerifier, ConfigError, dev_tokens
+from ingest.auth import BuyerVerifier, ConfigError, b64url_decode, dev_tokens
 from ingest.problems import Rejection
 from proto.ids import id_key, purchase_id
 
@@ -146,3 +146,65 @@ def test_hs256_edge_cases_match_the_standard():
     refused(v, f"{header}.{payload}.")  # no signature
     refused(v, f"{header}.{payload}.!!!!")  # not base64
     refused(v, f"{header}.{payload}")  # two parts
+
+
+def _respell(segment: str, last: str) -> str:
+    return segment[:-1] + last
+
+
+def _other_spelling(segment: str) -> str:
+    """The same bytes with unused low bits of the last character set (a lenient decoder reads
+    both as one value)."""
+    assert len(segment) % 4 in (2, 3)
+    low_bits = 15 if len(segment) % 4 == 2 else 3
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    return _respell(segment, alphabet[alphabet.index(segment[-1]) | low_bits])
+
+
+@pytest.mark.parametrize("i", [0, 1, 2], ids=["header", "payload", "signature"])
+def test_every_segment_must_be_canonical_base64url(i: int):
+    """RFC 7515: base64url without padding; one spelling per value. Each alteration below
+    decodes to the same bytes in a lenient decoder, so the signature would still verify."""
+    v = verifier(S1)
+    # Of three payloads one byte apart, at least one leaves unused bits in its last character.
+    tokens = [jwt.encode(claims(sub="a" * n), S1, "HS256") for n in (1, 2, 3)]
+    good = next(t for t in tokens if len(t.split(".")[1]) % 4 in (2, 3))
+    assert v.subject(good, time.time()) == "a" * (tokens.index(good) + 1)
+    parts = good.split(".")
+    seg = parts[i]
+    variants = [seg + "!!", seg + "=" * (-len(seg) % 4 or 4), seg + "="]
+    if len(seg) % 4 in (2, 3):  # the payload and the (43-character) signature
+        variants.append(_other_spelling(seg))
+    if (plus := seg.replace("-", "+").replace("_", "/")) != seg:
+        variants.append(plus)
+    for variant in variants:
+        refused(v, ".".join([*parts[:i], variant, *parts[i + 1:]]))
+
+
+def test_a_plus_for_a_dash_in_the_signature_is_refused():
+    v = verifier(S1)
+    for n in range(200):  # a signature with a '-' or '_' in it (most have one)
+        token = jwt.encode(claims(sub=f"u{n}"), S1, "HS256")
+        head, payload, sig = token.split(".")
+        if "-" in sig:
+            break
+    assert v.subject(token, time.time()) == f"u{n}"
+    refused(v, f"{head}.{payload}.{sig.replace('-', '+', 1)}")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", b""), ("AA", b"\x00"), ("AAA", b"\x00\x00"), ("AAAA", b"\x00\x00\x00"), ("_-8", b"\xff\xef"),
+])
+def test_b64url_decode_takes_the_canonical_spelling(text: str, expected: bytes):
+    assert b64url_decode(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "A", "AAAAA",  # lengths no byte string encodes to
+    "AB", "AAB",  # unused bits set: "AA" and "AAA" are the spellings
+    "AA==", "AAA=", "AA=",  # padding
+    "+/8", "AA AA", "AA\n", "AA.", "ÄA",  # outside the alphabet
+])
+def test_b64url_decode_refuses_every_other_spelling(text: str):
+    with pytest.raises(jwt.DecodeError):
+        b64url_decode(text)
