@@ -148,6 +148,9 @@ class Settings(msgspec.Struct, kw_only=True):
     sku_streams_max: int = 10_000  # SKU event streams per ingest instance (503 beyond)
     # POST /dev/token signs buyer tokens for anyone who asks: true in config/dev.toml only.
     dev_token_endpoint: bool = False
+    # Host names (besides localhost and loopback addresses) a browser may use to reach that
+    # helper: any other Host is refused, so a page whose name was rebound to 127.0.0.1 gets none.
+    dev_token_hosts: list[str] = []
 
     # embedded dev servers
     data_dir: str = "data"

@@ -4,6 +4,7 @@ Distinct loopback addresses act as distinct clients (127.0.0.2 attacks, 127.0.0.
 from __future__ import annotations
 
 import aiohttp
+import msgspec
 
 from tests.auth import bearer, pid, token
 from tests.integration.test_edge_limits import session
@@ -44,3 +45,24 @@ async def test_a_signature_has_one_spelling(system, settings):
             assert headers["Content-Type"].startswith(PROBLEM) and "base64url" in problem["detail"]
     async with session(BUYER) as http:
         assert (await get(http, missing, bearer("alice")))[0] == 404
+
+
+async def test_the_dev_token_helper_answers_loopback_host_names_only(system, settings):
+    """DNS rebinding: a page at evil.example, its name rebound to 127.0.0.1, reaches the helper
+    from the visitor's own loopback; its Host header is the only trace, and it is refused."""
+    s = msgspec.structs.replace(settings, dev_token_endpoint=True, dev_token_hosts=["devbox.test"])
+    system.settings = s
+    system.start_ingest()
+    port = s.ingest_port
+    async with session("127.0.0.1") as http:
+        for host in (f"evil.example:{port}", f"localhost.evil.example:{port}", "10.1.2.3", ""):
+            async with http.post(f"{system.base_url}/dev/token", json={"user": "mallory"},
+                                 headers={"Host": host}) as r:
+                problem = await r.json(content_type=None)
+                assert r.status == 403 and r.content_type == PROBLEM, (host, problem)
+                assert "token" not in problem
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"devbox.test:{port}", None):
+            headers = {"Host": host} if host is not None else None
+            async with http.post(f"{system.base_url}/dev/token", json={"user": "alice"},
+                                 headers=headers) as r:
+                assert r.status == 200 and (await r.json())["user"] == "alice", host

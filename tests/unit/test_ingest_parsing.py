@@ -1,13 +1,15 @@
-"""Ingest's pure helpers: Prefer parsing, time formatting, key validation."""
+"""Ingest's pure helpers: Prefer parsing, time formatting, key validation, Host names."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ingest.devtoken import is_dev_host
 from ingest.http import parse_wait, prefer_wait, valid_idempotency_key
 from ingest.schemas import iso_ms
 
@@ -47,3 +49,14 @@ def test_idempotency_key_validation():
     assert not valid_idempotency_key("")
     assert not valid_idempotency_key("a b")
     assert not valid_idempotency_key("k" * 256)
+
+
+@pytest.mark.parametrize(("host", "ok"), [
+    ("localhost", True), ("LOCALHOST:8080", True), ("localhost.:8080", True), ("127.0.0.1:8080", True),
+    ("127.9.8.7", True), ("[::1]:8080", True), ("[::1]", True), ("devbox.test:80", True),
+    (None, False), ("", False), ("evil.example:8080", False), ("localhost.evil.example", False),
+    ("127.0.0.1.evil.example", False), ("10.0.0.1:8080", False), ("[::2]:8080", False),
+    ("0.0.0.0:8080", False), ("evil.example:localhost", False),
+])
+def test_the_dev_token_helper_knows_its_hosts(host: str | None, ok: bool):
+    assert is_dev_host(host, ["DevBox.test"]) is ok
