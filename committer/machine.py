@@ -18,6 +18,15 @@ from typing import Literal
 
 import msgspec
 
+from committer.draw import (
+    Draw,
+    Entry,
+    closes_at_ms,
+    decides_at_ms,
+    upsert_refusal,
+    waits_for_draw,
+)
+from proto.draw import commitment_of, draw_order
 from proto.messages import (
     CLEARABLE_SKU_FIELDS,
     Cancel,
@@ -57,6 +66,10 @@ class Sku:
     sale_end_ms: int | None = None
     reserved: int = 0
     sold: int = 0
+    draw_window_s: int = 0  # committer/draw.py
+    draw_seed: str | None = None
+    drawn_at_ms: int | None = None
+    draw_entries: int = 0
 
     @property
     def remaining(self) -> int:
@@ -67,7 +80,10 @@ class Sku:
             sku=self.sku, stock=self.stock, reserved=self.reserved, sold=self.sold,
             price_cents=self.price_cents, max_per_user=self.max_per_user, payment=self.payment,
             reservation_ttl_s=self.reservation_ttl_s, sale_start_ms=self.sale_start_ms,
-            sale_end_ms=self.sale_end_ms,
+            sale_end_ms=self.sale_end_ms, draw_window_s=self.draw_window_s,
+            draw_commitment=commitment_of(self.draw_seed) if self.draw_seed else None,
+            draw_seed=self.draw_seed if self.drawn_at_ms is not None else None,
+            drawn_at_ms=self.drawn_at_ms, draw_entries=self.draw_entries,
         )
 
 
@@ -83,10 +99,12 @@ class Step:
     payments: list[PaymentJob] = field(default_factory=list)
     admin_applied: list[str] = field(default_factory=list)
     psp_refs: dict[str, str] = field(default_factory=dict)  # confirmed id -> PSP reference
+    draw_entries: list[Entry] = field(default_factory=list)  # purchases now waiting for a draw
+    drawn: list[str] = field(default_factory=list)  # SKUs whose draw this step decided
 
     @property
     def has_writes(self) -> bool:
-        return bool(self.inserts or self.updates or self.skus)
+        return bool(self.inserts or self.updates or self.skus or self.draw_entries)
 
 
 class Machine:
@@ -100,11 +118,17 @@ class Machine:
         self.user_qty: dict[tuple[str, str], int] = {}  # (sku, user) -> qty reserved+confirmed
         self._expiry_heap: list[tuple[int, str]] = []
         self.forgot_any = False  # once true, unknown ids must be checked against Postgres
+        self.draws: dict[str, Draw] = {}  # SKUs whose draw is not decided yet
 
     # -- rebuilding from Postgres -------------------------------------------------------------
 
     def load_sku(self, sku: Sku) -> None:
         self.skus[sku.sku] = sku
+        self._track_draw(sku)
+
+    def load_draw_entry(self, entry: Entry) -> None:
+        """Restore an entry of an undecided draw (its SKU loaded first)."""
+        self.draws[entry.purchase.sku].add(entry)
 
     def load_decision(self, d: Decision) -> None:
         """Restore one committed decision (startup, or an id the shell looked up).
@@ -127,7 +151,9 @@ class Machine:
 
     # -- deciding -----------------------------------------------------------------------------
 
-    def step(self, intents: list[Intent], now_ms: int) -> Step:
+    def step(self, intents: list[Intent], now_ms: int, draws_held: bool = False) -> Step:
+        """Decide a batch. `draws_held`: the shell is not sure it holds every entry yet (intents
+        taken by an earlier holder of the shard may still be redelivered): no draw is decided."""
         step = Step()
         self._expire(now_ms, step)
         for intent in intents:
@@ -143,6 +169,8 @@ class Machine:
                 self._upsert(intent, now_ms, step)
             else:  # pragma: no cover - the decoder only yields the Intent union
                 raise TypeError(f"unknown intent {intent!r}")
+        if not draws_held:
+            self._decide_draws(now_ms, step)
         self._evict()
         return step
 
@@ -151,7 +179,14 @@ class Machine:
             heapq.heappop(self._expiry_heap)
         return self._expiry_heap[0][0] if self._expiry_heap else None
 
-    def _purchase(self, p: Purchase, now_ms: int, step: Step) -> None:
+    def next_draw_ms(self) -> int | None:
+        """When the next undecided draw is due (the shell wakes up for it)."""
+        due = [t for name in self.draws if (t := decides_at_ms(self.skus[name])) is not None]
+        return min(due, default=None)
+
+    def _purchase(
+        self, p: Purchase, now_ms: int, step: Step, draw_rank: int | None = None
+    ) -> None:
         known = self.decisions.get(p.id)
         if known is not None:
             # A retry, a redelivery or a replay: announce the one decision again, change nothing.
@@ -167,6 +202,10 @@ class Machine:
             reason = "sale_not_open"
         elif sku.sale_end_ms is not None and at_ms >= sku.sale_end_ms:
             reason = "sale_ended"
+        elif waits_for_draw(sku, at_ms):
+            reason = self._enter_draw(p, sku, at_ms, step)
+            if reason is None:
+                return  # pending until the draw
         elif sku.remaining < p.qty:
             reason = "sold_out"
         elif (
@@ -180,6 +219,7 @@ class Machine:
                 id=p.id, sku=p.sku, user_id=p.user_id, qty=p.qty, status="rejected",
                 reason=reason, amount_cents=0, accepted_at_ms=p.accepted_at_ms,
                 decided_at_ms=now_ms, updated_at_ms=now_ms, request_hash=p.request_hash,
+                draw_rank=draw_rank,
             )
         else:
             assert sku is not None
@@ -193,7 +233,7 @@ class Machine:
                     id=p.id, sku=p.sku, user_id=p.user_id, qty=p.qty, status="reserved",
                     reason=None, amount_cents=amount, accepted_at_ms=p.accepted_at_ms,
                     decided_at_ms=now_ms, updated_at_ms=now_ms, expires_at_ms=expires,
-                    request_hash=p.request_hash,
+                    request_hash=p.request_hash, draw_rank=draw_rank,
                 )
                 self.reserved[p.id] = d
                 heapq.heappush(self._expiry_heap, (expires, p.id))
@@ -209,6 +249,7 @@ class Machine:
                     id=p.id, sku=p.sku, user_id=p.user_id, qty=p.qty, status="confirmed",
                     reason=None, amount_cents=amount, accepted_at_ms=p.accepted_at_ms,
                     decided_at_ms=now_ms, updated_at_ms=now_ms, request_hash=p.request_hash,
+                    draw_rank=draw_rank,
                 )
             self._check_sku(sku)
             self._check_cap(sku, p.user_id)
@@ -216,6 +257,51 @@ class Machine:
         self._remember(d)
         step.inserts.append(d)
         step.results.append(d)
+
+    # -- the draw (committer/draw.py) ----------------------------------------------------------
+
+    def _enter_draw(self, p: Purchase, sku: Sku, clicked_at_ms: int, step: Step) -> Reason | None:
+        """Take a purchase into its SKU's draw (None), or the reason it is rejected at once."""
+        draw = self.draws[sku.sku]
+        if p.id in draw.entries:
+            return None  # a retry of an entry: still pending, nothing changes
+        closes = closes_at_ms(sku)
+        assert closes is not None
+        entry = draw.take(p, clicked_at_ms, ranked=clicked_at_ms < closes)
+        if not isinstance(entry, Entry):
+            return entry
+        if entry.ranked:
+            sku.draw_entries += 1
+        step.draw_entries.append(entry)
+        step.skus[sku.sku] = sku
+        return None
+
+    def _decide_draws(self, now_ms: int, step: Step) -> None:
+        for name in list(self.draws):
+            sku = self.skus[name]
+            due = decides_at_ms(sku)
+            if due is not None and now_ms >= due:
+                self._decide_draw(sku, self.draws.pop(name), now_ms, step)
+
+    def _decide_draw(self, sku: Sku, draw: Draw, now_ms: int, step: Step) -> None:
+        """Every entry in the draw's order, then the purchases that waited, first come first
+        served; all with the ordinary rules. Drawn first, so none of them enters a draw again."""
+        assert sku.draw_seed is not None  # upsert_refusal: no window without a seed
+        sku.drawn_at_ms = now_ms
+        order = draw_order(sku.draw_seed, draw.ranked_ids())
+        sku.draw_entries = len(order)
+        for rank, pid in enumerate(order, start=1):
+            self._purchase(draw.entries[pid].purchase, now_ms, step, draw_rank=rank)
+        for entry in draw.waiting():
+            self._purchase(entry.purchase, now_ms, step)
+        step.drawn.append(sku.sku)
+        step.skus[sku.sku] = sku
+
+    def _track_draw(self, sku: Sku) -> None:
+        if sku.draw_window_s > 0 and sku.drawn_at_ms is None:
+            self.draws.setdefault(sku.sku, Draw())
+        else:
+            self.draws.pop(sku.sku, None)
 
     def _confirm(self, c: Confirm, now_ms: int, step: Step) -> None:
         d = self.reserved.pop(c.id, None)
@@ -283,23 +369,26 @@ class Machine:
     def _upsert(self, u: SkuUpsert, now_ms: int, step: Step) -> None:
         sku = self.skus.get(u.sku)
         committed = (sku.reserved + sku.sold) if sku else 0
-        if u.stock < committed:
-            step.refusals.append(
-                Refusal(kind="sku_upsert", key=u.request_id,
-                        reason=f"stock {u.stock} is below the {committed} already reserved or sold")
-            )
+        refused = upsert_refusal(sku, u, now_ms)
+        if refused is None and u.stock < committed:
+            refused = f"stock {u.stock} is below the {committed} already reserved or sold"
+        if refused is not None:
+            step.refusals.append(Refusal(kind="sku_upsert", key=u.request_id, reason=refused))
             return
         if sku is None:
             sku = Sku(sku=u.sku, stock=u.stock)
             self.skus[u.sku] = sku
         sku.stock = u.stock
         for name in ("price_cents", "max_per_user", "payment", "reservation_ttl_s",
-                     "sale_start_ms", "sale_end_ms"):
+                     "sale_start_ms", "sale_end_ms", "draw_window_s"):
             value = getattr(u, name)
             if value is not None:
                 setattr(sku, name, value)
         for name in CLEARABLE_SKU_FIELDS.intersection(u.clear):
             setattr(sku, name, None)
+        if sku.draw_seed is None:
+            sku.draw_seed = u.draw_seed  # the first seed a SKU gets is its seed for good
+        self._track_draw(sku)
         self._check_sku(sku)
         step.skus[sku.sku] = sku
         step.admin_applied.append(u.request_id)

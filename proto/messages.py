@@ -26,6 +26,8 @@ Reason = Literal[
     "payment_failed",
     "buyer_cancelled",
     "ttl_passed",
+    "already_in_draw",  # the buyer already has an entry in this SKU's draw
+    "draw_full",  # the draw holds DRAW_ENTRIES_MAX entries (committer/draw.py)
 ]
 
 Payment = Literal["none", "required"]
@@ -81,6 +83,11 @@ class SkuUpsert(msgspec.Struct, tag="sku_upsert", frozen=True):
     sale_start_ms: int | None = None
     sale_end_ms: int | None = None
     clear: list[str] = []
+    # 0: first come first served. Above 0: purchases clicked in the first draw_window_s seconds
+    # from sale_start are decided by a draw (committer/draw.py).
+    draw_window_s: int | None = None
+    # A fresh random seed with every upsert; the writer keeps the first one a SKU gets, for good.
+    draw_seed: str | None = None
 
 
 Intent = Purchase | Confirm | Release | Cancel | SkuUpsert
@@ -101,6 +108,7 @@ class Decision(msgspec.Struct, frozen=True):
     updated_at_ms: int
     expires_at_ms: int | None = None
     request_hash: str = ""
+    draw_rank: int | None = None  # 1-based place in its SKU's draw; None if not decided by one
 
 
 class SkuState(msgspec.Struct, frozen=True):
@@ -116,6 +124,11 @@ class SkuState(msgspec.Struct, frozen=True):
     reservation_ttl_s: int
     sale_start_ms: int | None
     sale_end_ms: int | None
+    draw_window_s: int = 0
+    draw_commitment: str | None = None  # sha256 of the seed, public from the SKU's creation
+    draw_seed: str | None = None  # revealed once drawn
+    drawn_at_ms: int | None = None
+    draw_entries: int = 0  # entries so far; after the draw, all of them
 
     @property
     def remaining(self) -> int:
