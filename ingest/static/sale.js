@@ -23,6 +23,8 @@
     payment_failed: "the payment failed",
     buyer_cancelled: "cancelled by you",
     ttl_passed: "the reservation ran out of time",
+    already_in_draw: "you are already in the draw",
+    draw_full: "the draw is full",
   };
   const LOG_MAX = 50;
 
