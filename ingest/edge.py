@@ -16,8 +16,9 @@ reconnect, /metrics stops answering (issue 9, findings 1 and 2). So:
 - aiohttp's `keepalive_timeout` (`idle_timeout_s`) closes a connection idle between requests and
   one whose request head is not complete that long after it opened (the slow-head attack);
   `read_body` gives the body its own deadline (`body_timeout_s`, 408);
-- `WaitBudget` caps the long-polls one client IP and one buyer hold (429), below the process's
-  `waits_max` (beyond which requests are answered without waiting, see results.ResultsHub);
+- `WaitBudget` caps the long-polls and event streams one client IP and one buyer hold (429),
+  below the process's `waits_max` (beyond which requests are answered without waiting, see
+  results.ResultsHub) and `sku_streams_max` (see events.Streams);
 - `middleware` finds the client (the peer, or X-Forwarded-For from `trusted_proxies` only) and
   applies the per-client request rate (429).
 
@@ -72,9 +73,11 @@ HEAD_END = b"\r\n\r\n"
 Reason = Literal[
     "connections_total",  # the process holds connections_max connections
     "connections_client",  # this peer holds client_connections_max connections
-    "waits_client",  # this client holds client_waits_max long-polls
+    "waits_client",  # this client holds client_waits_max long-polls and streams
     "waits_buyer",  # this buyer holds buyer_waits_max long-polls
     "waits_total",  # the process holds waits_max long-polls: answered without waiting
+    "sku_streams_total",  # the process holds sku_streams_max SKU streams: 503
+    "sku_stream_slow",  # a SKU stream's client read too slowly: its stream was dropped
     "rate_client",  # this client exceeds client_rate_per_s
     "body_timeout",  # the body did not arrive within body_timeout_s
     "head_too_large",  # the first request head exceeds head_max_bytes: 431, closed
@@ -107,8 +110,9 @@ class EdgeLimits(msgspec.Struct, frozen=True, kw_only=True):
     connections_max: int  # open client connections, all clients together
     client_connections_max: int  # per peer address (a trusted proxy is exempt)
     waits_max: int  # long-polls and event streams, all clients together
-    client_waits_max: int  # per client IP
+    client_waits_max: int  # per client IP: long-polls, purchase streams and SKU streams together
     buyer_waits_max: int  # per buyer
+    sku_streams_max: int  # SKU event streams, all clients together
 
 
 def size_limits(settings: Settings, fd_limit: int) -> EdgeLimits:
@@ -127,6 +131,7 @@ def size_limits(settings: Settings, fd_limit: int) -> EdgeLimits:
         client_connections_max=client_connections_max, waits_max=waits_max,
         client_waits_max=client_waits_max,
         buyer_waits_max=min(settings.buyer_waits_max, client_waits_max),
+        sku_streams_max=min(settings.sku_streams_max, waits_max),
     )
 
 
@@ -188,8 +193,10 @@ class ConnectionGuard:
 
 
 class WaitBudget:
-    """Long-polls per client IP and per buyer (the process-wide cap is the hub's). Over a cap
-    the request is refused with a 429, so one client cannot take every waiter slot."""
+    """What each client IP and buyer holds open waiting: long-polls and event streams of every
+    kind (the process-wide caps are the hub's and the SKU feeds'). Over a cap the request is
+    refused with a 429, so one client cannot take every slot. A SKU stream is public: counted
+    against its client only."""
 
     def __init__(self, client_max: int, buyer_max: int, retry_after_s: int = 1) -> None:
         self.per_client = Counts(client_max)
@@ -204,7 +211,8 @@ class WaitBudget:
         """Count one wait for `client` and `buyer` (None: not counted), or raise a 429."""
         if client is not None and not self.per_client.acquire(client):
             raise refused("waits_client", client, self.retry_after_s,
-                          f"client {client} holds {self.per_client.per_key_max} long-polls already")
+                          f"client {client} holds {self.per_client.per_key_max} long-polls and "
+                          "streams already")
         if buyer is not None and not self.per_buyer.acquire(buyer):
             if client is not None:
                 self.per_client.release(client)

@@ -15,8 +15,10 @@ is not older than it; a client that holds the final state already gets `204 No C
 also tells `EventSource` to stop reconnecting.
 
 `GET /v1/skus/{sku}/events` (public) sends the SKU view at once and then at most one update per
-`sku_events_interval_ms`, only when it changed: one feed per SKU reads the hub on that interval
-and encodes the event once for all of its listeners.
+`sku_events_interval_ms`, only when it changed: one feed per SKU reads the hub on that interval,
+encodes the event once and writes the same bytes to every listener's transport itself (see
+SkuFeed); a listener that falls SKU_STREAM_BACKLOG_MAX_BYTES behind is dropped. A SKU stream
+holds a wait of its client (edge.WaitBudget) like a long-poll.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import asyncio
 from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from typing import Literal
 
-from aiohttp import web
+import msgspec
+from aiohttp import HttpVersion11, web
 
 from config.settings import Settings
 from ingest import edge, metrics, problems
+from ingest.edge import WaitBudget
 from ingest.purchases import owned_purchase, purchase_id_in_path, purchase_view, reader_of
 from ingest.results import PurchaseState, ResultsHub, Watch, is_final, newer, status_of
 from ingest.schemas import PurchaseView, encode_json, sku_view_of
@@ -45,41 +50,69 @@ _PENDING_UNPLACED = -(2**63)
 GONE_CHECK_S = 1.0  # `pending` without a position: before any placed pending state
 
 
+class Frames(msgspec.Struct, frozen=True):
+    """One SSE message as written to a stream: as is (HTTP/1.0, the connection ends the body) and
+    as one chunk of a chunked body (HTTP/1.1). Built once per message, written to every stream."""
+
+    raw: bytes
+    chunked: bytes
+
+    @classmethod
+    def of(cls, raw: bytes) -> Frames:
+        return cls(raw, b"%x\r\n%b\r\n" % (len(raw), raw))
+
+
+HEARTBEAT_FRAMES = Frames.of(HEARTBEAT)
+# A SKU stream whose client has this much unread (queued in its transport) is dropped: a reader
+# that does not keep up must not make the feed hold its messages in memory.
+SKU_STREAM_BACKLOG_MAX_BYTES = 64 * 1024
+Ending = Literal["gone", "slow"]
+
+
 class Streams:
     """The event streams this instance holds: the SKU feeds, their count, and the signal that
-    ends every stream when the server shuts down."""
+    ends every stream when the server shuts down.
 
-    def __init__(self, sku_streams_max: int, interval_s: float, retry_after_s: int) -> None:
+    A SKU stream is a place on its SKU's feed: at most `sku_streams_max` in the process (503),
+    and counted with the long-polls and purchase streams of its client (`edge.WaitBudget`, 429)."""
+
+    def __init__(self, sku_streams_max: int, waits: WaitBudget, interval_s: float,
+                 heartbeat_s: float, retry_after_s: int) -> None:
         self.sku_streams_max = sku_streams_max
+        self.waits = waits
         self.interval_s = interval_s
+        self.heartbeat_s = heartbeat_s
         self.retry_after_s = retry_after_s
         self.sku_streams = 0
         self.feeds: dict[str, SkuFeed] = {}
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @contextmanager
-    def listening(self, hub: ResultsHub, state: SkuState, request: web.Request) -> Iterator[Listener]:
-        """A listener on the SKU's feed for the duration of a request (503 beyond the bound)."""
+    def place(self, hub: ResultsHub, state: SkuState, client: str) -> Iterator[SkuFeed]:
+        """A place on the SKU's feed for the duration of a request: 503 beyond sku_streams_max,
+        429 when `client` holds its share of waits already."""
         if self.sku_streams >= self.sku_streams_max:
+            edge.note_refusal("sku_streams_total", client)
             raise problems.Rejection(
                 503, "too_many_streams", "Too many event streams",
                 f"this instance holds {self.sku_streams_max} SKU event streams already",
                 retry_after_s=self.retry_after_s,
             )
+        self.waits.acquire(client, None)
         feed = self.feeds.get(state.sku)
         if feed is None:
-            feed = self.feeds[state.sku] = SkuFeed(hub, state, self.interval_s)
-        listener = Listener(feed, request)
-        feed.listeners.add(listener)
+            feed = self.feeds[state.sku] = SkuFeed(hub, state, self.interval_s, self.heartbeat_s)
+        feed.places += 1
         self.sku_streams += 1
         metrics.EVENT_STREAMS.labels("sku").inc()
         try:
-            yield listener
+            yield feed
         finally:
             self.sku_streams -= 1
             metrics.EVENT_STREAMS.labels("sku").dec()
-            feed.listeners.discard(listener)
-            if not feed.listeners:
+            self.waits.release(client, None)
+            feed.places -= 1
+            if not feed.places:
                 feed.stop()
                 del self.feeds[state.sku]
 
@@ -91,53 +124,87 @@ class Streams:
 
 
 class Listener:
-    """One SKU stream. Its feed completes `wake` when the event changed or the client left."""
+    """One SKU stream as its feed writes to it: the connection's transport, and `ended`, which
+    the feed completes when the client has gone or reads too slowly."""
 
-    __slots__ = ("feed", "request", "wake")
+    __slots__ = ("chunked", "ended", "transport")
 
-    def __init__(self, feed: SkuFeed, request: web.Request) -> None:
-        self.feed = feed
-        self.request = request
-        self.wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self, transport: asyncio.Transport, chunked: bool) -> None:
+        self.transport = transport
+        self.chunked = chunked
+        self.ended: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
 
-    def rearm(self) -> None:
-        if self.wake.done():
-            self.wake = asyncio.get_running_loop().create_future()
+    def write(self, frames: Frames) -> None:
+        self.transport.write(frames.chunked if self.chunked else frames.raw)
 
-    def wake_up(self) -> None:
-        if not self.wake.done():
-            self.wake.set_result(None)
+    def end(self, why: Ending) -> None:
+        if not self.ended.done():
+            self.ended.set_result(why)
 
 
 class SkuFeed:
-    """One SKU's latest event, re-read from the hub every `interval_s` while anyone listens and
-    encoded once for all of them. The same tick finds the listeners whose client has gone (a
-    handler is not told), so their places are given back within a tick, not a heartbeat."""
+    """One SKU's latest event, re-read from the hub every `interval_s` while anyone listens,
+    encoded once and written by the feed itself to every listener's transport in the same
+    tick: no task wakes per stream, no await per write (a write that cannot go out at once
+    is queued by the transport). A tick's work is one pass over the listeners: each gets the
+    same bytes, a heartbeat after `heartbeat_s` of silence, or is ended (its client gone, or
+    more than SKU_STREAM_BACKLOG_MAX_BYTES behind)."""
 
-    def __init__(self, hub: ResultsHub, state: SkuState, interval_s: float) -> None:
+    def __init__(self, hub: ResultsHub, state: SkuState, interval_s: float, heartbeat_s: float) -> None:
         self.hub = hub
         self.sku = state.sku
         self.interval_s = interval_s
+        self.heartbeat_s = heartbeat_s
+        self.places = 0  # requests holding a place on this feed (joined or about to)
         self.listeners: set[Listener] = set()
         self.state = state
-        self.event = sku_event(state)
-        self._task = asyncio.create_task(self._run(), name=f"sku-feed-{self.sku}")
+        self.event = Frames.of(sku_event(state))
+        loop = asyncio.get_running_loop()
+        self._quiet_until = loop.time() + heartbeat_s
+        self._task = loop.create_task(self._run(), name=f"sku-feed-{self.sku}")
+
+    def join(self, listener: Listener, sent: Frames) -> None:
+        """`listener` gets every event after `sent` (the one its request wrote already)."""
+        self.listeners.add(listener)
+        if sent is not self.event:
+            listener.write(self.event)
+
+    def leave(self, listener: Listener) -> None:
+        self.listeners.discard(listener)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.interval_s)
-            state = self.hub.skus.get(self.sku)
-            if state is not None and state is not self.state:
-                self.state = state
-                event = sku_event(state)
-                if event != self.event:
-                    self.event = event
-                    for listener in self.listeners:
-                        listener.wake_up()
-                    continue
-            for listener in self.listeners:
-                if _gone(listener.request):
-                    listener.wake_up()
+            self.tick(loop.time())
+
+    def tick(self, now: float) -> None:
+        frames: Frames | None = None
+        state = self.hub.skus.get(self.sku)
+        if state is not None and state is not self.state:
+            self.state = state
+            event = sku_event(state)
+            if event != self.event.raw:
+                frames = self.event = Frames.of(event)
+        if frames is None and now >= self._quiet_until:
+            frames = HEARTBEAT_FRAMES
+        if frames is not None:
+            self._quiet_until = now + self.heartbeat_s
+        ended: list[Listener] = []
+        for listener in self.listeners:
+            transport = listener.transport
+            if transport.is_closing():
+                listener.end("gone")
+                ended.append(listener)
+            elif frames is None:
+                continue
+            elif transport.get_write_buffer_size() > SKU_STREAM_BACKLOG_MAX_BYTES:
+                listener.end("slow")
+                ended.append(listener)
+            else:
+                listener.write(frames)
+        for listener in ended:
+            self.listeners.discard(listener)
 
     def stop(self) -> None:
         self._task.cancel()
@@ -148,8 +215,10 @@ STREAMS = web.AppKey("event_streams", Streams)
 
 def setup(app: web.Application, settings: Settings) -> None:
     async def streams(app: web.Application) -> AsyncIterator[None]:
+        front = app[edge.EDGE]
         app[STREAMS] = Streams(
-            settings.sku_streams_max, settings.sku_events_interval_ms / 1000, settings.retry_after_s
+            front.limits.sku_streams_max, front.waits, settings.sku_events_interval_ms / 1000,
+            settings.sse_heartbeat_s, settings.retry_after_s,
         )
         yield
         app[STREAMS].close()
@@ -237,6 +306,9 @@ async def _open(request: web.Request, settings: Settings) -> web.StreamResponse:
         "Cache-Control": "no-store",
         "X-Accel-Buffering": "no",  # a proxy in front (nginx) must not hold events back
     })
+    if request.version >= HttpVersion11:
+        # Said here rather than left to aiohttp: a SKU feed frames its chunks itself (`Frames`).
+        resp.enable_chunked_encoding()
     await resp.prepare(request)
     await resp.write(f"retry: {settings.sse_retry_ms}\n\n".encode())
     return resp
@@ -324,34 +396,38 @@ async def sku_events(request: web.Request) -> web.StreamResponse:
     ing = request.app[STATE]
     streams = request.app[STREAMS]
     state = await known_sku(ing, request)
-    with streams.listening(ing.hub, state, request) as listener:
+    with streams.place(ing.hub, state, edge.client_of(request)) as feed:
         resp = await _open(request, ing.settings)
+        sent = feed.event
         try:
-            await _stream_sku(request, resp, ing.settings, listener, streams.closed)
+            await resp.write(sent.raw)  # through aiohttp, which sends the head with it
         except ConnectionResetError:
-            pass
+            return resp
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return resp
+        listener = Listener(transport, resp.chunked)
+        feed.join(listener, sent)
+        try:
+            ending = await _sku_stream_ends(listener, streams.closed, ing.settings.sse_max_s)
+        finally:
+            feed.leave(listener)
+        if ending == "slow":
+            edge.note_refusal("sku_stream_slow", edge.client_of(request))
+            transport.abort()
+        elif ending != "gone":
+            try:
+                await resp.write_eof()
+            except ConnectionResetError:
+                pass
     return resp
 
 
-async def _stream_sku(
-    request: web.Request, resp: web.StreamResponse, settings: Settings, listener: Listener,
-    closed: asyncio.Future[None],
-) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.sse_max_s
-    sent: bytes | None = None
-    while True:
-        listener.rearm()  # before reading the event: a change after this wakes the wait below
-        if listener.feed.event is not sent:
-            sent = listener.feed.event
-            await resp.write(sent)
-        now = loop.time()
-        if now >= deadline or closed.done() or _gone(request):
-            break
-        done, _ = await asyncio.wait(
-            (listener.wake, closed), timeout=min(settings.sse_heartbeat_s, deadline - now),
-            return_when=FIRST_COMPLETED,
-        )
-        if not done and loop.time() < deadline:
-            await resp.write(HEARTBEAT)
-    await resp.write_eof()
+async def _sku_stream_ends(
+    listener: Listener, closed: asyncio.Future[None], max_s: float
+) -> Ending | Literal["closed", "done"]:
+    """Why the stream ends: its feed ended it, the server closes, or it lived `max_s`."""
+    done, _ = await asyncio.wait((listener.ended, closed), timeout=max_s, return_when=FIRST_COMPLETED)
+    if listener.ended.done():
+        return listener.ended.result()
+    return "closed" if done else "done"

@@ -18,6 +18,7 @@ from ingest.events import event_order
 from tests.auth import bearer
 from tests.auth import pid as purchase_id
 from tests.conftest import seed_sku
+from tests.integration.test_edge_limits import session
 from tests.integration.test_ingest_flow import Client
 
 EVENT_STREAM = "text/event-stream"
@@ -208,7 +209,9 @@ async def test_streams_are_counted_and_bounded(system, settings):
     system.settings = s
     await seed_sku(s, "tee", stock=5)
     system.start_ingest()  # no committers: the purchase stays pending, its stream open
-    async with aiohttp.ClientSession() as http:
+    # Each client holds one wait at most (waiters_max = 1): the streams come from two addresses.
+    async with aiohttp.ClientSession() as http, session("127.0.0.2") as other, \
+            session("127.0.0.3") as third:
         c = Client(http, system.base_url, s.admin_token)
         status, _, p = await c.buy("tee", "alice", "k1", wait_s=None)
         assert status == 202
@@ -217,11 +220,11 @@ async def test_streams_are_counted_and_bounded(system, settings):
 
         held = await open_stream(http, url, bearer("alice"))
         assert held.status == 200 and (await Sse(held).next_event()).data["status"] == "pending"
-        held_sku = await open_stream(http, sku_url, {})
+        held_sku = await open_stream(other, sku_url, {})
         assert held_sku.status == 200 and (await Sse(held_sku).next_event()).data["remaining"] == 5
 
-        for target, headers in ((url, bearer("alice")), (sku_url, {})):
-            async with http.get(target, headers=headers) as r:
+        for client, target, headers in ((http, url, bearer("alice")), (third, sku_url, {})):
+            async with client.get(target, headers=headers) as r:
                 assert r.status == 503 and int(r.headers["Retry-After"]) >= 1, target
                 assert (await r.json())["type"].endswith("/too_many_streams")
         # A long-poll meanwhile is answered at once (the one waiter slot is the stream's).
@@ -236,9 +239,9 @@ async def test_streams_are_counted_and_bounded(system, settings):
         # Closed streams give their places back.
         held.close()
         held_sku.close()
-        for target, headers in ((url, bearer("alice")), (sku_url, {})):
+        for client, target, headers in ((http, url, bearer("alice")), (third, sku_url, {})):
             for _ in range(50):  # the server notices the closed connection on its next tick
-                async with http.get(target, headers={**headers, "Last-Event-ID": "x"}) as r:
+                async with client.get(target, headers={**headers, "Last-Event-ID": "x"}) as r:
                     if r.status == 200:
                         break
                 await asyncio.sleep(0.2)
