@@ -32,6 +32,7 @@ def test_caps_fit_the_fd_limit_with_headroom():
     assert limits.client_connections_max == DEFAULTS.client_connections_max == 2_000
     assert limits.client_waits_max == DEFAULTS.client_waits_max
     assert limits.buyer_waits_max == DEFAULTS.buyer_waits_max
+    assert limits.sku_streams_max == DEFAULTS.sku_streams_max == 10_000
 
 
 def test_small_fd_limits_clamp_every_cap():
@@ -41,6 +42,7 @@ def test_small_fd_limits_clamp_every_cap():
     assert limits.client_connections_max == limits.connections_max  # 2 000 clamped to the total
     assert limits.waits_max == int(limits.connections_max * 0.75)
     assert limits.client_waits_max == min(DEFAULTS.client_waits_max, limits.waits_max)
+    assert limits.sku_streams_max == limits.waits_max  # 10 000 clamped to the fd budget
     # Per-client caps never exceed the process's, and a buyer never more than its client.
     tiny = size_limits(DEFAULTS, 100)
     assert tiny.connections_max == 1 and tiny.waits_max == 1
