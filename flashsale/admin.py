@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 
 from config.settings import Settings
 from flashsale.jetstream import connect_nats_for_command
+from proto.identifiers import SKU
 from proto.messages import (
     CLEARABLE_SKU_FIELDS,
     Payment,
@@ -88,6 +89,8 @@ def make_upsert(sku: str, fields: Mapping[str, object]) -> SkuUpsert:
     its value; None clears max_per_user, sale_start or sale_end and is refused for the others;
     sale times are datetimes (naive = UTC), ISO 8601 strings or epoch ms. Raises AdminError.
     """
+    if not SKU.matches(sku):
+        raise AdminError(f"sku {sku!r}: {SKU.describe()}", "sku")
     unknown = set(fields) - set(UPSERT_FIELDS) - {"sku"}
     if unknown:
         raise AdminError(f"unknown SKU fields: {sorted(unknown)}")

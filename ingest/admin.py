@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any
 
@@ -15,13 +14,13 @@ from ingest import edge, http, problems
 from ingest.auth import bearer_token, is_admin
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
-from ingest.schemas import SKU_MAX_LEN, SKU_PATTERN, SkuUpsertRequest, sku_upsert_decoder, sku_view_of
+from ingest.schemas import SkuUpsertRequest, sku_upsert_decoder, sku_view_of
 from ingest.state import STATE, Ingest
+from proto.identifiers import SKU
 from proto.messages import Refusal, SkuState, SkuUpsert, encode
 from proto.sharding import shard_of
 
 ADMIN_TIMEOUT_S = 10.0  # an operator waits this long for the committer to apply a SKU change
-_SKU_RE = re.compile(SKU_PATTERN)
 
 
 async def put_sku(request: web.Request) -> web.Response:
@@ -64,11 +63,8 @@ def require_admin(ing: Ingest, request: web.Request) -> None:
 
 def _sku_in_path(request: web.Request) -> str:
     sku = request.match_info["sku"]
-    if len(sku) > SKU_MAX_LEN or not _SKU_RE.match(sku):
-        raise problems.validation(
-            "invalid SKU in path",
-            [problems.FieldError("sku", f"1..{SKU_MAX_LEN} characters matching {SKU_PATTERN}")],
-        )
+    if not SKU.matches(sku):
+        raise problems.validation("invalid SKU in path", [problems.FieldError("sku", SKU.describe())])
     return sku
 
 

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from ingest import problems
+from proto.identifiers import USER_ID
 
 HS_ALGORITHMS = ["HS256"]
 PUBLIC_KEY_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
@@ -102,8 +103,8 @@ class BuyerVerifier:
             raise _unauthorized("token too long")
         claims = self._verify(token)
         sub = claims["sub"]
-        if not isinstance(sub, str) or not 1 <= len(sub) <= 128 or not sub.isascii() or not sub.isprintable():
-            raise _unauthorized("sub must be 1..128 visible ASCII characters")
+        if not isinstance(sub, str) or not USER_ID.matches(sub):
+            raise _unauthorized(f"sub must be {USER_ID.describe()}")
         self._verified[token] = (sub, float(claims["exp"]))
         if len(self._verified) > VERIFIED_TOKENS_MAX:
             self._verified.popitem(last=False)

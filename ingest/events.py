@@ -333,7 +333,7 @@ def held_event_id(request: web.Request) -> str | None:
 async def purchase_events(request: web.Request) -> web.StreamResponse:
     ing = request.app[STATE]
     reader = reader_of(ing, request)
-    pid = purchase_id_in_path(request)
+    pid = purchase_id_in_path(ing, request)
     held = held_event_id(request)
     with ing.hub.watching(pid, True, client=edge.client_of(request), buyer=reader) as watch:
         current = await owned_purchase(ing, pid, reader, edge.client_of(request))

@@ -1,4 +1,4 @@
-"""HTTP details shared by the routes: JSON in and out, `Prefer: wait`, Idempotency-Key.
+"""HTTP details shared by the routes: JSON in and out, `Prefer: wait`.
 
 Each function either returns what the request says or raises `problems.Rejection`.
 """
@@ -14,7 +14,6 @@ from aiohttp import web
 
 from ingest import edge, problems
 from ingest.schemas import encode_json
-from proto.ids import IDEMPOTENCY_KEY_MAX_LEN, new_idempotency_key
 
 JSON = "application/json"
 
@@ -113,24 +112,3 @@ def capped_prefer_wait_s(request: web.Request, wait_max_s: float) -> float:
 def preference_applied(wait_s: float) -> str:
     """The `Preference-Applied` value for a wait that was honoured."""
     return f"wait={int(wait_s)}" if wait_s == int(wait_s) else f"wait={wait_s:g}"
-
-
-def valid_idempotency_key(key: str) -> bool:
-    # Visible ASCII (0x21-0x7E); the str methods run in C, a per-character loop would not.
-    return (
-        1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LEN and key.isascii() and key.isprintable()
-        and " " not in key
-    )
-
-
-def idempotency_key(request: web.Request) -> str:
-    """The client's Idempotency-Key, or a new server-issued one when the header is absent."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return new_idempotency_key()
-    if not valid_idempotency_key(key):
-        raise problems.Rejection(
-            400, "bad_idempotency_key", "Invalid Idempotency-Key",
-            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_LEN} visible ASCII characters",
-        )
-    return key

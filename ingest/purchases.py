@@ -19,7 +19,8 @@ from ingest.results import PurchaseState, Watch, is_decided, is_final, status_of
 from ingest.schemas import PurchaseRequest, PurchaseView, purchase_request_decoder, view_of
 from ingest.state import STATE, Ingest
 from proto.clock import now_ms
-from proto.ids import is_purchase_id, purchase_id, request_hash
+from proto.identifiers import IDEMPOTENCY_KEY, PURCHASE_ID
+from proto.ids import new_idempotency_key, purchase_id, request_hash
 from proto.messages import FINAL_STATUSES, STATUSES, Cancel, Purchase, Refusal, Status, encode
 from proto.sharding import shard_of
 
@@ -33,7 +34,7 @@ async def create_purchase(request: web.Request) -> web.Response:
     req = await http.decode_body(request, purchase_request_decoder)
     _check_body_buyer(req, buyer)
     _check_qty(req.qty, ing.settings.qty_max)
-    key = http.idempotency_key(request)
+    key = _idempotency_key(ing, request)
     _check_rate(ing, buyer)
     await _check_sku_exists(ing, req.sku, key, edge.client_of(request))
     intent = _intent(ing, req, buyer, key)
@@ -53,7 +54,7 @@ async def create_purchase(request: web.Request) -> web.Response:
 async def get_purchase(request: web.Request) -> web.Response:
     ing = request.app[STATE]
     reader = reader_of(ing, request)
-    pid = purchase_id_in_path(request)
+    pid = purchase_id_in_path(ing, request)
     wait_s, prefer = _poll_wait(request, ing.settings.wait_max_s)
     seen = _seen_status(request)
     headers: dict[str, str] = {}
@@ -69,7 +70,7 @@ async def get_purchase(request: web.Request) -> web.Response:
 async def cancel_purchase(request: web.Request) -> web.Response:
     ing = request.app[STATE]
     buyer = ing.buyers.buyer(request)
-    pid = purchase_id_in_path(request)
+    pid = purchase_id_in_path(ing, request)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
     with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer) as watch:
@@ -211,11 +212,28 @@ def _check_same_request(stored_hash: str, request_hash: str, key: str) -> None:
         )
 
 
-def purchase_id_in_path(request: web.Request) -> str:
+def purchase_id_in_path(ing: Ingest, request: web.Request) -> str:
+    """The purchase id in the path; a name that cannot be one is a 404 like a missing purchase,
+    charged as a miss (identifiers: proto.identifiers)."""
     pid = request.match_info["id"]
-    if not is_purchase_id(pid):
+    if not PURCHASE_ID.matches(pid):
+        ing.reads.charge(edge.client_of(request))
         raise problems.not_found(f"no purchase {pid!r} (not a purchase id)")
     return pid
+
+
+def _idempotency_key(ing: Ingest, request: web.Request) -> str:
+    """The client's Idempotency-Key, or a new server-issued one when the header is absent."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return new_idempotency_key()
+    if not IDEMPOTENCY_KEY.matches(key):
+        ing.reads.charge(edge.client_of(request))
+        raise problems.Rejection(
+            400, "bad_idempotency_key", "Invalid Idempotency-Key",
+            f"Idempotency-Key must be {IDEMPOTENCY_KEY.describe()} (visible ASCII)",
+        )
+    return key
 
 
 async def owned_purchase(ing: Ingest, pid: str, reader: str | None, client: str) -> PurchaseState:

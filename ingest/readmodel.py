@@ -72,13 +72,15 @@ class ReadModel:
         self.hub.remember_final(d)
         return d
 
+    def charge(self, client: str) -> None:
+        """Spend one of `client`'s lookups of things that do not exist, or a 429 when it has
+        none left: for a name that cannot exist (outside its grammar), refused at once."""
+        if self.misses is not None and (wait_s := self.misses.acquire(client, time.monotonic())):
+            raise _too_many_misses(wait_s)
+
     def _check_misses(self, client: str) -> None:
         if self.misses is not None and (wait_s := self.misses.wait_s(client, time.monotonic())):
-            raise problems.Rejection(
-                429, "too_many_misses", "Too many lookups of things that do not exist",
-                "this client looked up too many unknown purchases or SKUs; slow down",
-                retry_after_s=RateLimiter.retry_after_s(wait_s),
-            )
+            raise _too_many_misses(wait_s)
 
     def _missed(self, client: str) -> None:
         if self.misses is not None:
@@ -127,3 +129,11 @@ class ReadModel:
         state = sku_state_of(row)
         self.hub.remember_sku(state)
         return self.hub.skus.get(sku, state)
+
+
+def _too_many_misses(wait_s: float) -> problems.Rejection:
+    return problems.Rejection(
+        429, "too_many_misses", "Too many lookups of things that do not exist",
+        "this client looked up too many unknown purchases or SKUs; slow down",
+        retry_after_s=RateLimiter.retry_after_s(wait_s),
+    )

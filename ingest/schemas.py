@@ -14,15 +14,14 @@ from msgspec import Meta
 
 from flashsale.admin import TIME_MAX_MS, TIME_MIN_MS
 from ingest.queue import QueueView
+from proto.identifiers import PAYMENT_TOKEN, SKU, USER_ID
 from proto.messages import Decision, Purchase, SkuState
 
-# SKUs travel in URL paths and log lines: a conservative, documented alphabet.
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
-SKU_MAX_LEN = 64
-Sku = Annotated[str, Meta(min_length=1, max_length=SKU_MAX_LEN, pattern=SKU_PATTERN)]
-# Visible ASCII, no spaces: ids from any identity provider (uuid, email, numeric) fit.
-UserId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
-PaymentToken = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[!-~]+$")]
+# The identifiers' grammar is proto.identifiers'. User ids are visible ASCII without spaces: ids
+# from any identity provider (uuid, email, numeric) fit.
+Sku = Annotated[str, SKU.meta()]
+UserId = Annotated[str, USER_ID.meta()]
+PaymentToken = Annotated[str, PAYMENT_TOKEN.meta()]
 # Postgres columns are int4; the cap of qty is a runtime setting checked by the handler.
 Qty = Annotated[int, Meta(ge=1, le=2_000_000_000)]
 Stock = Annotated[int, Meta(ge=0, le=2_000_000_000)]

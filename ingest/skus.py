@@ -7,17 +7,22 @@ import heapq
 from aiohttp import web
 
 from ingest import edge, http, problems
-from ingest.schemas import SKU_MAX_LEN, SkuList, sku_view_of
+from ingest.schemas import SkuList, sku_view_of
 from ingest.state import STATE, Ingest
+from proto.identifiers import SKU
 from proto.messages import SkuState
 
 SKU_LIST_MAX = 100  # SKUs per page of GET /v1/skus
 
 
 async def known_sku(ing: Ingest, request: web.Request) -> SkuState:
-    """The state of the SKU named in the path, or a 404 problem."""
+    """The state of the SKU named in the path, or a 404 problem. A name outside the SKU grammar
+    (proto.identifiers) names nothing: 404 at once, charged as a miss."""
     sku = request.match_info["sku"]
-    state = await ing.reads.sku_state(sku, edge.client_of(request)) if len(sku) <= SKU_MAX_LEN else None
+    if not SKU.matches(sku):
+        ing.reads.charge(edge.client_of(request))
+        raise problems.not_found(f"no SKU {sku!r} (not a SKU name)")
+    state = await ing.reads.sku_state(sku, edge.client_of(request))
     if state is None:
         raise problems.not_found(f"no SKU {sku!r}")
     return state

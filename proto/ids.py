@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-PURCHASE_ID_PREFIX = "p_"
-IDEMPOTENCY_KEY_MAX_LEN = 255
+from proto.identifiers import PURCHASE_ID_PREFIX
 
 
 def purchase_id(id_secret: bytes, user_id: str, idempotency_key: str) -> str:
@@ -28,17 +27,6 @@ def purchase_id(id_secret: bytes, user_id: str, idempotency_key: str) -> str:
 def id_key(id_secret: str) -> bytes:
     """The hash key for `purchase_id` from a secret of any length."""
     return hashlib.sha256(id_secret.encode()).digest()
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def is_purchase_id(value: str) -> bool:
-    return (
-        len(value) == len(PURCHASE_ID_PREFIX) + 30
-        and value.startswith(PURCHASE_ID_PREFIX)
-        and _HEX.issuperset(value[len(PURCHASE_ID_PREFIX) :])
-    )
 
 
 def request_hash(canonical_body: bytes) -> str:

@@ -7,6 +7,7 @@ import aiohttp
 import msgspec
 
 from tests.auth import bearer, pid, token
+from tests.conftest import seed_sku
 from tests.integration.test_edge_limits import session
 
 ATTACKER, BUYER = "127.0.0.2", "127.0.0.3"
@@ -66,3 +67,43 @@ async def test_the_dev_token_helper_answers_loopback_host_names_only(system, set
             async with http.post(f"{system.base_url}/dev/token", json={"user": "alice"},
                                  headers=headers) as r:
                 assert r.status == 200 and (await r.json())["user"] == "alice", host
+
+
+async def test_names_outside_the_grammar_are_4xx_charged_as_misses(system, settings):
+    """A NUL (which Postgres refuses in text), a newline or a space in a SKU, a purchase id or a
+    key is answered 4xx problem+json at the edge, charged to the address's miss budget (then
+    429), never a 503, and never logged per request; another address is not affected."""
+    s = msgspec.structs.replace(settings, client_misses_per_s=0.01, client_misses_burst=20)
+    system.settings = s
+    await seed_sku(s, "tee", stock=5)
+    ingest = system.start_ingest()
+    base = system.base_url
+    bad = ["/v1/skus/a%00b", "/v1/skus/a%00b/events", "/v1/skus/tee%0A", "/v1/skus/tee%20x",
+           "/v1/skus/%C3%A9", "/v1/purchases/p_%00", "/v1/purchases/" + "p_" + "0" * 29 + "%0A",
+           "/v1/purchases/p_x/events"]
+    answers: list[tuple[int, str]] = []
+    async with session(ATTACKER) as http:
+        for n in range(30):
+            path = bad[n % len(bad)]
+            async with http.get(base + path, headers=bearer("mallory")) as r:
+                problem = await r.json(content_type=None)
+                assert r.content_type == PROBLEM, (path, r.status)
+                answers.append((r.status, problem["type"].rsplit("/", 1)[1]))
+        headers = {**bearer("mallory"), "Idempotency-Key": "has space"}
+        async with http.post(base + "/v1/purchases", json={"sku": "tee", "qty": 1}, headers=headers) as r:
+            assert r.status == 429 and r.headers["Retry-After"]  # the budget is spent
+        for body in ({"sku": "tee\x00", "qty": 1}, {"sku": "tee\n", "qty": 1}):
+            async with http.post(base + "/v1/purchases", json=body, headers=bearer("mallory")) as r:
+                assert r.status == 422 and r.content_type == PROBLEM, body
+    statuses = [status for status, _ in answers]
+    assert statuses[:20] == [404] * 20 and set(statuses[20:]) == {429}, answers
+    assert {slug for status, slug in answers if status == 429} == {"too_many_misses"}
+    async with session(BUYER) as http:
+        headers = {**bearer("alice"), "Idempotency-Key": "bad key"}
+        async with http.post(base + "/v1/purchases", json={"sku": "tee", "qty": 1}, headers=headers) as r:
+            problem = await r.json(content_type=None)
+            assert r.status == 400 and problem["type"].endswith("bad_idempotency_key")
+        async with http.get(base + "/v1/skus/tee") as r:
+            assert r.status == 200
+    log = ingest.log_tail(200)
+    assert "dependency error" not in log and "CharacterNotInRepertoire" not in log, log

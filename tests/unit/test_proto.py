@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proto.ids import id_key, is_purchase_id, purchase_id, request_hash
+from proto.identifiers import PURCHASE_ID
+from proto.ids import id_key, purchase_id, request_hash
 from proto.messages import Confirm, Purchase, ResultBatch, encode, intent_decoder, result_decoder
 from proto.sharding import shard_of
 from proto.subjects import Names
@@ -17,13 +18,13 @@ KEY = id_key("unit-test-secret")
 def test_purchase_id_is_deterministic_and_well_formed(user, key):
     pid = purchase_id(KEY, user, key)
     assert pid == purchase_id(KEY, user, key)
-    assert is_purchase_id(pid)
+    assert PURCHASE_ID.matches(pid)
 
 
 def test_purchase_id_separates_user_and_key():
     assert purchase_id(KEY, "ab", "c") != purchase_id(KEY, "a", "bc")
     assert purchase_id(KEY, "u", "k1") != purchase_id(KEY, "u", "k2")
-    assert not is_purchase_id("p_xyz") and not is_purchase_id("q_" + "0" * 30)
+    assert not PURCHASE_ID.matches("p_xyz") and not PURCHASE_ID.matches("q_" + "0" * 30)
 
 
 def test_shard_of_is_stable_and_in_range():
