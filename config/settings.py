@@ -126,14 +126,18 @@ class Settings(msgspec.Struct, kw_only=True):
     # gateway / payments
     psp_url: str = "http://127.0.0.1:8090"
     psp_api_key: str = "sk_test_flashsale"
-    payment_attempts_max: int = 6
+    payment_attempts_max: int = 6  # sends of a call with no reservation deadline (search, void, refund)
     payment_backoff_base_s: float = 0.2
     payment_backoff_max_s: float = 5.0
     psp_timeout_s: float = 10.0  # one PSP HTTP call; past it the call counts as transient
     psp_currency: str = "usd"
-    payment_start_margin_s: float = 2.0  # don't start charging a reservation this close to expiry
+    # No PSP call for a reservation this close to its deadline: no job starts, no retry is sent.
+    payment_start_margin_s: float = 2.0
     payment_ack_wait_s: float = 60.0  # a killed gateway's jobs are redelivered after this
     gateway_concurrency: int = 64  # payment jobs in flight per gateway process
+    # On SIGTERM, jobs in flight get this long to finish; the rest go back to the stream unsettled.
+    # Below the supervisor's stop wait (flashsale.supervision.STOP_WAIT_S), which then SIGKILLs.
+    gateway_drain_s: float = 10.0
     gateway_metrics_port: int = 0  # 0 = none; /metrics, /healthz, /readyz
     reconcile_grace_s: float = 120.0  # captures younger than this may still be confirming
     reconcile_page_size: int = 100

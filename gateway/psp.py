@@ -139,7 +139,8 @@ class GiveUp(Exception):
 async def retrying(settings: Settings, step: PspStep, call: Callable[[], Awaitable[T]],
                    deadline_ms: int | None = None) -> T:
     """The call, sent again with the same idempotency key while the PSP's failure is transient (a
-    lost answer, a timeout, the key still in use): at most `payment_attempts_max` sends, paced by
+    lost answer, a timeout, the key still in use, the PSP down): at most `payment_attempts_max`
+    sends (one round: the worker runs rounds until a reservation's deadline), paced by
     `backoff_s`, none that would wait past `deadline_ms`. CardDeclined passes through (the caller
     acts on it); any other failure ends as GiveUp."""
     attempt = 0

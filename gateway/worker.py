@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Literal, cast
 
@@ -34,7 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from config.settings import Settings
 from flashsale.logs import kv
 from flashsale.pull import Puller
-from gateway.messages import DeadLetter, encode_deadletter
+from gateway.messages import DeadLetter, PspStep, encode_deadletter
 from gateway.metrics import COMPENSATIONS, DEADLETTERS, JOB_SECONDS, JOBS, JOBS_INFLIGHT
 from gateway.psp import CardDeclined, GiveUp, PaymentIntent, PaymentProvider, PspError, backoff_s, retrying
 from proto.clock import now_ms
@@ -91,7 +91,8 @@ class Gateway:
             if status != "confirmed":
                 await self._compensate_purchase(job.id, status, "closed_before_charge")
             return skipped
-        if now_ms() >= job.expires_at_ms - self.settings.payment_start_margin_s * 1000:
+        charge_by_ms = self.charge_by_ms(job)
+        if now_ms() >= charge_by_ms:
             # The committer expires it on its own; charging now would only be refunded.
             log.info("job expired before charging", extra=kv(purchase_id=job.id))
             return "skipped_expired"
@@ -100,41 +101,64 @@ class Gateway:
             await self._publish_intent(job.shard, Release(job.id, "payment_declined"))
             return "declined"
         try:
-            intent = await retrying(
-                self.settings, "authorize", lambda: self.psp.authorize(job.id, job.amount_cents, token),
-                deadline_ms=job.expires_at_ms)
+            intent = await self._until_charge_by(
+                job, "authorize", lambda: self.psp.authorize(job.id, job.amount_cents, token),
+                happened=lambda found: True)
         except CardDeclined:
             await self._publish_intent(job.shard, Release(job.id, "payment_declined"))
             return "declined"
         except GiveUp as e:
-            # Every answer may have been lost while the PSP did authorize: look before giving up.
-            found = await self._look_up(job.id)
-            if found is None:
-                await self._give_up(job, e)
-                return "failed"
-            intent = found
+            await self._give_up(job, e)
+            return "failed"
         if intent.status == "requires_capture":
             if now_ms() >= job.expires_at_ms or await self._purchase_status(job.id) not in (None, "reserved"):
                 # Stock is already back on sale: let go of the hold instead of capturing.
                 await self._void_quietly(job.id, intent)
                 return "closed_before_capture"
+            authorized = intent
             try:
-                intent = await retrying(self.settings, "capture", lambda: self.psp.capture(job.id, intent.id))
+                intent = await self._until_charge_by(
+                    job, "capture", lambda: self.psp.capture(job.id, authorized.id),
+                    happened=lambda found: found.status == "succeeded")
             except GiveUp as e:
-                found = await self._look_up(job.id)
-                if found is None or found.status != "succeeded":
-                    # Frees the buyer's hold now. Should a capture still land after this (one
-                    # stuck at the PSP), the void fails and reconciliation refunds it.
-                    await self._void_quietly(job.id, intent)
-                    await self._give_up(job, e)
-                    return "failed"
-                intent = found
+                # Frees the buyer's hold now. Should a capture still land after this (one stuck
+                # at the PSP), the void fails and reconciliation refunds it.
+                await self._void_quietly(job.id, authorized)
+                await self._give_up(job, e)
+                return "failed"
         if intent.status != "succeeded" or intent.amount_received <= 0:
             await self._give_up(job, GiveUp("capture", "psp_rejected",
                                             f"unexpected intent status {intent.status}", 1))
             return "failed"
         await self._publish_intent(job.shard, Confirm(job.id, intent.id, intent.amount_received))
         return "confirmed"
+
+    def charge_by_ms(self, job: PaymentJob) -> int:
+        """The last moment to send a PSP call for this reservation: its deadline less the margin
+        the capture and the confirm need to land before the committer expires it."""
+        return job.expires_at_ms - int(self.settings.payment_start_margin_s * 1000)
+
+    async def _until_charge_by(self, job: PaymentJob, step: PspStep,
+                               call: Callable[[], Awaitable[PaymentIntent]],
+                               happened: Callable[[PaymentIntent], bool]) -> PaymentIntent:
+        """One payment step, as long as the reservation can still be honoured: rounds of
+        `retrying` (`payment_attempts_max` sends each), each round that ends in transient failures
+        followed by a look-up, since every answer may have been lost while the PSP did the work.
+        A PSP outage is ridden out this way until `charge_by_ms`; GiveUp once that passed, or on
+        a final error with nothing found."""
+        charge_by_ms = self.charge_by_ms(job)
+        while True:
+            try:
+                return await retrying(self.settings, step, call, deadline_ms=charge_by_ms)
+            except GiveUp as e:
+                found = await self._look_up(job.id)
+                if found is not None and happened(found):
+                    return found
+                if e.reason != "retry_budget_exhausted":
+                    raise
+                log.info("psp still failing, retrying until the reservation's deadline",
+                         extra=kv(purchase_id=job.id, step=step, charge_by_ms=charge_by_ms,
+                                  error=e.error))
 
     async def _purchase_status(self, purchase_id: str) -> Status | None:
         if self.db is None:
@@ -262,8 +286,13 @@ class Gateway:
                 inflight.add(task)
                 task.add_done_callback(inflight.discard)
         if inflight:
-            # Unfinished jobs are simply redelivered later; give them a moment to finish first.
-            await asyncio.wait(inflight, timeout=self.settings.psp_timeout_s)
+            # A stop drains: the jobs in flight get `gateway_drain_s` to finish, and the rest are
+            # handed back unsettled (their reservations stay open) for the next gateway to
+            # replay with the same idempotency keys. A stop never releases a reservation.
+            _, unfinished = await asyncio.wait(inflight, timeout=self.settings.gateway_drain_s)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
 
     async def _on_job(self, msg: Msg) -> None:
         try:
@@ -277,6 +306,10 @@ class Gateway:
         JOBS_INFLIGHT.inc()
         try:
             outcome = await self.settle(job)
+        except asyncio.CancelledError:
+            log.info("payment job handed back unsettled (stopping)", extra=kv(purchase_id=job.id))
+            await _quietly(msg.nak())
+            raise
         except Exception as e:
             JOBS.labels("error").inc()
             log.exception("payment job failed, will be redelivered",
