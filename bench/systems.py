@@ -330,7 +330,7 @@ async def start_flashsale(place: Place, processes: list[procs.Process], shards: 
     returns its settings, log directory and the /metrics URL of each ingest process."""
     n = next(_run_numbers)
     database_url = await _new_database(place.postgres, f"bench_fs_{n}")
-    await apply_schema(database_url)
+    await apply_schema(database_url, shards)
     s = bench_settings(
         nats_url=place.nats.url, database_url=database_url,
         namespace=f"b{n}", shards=shards, ingest_port=free_port(),

@@ -1,7 +1,8 @@
 """`python -m committer --shard N`: the single writer of shard N, or a standby for it.
 
 A process waits as a standby while another holds a live lease on the shard, then writes until it
-is stopped (exit 0, lease released), fenced (exit 3) or about to break an invariant (exit 4).
+is stopped (exit 0, lease released), fenced (exit 3) or about to break an invariant (exit 4). One
+configured for another shard count than the system's shard map never claims the shard (exit 2).
 Any other failure (Postgres or NATS lost, a client library in a bad state) rebuilds the writer
 from Postgres with bounded backoff, as the holder of the same epoch.
 """
@@ -22,6 +23,7 @@ from committer import metrics, store
 from committer.links import Health, Links, Unreachable
 from committer.loop import Committer
 from committer.recovery import (
+    EXIT_CONFIG,
     EXIT_CORRUPT,
     EXIT_FENCED,
     EXIT_STOPPED,
@@ -30,12 +32,13 @@ from committer.recovery import (
     verdict_of,
 )
 from config.settings import Settings, load
+from flashsale import shardmap
 from flashsale.logs import kv, setup
 from flashsale.status import serve_status
 
 log = logging.getLogger("committer")
 
-__all__ = ["EXIT_CORRUPT", "EXIT_FENCED", "EXIT_STOPPED", "cli", "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_CORRUPT", "EXIT_FENCED", "EXIT_STOPPED", "cli", "main"]
 
 FIRST_RETRY_S = 0.1
 
@@ -88,10 +91,19 @@ class Shard:
         """Connect, claim the lease, rebuild and write until stopped; errors propagate."""
         links = await Links.open(self.settings, self.shard, self.health)
         try:
+            # Before claiming: a process configured unlike the system must not even wait as a standby.
+            await shardmap.check(links.conn, self.settings.shards)
             epoch = await self.claim(links, stopping)
             if epoch is None:
                 return
             self.epoch = epoch
+            try:
+                # Again under the lease: `flashsale reshard` changes the map only while no lease
+                # is live, so the map read now holds for as long as this writer runs.
+                await shardmap.check(links.conn, self.settings.shards)
+            except shardmap.ShardMapError:
+                await store.release_lease(links.conn, self.shard, epoch)
+                raise
             self.writer = await Committer.start(self.settings, self.shard, epoch, links)
             self.backoff.reset()
             self.unexpected.clear()
@@ -114,6 +126,9 @@ class Shard:
                 if verdict == "fenced":
                     log.error("stopping: fenced", extra=kv(shard=self.shard, error=str(e)))
                     return EXIT_FENCED
+                if verdict == "misconfigured":
+                    log.error(f"refusing to run: {e}", extra=kv(shard=self.shard))
+                    return EXIT_CONFIG
                 if verdict == "corrupt":
                     # Money is at stake: stop loudly rather than guess. Nothing of the batch committed.
                     log.critical("stopping: invariant", extra=kv(shard=self.shard, error=str(e)))

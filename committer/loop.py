@@ -37,6 +37,7 @@ from proto.messages import (
     encode,
     intent_decoder,
 )
+from proto.sharding import shard_of
 
 log = logging.getLogger("committer")
 
@@ -64,6 +65,7 @@ class Committer:
         self.commits = 0
         self.renewed_at = time.monotonic()  # when the last lease renewal started
         self.announced_at = 0.0  # when the last ResultBatch went out
+        self.refused_foreign = False  # a WRONG_SHARD refusal was logged (once per writer)
 
     @classmethod
     async def start(cls, settings: Settings, shard: int, epoch: int, links: Links) -> Committer:
@@ -140,6 +142,8 @@ class Committer:
                 self.machine.load_decision(d)
         t = now_ms()
         step = self.machine.step(intents, t)
+        if step.foreign_skus:
+            self._refusing_foreign(step.foreign_skus)
         if acked or _announces(step):
             await self._commit(step, acked, t)
         # Only now is every decision durable: acknowledge, then tell the world.
@@ -151,6 +155,19 @@ class Committer:
             metrics.BATCH_SIZE.labels(self.label).observe(len(intents))
         if _announces(step):
             await self._announce(step, intents)
+
+    def _refusing_foreign(self, skus: list[str]) -> None:
+        """A sender routed by another shard map (a stale process): its intents are refused,
+        acked and answered like any other. One line per writer, not one per intent."""
+        if self.refused_foreign:
+            return
+        self.refused_foreign = True
+        log.error(
+            "refusing intents for SKUs of other shards (logged once; counted in "
+            "flashsale_refusals_total{reason=\"wrong_shard\"}): a sender routes by another shard map",
+            extra=kv(shard=self.shard, shards=self.machine.shards, sku=skus[0],
+                     owner_shard=shard_of(skus[0], self.machine.shards), count=len(skus)),
+        )
 
     async def _announce_taken(self, taken_seq: int) -> None:
         """Tell ingest how far this batch reaches before deciding it: a purchase in it is no

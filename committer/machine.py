@@ -5,6 +5,10 @@ and the payment jobs to hand to the gateway. It owns the stock of its shard's SK
 without locks; the I/O shell (`committer/loop.py`) commits each Step in one Postgres transaction
 before anything it describes becomes visible.
 
+It decides only its own shard's SKUs (`shard_of` under the system's shard map): a purchase or SKU
+change for another shard's SKU is refused without touching any state, so a misrouted intent can
+never create or overwrite a SKU another writer owns.
+
 It must never oversell, never decide one purchase id twice and never break a per-user cap; those
 are asserted here (a violation would cost money) and tested exhaustively in tests/unit/.
 """
@@ -38,16 +42,20 @@ from proto.messages import (
     Purchase,
     Reason,
     Refusal,
+    RefusalKind,
     Release,
     SkuState,
     SkuUpsert,
     Status,
 )
+from proto.sharding import shard_of
 
 DEFAULT_RESERVATION_TTL_S = 600
 
 # The intents that close a reservation before it is paid (the Refusal kinds they can earn).
 CloseKind = Literal["release", "cancel"]
+# The Refusal reason of a purchase or SKU change whose SKU another shard owns.
+WRONG_SHARD = "wrong_shard"
 
 
 class InvariantViolation(AssertionError):
@@ -101,6 +109,7 @@ class Step:
     psp_refs: dict[str, str] = field(default_factory=dict)  # confirmed id -> PSP reference
     draw_entries: list[Entry] = field(default_factory=list)  # purchases now waiting for a draw
     drawn: list[str] = field(default_factory=list)  # SKUs whose draw this step decided
+    foreign_skus: list[str] = field(default_factory=list)  # of intents refused as WRONG_SHARD
 
     @property
     def has_writes(self) -> bool:
@@ -108,8 +117,11 @@ class Step:
 
 
 class Machine:
-    def __init__(self, shard: int, seen_max: int = 2_000_000) -> None:
+    def __init__(self, shard: int, shards: int = 1, seen_max: int = 2_000_000) -> None:
+        if not 0 <= shard < shards:
+            raise ValueError(f"shard {shard} outside 0..{shards - 1}")
         self.shard = shard
+        self.shards = shards
         self.seen_max = seen_max
         self.skus: dict[str, Sku] = {}
         # Every decision this shard remembers, oldest first; final ones may be evicted.
@@ -119,6 +131,9 @@ class Machine:
         self._expiry_heap: list[tuple[int, str]] = []
         self.forgot_any = False  # once true, unknown ids must be checked against Postgres
         self.draws: dict[str, Draw] = {}  # SKUs whose draw is not decided yet
+
+    def owns(self, sku: str) -> bool:
+        return shard_of(sku, self.shards) == self.shard
 
     # -- rebuilding from Postgres -------------------------------------------------------------
 
@@ -191,6 +206,10 @@ class Machine:
         if known is not None:
             # A retry, a redelivery or a replay: announce the one decision again, change nothing.
             step.results.append(known)
+            return
+        if not self.owns(p.sku):
+            # Not decided here, not remembered: the owner may still decide this id.
+            self._refuse_foreign("purchase", p.id, p.sku, step)
             return
         sku = self.skus.get(p.sku)
         # The buyer's click time, as stamped by ingest, decides the sale window; never the future.
@@ -367,6 +386,9 @@ class Machine:
         step.skus[sku.sku] = sku
 
     def _upsert(self, u: SkuUpsert, now_ms: int, step: Step) -> None:
+        if not self.owns(u.sku):
+            self._refuse_foreign("sku_upsert", u.request_id, u.sku, step)
+            return
         sku = self.skus.get(u.sku)
         committed = (sku.reserved + sku.sold) if sku else 0
         refused = upsert_refusal(sku, u, now_ms)
@@ -392,6 +414,10 @@ class Machine:
         self._check_sku(sku)
         step.skus[sku.sku] = sku
         step.admin_applied.append(u.request_id)
+
+    def _refuse_foreign(self, kind: RefusalKind, key: str, sku: str, step: Step) -> None:
+        step.refusals.append(Refusal(kind=kind, key=key, reason=WRONG_SHARD))
+        step.foreign_skus.append(sku)
 
     # -- bookkeeping --------------------------------------------------------------------------
 

@@ -11,13 +11,16 @@ from typing import Literal
 
 from committer.machine import InvariantViolation
 from committer.store import CorruptWrite, Fenced
+from flashsale.shardmap import ShardMapError
 
-Verdict = Literal["fenced", "corrupt", "rebuild"]
+Verdict = Literal["fenced", "corrupt", "misconfigured", "rebuild"]
 DependencyName = Literal["postgres", "nats"]
 
-# Exit codes for a supervisor: 0 a clean stop, 3 another committer holds the shard (restarting
-# makes this process a standby), 4 an invariant was about to break (investigate first).
+# Exit codes for a supervisor: 0 a clean stop, 2 configured unlike the system (its shard map),
+# 3 another committer holds the shard (restarting makes this process a standby), 4 an invariant
+# was about to break (investigate first).
 EXIT_STOPPED = 0
+EXIT_CONFIG = 2
 EXIT_FENCED = 3
 EXIT_CORRUPT = 4
 
@@ -27,6 +30,8 @@ def verdict_of(error: BaseException) -> Verdict:
         return "fenced"
     if isinstance(error, (InvariantViolation, CorruptWrite)):
         return "corrupt"
+    if isinstance(error, ShardMapError):
+        return "misconfigured"
     return "rebuild"
 
 

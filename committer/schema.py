@@ -1,6 +1,7 @@
 """The tables the committer writes (its only writer) and the one way to read their rows.
 
-`schema.sql` is applied idempotently at every start. Readers (ingest's read model, the gateway's
+`schema.sql` is applied idempotently at every start, and writes the shard map on the first one
+(flashsale/shardmap.py). Readers (ingest's read model, the gateway's
 reconciliation) use the column lists and row conversions here, so a column is named once.
 """
 
@@ -12,7 +13,10 @@ from typing import Any
 
 import asyncpg
 
+from flashsale import shardmap
+from flashsale.db import DB_NOW_MS, SCHEMA_LOCK_KEY
 from proto.messages import Decision, SkuState
+from proto.sharding import SHARD_FUNCTION
 
 # An asyncpg row, or any mapping with the same keys (asyncpg's Record is not typed as a Mapping).
 Row = asyncpg.Record | Mapping[str, Any]
@@ -25,8 +29,6 @@ SKU_COLUMNS = (
     "sku, stock, reserved, sold, price_cents, max_per_user, payment, reservation_ttl_s, "
     "sale_start_ms, sale_end_ms"
 )
-# Serialises concurrent starters (two committers booting at once) applying the schema.
-_SCHEMA_LOCK_KEY = 7262
 
 
 def decision_of(row: Row) -> Decision:
@@ -54,11 +56,19 @@ def schema_sql() -> str:
     return resources.files("committer").joinpath("schema.sql").read_text()
 
 
-async def apply_schema(database_url: str) -> None:
+async def apply_schema(database_url: str, shards: int) -> shardmap.ShardMap:
+    """The tables, and the shard map: written from `shards` if the database has none yet, else
+    checked against it (ShardMapError on a mismatch: only `flashsale reshard` changes it)."""
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK_KEY)
             await conn.execute(schema_sql())
+            await conn.execute(
+                f"""INSERT INTO shard_map (shards, function, changed_at_ms)
+                    VALUES ($1, $2, {DB_NOW_MS}) ON CONFLICT (one) DO NOTHING""",
+                shards, SHARD_FUNCTION,
+            )
+        return await shardmap.check(conn, shards)
     finally:
         await conn.close()

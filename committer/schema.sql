@@ -50,3 +50,13 @@ CREATE TABLE IF NOT EXISTS shard_leases (
 );
 -- Databases created before leases had a TTL: their leases count as expired.
 ALTER TABLE shard_leases ADD COLUMN IF NOT EXISTS expires_at_ms bigint NOT NULL DEFAULT 0;
+
+-- The shard map (flashsale/shardmap.py): how many shards there are and which function puts a SKU
+-- on one. One row, written by the first schema application and changed only by
+-- `flashsale reshard` between sales; every process refuses to act when configured otherwise.
+CREATE TABLE IF NOT EXISTS shard_map (
+    one           boolean PRIMARY KEY DEFAULT true CHECK (one),
+    shards        integer NOT NULL CHECK (shards >= 1),
+    function      text    NOT NULL,
+    changed_at_ms bigint  NOT NULL
+);

@@ -11,8 +11,8 @@ import msgspec
 
 from committer.machine import Machine, Sku, Step
 from committer.schema import PURCHASE_COLUMNS, decision_of
+from flashsale.db import DB_NOW_MS
 from proto.messages import Decision
-from proto.sharding import shard_of
 
 
 class Fenced(RuntimeError):
@@ -23,9 +23,8 @@ class CorruptWrite(RuntimeError):
     """Postgres disagrees with the machine (a row exists that it thought new). Never commit."""
 
 
-# The database's clock in epoch ms. clock_timestamp(), not now(): now() is frozen at the start of
-# the transaction, and a lease check may have waited for a row lock since.
-_DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+# Lease times are the database's clock (a lease check may have waited for a row lock meanwhile).
+_DB_NOW_MS = DB_NOW_MS
 
 
 class Lease(msgspec.Struct, frozen=True):
@@ -106,9 +105,9 @@ async def load_machine(
     conn: asyncpg.Connection, shard: int, shards: int, seen_max: int
 ) -> Machine:
     """Rebuild the shard's state from what is committed: the only truth after a crash."""
-    machine = Machine(shard, seen_max=seen_max)
+    machine = Machine(shard, shards, seen_max=seen_max)
     for row in await conn.fetch("SELECT * FROM skus"):
-        if shard_of(row["sku"], shards) != shard:
+        if not machine.owns(row["sku"]):
             continue
         machine.load_sku(
             Sku(

@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from config.settings import Settings
+from flashsale import shardmap
 from flashsale.jetstream import connect_nats_for_command
 from proto.identifiers import SKU
 from proto.messages import (
@@ -176,9 +177,18 @@ def read_sale_file(path: Path) -> list[SkuUpsert]:
     return upserts
 
 
-async def load_sale(settings: Settings, path: Path, timeout_s: float = 10.0) -> list[SkuState | Refusal]:
-    nc = await connect_nats_for_command(settings, "flashsale-load-sale")
+async def send_upserts(
+    settings: Settings, upserts: list[SkuUpsert], timeout_s: float, client_name: str
+) -> list[SkuState | Refusal]:
+    """`apply_upserts` for a one-shot command, once its shard count is the system's (else
+    ShardMapError): routed by another count, a SKU change reaches a writer that does not own it."""
+    await shardmap.check_at(settings.database_url, settings.shards)
+    nc = await connect_nats_for_command(settings, client_name)
     try:
-        return await apply_upserts(nc, settings, read_sale_file(path), timeout_s)
+        return await apply_upserts(nc, settings, upserts, timeout_s)
     finally:
         await nc.close()
+
+
+async def load_sale(settings: Settings, path: Path, timeout_s: float = 10.0) -> list[SkuState | Refusal]:
+    return await send_upserts(settings, read_sale_file(path), timeout_s, "flashsale-load-sale")

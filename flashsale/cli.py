@@ -24,7 +24,7 @@ import nats.errors
 
 from committer.schema import apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
-from flashsale import admin
+from flashsale import admin, shardmap
 from flashsale.db import ensure_database
 from flashsale.durability import verify
 from flashsale.embedded import (
@@ -48,7 +48,7 @@ DEMO_SALE = CONFIG_DIR / "sales" / "demo.toml"
 async def prepare(settings: Settings) -> None:
     """Schema and streams: idempotent, safe to run at every start."""
     await ensure_database(settings.database_url)
-    await apply_schema(settings.database_url)
+    await apply_schema(settings.database_url, settings.shards)
     nc = await connect_nats_for_command(settings, "flashsale-prepare")
     try:
         await ensure_streams(nc.jetstream(), settings)
@@ -207,6 +207,8 @@ def _serve(settings: Settings, args: argparse.Namespace, conf: Path,
         print(f"flashsale: PostgreSQL 16 at {without_password(settings.database_url)}", flush=True)
     try:
         asyncio.run(prepare(settings))
+    except shardmap.ShardMapError as e:
+        raise DevError(f"refusing to serve: {e}") from e
     except (OSError, asyncpg.PostgresError, nats.errors.Error) as e:
         raise DevError(f"schema and streams not prepared: {e!r}") from e
     started = subprocess.run(
@@ -288,16 +290,19 @@ def cmd_load_sale(args: argparse.Namespace) -> int:
 def cmd_set_sku(args: argparse.Namespace) -> int:
     fields = {k: v for k, v in vars(args).items() if k in admin.UPSERT_FIELDS and v is not None}
     upsert = admin.make_upsert(args.sku, fields)
+    return _print_outcome(asyncio.run(
+        admin.send_upserts(_load(), [upsert], args.timeout_s, "flashsale-set-sku")
+    ))
 
-    async def run() -> list[SkuState | Refusal]:
-        settings = _load()
-        nc = await connect_nats_for_command(settings, "flashsale-set-sku")
-        try:
-            return await admin.apply_upserts(nc, settings, [upsert], args.timeout_s)
-        finally:
-            await nc.close()
 
-    return _print_outcome(asyncio.run(run()))
+def cmd_reshard(args: argparse.Namespace) -> int:
+    before, after = asyncio.run(shardmap.reshard(_load(), args.shards))
+    if before.shards == after.shards:
+        print(f"the system already has {after.shards} shards")
+    else:
+        print(f"shard map: {before.shards} -> {after.shards} shards. Start committers 0..{after.shards - 1} "
+              f"and every process with FLASHSALE_SHARDS={after.shards}")
+    return 0
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -332,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--dir", required=True, help="where the conf, socket and pid file go")
     sc.set_defaults(fn=cmd_supervisord_conf)
     sub.add_parser("schema", help="apply the schema and create the streams").set_defaults(fn=cmd_schema)
+    rs = sub.add_parser("reshard", help="change the system's shard count, between sales "
+                                        "(no committer running, nothing reserved or undecided)")
+    rs.add_argument("shards", type=int)
+    rs.set_defaults(fn=cmd_reshard)
     ls = sub.add_parser("load-sale", help="create/adjust the SKUs of a sale file")
     ls.add_argument("file")
     ls.add_argument("--timeout-s", type=float, default=10.0)
@@ -367,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as e:  # a server the command needs is down: say so, no traceback
         print(f"flashsale: {e}", file=sys.stderr)
         return 1
+    except shardmap.ShardMapError as e:  # configured unlike the system, or not between sales
+        print(f"flashsale: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
+# The database's clock in epoch ms, for SQL. clock_timestamp(), not now(): now() is frozen at the
+# start of the transaction, which may have waited for a lock since.
+DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+# Transaction-level advisory lock held by whatever changes the schema or the shard map
+# (committer/schema.py, flashsale/shardmap.py): one such change at a time.
+SCHEMA_LOCK_KEY = 7262
+
 
 def split_database_url(database_url: str) -> tuple[str, str]:
     """The database a URL names, and the same URL naming the `postgres` maintenance database

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from config.settings import Settings, load
 from flashsale.logs import kv, setup
+from flashsale.shardmap import ShardMapError
 from ingest import edge
 from ingest.app import create_app, create_metrics_app
 
@@ -24,7 +25,7 @@ log = logging.getLogger("ingest")
 
 SHUTDOWN_TIMEOUT_S = 5.0
 METRICS_HOST = "127.0.0.1"
-EXIT_CONFIG = 2  # cannot serve as configured (e.g. the metrics port is taken)
+EXIT_CONFIG = 2  # cannot serve as configured (the metrics port is taken, another shard map)
 
 
 def main() -> None:
@@ -47,6 +48,9 @@ def main() -> None:
     except MetricsPortTaken as e:
         log.error("cannot serve /metrics: each ingest process needs its own ingest_metrics_port",
                   extra=kv(port=e.port, error=repr(e.__cause__)))
+        raise SystemExit(EXIT_CONFIG) from None
+    except ShardMapError as e:
+        log.error(f"refusing to start: {e}")
         raise SystemExit(EXIT_CONFIG) from None
 
 

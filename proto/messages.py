@@ -140,11 +140,15 @@ class SkuState(msgspec.Struct, frozen=True):
         return self.remaining <= 0 and self.reserved == 0
 
 
+RefusalKind = Literal["purchase", "confirm", "release", "cancel", "sku_upsert"]
+
+
 class Refusal(msgspec.Struct, frozen=True):
     """An intent the committer could not apply: a confirm after expiry, a cancel of a confirmed
-    purchase, an admin change that would oversell. The sender decides what to do (refund, 409)."""
+    purchase, an admin change that would oversell, a purchase or admin change for a SKU of
+    another shard. The sender decides what to do (refund, 409)."""
 
-    kind: Literal["confirm", "release", "cancel", "sku_upsert"]
+    kind: RefusalKind
     key: str  # purchase id, or the admin request id
     reason: str
     status: Status | None = None  # the purchase's state when refused

@@ -65,13 +65,13 @@ def settings(servers: Servers, tmp_path: Path) -> Settings:
         # one server, so each namespace gets small intents streams.
         intents_max_bytes=16 << 20,
     )
-    asyncio.run(_prepare_db(s.database_url))
+    asyncio.run(_prepare_db(s.database_url, s.shards))
     return s
 
 
-async def _prepare_db(url: str) -> None:
+async def _prepare_db(url: str, shards: int) -> None:
     await ensure_database(url)
-    await apply_schema(url)
+    await apply_schema(url, shards)
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from committer.machine import InvariantViolation, Machine, Sku
-from proto.messages import Cancel, Confirm, Purchase, Release, SkuUpsert
+from committer.machine import WRONG_SHARD, InvariantViolation, Machine, Sku
+from proto.messages import Cancel, Confirm, Purchase, Refusal, Release, SkuUpsert
+from proto.sharding import shard_of
 
 T0 = 1_700_000_000_000
 
@@ -238,3 +239,21 @@ def test_admin_upsert_clears_cap_and_window():
     m.step([SkuUpsert(request_id="r2", sku="n", stock=5, clear=["max_per_user", "sale_end_ms", "stock"])], T0)
     sku = m.skus["n"]
     assert (sku.max_per_user, sku.sale_start_ms, sku.sale_end_ms, sku.stock) == (None, T0, None, 5)
+
+
+def test_refuses_a_purchase_and_a_sku_change_for_another_shards_sku():
+    """A sender routing by another shard count: the owner's SKU must not be created or overwritten
+    here, and the purchase must not be decided here (its owner may yet)."""
+    sku = next(f"x{i}" for i in range(100) if shard_of(f"x{i}", 2) == 1)
+    m = Machine(shard=0, shards=2)
+    step = m.step([SkuUpsert(request_id="r1", sku=sku, stock=60), purchase("p", sku=sku, qty=60)], T0)
+    assert step.refusals == [Refusal(kind="sku_upsert", key="r1", reason=WRONG_SHARD),
+                             Refusal(kind="purchase", key="p", reason=WRONG_SHARD)]
+    assert step.foreign_skus == [sku, sku]
+    assert not step.has_writes and step.results == [] and step.admin_applied == []
+    assert m.skus == {} and "p" not in m.decisions
+
+
+def test_a_machine_is_one_of_its_shard_count():
+    with pytest.raises(ValueError):
+        Machine(shard=2, shards=2)
