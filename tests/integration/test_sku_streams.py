@@ -73,7 +73,7 @@ async def test_both_framings_carry_the_feeds_updates(system, settings):
             assert head.startswith(b"HTTP/1.") and b" 200 OK" in head.split(b"\r\n")[0]
         assert b"transfer-encoding: chunked" in streams[0][0].lower()
         assert b"transfer-encoding" not in streams[1][0].lower()
-        status, _, p = await c.buy("drop", "alice", "k1")
+        _, _, p = await c.buy("drop", "alice", "k1")
         assert p["status"] == "confirmed"
         for head, reader, writer in streams:
             got = b""
