@@ -1,4 +1,4 @@
--- flashsale schema (committer/ is its only writer). Idempotent: applied at every start. Times are epoch milliseconds.
+-- flashsale schema (committer/ is its only writer). Idempotent; applied by committer/schema.py (whenever it changed) at every start. Times are epoch milliseconds.
 
 CREATE TABLE IF NOT EXISTS skus (
     sku               text PRIMARY KEY,
@@ -59,4 +59,12 @@ CREATE TABLE IF NOT EXISTS shard_map (
     shards        integer NOT NULL CHECK (shards >= 1),
     function      text    NOT NULL,
     changed_at_ms bigint  NOT NULL
+);
+
+-- The digest of this file as last applied (committer/schema.py): an unchanged schema is not
+-- executed again, so a start beside running services takes no table lock.
+CREATE TABLE IF NOT EXISTS schema_applied (
+    one           boolean PRIMARY KEY DEFAULT true CHECK (one),
+    digest        text    NOT NULL,
+    applied_at_ms bigint  NOT NULL
 );
