@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 import nats.errors
 
-from committer.schema import apply_schema
+from committer.schema import SchemaBusy, apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
 from flashsale import admin, shardmap
 from flashsale.db import ensure_database
@@ -209,7 +209,7 @@ def _serve(settings: Settings, args: argparse.Namespace, conf: Path,
         asyncio.run(prepare(settings))
     except shardmap.ShardMapError as e:
         raise DevError(f"refusing to serve: {e}") from e
-    except (OSError, asyncpg.PostgresError, nats.errors.Error) as e:
+    except (OSError, asyncpg.PostgresError, nats.errors.Error, SchemaBusy) as e:
         raise DevError(f"schema and streams not prepared: {e!r}") from e
     started = subprocess.run(
         [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "start", f"{APP_GROUP}:*"],
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     command: Callable[[argparse.Namespace], int] = args.fn
     try:
         return command(args)
-    except ConnectionError as e:  # a server the command needs is down: say so, no traceback
+    except (ConnectionError, SchemaBusy) as e:  # a server is down or busy: say so, no traceback
         print(f"flashsale: {e}", file=sys.stderr)
         return 1
     except shardmap.ShardMapError as e:  # configured unlike the system, or not between sales
