@@ -21,7 +21,7 @@ BENCH_AUTH: dict[str, Any] = {
     "jwt_audience": "flashsale",
     "jwt_hs256_secrets": ["bench-jwt-secret-at-least-32-bytes-long"],
     "id_secret": "bench-id-secret",
-    "admin_token": "bench-admin-token",
+    "admin_token": "bench-admin-token-at-least-32-bytes",
 }
 # The load comes from one address and many made-up buyers: the per-buyer and per-client limits
 # would measure themselves, not the system. Settings not (yet) in config/settings.py are skipped.

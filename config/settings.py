@@ -31,7 +31,7 @@ class Settings(msgspec.Struct, kw_only=True):
     # ingest
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
-    admin_token: str = ""  # empty: the admin API refuses everyone (the dev config sets one)
+    admin_token: str = ""  # empty: the admin API refuses everyone; else >= 32 bytes, not a JWT
     body_max_bytes: int = 4096
     qty_max: int = 100
     wait_max_s: float = 30.0  # cap on Prefer: wait=N and ?wait=N

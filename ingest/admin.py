@@ -11,9 +11,8 @@ from aiohttp import web
 
 from flashsale.admin import AdminError, make_upsert
 from ingest import edge, http, problems
-from ingest.auth import bearer_token, is_admin
+from ingest.auth import bearer_token
 from ingest.publisher import Overloaded
-from ingest.ratelimit import RateLimiter
 from ingest.schemas import SkuUpsertRequest, sku_upsert_decoder, sku_view_of
 from ingest.state import STATE, Ingest
 from proto.identifiers import SKU
@@ -39,26 +38,16 @@ async def put_sku(request: web.Request) -> web.Response:
 
 
 def require_admin(ing: Ingest, request: web.Request) -> None:
-    """The admin token, or 401/403; failed attempts are throttled per client address, so the
-    token cannot be guessed at speed (a throttled address is refused even with the right one)."""
-    client = edge.client_of(request)
-    now_s = time.monotonic()
-    if wait_s := ing.admin_failures.wait_s(client, now_s):
-        raise problems.Rejection(
-            429, "admin_throttled", "Too many failed attempts",
-            "too many failed admin attempts from this address",
-            retry_after_s=RateLimiter.retry_after_s(wait_s),
-        )
+    """The admin token, or 401/403 (429 while the address has no attempts left: auth.AdminGate)."""
     token = bearer_token(request)
+    if ing.admin.attempt(edge.client_of(request), token, time.monotonic()):
+        return
     if token is None:
-        ing.admin_failures.acquire(client, now_s)
         raise problems.Rejection(
             401, "unauthorized", "Unauthorized", "send Authorization: Bearer <admin token>",
             headers={"WWW-Authenticate": 'Bearer realm="flashsale-admin"'},
         )
-    if not is_admin(request, ing.settings.admin_token):
-        ing.admin_failures.acquire(client, now_s)
-        raise problems.Rejection(403, "forbidden", "Forbidden", "the admin token is not valid")
+    raise problems.Rejection(403, "forbidden", "Forbidden", "the admin token is not valid")
 
 
 def _sku_in_path(request: web.Request) -> str:

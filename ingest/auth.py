@@ -25,6 +25,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from ingest import problems
+from ingest.ratelimit import RateLimiter
 from proto.identifiers import USER_ID
 
 HS_ALGORITHMS = ["HS256"]
@@ -34,6 +35,10 @@ TOKEN_LEN_MAX = 4096
 HEADERS_MAX = 64  # distinct token headers remembered (alg, typ, kid: a handful per issuer)
 HS256_SECRET_MIN_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash
 DEV_TOKEN_TTL_S = 3600
+ADMIN_TOKEN_MIN_BYTES = 32
+ADMIN_FAILURES_PER_S = 1.0
+ADMIN_FAILURES_BURST = 5
+ADMIN_CLIENTS_MAX = 10_000  # addresses whose failures are remembered (the quietest forgotten)
 _REQUIRED_CLAIMS = ["exp", "sub", "iss", "aud"]
 
 
@@ -248,8 +253,42 @@ def dev_tokens(settings: Settings, subjects: list[str], ttl_s: int = DEV_TOKEN_T
     return [jwt.encode({**base, "sub": sub}, secret, algorithm="HS256") for sub in subjects]
 
 
-def is_admin(request: web.Request, admin_token: str) -> bool:
-    token = bearer_token(request)
-    return bool(admin_token) and token is not None and hmac.compare_digest(
-        token.encode(), admin_token.encode()
-    )
+def looks_like_jwt(token: str) -> bool:
+    """Three dot-separated parts: a buyer's token. Anything else can only be an admin token."""
+    return token.count(".") == 2
+
+
+class AdminGate:
+    """The admin token, on every route that accepts it, and the failed attempts at it per client
+    address: `ADMIN_FAILURES_BURST` at once, then one per `1 / ADMIN_FAILURES_PER_S` seconds;
+    beyond that an address is refused (429) even with the right token, so its answers tell
+    nothing. With a token of at least `ADMIN_TOKEN_MIN_BYTES` random bytes, a guess per second
+    per address gets nowhere. (It cannot be hidden whether a guess was right: the right token
+    reads any purchase, the attacker's own included.)"""
+
+    def __init__(self, admin_token: str, failures: RateLimiter) -> None:
+        if admin_token and len(admin_token.encode()) < ADMIN_TOKEN_MIN_BYTES:
+            raise ConfigError(f"admin_token needs >= {ADMIN_TOKEN_MIN_BYTES} bytes (or none at all)")
+        if looks_like_jwt(admin_token):
+            raise ConfigError("admin_token must not hold two dots: that is the shape of a buyer's JWT")
+        self._token = admin_token.encode()
+        self.failures = failures
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AdminGate:
+        failures = RateLimiter(ADMIN_FAILURES_PER_S, ADMIN_FAILURES_BURST, ADMIN_CLIENTS_MAX)
+        return cls(settings.admin_token, failures)
+
+    def attempt(self, client: str, token: str | None, now_s: float) -> bool:
+        """Whether `token` is the admin token; a miss (no token included) is charged to
+        `client`. Raises a 429 problem while `client` has no attempts left."""
+        if wait_s := self.failures.wait_s(client, now_s):
+            raise problems.Rejection(
+                429, "admin_throttled", "Too many failed attempts",
+                "too many failed admin attempts from this address",
+                retry_after_s=RateLimiter.retry_after_s(wait_s),
+            )
+        if self._token and token is not None and hmac.compare_digest(token.encode(), self._token):
+            return True
+        self.failures.acquire(client, now_s)
+        return False

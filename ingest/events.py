@@ -335,7 +335,7 @@ async def purchase_events(request: web.Request) -> web.StreamResponse:
     reader = reader_of(ing, request)
     pid = purchase_id_in_path(ing, request)
     held = held_event_id(request)
-    with ing.hub.watching(pid, True, client=edge.client_of(request), buyer=reader) as watch:
+    with ing.hub.watching(pid, True, client=edge.client_of(request), buyer=reader.buyer) as watch:
         current = await owned_purchase(ing, pid, reader, edge.client_of(request))
         if watch is None:
             raise problems.Rejection(

@@ -12,9 +12,10 @@ import time
 from aiohttp import web
 
 from ingest import edge, http, problems
-from ingest.auth import is_admin
+from ingest.auth import bearer_token, looks_like_jwt
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
+from ingest.readmodel import OPERATOR, Reader
 from ingest.results import PurchaseState, Watch, is_decided, is_final, status_of
 from ingest.schemas import PurchaseRequest, PurchaseView, purchase_request_decoder, view_of
 from ingest.state import STATE, Ingest
@@ -58,7 +59,7 @@ async def get_purchase(request: web.Request) -> web.Response:
     wait_s, prefer = _poll_wait(request, ing.settings.wait_max_s)
     seen = _seen_status(request)
     headers: dict[str, str] = {}
-    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=reader) as watch:
+    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=reader.buyer) as watch:
         current = await owned_purchase(ing, pid, reader, edge.client_of(request))
         if watch is not None:
             current = await _until_changed(watch, current, seen, wait_s)
@@ -74,7 +75,7 @@ async def cancel_purchase(request: web.Request) -> web.Response:
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
     with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer) as watch:
-        current = await owned_purchase(ing, pid, buyer, edge.client_of(request))
+        current = await owned_purchase(ing, pid, Reader(buyer), edge.client_of(request))
         _check_cancellable(pid, status_of(current), None)
         if is_final(current):  # cancelled or expired: nothing left to give back
             return http.json_response(purchase_view(ing, current), 200, headers)
@@ -103,9 +104,19 @@ def _check_body_buyer(req: PurchaseRequest, buyer: str) -> None:
         )
 
 
-def reader_of(ing: Ingest, request: web.Request) -> str | None:
-    """Who reads: a buyer id, or None for an operator (who may read every purchase)."""
-    return None if is_admin(request, ing.settings.admin_token) else ing.buyers.buyer(request)
+def reader_of(ing: Ingest, request: web.Request) -> Reader:
+    """Who reads: a buyer (a JWT), or the operator (the admin token). A token of any other shape
+    is an attempt at the admin token, charged as one (auth.AdminGate); a wrong one is a 401
+    like any bad token."""
+    token = bearer_token(request)
+    if token is None or looks_like_jwt(token):
+        return Reader(ing.buyers.buyer(request))
+    if ing.admin.attempt(edge.client_of(request), token, time.monotonic()):
+        return OPERATOR
+    raise problems.Rejection(
+        401, "unauthorized", "Unauthorized", "the token is neither a valid JWT nor the admin token",
+        headers={"WWW-Authenticate": 'Bearer realm="flashsale", error="invalid_token"'},
+    )
 
 
 def _check_qty(qty: int, qty_max: int) -> None:
@@ -236,11 +247,11 @@ def _idempotency_key(ing: Ingest, request: web.Request) -> str:
     return key
 
 
-async def owned_purchase(ing: Ingest, pid: str, reader: str | None, client: str) -> PurchaseState:
-    """The purchase, if `reader` may see it (None: an operator). Another buyer's purchase reads
-    exactly like one that does not exist."""
-    current = await ing.reads.lookup(pid, client)
-    if current is None or (reader is not None and current.user_id != reader):
+async def owned_purchase(ing: Ingest, pid: str, reader: Reader, client: str) -> PurchaseState:
+    """The purchase, if `reader` may see it. Another buyer's purchase reads exactly like one
+    that does not exist: the same answer, after the same lookups (ReadModel.lookup)."""
+    current = await ing.reads.lookup(pid, reader, client)
+    if current is None:
         raise problems.not_found(f"no purchase {pid}")
     return current
 

@@ -35,6 +35,13 @@ class RateLimiter:
             self._buckets.popitem(last=False)
         return wait_s
 
+    def refund(self, key: str) -> None:
+        """Give back a token `acquire` spent (never beyond `burst`): the work it paid for
+        turned out to be free."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            self._buckets[key] = (min(float(self.burst), bucket[0] + 1.0), bucket[1])
+
     def wait_s(self, key: str, now_s: float) -> float:
         """Seconds until `key` would have a token, without spending one."""
         bucket = self._buckets.get(key)

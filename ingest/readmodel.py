@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 
 import asyncpg
+import msgspec
 
 from committer.schema import PURCHASE_COLUMNS, SKU_COLUMNS, decision_of, sku_state_of
 from ingest import problems
@@ -23,6 +24,19 @@ UNKNOWN_SKUS_MAX = 10_000
 MISS_CLIENTS_MAX = 100_000
 
 
+class Reader(msgspec.Struct, frozen=True):
+    """Who reads a purchase: a buyer (their own purchases) or the operator (every purchase)."""
+
+    buyer: str | None = None  # None: the operator
+    operator: bool = False
+
+    def may_read(self, owner: str) -> bool:
+        return self.operator or owner == self.buyer
+
+
+OPERATOR = Reader(operator=True)
+
+
 class ReadModel:
     def __init__(
         self, names: Names, shards: int, pool: asyncpg.Pool, publisher: Publisher, hub: ResultsHub,
@@ -34,7 +48,9 @@ class ReadModel:
         self.publisher = publisher
         self.hub = hub
         # Lookups of things that do not exist, per client: each one costs Postgres (and, for a
-        # purchase, the intent stream) a query, so a client gets only so many.
+        # purchase, the intent stream) a query, so a client gets only so many. A lookup spends
+        # one before its first query and gives it back when it finds what it looked for, so
+        # concurrent lookups cannot run past the budget.
         self.misses = misses
         # sku -> monotonic time the miss expires; least recently missed first.
         self._unknown_skus: OrderedDict[str, float] = OrderedDict()
@@ -74,26 +90,31 @@ class ReadModel:
 
     def charge(self, client: str) -> None:
         """Spend one of `client`'s lookups of things that do not exist, or a 429 when it has
-        none left: for a name that cannot exist (outside its grammar), refused at once."""
+        none left: before a lookup's first query, and for a name that cannot exist (outside its
+        grammar), refused at once."""
         if self.misses is not None and (wait_s := self.misses.acquire(client, time.monotonic())):
             raise _too_many_misses(wait_s)
 
-    def _check_misses(self, client: str) -> None:
-        if self.misses is not None and (wait_s := self.misses.wait_s(client, time.monotonic())):
-            raise _too_many_misses(wait_s)
-
-    def _missed(self, client: str) -> None:
+    def _found(self, client: str) -> None:
         if self.misses is not None:
-            self.misses.acquire(client, time.monotonic())
+            self.misses.refund(client)
 
-    async def lookup(self, pid: str, client: str) -> PurchaseState | None:
-        """The purchase's current state; a Purchase (the intent) means pending."""
+    async def lookup(self, pid: str, reader: Reader, client: str) -> PurchaseState | None:
+        """The purchase's current state if `reader` may read it (a Purchase, the intent, means
+        pending), else None. A purchase the reader may not read is looked up exactly like one
+        that does not exist, tier after tier: the same queries, the same charge."""
         d = self.hub.decision(pid)
-        if d is not None:
+        if d is not None and reader.may_read(d.user_id):
             return d
-        self._check_misses(client)
+        self.charge(client)
+        found = await self._uncached(pid, reader)
+        if found is not None:
+            self._found(client)
+        return found
+
+    async def _uncached(self, pid: str, reader: Reader) -> PurchaseState | None:
         d = await self.purchase_from_db(pid)
-        if d is not None:
+        if d is not None and reader.may_read(d.user_id):
             return d
         # Accepted (perhaps by another instance) but not decided yet. The SKU, hence the shard,
         # is unknown from the id alone: ask every shard's subject at once.
@@ -101,20 +122,19 @@ class ReadModel:
             *(self.stored_intent(shard, pid) for shard in range(self.shards))
         )
         for intent in found:
-            if intent is not None:
+            if intent is not None and reader.may_read(intent.user_id):
                 # Decided between the Postgres read and now? The cache has it by then.
                 return self.hub.decision(pid) or intent
-        self._missed(client)
         return None
 
     async def sku_state(self, sku: str, client: str) -> SkuState | None:
         state = self.hub.skus.get(sku)
         if state is not None:
             return state
+        self.charge(client)
         now = time.monotonic()
         if self._unknown_skus.get(sku, 0.0) > now:
             return None
-        self._check_misses(client)
         row = await self.pool.fetchrow(
             f"SELECT {SKU_COLUMNS} FROM skus WHERE sku = $1", sku, timeout=DB_TIMEOUT_S
         )
@@ -124,8 +144,8 @@ class ReadModel:
             self._unknown_skus[sku] = now + UNKNOWN_SKU_TTL_S
             if len(self._unknown_skus) > UNKNOWN_SKUS_MAX:
                 self._unknown_skus.popitem(last=False)
-            self._missed(client)
             return None
+        self._found(client)
         state = sku_state_of(row)
         self.hub.remember_sku(state)
         return self.hub.skus.get(sku, state)

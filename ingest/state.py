@@ -20,7 +20,7 @@ from flashsale.embedded import without_password
 from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
 from ingest import metrics
-from ingest.auth import BuyerVerifier, ConfigError
+from ingest.auth import AdminGate, BuyerVerifier, ConfigError
 from ingest.batcher import IntentBatcher
 from ingest.edge import Edge
 from ingest.listener import ResultsListener
@@ -36,9 +36,6 @@ log = logging.getLogger("ingest")
 POOL_SIZE_MAX = 10
 READY_DB_TIMEOUT_S = 1.0
 JETSTREAM_TIMEOUT_S = 5.0
-ADMIN_FAILURES_PER_S = 1.0
-ADMIN_FAILURES_BURST = 5
-ADMIN_CLIENTS_MAX = 10_000
 
 
 class Ingest:
@@ -53,6 +50,7 @@ class Ingest:
         intents: IntentBatcher,
         reads: ReadModel,
         buyers: BuyerVerifier,
+        admin: AdminGate,
     ) -> None:
         self.settings = settings
         self.names = settings.names
@@ -64,11 +62,10 @@ class Ingest:
         self.intents = intents
         self.reads = reads
         self.buyers = buyers
+        self.admin = admin
         # Purchase ids being stored by a request of this process right now (bounded by the
         # requests in flight): a concurrent twin waits for the first instead of racing it.
         self.submitting: dict[str, asyncio.Future[None]] = {}
-        # Failed admin attempts per client address: a few in a burst, then one per second.
-        self.admin_failures = RateLimiter(ADMIN_FAILURES_PER_S, ADMIN_FAILURES_BURST, ADMIN_CLIENTS_MAX)
         self.id_key = id_key(settings.id_secret)
         # Per-buyer token bucket on purchases; None when configured off (user_rate_per_s = 0).
         self.limiter = (
@@ -80,6 +77,7 @@ class Ingest:
     async def connect(cls, settings: Settings, edge: Edge) -> Ingest:
         # Configuration first: an ingest that cannot tell buyers apart must not start at all.
         buyers = BuyerVerifier.from_settings(settings)
+        admin = AdminGate.from_settings(settings)
         if not settings.id_secret:
             raise ConfigError("id_secret must be set (the same on every ingest instance)")
         # Waits are capped as the edge sized them from the fd limit, not by waiters_max alone.
@@ -121,7 +119,7 @@ class Ingest:
         metrics.WAITERS.set_function(lambda: hub.watch_count)
         log.info("ingest connected",
                  extra=kv(nats=without_password(settings.nats_url), namespace=settings.namespace))
-        return cls(settings, nc, pool, hub, listener, publisher, intents, reads, buyers)
+        return cls(settings, nc, pool, hub, listener, publisher, intents, reads, buyers, admin)
 
     async def close(self) -> None:
         await self.listener.stop()

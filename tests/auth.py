@@ -13,7 +13,7 @@ TEST_ISSUER = "flashsale-test"
 TEST_AUDIENCE = "flashsale"
 TEST_JWT_SECRET = "test-jwt-secret-at-least-32-bytes-long"
 TEST_ID_SECRET = "test-id-secret"
-TEST_ADMIN_TOKEN = "test-admin-token"
+TEST_ADMIN_TOKEN = "test-admin-token-at-least-32-bytes"
 TOKEN_TTL_S = 3 * 3600
 
 # Passed to config.settings.load(...) by the `settings` fixture.

@@ -190,7 +190,7 @@ def test_every_killed_process_comes_back_and_purchases_resume(dev: Dev):
     started = time.monotonic()
     _wait("ingest ready", lambda: _request("GET", f"{dev.base}/readyz")[0] == 200, dev, 60)
     status, body = _request("PUT", f"{dev.base}/v1/admin/skus/{SKU}", {"stock": 100_000},
-                            {"Authorization": "Bearer dev-admin-token"}, timeout_s=15)
+                            {"Authorization": "Bearer dev-admin-token-at-least-32-bytes"}, timeout_s=15)
     assert status == 200, body
     buyer = Buyer(dev)
     _wait("a first purchase decided", lambda: buyer.buy() == "confirmed", dev)

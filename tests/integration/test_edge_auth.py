@@ -3,6 +3,10 @@ Distinct loopback addresses act as distinct clients (127.0.0.2 attacks, 127.0.0.
 
 from __future__ import annotations
 
+import asyncio
+import statistics
+import time
+
 import aiohttp
 import msgspec
 
@@ -107,3 +111,98 @@ async def test_names_outside_the_grammar_are_4xx_charged_as_misses(system, setti
             assert r.status == 200
     log = ingest.log_tail(200)
     assert "dependency error" not in log and "CharacterNotInRepertoire" not in log, log
+
+
+async def _status(http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str],
+                  body: dict | None = None) -> tuple[int, str]:
+    async with http.request(method, url, headers=headers, json=body) as r:
+        await r.read()
+        slug = ""
+        if r.content_type == PROBLEM:
+            slug = (await r.json(content_type=None))["type"].rsplit("/", 1)[1]
+        return r.status, slug
+
+
+async def _pending_purchase(base: str, user: str, key: str) -> str:
+    async with session(BUYER) as http:
+        headers = {**bearer(user), "Idempotency-Key": key}
+        async with http.post(base + "/v1/purchases", json={"sku": "tee", "qty": 1}, headers=headers) as r:
+            assert r.status == 202, await r.text()
+            return str((await r.json())["id"])
+
+
+async def test_admin_guesses_share_one_throttle_on_every_route(system, settings):
+    """Wrong admin tokens on the read routes and the admin PUT are charged to one budget per
+    address (5, then 1/s): the 6th attempt anywhere is a 429, and then the right token is a 429
+    from that address too, so its answers tell nothing. Buyers at that address and the operator
+    elsewhere are not affected."""
+    await seed_sku(settings, "tee", stock=5)
+    system.start_ingest()  # no committers: the purchase stays pending, read from the stream
+    base = system.base_url
+    mine = await _pending_purchase(base, "alice", "k1")
+    admin = {"Authorization": f"Bearer {settings.admin_token}"}
+    wrong = [{"Authorization": f"Bearer guess-{n}"} for n in range(400)]
+    routes = [("GET", f"/v1/purchases/{mine}"), ("GET", f"/v1/purchases/{mine}/events"),
+              ("PUT", "/v1/admin/skus/tee")]
+    async with session(ATTACKER) as http:
+        answers = []
+        for n in range(6):
+            method, path = routes[n % 3]
+            answers.append(await _status(http, method, base + path, wrong[n], {"stock": 1}))
+        assert answers[:5] == [(401, "unauthorized"), (401, "unauthorized"), (403, "forbidden"),
+                               (401, "unauthorized"), (401, "unauthorized")], answers
+        assert answers[5] == (429, "admin_throttled"), answers
+        # The right token from the throttled address: the same 429, on every route.
+        for method, path in routes:
+            assert await _status(http, method, base + path, admin, {"stock": 1}) == (429, "admin_throttled")
+        # A burst of guesses: refused at once, none checked.
+        started = time.monotonic()
+        burst = [await _status(http, "GET", f"{base}/v1/purchases/{mine}", h) for h in wrong[6:306]]
+        elapsed_s = time.monotonic() - started
+        checked = sum(status == 401 for status, _ in burst)
+        assert checked <= 1 + elapsed_s * 1.0, (checked, elapsed_s)  # the refill: one a second
+        assert {status for status, _ in burst} <= {401, 429}
+        # A buyer at the same address (a shared NAT) still reads her own purchase.
+        assert (await _status(http, "GET", f"{base}/v1/purchases/{mine}", bearer("alice")))[0] == 200
+    async with session(BUYER) as http:  # the operator, elsewhere
+        assert (await _status(http, "GET", f"{base}/v1/purchases/{mine}", admin))[0] == 200
+    print(f"300 guesses in {elapsed_s:.2f} s from one address: {checked} checked, "
+          f"{300 - checked} refused (429)")
+
+
+async def test_not_yours_and_missing_cost_the_same_and_are_charged_first(system, settings):
+    """Another buyer's purchase reads like a missing one and is charged like one, before the
+    lookup: 32 concurrent workers get no more lookups through than the budget."""
+    budget = 40
+    s = msgspec.structs.replace(settings, client_misses_per_s=0.01, client_misses_burst=budget)
+    system.settings = s
+    await seed_sku(s, "tee", stock=5)
+    system.start_ingest()
+    base = system.base_url
+    theirs = await _pending_purchase(base, "alice", "k1")
+    missing = pid("alice", "never-bought")
+    async with session(BUYER) as http:  # paced, one at a time: what each answer costs
+        timings: dict[str, list[float]] = {"missing": [], "not yours": []}
+        for _ in range(budget // 2):
+            for name, target in (("missing", missing), ("not yours", theirs)):
+                started = time.perf_counter()
+                status, slug = await _status(http, "GET", f"{base}/v1/purchases/{target}", bearer("bob"))
+                timings[name].append(time.perf_counter() - started)
+                assert (status, slug) == (404, "not_found"), (name, status, slug)
+    medians = {name: statistics.median(t) * 1000 for name, t in timings.items()}
+    print(f"median ms ({budget // 2} each, paced): " + ", ".join(f"{k} {v:.2f}" for k, v in medians.items()))
+
+    async with session(ATTACKER, limit=0) as http:
+        async def worker(n: int) -> list[int]:
+            out = []
+            for i in range(10):
+                target = theirs if (n + i) % 2 else missing
+                url = f"{base}/v1/purchases/{target}"
+                out.append((await _status(http, "GET", url, bearer("mallory")))[0])
+            return out
+
+        statuses = [st for batch in await asyncio.gather(*(worker(n) for n in range(32))) for st in batch]
+    looked_up = statuses.count(404)
+    assert looked_up <= budget + 1 and statuses.count(429) == len(statuses) - looked_up, statuses
+    print(f"32 workers x 10 lookups against a budget of {budget}: {looked_up} looked up, "
+          f"{statuses.count(429)} refused")

@@ -13,8 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from config.settings import load
-from ingest.auth import BuyerVerifier, ConfigError, b64url_decode, dev_tokens
+from ingest.auth import AdminGate, BuyerVerifier, ConfigError, b64url_decode, dev_tokens
 from ingest.problems import Rejection
+from ingest.ratelimit import RateLimiter
 from proto.ids import id_key, purchase_id
 
 ISS, AUD = "https://id.shop.example", "flashsale"
@@ -208,3 +209,26 @@ def test_b64url_decode_takes_the_canonical_spelling(text: str, expected: bytes):
 def test_b64url_decode_refuses_every_other_spelling(text: str):
     with pytest.raises(jwt.DecodeError):
         b64url_decode(text)
+
+
+ADMIN = "an-admin-token-of-at-least-32-bytes"
+
+
+def test_the_admin_token_must_be_long_and_not_shaped_like_a_jwt():
+    for weak in ("short", "x" * 31, "a" * 16 + "." + "b" * 16 + "." + "c"):
+        with pytest.raises(ConfigError):
+            AdminGate(weak, RateLimiter(1, 5, 10))
+    AdminGate("", RateLimiter(1, 5, 10))  # none: every attempt fails
+
+
+def test_admin_attempts_are_charged_per_address_then_refused_even_when_right():
+    gate = AdminGate(ADMIN, RateLimiter(rate_per_s=1, burst=3, keys_max=10))
+    assert gate.attempt("10.0.0.1", ADMIN, 0.0)
+    assert gate.attempt("10.0.0.1", ADMIN, 0.0)  # the right token costs nothing
+    assert [gate.attempt("10.0.0.1", t, 0.0) for t in ("a", None, ADMIN + "x")] == [False] * 3
+    with pytest.raises(Rejection) as exc:
+        gate.attempt("10.0.0.1", ADMIN, 0.5)
+    assert exc.value.status == 429 and exc.value.retry_after_s == 1
+    assert gate.attempt("10.0.0.2", ADMIN, 0.5)  # another address
+    assert gate.attempt("10.0.0.1", ADMIN, 1.0)  # a second later: one attempt back
+    assert not AdminGate("", RateLimiter(1, 5, 10)).attempt("10.0.0.1", "", 0.0)

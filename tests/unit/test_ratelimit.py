@@ -29,3 +29,18 @@ def test_never_more_than_burst_plus_rate_times_elapsed(gaps, rate, burst):
         now += gap
         allowed += rl.acquire("u", now) == 0.0
     assert allowed <= burst + rate * now + 1e-9
+
+
+def test_a_refund_gives_back_a_token_never_beyond_burst():
+    rl = RateLimiter(rate_per_s=1, burst=2, keys_max=10)
+    assert rl.acquire("u", 0.0) == 0.0 and rl.acquire("u", 0.0) == 0.0
+    assert rl.acquire("u", 0.0) > 0  # spent
+    rl.refund("u")
+    assert rl.acquire("u", 0.0) == 0.0  # the refunded one
+    rl.refund("u")
+    rl.refund("u")
+    rl.refund("u")
+    got = [rl.acquire("u", 0.0) for _ in range(3)]
+    assert got[:2] == [0.0, 0.0] and got[2] > 0  # burst 2, not 4
+    rl.refund("never-seen")  # nothing to give back
+    assert len(rl) == 1

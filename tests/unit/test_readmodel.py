@@ -1,0 +1,130 @@
+"""ReadModel's lookups against small fakes of Postgres and JetStream: a purchase the reader may
+not read costs what a missing one costs, and the miss budget is spent before the work."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from ingest.problems import Rejection
+from ingest.publisher import Publisher
+from ingest.ratelimit import RateLimiter
+from ingest.readmodel import OPERATOR, Reader, ReadModel
+from ingest.results import ResultsHub
+from proto.ids import id_key, purchase_id
+from proto.messages import Purchase, encode
+from proto.subjects import Names
+
+SHARDS = 2
+KEY = id_key("unit")
+DECIDED = purchase_id(KEY, "alice", "decided")
+PENDING = purchase_id(KEY, "alice", "pending")
+MISSING = purchase_id(KEY, "alice", "never")
+
+
+class FakePool:
+    """`purchases` rows by id; counts queries, and holds each until `gate` opens."""
+
+    def __init__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self.rows = rows
+        self.queries = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def fetchrow(self, sql: str, *args: Any, **options: Any) -> dict[str, Any] | None:
+        self.queries += 1
+        await self.gate.wait()
+        return self.rows.get(args[0]) if "FROM purchases" in sql else None
+
+
+class FakeJetStream:
+    """Direct gets of intents by subject; counts them."""
+
+    def __init__(self, intents: dict[str, bytes]) -> None:
+        self.intents = intents
+        self.gets = 0
+
+    async def last_message(self, stream: str, subject: str) -> tuple[bytes, int] | None:
+        self.gets += 1
+        data = self.intents.get(subject)
+        return (data, 7) if data is not None else None
+
+
+def row(pid: str, user: str) -> dict[str, Any]:
+    return {"id": pid, "sku": "tee", "user_id": user, "qty": 1, "status": "confirmed",
+            "reason": None, "amount_cents": 100, "accepted_at_ms": 1, "decided_at_ms": 2,
+            "updated_at_ms": 2, "expires_at_ms": None, "request_hash": "h"}
+
+
+def reads(burst: int = 1000) -> tuple[ReadModel, FakePool, FakeJetStream]:
+    names = Names("t")
+    pending = Purchase(id=PENDING, sku="tee", qty=1, user_id="alice", request_hash="h",
+                       accepted_at_ms=1)
+    pool = FakePool({DECIDED: row(DECIDED, "alice")})
+    js = FakeJetStream({names.intent(1, "purchase", PENDING): encode(pending)})
+    model = ReadModel(names, SHARDS, cast(Any, pool), cast(Publisher, js),
+                      ResultsHub(cache_max=100, waiters_max=10),
+                      RateLimiter(rate_per_s=0.001, burst=burst, keys_max=100))
+    return model, pool, js
+
+
+async def cost(model: ReadModel, pool: FakePool, js: FakeJetStream, pid: str, reader: Reader,
+               ) -> tuple[int, int, bool]:
+    """(queries, direct gets, found) of one lookup."""
+    q, g = pool.queries, js.gets
+    found = await model.lookup(pid, reader, "127.0.0.2")
+    return pool.queries - q, js.gets - g, found is not None
+
+
+async def test_not_yours_costs_what_missing_costs():
+    model, pool, js = reads()
+    assert await cost(model, pool, js, DECIDED, Reader("alice"), ) == (1, 0, True)
+    assert await cost(model, pool, js, PENDING, Reader("alice")) == (1, SHARDS, True)
+    missing = await cost(model, pool, js, MISSING, Reader("mallory"))
+    assert missing == (1, SHARDS, False)
+    # Decided (and now cached), pending, or another buyer's: mallory's lookups all cost the same.
+    for pid in (DECIDED, PENDING):
+        assert await cost(model, pool, js, pid, Reader("mallory")) == missing
+    assert await cost(model, pool, js, DECIDED, OPERATOR) == (0, 0, True)  # cached
+    assert await cost(model, pool, js, PENDING, OPERATOR) == (1, SHARDS, True)
+
+
+async def test_not_yours_is_charged_as_a_miss_and_found_is_not():
+    model, pool, _ = reads(burst=3)
+    for _ in range(10):  # the owner's reads cost nothing of the budget
+        await model.lookup(PENDING, Reader("alice"), "127.0.0.2")
+    for pid in (DECIDED, PENDING, MISSING):  # three misses
+        assert await model.lookup(pid, Reader("mallory"), "127.0.0.2") is None
+    queries = pool.queries
+    with pytest.raises(Rejection) as refused:
+        await model.lookup(MISSING, Reader("mallory"), "127.0.0.2")
+    assert refused.value.status == 429 and refused.value.slug == "too_many_misses"
+    assert pool.queries == queries  # refused before any work
+    assert await model.lookup(PENDING, Reader("alice"), "127.0.0.3") is not None  # another address
+
+
+async def test_concurrent_lookups_cannot_run_past_the_budget():
+    """32 lookups at once, each waiting on Postgres: only `burst` of them start any work."""
+    model, pool, _ = reads(burst=10)
+    pool.gate.clear()
+    tasks = [asyncio.ensure_future(model.lookup(MISSING, Reader("mallory"), "127.0.0.2"))
+             for _ in range(32)]
+    await asyncio.sleep(0.01)
+    assert pool.queries == 10
+    pool.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(r is None for r in results) == 10
+    assert all(isinstance(r, Rejection) and r.status == 429 for r in results if r is not None)
+
+
+async def test_a_sku_lookup_is_charged_before_its_query():
+    model, pool, _ = reads(burst=5)
+    pool.gate.clear()
+    tasks = [asyncio.ensure_future(model.sku_state(f"nope-{n}", "127.0.0.2")) for n in range(20)]
+    await asyncio.sleep(0.01)
+    assert pool.queries == 5
+    pool.gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(r is None for r in results) == 5
