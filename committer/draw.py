@@ -29,14 +29,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from proto.draw import valid_seed
+from proto.draw import DRAW_ENTRIES_MAX, DRAW_GRACE_MS, DRAW_WINDOW_MAX_S, valid_seed
 from proto.messages import Purchase, Reason, SkuUpsert
 
 if TYPE_CHECKING:
     from committer.machine import Sku
 
-DRAW_GRACE_MS = 2_000
-DRAW_ENTRIES_MAX = 50_000
+__all__ = ["DRAW_ENTRIES_MAX", "DRAW_GRACE_MS", "Draw", "Entry"]
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -110,8 +109,8 @@ def upsert_refusal(sku: Sku | None, u: SkuUpsert, now_ms: int) -> str | None:
         start = u.sale_start_ms if u.sale_start_ms is not None else old_start
     if u.draw_seed is not None and not valid_seed(u.draw_seed):
         return "draw_seed must be 64 lowercase hex digits"
-    if window < 0:
-        return "draw_window_s must not be negative"
+    if not 0 <= window <= DRAW_WINDOW_MAX_S:
+        return f"draw_window_s must be in 0..{DRAW_WINDOW_MAX_S}"
     if window > 0 and start is None:
         return "a draw window needs a sale_start"
     if window > 0 and (sku is None or sku.draw_seed is None) and u.draw_seed is None:

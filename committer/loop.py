@@ -28,7 +28,6 @@ from flashsale.logs import kv
 from flashsale.pull import Puller
 from proto.clock import now_ms
 from proto.messages import (
-    Decision,
     Intent,
     PaymentJob,
     Progress,
@@ -40,6 +39,12 @@ from proto.messages import (
 from proto.sharding import shard_of
 
 log = logging.getLogger("committer")
+
+# Decisions per ResultBatch message: a draw decides up to DRAW_ENTRIES_MAX purchases in one step,
+# and one message must stay well under NATS's max_payload (1 MB).
+RESULTS_PER_MESSAGE_MAX = 2_000
+# How long past its time a draw waits for the writer to catch up with its intents stream.
+DRAW_HOLD_MAX_MS = 30_000
 
 
 class Committer:
@@ -92,6 +97,14 @@ class Committer:
         # A crash between commit and publish may have lost payment jobs: hand them out again
         # (the stream de-duplicates by purchase id; the gateway is idempotent anyway).
         await committer._publish_payments(await committer._pending_payment_jobs())
+        # The same crash may have lost SKU states (a draw decided, its seed revealed): say them
+        # all again, so readers never keep a state older than Postgres.
+        states = [s.state() for s in machine.skus.values()]
+        for at in range(0, len(states), RESULTS_PER_MESSAGE_MAX):
+            await committer._publish_results(ResultBatch(
+                shard=shard, epoch=epoch, skus=states[at:at + RESULTS_PER_MESSAGE_MAX],
+                decided_seq=decided_seq,
+            ))
         metrics.EPOCH.labels(committer.label).set(epoch)
         for sku in machine.skus.values():
             metrics.STOCK_REMAINING.labels(sku.sku).set(sku.remaining)
@@ -141,7 +154,8 @@ class Committer:
             for d in await store.lookup(self.links.conn, unknown):
                 self.machine.load_decision(d)
         t = now_ms()
-        step = self.machine.step(intents, t)
+        held = await self._draws_held(t, len(msgs))
+        step = self.machine.step(intents, t, draws_held=held)
         if step.foreign_skus:
             self._refusing_foreign(step.foreign_skus)
         if acked or _announces(step):
@@ -168,6 +182,26 @@ class Committer:
             extra=kv(shard=self.shard, shards=self.machine.shards, sku=skus[0],
                      owner_shard=shard_of(skus[0], self.machine.shards), count=len(skus)),
         )
+
+    async def _draws_held(self, t: int, taken: int) -> bool:
+        """A due draw waits until this writer has taken every intent stored so far: none left
+        in the stream for it, none out with an earlier holder of the shard (a crashed writer's
+        batch comes back after ack_wait) or unacked beyond the batch in hand. So a writer that
+        lags, restarts or takes over decides the same entries. Bounded: DRAW_HOLD_MAX_MS after
+        it was due, the draw is decided all the same (later arrivals go first come first served)."""
+        due = self.machine.next_draw_ms()
+        if due is None or t < due:
+            return False
+        if t - due > DRAW_HOLD_MAX_MS:
+            log.warning("draw decided without a full catch-up", extra=kv(shard=self.shard))
+            return False
+        try:
+            info = await self.links.js.consumer_info(
+                self.names.intents_stream(self.shard), self.names.committer_durable(self.shard)
+            )
+        except (TimeoutError, nats.errors.Error):
+            return True
+        return bool(info.num_pending) or (info.num_ack_pending or 0) > taken
 
     async def _announce_taken(self, taken_seq: int) -> None:
         """Tell ingest how far this batch reaches before deciding it: a purchase in it is no
@@ -218,8 +252,10 @@ class Committer:
     async def _fetch(self) -> list[Msg]:
         timeout_s = min(self.settings.fetch_timeout_s, self.renew_every_s, self.settings.heartbeat_s)
         next_expiry = self.machine.next_expiry_ms()
-        if next_expiry is not None:
-            timeout_s = min(timeout_s, max(0.01, (next_expiry - now_ms()) / 1000))
+        # A draw held for a catch-up (_draws_held) is looked at again every 50 ms, not in a spin.
+        for due, floor_s in ((next_expiry, 0.01), (self.machine.next_draw_ms(), 0.05)):
+            if due is not None:
+                timeout_s = min(timeout_s, max(floor_s, (due - now_ms()) / 1000))
         msgs = await self.puller.fetch(self.settings.batch_max, timeout_s)
         # Group commit: under load (the previous batch was not empty), a batch waits linger_ms
         # for more intents, so that one Postgres commit and one result publish (a disk flush
@@ -232,8 +268,16 @@ class Committer:
         return msgs
 
     async def _announce(self, step: Step, intents: list[Intent]) -> None:
+        # A big step (a draw) goes out in several messages; the SKUs' states come with the last,
+        # so a SKU never reads as drawn before its decisions are out.
+        n = RESULTS_PER_MESSAGE_MAX
+        chunks = [step.results[at:at + n] for at in range(0, len(step.results), n)] or [[]]
+        for chunk in chunks[:-1]:
+            await self._publish_results(ResultBatch(
+                shard=self.shard, epoch=self.epoch, decisions=chunk, decided_seq=self.decided_seq,
+            ))
         await self._publish_results(ResultBatch(
-            shard=self.shard, epoch=self.epoch, decisions=step.results,
+            shard=self.shard, epoch=self.epoch, decisions=chunks[-1],
             skus=[s.state() for s in step.skus.values()], refusals=step.refusals,
             admin_applied=step.admin_applied, decided_seq=self.decided_seq,
         ))
@@ -271,6 +315,7 @@ class Committer:
     async def _publish_payments(self, jobs: list[PaymentJob]) -> None:
         if not jobs:
             return
+        jobs = await self._with_tokens(jobs)
         subject = self.names.payments(self.shard)
         results = await asyncio.gather(
             *(
@@ -285,28 +330,37 @@ class Committer:
             log.error("payment jobs not published", extra=kv(count=len(failed), error=repr(failed[0])))
 
     async def _pending_payment_jobs(self) -> list[PaymentJob]:
-        """Jobs for every live reservation; the card token lives only in the purchase intent."""
-        # Thousands of live reservations must not mean thousands of round trips in series.
+        """Jobs for every live reservation (their tokens are read back by _with_tokens)."""
+        return [
+            PaymentJob(
+                id=d.id, sku=d.sku, user_id=d.user_id, amount_cents=d.amount_cents,
+                payment_token=None, expires_at_ms=d.expires_at_ms or 0, shard=self.shard,
+            )
+            for d in self.machine.reserved.values()
+        ]
+
+    async def _with_tokens(self, jobs: list[PaymentJob]) -> list[PaymentJob]:
+        """The card token lives only in the purchase intent, never in Postgres: a job for a
+        purchase rebuilt from Postgres (a live reservation, a draw's entry) reads it back there."""
+        # Thousands of them must not mean thousands of round trips in series.
         lookups = asyncio.Semaphore(64)
 
-        async def job(d: Decision) -> PaymentJob:
-            token = None
+        async def fill(job: PaymentJob) -> PaymentJob:
+            if job.payment_token is not None:
+                return job
             async with lookups:
                 try:
                     msg = await self.links.js.get_last_msg(
                         self.names.intents_stream(self.shard),
-                        self.names.intent(self.shard, "purchase", d.id), direct=True,
+                        self.names.intent(self.shard, "purchase", job.id), direct=True,
                     )
                     intent = intent_decoder.decode(msg.data or b"")
-                    token = intent.payment_token if isinstance(intent, Purchase) else None
                 except (nats.js.errors.NotFoundError, msgspec.DecodeError):
-                    pass  # aged out of the stream: the gateway declines a job without a token
-            return PaymentJob(
-                id=d.id, sku=d.sku, user_id=d.user_id, amount_cents=d.amount_cents,
-                payment_token=token, expires_at_ms=d.expires_at_ms or 0, shard=self.shard,
-            )
+                    return job  # aged out of the stream: the gateway declines a job without a token
+            token = intent.payment_token if isinstance(intent, Purchase) else None
+            return msgspec.structs.replace(job, payment_token=token)
 
-        return list(await asyncio.gather(*(job(d) for d in list(self.machine.reserved.values()))))
+        return list(await asyncio.gather(*(fill(j) for j in jobs)))
 
     async def _watch_backlog(self) -> None:
         while True:

@@ -24,6 +24,7 @@ import asyncpg
 
 from flashsale import shardmap
 from flashsale.db import DB_NOW_MS, SCHEMA_LOCK_KEY
+from proto.draw import commitment_of
 from proto.messages import Decision, SkuState
 from proto.sharding import SHARD_FUNCTION
 
@@ -32,11 +33,11 @@ Row = asyncpg.Record | Mapping[str, Any]
 
 PURCHASE_COLUMNS = (
     "id, sku, user_id, qty, status, reason, amount_cents, accepted_at_ms, decided_at_ms, "
-    "updated_at_ms, expires_at_ms, request_hash"
+    "updated_at_ms, expires_at_ms, request_hash, draw_rank"
 )
 SKU_COLUMNS = (
     "sku, stock, reserved, sold, price_cents, max_per_user, payment, reservation_ttl_s, "
-    "sale_start_ms, sale_end_ms"
+    "sale_start_ms, sale_end_ms, draw_window_s, draw_seed, drawn_at_ms, draw_entries"
 )
 
 
@@ -47,23 +48,27 @@ def decision_of(row: Row) -> Decision:
         status=row["status"], reason=row["reason"], amount_cents=row["amount_cents"],
         accepted_at_ms=row["accepted_at_ms"], decided_at_ms=row["decided_at_ms"],
         updated_at_ms=row["updated_at_ms"], expires_at_ms=row["expires_at_ms"],
-        request_hash=row["request_hash"],
+        request_hash=row["request_hash"], draw_rank=row["draw_rank"],
     )
 
 
 def sku_state_of(row: Row) -> SkuState:
-    """A `skus` row selected with SKU_COLUMNS."""
+    """A `skus` row selected with SKU_COLUMNS. The draw's seed is kept secret until drawn."""
+    seed, drawn_at_ms = row["draw_seed"], row["drawn_at_ms"]
     return SkuState(
         sku=row["sku"], stock=row["stock"], reserved=row["reserved"], sold=row["sold"],
         price_cents=row["price_cents"], max_per_user=row["max_per_user"], payment=row["payment"],
         reservation_ttl_s=row["reservation_ttl_s"], sale_start_ms=row["sale_start_ms"],
-        sale_end_ms=row["sale_end_ms"],
+        sale_end_ms=row["sale_end_ms"], draw_window_s=row["draw_window_s"],
+        draw_commitment=commitment_of(seed) if seed else None,
+        draw_seed=seed if drawn_at_ms is not None else None, drawn_at_ms=drawn_at_ms,
+        draw_entries=row["draw_entries"],
     )
 
 
 # Every table of schema.sql, in the order a committer's batch transaction locks them (lease, SKUs,
-# purchases); a schema change takes them all in this order before it changes any.
-TABLES = ("shard_leases", "skus", "purchases", "shard_map", "schema_applied")
+# purchases, draw entries); a schema change takes them all in this order before it changes any.
+TABLES = ("shard_leases", "skus", "purchases", "draw_entries", "shard_map", "schema_applied")
 # Below Postgres's deadlock_timeout (1 s): a writer queued behind a schema change never waits long
 # enough for a deadlock check, and the schema change, not the writer, is the one that gives way.
 LOCK_TIMEOUT = "500ms"

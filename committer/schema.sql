@@ -68,3 +68,29 @@ CREATE TABLE IF NOT EXISTS schema_applied (
     digest        text    NOT NULL,
     applied_at_ms bigint  NOT NULL
 );
+
+-- Fair drops (committer/draw.py). A SKU's draw: its window, its seed (secret until drawn_at_ms:
+-- only sha256(seed) is shown before), and how many entries it had.
+ALTER TABLE skus ADD COLUMN IF NOT EXISTS draw_window_s integer NOT NULL DEFAULT 0
+    CHECK (draw_window_s >= 0);
+ALTER TABLE skus ADD COLUMN IF NOT EXISTS draw_seed text;
+ALTER TABLE skus ADD COLUMN IF NOT EXISTS drawn_at_ms bigint;
+ALTER TABLE skus ADD COLUMN IF NOT EXISTS draw_entries integer NOT NULL DEFAULT 0;
+-- A purchase decided by a draw: its 1-based rank there.
+ALTER TABLE purchases ADD COLUMN IF NOT EXISTS draw_rank integer;
+CREATE INDEX IF NOT EXISTS purchases_draw ON purchases (sku, draw_rank) WHERE draw_rank IS NOT NULL;
+-- Purchases waiting for their SKU's draw (acked intents, not decided yet): written with the batch
+-- that took them, deleted by the batch that decides the draw. Never a card token: a paid entry's
+-- token is read back from the intents stream when the draw makes it a reservation.
+CREATE TABLE IF NOT EXISTS draw_entries (
+    id             text PRIMARY KEY,
+    sku            text    NOT NULL,
+    user_id        text    NOT NULL,
+    qty            integer NOT NULL CHECK (qty > 0),
+    request_hash   text    NOT NULL,
+    accepted_at_ms bigint  NOT NULL,
+    clicked_at_ms  bigint  NOT NULL,
+    arrival        integer NOT NULL,
+    ranked         boolean NOT NULL  -- clicked inside the window; else waiting for the draw
+);
+CREATE INDEX IF NOT EXISTS draw_entries_sku ON draw_entries (sku, arrival);

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
+from committer.draw import Entry
 from committer.machine import Machine, Sku, Step
 from committer.schema import PURCHASE_COLUMNS, decision_of
 from flashsale.db import DB_NOW_MS
-from proto.messages import Decision
+from proto.messages import Decision, Purchase
 
 
 class Fenced(RuntimeError):
@@ -115,9 +116,12 @@ async def load_machine(
                 max_per_user=row["max_per_user"], payment=row["payment"],
                 reservation_ttl_s=row["reservation_ttl_s"], sale_start_ms=row["sale_start_ms"],
                 sale_end_ms=row["sale_end_ms"], reserved=row["reserved"], sold=row["sold"],
+                draw_window_s=row["draw_window_s"], draw_seed=row["draw_seed"],
+                drawn_at_ms=row["drawn_at_ms"], draw_entries=row["draw_entries"],
             )
         )
     skus = list(machine.skus)
+    await _load_draw_entries(conn, machine)
     # Caps count every live purchase, including ones too old to keep in memory.
     for row in await conn.fetch(
         """SELECT sku, user_id, sum(qty)::int AS qty FROM purchases
@@ -139,6 +143,22 @@ async def load_machine(
     machine.forgot_any = total > len(machine.decisions)
     _check_counters(machine)
     return machine
+
+
+async def _load_draw_entries(conn: asyncpg.Connection, machine: Machine) -> None:
+    """The entries of every undecided draw: the same entries, so the same order, as the writer
+    that took them would have decided."""
+    if not machine.draws:
+        return
+    for row in await conn.fetch(
+        "SELECT * FROM draw_entries WHERE sku = ANY($1) ORDER BY sku, arrival", list(machine.draws)
+    ):
+        purchase = Purchase(
+            id=row["id"], sku=row["sku"], qty=row["qty"], user_id=row["user_id"],
+            request_hash=row["request_hash"], accepted_at_ms=row["accepted_at_ms"],
+        )
+        machine.load_draw_entry(Entry(purchase=purchase, clicked_at_ms=row["clicked_at_ms"],
+                                      arrival=row["arrival"], ranked=row["ranked"]))
 
 
 def _check_counters(machine: Machine) -> None:
@@ -173,6 +193,10 @@ async def commit(
                 await _insert_purchases(conn, step.inserts)
             if step.updates:
                 await _update_purchases(conn, list(step.updates.values()), step.psp_refs)
+            if step.draw_entries:
+                await _insert_draw_entries(conn, step.draw_entries)
+            if step.drawn:
+                await conn.execute("DELETE FROM draw_entries WHERE sku = ANY($1)", step.drawn)
     except asyncpg.IntegrityConstraintViolationError as e:
         # never_oversell or another CHECK refused the batch: the machine broke an invariant.
         raise CorruptWrite(f"shard {shard}: Postgres refused the batch: {e}") from e
@@ -182,20 +206,26 @@ async def _write_skus(conn: asyncpg.Connection, skus: list[Sku], now_ms: int) ->
     await conn.execute(
         """
         INSERT INTO skus (sku, stock, reserved, sold, price_cents, max_per_user, payment,
-                          reservation_ttl_s, sale_start_ms, sale_end_ms, updated_at_ms)
+                          reservation_ttl_s, sale_start_ms, sale_end_ms, draw_window_s, draw_seed,
+                          drawn_at_ms, draw_entries, updated_at_ms)
         SELECT u.*, $11::bigint FROM unnest($1::text[], $2::int[], $3::int[], $4::int[],
-            $5::bigint[], $6::int[], $7::text[], $8::int[], $9::bigint[], $10::bigint[]) AS u
+            $5::bigint[], $6::int[], $7::text[], $8::int[], $9::bigint[], $10::bigint[],
+            $12::int[], $13::text[], $14::bigint[], $15::int[]) AS u
         ON CONFLICT (sku) DO UPDATE SET
             stock = EXCLUDED.stock, reserved = EXCLUDED.reserved, sold = EXCLUDED.sold,
             price_cents = EXCLUDED.price_cents, max_per_user = EXCLUDED.max_per_user,
             payment = EXCLUDED.payment, reservation_ttl_s = EXCLUDED.reservation_ttl_s,
             sale_start_ms = EXCLUDED.sale_start_ms, sale_end_ms = EXCLUDED.sale_end_ms,
+            draw_window_s = EXCLUDED.draw_window_s, draw_seed = EXCLUDED.draw_seed,
+            drawn_at_ms = EXCLUDED.drawn_at_ms, draw_entries = EXCLUDED.draw_entries,
             updated_at_ms = EXCLUDED.updated_at_ms
         """,
         [s.sku for s in skus], [s.stock for s in skus], [s.reserved for s in skus],
         [s.sold for s in skus], [s.price_cents for s in skus], [s.max_per_user for s in skus],
         [s.payment for s in skus], [s.reservation_ttl_s for s in skus],
         [s.sale_start_ms for s in skus], [s.sale_end_ms for s in skus], now_ms,
+        [s.draw_window_s for s in skus], [s.draw_seed for s in skus],
+        [s.drawn_at_ms for s in skus], [s.draw_entries for s in skus],
     )
 
 
@@ -205,10 +235,10 @@ async def _insert_purchases(conn: asyncpg.Connection, rows: list[Decision]) -> N
         WITH ins AS (
             INSERT INTO purchases (id, sku, user_id, qty, status, reason, amount_cents,
                                    accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
-                                   request_hash)
+                                   request_hash, draw_rank)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
                 $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-                $11::bigint[], $12::text[])
+                $11::bigint[], $12::text[], $13::int[])
             ON CONFLICT (id) DO NOTHING
             RETURNING 1
         ) SELECT count(*) FROM ins
@@ -218,10 +248,33 @@ async def _insert_purchases(conn: asyncpg.Connection, rows: list[Decision]) -> N
         [d.amount_cents for d in rows], [d.accepted_at_ms for d in rows],
         [d.decided_at_ms for d in rows], [d.updated_at_ms for d in rows],
         [d.expires_at_ms for d in rows], [d.request_hash for d in rows],
+        [d.draw_rank for d in rows],
     )
     if inserted != len(rows):
         # The machine decided an id Postgres already has: a second decision. Abort the batch.
         raise CorruptWrite(f"{len(rows) - inserted} purchase ids already decided in Postgres")
+
+
+async def _insert_draw_entries(conn: asyncpg.Connection, entries: list[Entry]) -> None:
+    inserted = await conn.fetchval(
+        """
+        WITH ins AS (
+            INSERT INTO draw_entries (id, sku, user_id, qty, request_hash, accepted_at_ms,
+                                      clicked_at_ms, arrival, ranked)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+                $6::bigint[], $7::bigint[], $8::int[], $9::bool[])
+            ON CONFLICT (id) DO NOTHING
+            RETURNING 1
+        ) SELECT count(*) FROM ins
+        """,
+        [e.purchase.id for e in entries], [e.purchase.sku for e in entries],
+        [e.purchase.user_id for e in entries], [e.purchase.qty for e in entries],
+        [e.purchase.request_hash for e in entries], [e.purchase.accepted_at_ms for e in entries],
+        [e.clicked_at_ms for e in entries], [e.arrival for e in entries],
+        [e.ranked for e in entries],
+    )
+    if inserted != len(entries):
+        raise CorruptWrite(f"{len(entries) - inserted} draw entries already in Postgres")
 
 
 async def _update_purchases(

@@ -13,11 +13,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 from collections.abc import Iterable
+
+DRAW_WINDOW_MAX_S = 3600
+# The writer decides a draw this long after its window closes: intents stamped inside the window
+# and still on their way from ingest to the stream (an ingest batch, a JetStream retry) get in.
+DRAW_GRACE_MS = 2_000
+# Entries (and purchases waiting for the draw) per SKU: the writer holds them in memory and
+# decides them in one step. Beyond it a purchase is rejected at once with `draw_full`.
+DRAW_ENTRIES_MAX = 50_000
 
 SEED_BYTES = 32
 SEED_PATTERN = r"^[0-9a-f]{64}$"
 _SEED_RE = re.compile(SEED_PATTERN)
+
+
+def new_seed() -> str:
+    return secrets.token_hex(SEED_BYTES)
 
 
 def valid_seed(seed: str) -> bool:
