@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from config.settings import Settings
 from flashsale import shardmap
 from flashsale.jetstream import connect_nats_for_command
+from proto.draw import DRAW_WINDOW_MAX_S, new_seed
 from proto.identifiers import SKU
 from proto.messages import (
     CLEARABLE_SKU_FIELDS,
@@ -33,7 +34,7 @@ from proto.messages import (
 from proto.sharding import shard_of
 
 UPSERT_FIELDS = ("stock", "price_cents", "max_per_user", "payment", "reservation_ttl_s",
-                 "sale_start", "sale_end")
+                 "sale_start", "sale_end", "draw_window_s")
 # Fields an explicit null resets to none (no cap, no window bound), and their SkuUpsert names.
 CLEARABLE: dict[str, str] = {"max_per_user": "max_per_user", "sale_start": "sale_start_ms",
                              "sale_end": "sale_end_ms"}
@@ -110,12 +111,17 @@ def make_upsert(sku: str, fields: Mapping[str, object]) -> SkuUpsert:
     sale_end_ms = to_ms(given.get("sale_end"), "sale_end")
     if sale_start_ms is not None and sale_end_ms is not None and sale_end_ms <= sale_start_ms:
         raise AdminError("sale_end must be after sale_start", "sale_end")
+    draw_window_s = _int(given, "draw_window_s")
+    if draw_window_s is not None and not 0 <= draw_window_s <= DRAW_WINDOW_MAX_S:
+        raise AdminError(f"draw_window_s must be in 0..{DRAW_WINDOW_MAX_S}", "draw_window_s")
     return SkuUpsert(
         request_id=uuid.uuid4().hex, sku=sku, stock=stock, price_cents=_int(given, "price_cents"),
         max_per_user=_int(given, "max_per_user"), payment=payment,
         reservation_ttl_s=_int(given, "reservation_ttl_s"), sale_start_ms=sale_start_ms,
         sale_end_ms=sale_end_ms,
         clear=[CLEARABLE[name] for name, value in given.items() if value is None],
+        # The writer keeps the first seed a SKU gets (its creation) and ignores later ones.
+        draw_window_s=draw_window_s, draw_seed=new_seed(),
     )
 
 

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import msgspec
 import nats.errors
@@ -39,6 +40,7 @@ from flashsale.embedded import (
 )
 from flashsale.jetstream import connect_nats_for_command, ensure_streams
 from flashsale.supervision import APP_GROUP, Program, procfile_programs, write_conf
+from flashsale.verify import verify_draw
 from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
 from proto.messages import Refusal, SkuState
 
@@ -305,6 +307,25 @@ def cmd_reshard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_draw(args: argparse.Namespace) -> int:
+    """Recompute a SKU's draw from the public endpoints; exit 1 if anything disagrees."""
+    settings = load()
+    base = args.url or f"http://{settings.ingest_host}:{settings.ingest_port}"
+    try:
+        report = asyncio.run(verify_draw(base, args.sku, args.id))
+    except (aiohttp.ClientError, TimeoutError) as e:
+        print(f"flashsale verify-draw: {base}: {e!r}", file=sys.stderr)
+        return 1
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    if report.ok:
+        print(f"OK {args.sku}: {report.entries} entries in the order of HMAC-SHA256(seed, id); "
+              f"seed {report.seed} matches commitment {report.commitment}")
+        if report.rank_of_id is not None:
+            print(f"{args.id}: number {report.rank_of_id} of {report.entries}")
+    return 0 if report.ok else 1
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """One buyer token per line, in the order given (the dev stack's HS256 secret signs them)."""
     try:
@@ -354,8 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     ss.add_argument("--reservation-ttl-s", dest="reservation_ttl_s", type=int)
     ss.add_argument("--sale-start", dest="sale_start", help="ISO 8601")
     ss.add_argument("--sale-end", dest="sale_end", help="ISO 8601")
+    ss.add_argument("--draw-window-s", dest="draw_window_s", type=int,
+                    help="decide purchases clicked in the first N s by a verifiable draw")
     ss.add_argument("--timeout-s", type=float, default=10.0)
     ss.set_defaults(fn=cmd_set_sku)
+    vd = sub.add_parser("verify-draw", help="recompute a SKU's draw from the public endpoints")
+    vd.add_argument("sku")
+    vd.add_argument("--id", help="a purchase id: check it is among the entries, show its rank")
+    vd.add_argument("--url", help="ingest's base URL (default: from the settings)")
+    vd.set_defaults(fn=cmd_verify_draw)
     tk = sub.add_parser("token", help="print a buyer token (JWT) per user, for development")
     tk.add_argument("users", nargs="+", metavar="USER")
     tk.add_argument("--ttl-s", dest="ttl_s", type=int, default=DEV_TOKEN_TTL_S)

@@ -19,7 +19,7 @@ from config.settings import Settings
 from ingest import admission, devtoken, edge, events, http, metrics, page, problems
 from ingest.admin import put_sku
 from ingest.purchases import cancel_purchase, create_purchase, get_purchase
-from ingest.skus import get_sku, list_skus
+from ingest.skus import get_draw, get_sku, list_skus
 from ingest.state import STATE, Ingest
 
 
@@ -64,6 +64,7 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
     app.router.add_post("/v1/purchases/{id}/cancel", cancel_purchase)
     app.router.add_get("/v1/skus", list_skus)
     app.router.add_get("/v1/skus/{sku}", get_sku)
+    app.router.add_get("/v1/skus/{sku}/draw", get_draw)
     app.router.add_put("/v1/admin/skus/{sku}", put_sku)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -36,6 +36,7 @@ from config.settings import Settings
 from ingest import edge, metrics, problems
 from ingest.edge import WaitBudget
 from ingest.purchases import owned_purchase, purchase_id_in_path, purchase_view, reader_of
+from ingest.queue import QueueView
 from ingest.results import PurchaseState, ResultsHub, Watch, is_final, newer, status_of
 from ingest.schemas import PurchaseView, encode_json, sku_view_of
 from ingest.skus import known_sku
@@ -249,7 +250,7 @@ def sku_event(state: SkuState) -> bytes:
 
 def _queue(view: PurchaseView) -> tuple[int | None, int | None]:
     """(position, eta_ms) of a pending view's `queue`, (None, None) without one."""
-    if view.queue is None:
+    if not isinstance(view.queue, QueueView):  # none, or waiting for a draw
         return None, None
     return view.queue.position, view.queue.eta_ms
 

@@ -90,7 +90,8 @@ async def cancel_purchase(request: web.Request) -> web.Response:
 
 def purchase_view(ing: Ingest, state: PurchaseState) -> PurchaseView:
     """What a buyer sees of a purchase: its state and, while pending, its place in the queue."""
-    return view_of(state, ing.hub.queues.view(state.id) if isinstance(state, Purchase) else None)
+    queue = ing.hub.queues.view(state.id) if isinstance(state, Purchase) else None
+    return view_of(state, queue, ing.hub.skus.get(state.sku))
 
 
 # -- steps ---------------------------------------------------------------------------------

@@ -127,6 +127,15 @@ class ReadModel:
                 return self.hub.decision(pid) or intent
         return None
 
+    async def draw_ranks(self, sku: str, after_rank: int, limit: int) -> list[tuple[str, int]]:
+        """(purchase id, rank) of a drawn SKU's entries after `after_rank`, by rank."""
+        rows = await self.pool.fetch(
+            """SELECT id, draw_rank FROM purchases WHERE sku = $1 AND draw_rank > $2
+               ORDER BY draw_rank LIMIT $3""",
+            sku, after_rank, limit, timeout=DB_TIMEOUT_S,
+        )
+        return [(row["id"], row["draw_rank"]) for row in rows]
+
     async def sku_state(self, sku: str, client: str) -> SkuState | None:
         state = self.hub.skus.get(sku)
         if state is not None:

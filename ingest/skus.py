@@ -7,12 +7,15 @@ import heapq
 from aiohttp import web
 
 from ingest import edge, http, problems
-from ingest.schemas import SkuList, sku_view_of
+from ingest.schemas import DrawEntry, DrawList, SkuList, draw_view_of, sku_view_of
 from ingest.state import STATE, Ingest
+from proto.clock import now_ms
 from proto.identifiers import SKU
 from proto.messages import SkuState
 
 SKU_LIST_MAX = 100  # SKUs per page of GET /v1/skus
+DRAW_PAGE_MAX = 1000  # entries per page of GET /v1/skus/{sku}/draw
+_RANK_DIGITS_MAX = 9
 
 
 async def known_sku(ing: Ingest, request: web.Request) -> SkuState:
@@ -32,11 +35,34 @@ async def get_sku(request: web.Request) -> web.Response:
     return http.json_response(sku_view_of(await known_sku(request.app[STATE], request)))
 
 
+async def get_draw(request: web.Request) -> web.Response:
+    """A SKU's draw and, once drawn, its entries by rank: `?after=<last rank of the previous
+    page>`."""
+    ing = request.app[STATE]
+    state = await known_sku(ing, request)
+    draw = draw_view_of(state, now_ms())
+    if draw is None:
+        raise problems.not_found(f"SKU {state.sku!r} has no draw")
+    limit = _limit(request, DRAW_PAGE_MAX)
+    raw = request.query.get("after", "0")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= _RANK_DIGITS_MAX):
+        raise problems.bad_query(f"after must be an integer in 0..{10**_RANK_DIGITS_MAX - 1}")
+    ranks = (
+        await ing.reads.draw_ranks(state.sku, int(raw), limit + 1)
+        if state.drawn_at_ms is not None else []
+    )
+    page = ranks[:limit]
+    return http.json_response(DrawList(
+        sku=state.sku, draw=draw, entries=[DrawEntry(id=pid, rank=rank) for pid, rank in page],
+        next_after=page[-1][1] if len(ranks) > limit else None,
+    ))
+
+
 async def list_skus(request: web.Request) -> web.Response:
     """The SKUs this instance knows (all of them: it loads them at start and follows the result
     stream), by name, a page at a time: `?after=<last name of the previous page>`."""
     skus = request.app[STATE].hub.skus
-    limit = _limit(request)
+    limit = _limit(request, SKU_LIST_MAX)
     after = request.query.get("after", "")
     # A page costs one pass over the names, never a sort of all of them.
     names = heapq.nsmallest(limit + 1, (name for name in skus if name > after))
@@ -47,10 +73,11 @@ async def list_skus(request: web.Request) -> web.Response:
     ))
 
 
-def _limit(request: web.Request) -> int:
+def _limit(request: web.Request, most: int) -> int:
     raw = request.query.get("limit")
     if raw is None:
-        return SKU_LIST_MAX
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= SKU_LIST_MAX):
-        raise problems.bad_query(f"limit must be an integer in 1..{SKU_LIST_MAX}")
+        return most
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(most))
+            and 1 <= int(raw) <= most):
+        raise problems.bad_query(f"limit must be an integer in 1..{most}")
     return int(raw)
