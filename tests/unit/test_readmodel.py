@@ -55,7 +55,7 @@ class FakeJetStream:
 def row(pid: str, user: str) -> dict[str, Any]:
     return {"id": pid, "sku": "tee", "user_id": user, "qty": 1, "status": "confirmed",
             "reason": None, "amount_cents": 100, "accepted_at_ms": 1, "decided_at_ms": 2,
-            "updated_at_ms": 2, "expires_at_ms": None, "request_hash": "h"}
+            "updated_at_ms": 2, "expires_at_ms": None, "request_hash": "h", "draw_rank": None}
 
 
 def reads(burst: int = 1000) -> tuple[ReadModel, FakePool, FakeJetStream]:
