@@ -14,6 +14,11 @@ A batch is all or nothing. One that is refused because a subject already holds i
 retry among new clicks) is stored again one intent at a time, so that each caller gets its own
 answer; a batch that fails otherwise fails for all of its callers (503, and they retry with the
 same key).
+
+Each caller waits at most `PUBLISH_TIMEOUT_S` (plus one sweep) from `store`, queueing included:
+an intent still waiting for its batch's turn or its ack then is answered 503, and one still
+queued is dropped. Without that, with the server paused, intents queued behind a batch waiting
+for its ack would wait for that batch's timeout and then their own.
 """
 
 from __future__ import annotations
@@ -21,10 +26,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from flashsale.logs import kv
-from ingest.publisher import AtomicUnsupported, DuplicateInBatch, Overloaded, Publisher
+from ingest.publisher import (
+    PUBLISH_TIMEOUT_S,
+    SWEEP_EVERY_S,
+    AtomicUnsupported,
+    DuplicateInBatch,
+    Overloaded,
+    Publisher,
+)
 from proto.streams import BATCH_MAX_MESSAGES
 
 log = logging.getLogger("ingest.batcher")
@@ -38,6 +51,7 @@ class _Item:
     subject: str
     payload: bytes
     msg_id: str
+    deadline_s: float  # monotonic: its caller is answered (503) by then at the latest
     # The stream sequence it was stored at, or 0 when its subject already held an intent.
     stored: asyncio.Future[int] = field(compare=False)
 
@@ -63,7 +77,10 @@ class IntentBatcher:
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Every item not answered yet, oldest (earliest deadline) first.
+        self._unanswered: deque[_Item] = deque()
         self._task = asyncio.create_task(self._run())
+        self._sweeper = asyncio.create_task(self._sweep())
         self._last_sent_s = 0.0  # monotonic time the last batches went out
         self.atomic = True  # until a stream says it takes no atomic batches
         self.batches = 0
@@ -84,14 +101,17 @@ class IntentBatcher:
         """Like Publisher.publish: the stream sequence it was stored at, or 0 when the subject
         already holds its intent. Raises Overloaded (nothing stored, or not known to be)."""
         self.check_capacity()
-        item = _Item(subject, payload, msg_id, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        item = _Item(subject, payload, msg_id, time.monotonic() + PUBLISH_TIMEOUT_S, loop.create_future())
         self._queues[shard].append(item)
+        self._unanswered.append(item)
         self._queued += 1
         self._wake.set()
         return await item.stored
 
     async def close(self) -> None:
         self._task.cancel()
+        self._sweeper.cancel()
         for task in self._tasks:
             task.cancel()
         for queue in self._queues.values():
@@ -108,9 +128,12 @@ class IntentBatcher:
             self._last_sent_s = time.monotonic()
             for shard, queue in self._queues.items():
                 while queue and self._batches_inflight[shard] < self.batches_inflight_max:
-                    batch, self._queues[shard] = queue[: self.batch_max], queue[self.batch_max :]
+                    taken, self._queues[shard] = queue[: self.batch_max], queue[self.batch_max :]
                     queue = self._queues[shard]
-                    self._queued -= len(batch)
+                    self._queued -= len(taken)
+                    batch = [item for item in taken if not item.stored.done()]  # not timed out
+                    if not batch:
+                        continue
                     self._sending += len(batch)
                     self._batches_inflight[shard] += 1
                     task = asyncio.create_task(self._send(shard, batch))
@@ -122,6 +145,23 @@ class IntentBatcher:
                 await self._slot.wait()
             else:
                 self._wake.clear()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            self.expire(time.monotonic())
+
+    def expire(self, now_s: float) -> int:
+        """Answer 503 to every caller whose deadline passed (queued, or waiting for its batch's
+        ack); how many. A queued one is then dropped when its shard's turn comes."""
+        expired = 0
+        unanswered = self._unanswered
+        while unanswered and (unanswered[0].stored.done() or unanswered[0].deadline_s <= now_s):
+            item = unanswered.popleft()
+            if not item.stored.done():
+                item.stored.set_exception(Overloaded("publish_timeout"))
+                expired += 1
+        return expired
 
     async def _send(self, shard: int, batch: list[_Item]) -> None:
         started_s = time.perf_counter()

@@ -26,10 +26,16 @@ from proto.streams import (
     is_already_stored,
 )
 
-# A publish that got no ack in this long may or may not be stored; the client retries with the
-# same Idempotency-Key, which is safe either way.
+# Every wait on JetStream (a publish's ack, a direct get) ends within this (plus one sweep):
+# a paused or unreachable server is a 503 + Retry-After, never a hang. A publish that got no ack
+# in this long may or may not be stored; the client retries with the same Idempotency-Key, which
+# is safe either way.
 PUBLISH_TIMEOUT_S = 5.0
-_SWEEP_EVERY_S = 0.25
+SWEEP_EVERY_S = 0.25
+# nats-py blocks a publish, with no timeout, once its outgoing buffer holds `pending_size` (2 MiB
+# by default): what a server that stopped reading (paused, or a dead peer not detected yet) leads
+# to. Below that, a publish is refused instead (503), so no request ever waits on that buffer.
+NATS_BUFFER_MAX_BYTES = 1 << 20
 
 
 class Overloaded(Exception):
@@ -184,6 +190,8 @@ class Publisher:
             raise Overloaded("nats_disconnected")
         if len(self._pending) >= self.inflight_max:
             raise Overloaded("inflight_max")
+        if self.nc.pending_data_size >= NATS_BUFFER_MAX_BYTES:
+            raise Overloaded("nats_backlog")
 
     async def _request(self, subject: str, payload: bytes, headers: dict[str, str] | None) -> Msg:
         """One request/reply over the shared reply subscription. Raises Overloaded."""
@@ -220,6 +228,7 @@ class Publisher:
         flush for all; the stream sequence of the last one. Raises DuplicateInBatch or
         Overloaded (then nothing is stored)."""
         batch_id = f"{self._prefix[len('_INBOX.'):-1]}-{next(self._counter)}"
+        self.check_capacity()  # the batch's first messages go out before its request does
         try:
             for seq, (subject, payload, msg_id) in enumerate(items[:-1], 1):
                 await self.nc.publish(subject, payload, headers={
@@ -245,5 +254,5 @@ class Publisher:
 async def _sweep(pending: PendingReplies) -> None:
     """Fail publishes whose ack is overdue: one timer for all, not one per publish."""
     while True:
-        await asyncio.sleep(_SWEEP_EVERY_S)
+        await asyncio.sleep(SWEEP_EVERY_S)
         pending.expire(time.monotonic())

@@ -1,0 +1,73 @@
+"""IntentBatcher against a small fake of a server that stopped answering: every caller is
+answered by its deadline, queued behind a hung batch or not, and a timed-out intent still queued
+is never sent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+import pytest
+
+from ingest.batcher import IntentBatcher
+from ingest.publisher import PUBLISH_TIMEOUT_S, Overloaded, Publisher
+
+
+class HungServer:
+    """A publisher whose batches get no answer until `answer` is set."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.answer = asyncio.Event()
+
+    def check_capacity(self) -> None:
+        pass
+
+    async def publish_batch(self, items: list[tuple[str, bytes, str]]) -> int:
+        self.sent.append([subject for subject, _, _ in items])
+        await self.answer.wait()
+        raise Overloaded("publish_timeout")
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        self.sent.append([subject])
+        await self.answer.wait()
+        raise Overloaded("publish_timeout")
+
+
+async def test_callers_behind_a_hung_batch_are_answered_by_their_deadline():
+    server = HungServer()
+    batcher = IntentBatcher(cast(Publisher, cast(Any, server)), shards=1, batch_max=10, linger_ms=0,
+                            batches_inflight_max=1, inflight_max=1000)
+    try:
+        first = asyncio.ensure_future(batcher.store(0, "s.0", b"x", "m0"))
+        await asyncio.sleep(0.01)  # its batch goes out, and hangs
+        later = [asyncio.ensure_future(batcher.store(0, f"s.{n}", b"x", f"m{n}")) for n in range(1, 6)]
+        await asyncio.sleep(0.01)
+        assert server.sent == [["s.0"]] and not any(t.done() for t in [first, *later])
+        assert batcher.expire(time.monotonic()) == 0  # nobody is late yet
+        assert batcher.expire(time.monotonic() + PUBLISH_TIMEOUT_S) == 6
+        for task in [first, *later]:
+            with pytest.raises(Overloaded) as exc:
+                await task
+            assert exc.value.cause == "publish_timeout"
+        server.answer.set()  # the hung batch ends; the timed-out queued intents are not sent
+        await asyncio.sleep(0.01)
+        assert server.sent == [["s.0"]] and batcher.inflight == 0
+    finally:
+        await batcher.close()
+
+
+async def test_an_answered_caller_is_not_answered_again():
+    server = HungServer()
+    batcher = IntentBatcher(cast(Publisher, cast(Any, server)), shards=1, batch_max=10, linger_ms=0,
+                            batches_inflight_max=1, inflight_max=1000)
+    try:
+        task = asyncio.ensure_future(batcher.store(0, "s.0", b"x", "m0"))
+        await asyncio.sleep(0.01)
+        server.answer.set()
+        with pytest.raises(Overloaded):
+            await task
+        assert batcher.expire(time.monotonic() + PUBLISH_TIMEOUT_S) == 0
+    finally:
+        await batcher.close()
