@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import ctypes
 import os
-import re
 import shlex
 import signal
 import socket
@@ -39,12 +38,26 @@ from flashsale.embedded import (
     without_password,
 )
 from flashsale.jetstream import connect_nats_for_command, ensure_streams
-from flashsale.supervision import APP_GROUP, Program, procfile_programs, write_conf
+from flashsale.supervision import (
+    PRIORITY,
+    RUNNING,
+    AlreadyRunning,
+    Program,
+    Supervisor,
+    committer_shards,
+    end_groups,
+    hold_data_dir,
+    procfile_programs,
+    write_conf,
+)
 from flashsale.verify import verify_draw
 from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
 from proto.messages import Refusal, SkuState
 
 DEMO_SALE = CONFIG_DIR / "sales" / "demo.toml"
+RUN_WAIT_S = 60  # for the Procfile's processes to be RUNNING under supervisord, and ingest ready
+DEMO_LOAD_WAIT_S = 30.0  # for the shards' writers (whichever holds each lease) to apply the demo sale
+WATCH_S = 0.5  # how often `flashsale dev` looks at supervisord and its programs' pids
 
 
 async def prepare(settings: Settings) -> None:
@@ -90,6 +103,47 @@ def _wait_ready(urls: list[str], timeout_s: float) -> bool:
             pass
         time.sleep(0.2)
     return not pending
+
+
+def _ports_in_use(settings: Settings, servers: list[Program], app: list[Program]) -> list[str]:
+    """The ports this run will listen on that something already answers on (an earlier run that
+    is still stopping, or another program): 'port (what)' for each."""
+    wanted = {settings.ingest_port: "ingest_port"}
+    for name in ("ingest_metrics_port", "gateway_metrics_port"):
+        if getattr(settings, name):
+            wanted[getattr(settings, name)] = name
+    if settings.committer_metrics_port:
+        for shard in range(settings.shards):
+            wanted[settings.committer_metrics_port + shard] = f"committer_metrics_port + {shard}"
+    names = {p.name for p in servers}
+    if "nats" in names:
+        wanted |= {settings.nats_port: "nats_port", settings.nats_monitor_port: "nats_monitor_port"}
+    if "postgres" in names:
+        wanted[settings.pg_port] = "pg_port"
+    for p in app:
+        wanted |= {port: f"Procfile {p.name}" for port in p.ports}
+    return [f"{port} ({what})" for port, what in sorted(wanted.items()) if _port_open(port)]
+
+
+def _check_committers(settings: Settings, procfile: Path, app: list[Program]) -> None:
+    """One committer line per shard writes; more lines for a shard are its standbys."""
+    shards = committer_shards(app)
+    missing = [s for s in range(settings.shards) if s not in shards]
+    extra = sorted(s for s in shards if s >= settings.shards)
+    if missing or extra:
+        print(f"flashsale: warning: {procfile} has no committer for shard(s) {missing or 'none'}"
+              f" and committers for shard(s) {extra or 'none'} outside the {settings.shards}"
+              " shards (FLASHSALE_SHARDS)", flush=True)
+    for shard, names in sorted(shards.items()):
+        if len(names) > 1:
+            print(f"flashsale: shard {shard}: {', '.join(names)} (whichever holds the lease "
+                  f"writes, the other{'s' if len(names) > 2 else ''} stand by)", flush=True)
+    own_port = {p.name for p in app if "--status-port" in p.command}
+    for shard, names in shards.items():
+        shared = [n for n in names if n not in own_port]
+        if settings.committer_metrics_port and len(shared) > 1:
+            print(f"flashsale: warning: {', '.join(shared)} would share shard {shard}'s status "
+                  "port: give standbys their own --status-port", flush=True)
 
 
 class DevError(RuntimeError):
@@ -140,11 +194,11 @@ def _embedded_servers(settings: Settings, data: Path) -> tuple[list[Program], di
     if "nats_url" in overrides:
         servers.append(Program("nats", f"{me} embedded-nats --data-dir {shlex.quote(str(data / 'nats'))} "
                                        f"--port {settings.nats_port} "
-                                       f"--monitor-port {settings.nats_monitor_port}"))
+                                       f"--monitor-port {settings.nats_monitor_port}", role="server"))
     if "database_url" in overrides:
         servers.append(Program("postgres", f"{me} embedded-postgres --data-dir "
                                            f"{shlex.quote(str(data / 'postgres'))} --port {settings.pg_port}",
-                               stop_signal="INT"))  # SIGINT: postgres's fast shutdown
+                               stop_signal="INT", role="server"))  # SIGINT: postgres's fast shutdown
     return servers, overrides
 
 
@@ -154,30 +208,43 @@ def cmd_dev(args: argparse.Namespace) -> int:
     Procfile's processes and the demo sale. A program that dies is restarted; Ctrl-C stops all."""
     settings = load()
     data = Path(settings.data_dir).resolve()
+    try:
+        lock = hold_data_dir(data)
+    except AlreadyRunning as e:
+        print(f"flashsale: refusing to start: {e}", file=sys.stderr, flush=True)
+        return 2
     servers, overrides = _embedded_servers(settings, data)
     settings = msgspec.structs.replace(settings, **overrides)
     procfile = Path(args.procfile)
     app = procfile_programs(procfile)
-    committers = sum(1 for p in app if re.search(r"-m committer\b", p.command))
-    if committers != settings.shards:
-        print(f"flashsale: warning: {procfile} runs {committers} committers for "
-              f"{settings.shards} shards (set FLASHSALE_SHARDS to match)", flush=True)
+    busy = _ports_in_use(settings, servers, app)
+    if busy:
+        print(f"flashsale: refusing to start: in use already: {', '.join(busy)}. An earlier run may "
+              "still be stopping, or another program holds them (choose other ports with "
+              "FLASHSALE_*_PORT and the Procfile)", file=sys.stderr, flush=True)
+        return 2
+    _check_committers(settings, procfile, app)
     conf = write_conf(data / "supervisor", servers, app)
     env = {**os.environ, **to_env(settings)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
-    # Its own session: Ctrl-C reaches supervisord only through us, as one orderly stop.
+    # Its own session: Ctrl-C reaches supervisord only through us, as one orderly stop. It
+    # inherits the data directory's lock, which both hold: it stays held while either is up.
     supervisord = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)],
-        env=env, start_new_session=True, preexec_fn=_die_with_parent,
+        env=env, start_new_session=True, preexec_fn=_die_with_parent, pass_fds=(lock.fileno(),),
     )
+    # Stop order: ingest first, the embedded servers last (flashsale.supervision.PRIORITY).
+    programs = sorted(servers + app, key=lambda p: -PRIORITY[p.runs_as])
+    groups: dict[str, int] = {}  # program -> pid = pgid, as last seen
     # Both set explicitly: a shell without job control starts background commands with SIGINT
     # ignored, and Python then never turns it into KeyboardInterrupt.
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
+    supervisor = Supervisor(conf.parent)
     try:
-        _serve(settings, args, conf, supervisord, embedded={p.name for p in servers})
-        return supervisord.wait()
+        _serve(settings, args, supervisor, supervisord, servers, app, groups)
+        return _watch(supervisor, supervisord, groups)
     except DevError as e:
         print(f"flashsale: {e}", file=sys.stderr, flush=True)
         return 2
@@ -186,13 +253,44 @@ def cmd_dev(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop short
         if supervisord.poll() is None:
-            supervisord.terminate()  # supervisord stops every program, then exits
+            supervisord.terminate()  # supervisord stops every program in PRIORITY order, then exits
         supervisord.wait()
-        print("flashsale: stopped", flush=True)
+        # Whatever outlived it (a dead supervisord's children, a Procfile shell's children).
+        left = end_groups({p.name: groups[p.name] for p in programs if p.name in groups})
+        lock.close()
+        print(f"flashsale: stopped{f' (killed: {left})' if left else ''}", flush=True)
 
 
-def _serve(settings: Settings, args: argparse.Namespace, conf: Path,
-           supervisord: subprocess.Popen[bytes], embedded: set[str]) -> None:
+def _program_pids(supervisor: Supervisor, groups: dict[str, int]) -> dict[str, tuple[str, int]]:
+    """supervisord's view of every program; remembers each running one's pid (its pgid)."""
+    states = supervisor.states()
+    for name, (_, pid) in states.items():
+        if pid:
+            groups[name] = pid
+    return states
+
+
+def _watch(supervisor: Supervisor, supervisord: subprocess.Popen[bytes], groups: dict[str, int]) -> int:
+    """Until supervisord exits: should it die (kill -9, a crash), nothing may keep serving
+    unwatched. Its programs got SIGTERM as it died (flashsale.supervision.dies_with_supervisor);
+    the caller ends what is left of their process groups, and this run exits non-zero."""
+    while supervisord.poll() is None:
+        try:
+            _program_pids(supervisor, groups)
+        except OSError:
+            pass  # going down: the exit is what counts
+        time.sleep(WATCH_S)
+    code = supervisord.returncode
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+    print(f"flashsale: supervisord {how}: stopping every process it ran; start again with "
+          "make run", file=sys.stderr, flush=True)
+    return 1
+
+
+def _serve(settings: Settings, args: argparse.Namespace, supervisor: Supervisor,
+           supervisord: subprocess.Popen[bytes], servers: list[Program], app: list[Program],
+           groups: dict[str, int]) -> None:
+    embedded = {p.name for p in servers}
     if "nats" in embedded:
         _wait_until(lambda: _port_open(settings.nats_port), "nats-server", 30, supervisord)
         print(f"flashsale: nats-server (JetStream) at {without_password(settings.nats_url)}", flush=True)
@@ -213,35 +311,76 @@ def _serve(settings: Settings, args: argparse.Namespace, conf: Path,
         raise DevError(f"refusing to serve: {e}") from e
     except (OSError, asyncpg.PostgresError, nats.errors.Error, SchemaBusy) as e:
         raise DevError(f"schema and streams not prepared: {e!r}") from e
-    started = subprocess.run(
-        [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "start", f"{APP_GROUP}:*"],
-        capture_output=True, text=True,
-    )
-    # A program that did not start is retried by supervisord with backoff; say so, keep serving.
-    print(started.stdout + started.stderr, end="", flush=True)
-    print(f"flashsale: supervising; status and restarts: {Path(sys.executable).parent}/supervisorctl "
-          f"-c {conf} status", flush=True)
-    if args.sale:
-        threading.Thread(target=_load_demo, args=(settings, Path(args.sale)), daemon=True).start()
+    names = [p.name for p in sorted(app, key=lambda p: PRIORITY[p.runs_as])]  # dependencies first
+
+    def start() -> bool:
+        try:
+            supervisor.start(names)
+        except OSError:  # its socket is not there yet
+            return False
+        return True
+
+    _wait_until(start, "supervisord", RUN_WAIT_S, supervisord)
+    ctl = f"{Path(sys.executable).parent}/supervisorctl -c {Path(settings.data_dir).resolve()}" \
+          "/supervisor/supervisord.conf status"
+
+    def not_running() -> list[str]:
+        try:
+            states = _program_pids(supervisor, groups)
+        except OSError as e:
+            return [f"supervisord: {e}"]
+        return [f"{n} ({states[n][0]})" for n in names if states.get(n, ("?", 0))[0] != RUNNING]
+
+    try:
+        _wait_until(lambda: not not_running(), "the Procfile's processes", RUN_WAIT_S, supervisord)
+    except DevError:
+        # supervisord keeps restarting them with backoff; say which, keep supervising, no "ready".
+        print(f"flashsale: not running after {RUN_WAIT_S} s: {', '.join(not_running())}; see their "
+              f"log lines above and {ctl}. Not ready.", flush=True)
+        return
+    print(f"flashsale: running: {', '.join(names)}; status and restarts: {ctl}", flush=True)
+    sale = Path(args.sale) if args.sale else None
+    threading.Thread(target=_load_demo, args=(settings, sale), daemon=True).start()
 
 
-def _load_demo(settings: Settings, path: Path) -> None:
-    urls = []
-    if settings.committer_metrics_port:
-        urls = [f"http://127.0.0.1:{settings.committer_metrics_port + s}/readyz"
-                for s in range(settings.shards)]
-    urls.append(f"http://{settings.ingest_host}:{settings.ingest_port}/readyz")
-    if not _wait_ready(urls, 60):
-        print("flashsale: processes not ready; demo sale not loaded", flush=True)
+async def _first_load(settings: Settings, path: Path) -> tuple[list[str], list[SkuState | Refusal]]:
+    """The sale's SKUs that are not in Postgres yet, created; those that are (an operator may
+    have changed them since) are left as they are. Returns (left as they are, outcomes)."""
+    upserts = admin.read_sale_file(path)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch("SELECT sku FROM skus WHERE sku = ANY($1::text[])", [u.sku for u in upserts])
+    finally:
+        await conn.close()
+    existing = {r["sku"] for r in rows}
+    nc = await connect_nats_for_command(settings, "flashsale-load-sale")
+    try:
+        out = await admin.apply_upserts(nc, settings, [u for u in upserts if u.sku not in existing],
+                                        DEMO_LOAD_WAIT_S)
+    finally:
+        await nc.close()
+    return sorted(existing), out
+
+
+def _load_demo(settings: Settings, path: Path | None) -> None:
+    """Once ingest is ready: the sale file's new SKUs (`path`; None: none), then "ready"."""
+    base = f"http://{settings.ingest_host}:{settings.ingest_port}"
+    if not _wait_ready([f"{base}/readyz"], RUN_WAIT_S):
+        print("flashsale: ingest not ready; demo sale not loaded. Not ready.", flush=True)
+        return
+    if path is None:
+        print(f"flashsale: ready: {base}/", flush=True)
         return
     try:
-        out = asyncio.run(admin.load_sale(settings, path))
-    except (admin.AdminError, ConnectionError) as e:
+        kept, out = asyncio.run(_first_load(settings, path))
+    except (admin.AdminError, ConnectionError, OSError, asyncpg.PostgresError) as e:
         print(f"flashsale: demo sale not loaded: {e}", flush=True)
         return
     for item in out:
         print(f"flashsale: sale {path.name}: {msgspec.json.encode(item).decode()}", flush=True)
-    base = f"http://{settings.ingest_host}:{settings.ingest_port}"
+    if kept:
+        print(f"flashsale: sale {path.name}: {', '.join(kept)} exist already, left as they are "
+              "(`flashsale load-sale` applies the file again)", flush=True)
     print(f"flashsale: ready: the sale page is {base}/ ; or try\n"
           "  ALICE=$(.venv/bin/flashsale token alice)\n"
           f"  curl -si -X POST {base}/v1/purchases -H \"Authorization: Bearer $ALICE\" "

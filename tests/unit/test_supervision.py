@@ -4,10 +4,26 @@ supervisord-conf` run on."""
 from __future__ import annotations
 
 import configparser
+import os
 import shlex
+import shutil
+import subprocess
+import time
+
+import pytest
 
 from config.settings import REPO_ROOT
-from flashsale.supervision import APP_GROUP, Program, procfile_programs, shell_command, write_conf
+from flashsale.supervision import (
+    PRIORITY,
+    AlreadyRunning,
+    Program,
+    committer_shards,
+    end_groups,
+    hold_data_dir,
+    procfile_programs,
+    shell_command,
+    write_conf,
+)
 
 
 def test_procfile_lines_become_programs_and_comments_do_not(tmp_path):
@@ -35,11 +51,14 @@ def test_conf_restarts_every_program_and_starts_servers_before_the_app(tmp_path)
     assert [(s["autorestart"], s["exitcodes"]) for s in (nats, postgres, ingest)] == [("unexpected", "4")] * 3
     assert (nats["autostart"], ingest["autostart"]) == ("true", "false")
     assert int(nats["priority"]) < int(ingest["priority"])  # started first, stopped last
+    assert int(postgres["priority"]) == PRIORITY["server"]  # whatever their command line
     assert postgres["stopsignal"] == "INT"
-    assert conf[f"group:{APP_GROUP}"]["programs"] == "ingest"
-    # A shell runs the Procfile line and execs it; % is escaped for supervisord's expansion.
-    assert shlex.split(ingest["command"].replace("%%", "%")) == [
-        "/bin/sh", "-c", "exec python -m ingest --rate 50%"]
+    # A shell runs the Procfile line and execs it; % is escaped for supervisord's expansion. It
+    # gets SIGTERM should supervisord die (setpriv --pdeathsig), so it never serves unwatched.
+    argv = shlex.split(ingest["command"].replace("%%", "%"))
+    assert argv[-3:] == ["/bin/sh", "-c", "exec python -m ingest --rate 50%"]
+    if shutil.which("setpriv"):
+        assert argv[:-3] == [shutil.which("setpriv"), "--pdeathsig", "TERM", "--"]
     assert conf["supervisorctl"]["serverurl"] == f"unix://{tmp_path / 'supervisor.sock'}"
 
 
@@ -54,3 +73,42 @@ def test_a_simple_line_is_execd_and_a_compound_one_keeps_its_shell():
     assert shell_command("python -m ingest") == "/bin/sh -c 'exec python -m ingest'"
     for line in ("sleep 1; python -m ingest", "a && b", "PORT=1 python -m ingest", "(cd x && y)"):
         assert shlex.split(shell_command(line)) == ["/bin/sh", "-c", line]
+
+
+def test_programs_stop_in_dependency_order():
+    app = procfile_programs(REPO_ROOT / "Procfile")
+    roles = {p.name: p.runs_as for p in app}
+    assert roles == {"ingest": "ingest", "committer0": "committer", "committer1": "committer",
+                     "gateway": "gateway", "fakepsp": "other"}
+    # supervisord stops the highest priority first: ingest, gateway, committers, PSP, servers.
+    order = ["ingest", "gateway", "committer", "other", "server"]
+    assert sorted(order, key=lambda r: -PRIORITY[r]) == order
+    assert Program("x", "python -m gateway.fakepsp --port 1").runs_as == "other"
+    assert Program("x", "/venv/bin/python -m gateway --metrics-port 9200").ports == [9200]
+
+
+def test_extra_committer_lines_for_a_shard_are_its_standbys():
+    app = [Program("committer0", "python -m committer --shard 0"),
+           Program("committer1", "python -m committer --shard 1"),
+           Program("committer0-standby", "python -m committer --shard 0 --status-port 9310"),
+           Program("gateway", "python -m gateway")]
+    assert committer_shards(app) == {0: ["committer0", "committer0-standby"], 1: ["committer1"]}
+
+
+def test_one_run_per_data_directory(tmp_path):
+    held = hold_data_dir(tmp_path / "data")
+    with pytest.raises(AlreadyRunning, match=rf"pid {os.getpid()}\b"):
+        hold_data_dir(tmp_path / "data")
+    held.close()
+    hold_data_dir(tmp_path / "data").close()  # free again once the holder is gone
+
+
+def test_end_groups_terms_then_kills_what_stays():
+    polite = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    # A shell that ignores SIGTERM, and its child in the same group.
+    stubborn = subprocess.Popen(["/bin/sh", "-c", "trap '' TERM; sleep 60 & wait"], start_new_session=True)
+    time.sleep(0.2)
+    killed = end_groups({"polite": polite.pid, "stubborn": stubborn.pid, "gone": 2 ** 22 + 1},
+                        grace_s=1)
+    assert killed == ["stubborn"]
+    assert polite.wait(5) == -15 and stubborn.wait(5) == -9
