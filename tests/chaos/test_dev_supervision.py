@@ -38,6 +38,8 @@ pytestmark = pytest.mark.chaos
 
 SKU = "chaos-sku"
 SHARDS = 2
+# `flashsale dev` runs with config/dev.toml: its admin token.
+DEV_ADMIN_TOKEN = load(env={}, file=CONFIG_DIR / "dev.toml").admin_token
 FINAL = {"confirmed", "rejected", "released", "cancelled", "expired"}
 
 
@@ -219,7 +221,7 @@ def test_every_killed_process_comes_back_and_purchases_resume(dev: Dev):
     started = time.monotonic()
     _wait("ingest ready", lambda: _request("GET", f"{dev.base}/readyz")[0] == 200, dev, 60)
     status, body = _request("PUT", f"{dev.base}/v1/admin/skus/{SKU}", {"stock": 100_000},
-                            {"Authorization": "Bearer dev-admin-token-at-least-32-bytes"}, timeout_s=15)
+                            {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}, timeout_s=15)
     assert status == 200, body
     buyer = Buyer(dev)
     _wait("a first purchase decided", lambda: buyer.buy() == "confirmed", dev)
@@ -322,7 +324,7 @@ def test_a_stop_during_paid_purchases_loses_no_payment(tmp_path_factory):
         status, body = _request("PUT", f"{dev.base}/v1/admin/skus/{PAID}",
                                 {"stock": 100_000, "price_cents": 500, "payment": "required",
                                  "reservation_ttl_s": 120},
-                                {"Authorization": "Bearer dev-admin-token"}, timeout_s=15)
+                                {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}, timeout_s=15)
         assert status == 200, body
         settings = load(env={}, file=CONFIG_DIR / "dev.toml")
         accepted: dict[str, str] = {}
