@@ -173,6 +173,12 @@
     const queue = p.queue;
     switch (p.status) {
       case "pending": {
+        if (queue && queue.draw) {
+          const left = Math.ceil((Date.parse(queue.draw.closes_at) - Date.now()) / 1000);
+          return ["In the draw", left > 0
+            ? `In the draw, closes in ${left} s: every buyer in it gets a number at random.`
+            : "The draw is closed: the numbers are being drawn."];
+        }
         if (!queue || queue.position == null) return ["Pending", "Waiting for the shard to decide."];
         let where = queue.position === 0 ? "You are next" : `${queue.position} ahead of you`;
         if (queue.eta_ms != null) where += `, about ${seconds(queue.eta_ms)}`;
@@ -194,12 +200,23 @@
   }
 
   let lastLogged = null;
+  let lastShown = null;
+
+  let drawTimer = null; // re-renders "closes in N s" while a purchase waits for a draw
 
   function showPurchase(p) {
-    const [headline, detail] = describe(p);
+    let [headline, detail] = describe(p);
+    if (p.draw) detail = `Your number was ${p.draw.rank} of ${p.draw.entries} in the draw. ${detail}`;
     setStatus(p.status, headline, detail);
-    // The POST's answer and the stream's first event are often the same state: log it once.
-    const line = detail && p.status === "pending" ? `${headline}: ${detail}` : headline;
+    $("draw").hidden = !p.draw;
+    if (p.draw) $("draw-link").href = p.draw.verify;
+    clearTimeout(drawTimer);
+    const inDraw = p.status === "pending" && p.queue && p.queue.draw;
+    if (inDraw) drawTimer = setTimeout(() => { if (lastShown === p) showPurchase(p); }, 1000);
+    lastShown = p;
+    // The POST's answer and the stream's first event are often the same state: log it once
+    // (and the draw's countdown not at every tick).
+    const line = detail && p.status === "pending" && !inDraw ? `${headline}: ${detail}` : headline;
     if (line !== lastLogged) logLine(line);
     lastLogged = line;
   }
