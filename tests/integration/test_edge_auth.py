@@ -4,7 +4,9 @@ Distinct loopback addresses act as distinct clients (127.0.0.2 attacks, 127.0.0.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
+import sys
 import time
 
 import aiohttp
@@ -206,3 +208,87 @@ async def test_not_yours_and_missing_cost_the_same_and_are_charged_first(system,
     assert looked_up <= budget + 1 and statuses.count(429) == len(statuses) - looked_up, statuses
     print(f"32 workers x 10 lookups against a budget of {budget}: {looked_up} looked up, "
           f"{statuses.count(429)} refused")
+
+
+ATTACKERS = [f"127.0.0.{10 + n}" for n in range(10)]
+LOOPS_PER_ADDRESS = 4
+# The attack runs in a process of its own: in the test's event loop it would slow the buyer's
+# own requests down, and that would be measured as the server's latency.
+_ATTACK = """
+import asyncio, collections, json, sys
+import aiohttp
+
+async def main(base, method, path, headers, addresses, loops):
+    stop = asyncio.Event()
+    counts = collections.Counter()
+
+    async def attack(address):
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with aiohttp.ClientSession(connector=connector) as http:
+            while not stop.is_set():
+                async with http.request(method, base + path, headers=headers) as r:
+                    await r.read()
+                counts[r.status] += 1
+
+    tasks = [asyncio.ensure_future(attack(a)) for a in addresses for _ in range(loops)]
+    print("started", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    stop.set()
+    await asyncio.gather(*tasks)
+    print(json.dumps(counts), flush=True)
+
+asyncio.run(main(*json.loads(sys.argv[1])))
+"""
+
+
+async def _buyer_ms(base: str, tag: str, n: int) -> list[float]:
+    """Milliseconds of `n` purchases (202: stored) by a normal buyer at BUYER, one at a time."""
+    out = []
+    async with session(BUYER) as http:
+        for i in range(n):
+            headers = {**bearer(f"buyer-{tag}-{i}"), "Idempotency-Key": f"{tag}-{i}"}
+            started = time.perf_counter()
+            async with http.post(base + "/v1/purchases", json={"sku": "tee", "qty": 1}, headers=headers) as r:
+                await r.read()
+                assert r.status == 202, (tag, r.status)
+            out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+async def test_a_buyer_buys_while_credentials_names_and_lookups_are_attacked(system, settings):
+    """Each attack of this file, from one address and from ten at once (4 connections each, as
+    fast as they are answered), while a normal buyer buys: every purchase is stored, and the
+    buyer's median is reported beside its median without an attack."""
+    await seed_sku(settings, "tee", stock=1_000_000)
+    system.start_ingest()
+    base = system.base_url
+    theirs = await _pending_purchase(base, "alice", "k1")
+    attacks = {
+        "admin_guesses": ("GET", f"/v1/purchases/{theirs}", {"Authorization": "Bearer guess"}),
+        "another_buyers_purchase": ("GET", f"/v1/purchases/{theirs}", bearer("mallory")),
+        "missing_purchases": ("GET", f"/v1/purchases/{pid('mallory', 'x')}", bearer("mallory")),
+        "nul_in_a_sku": ("GET", "/v1/skus/a%00b", {}),
+    }
+    n = 60
+    quiet = statistics.median(await _buyer_ms(base, "quiet", n))
+    report = [f"buyer median without an attack: {quiet:.2f} ms ({n} purchases)"]
+    for name, (method, path, headers) in attacks.items():
+        for addresses in ([ATTACKER], ATTACKERS):
+            args = json.dumps([base, method, path, headers, addresses, LOOPS_PER_ADDRESS])
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _ATTACK, args, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE)
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                assert (await proc.stdout.readline()).strip() == b"started"
+                await asyncio.sleep(0.5)  # the attack is under way
+                during = statistics.median(await _buyer_ms(base, f"{name}-{len(addresses)}", n))
+            finally:
+                proc.stdin.close()
+                out, _ = await proc.communicate()
+            counts = {int(k): v for k, v in json.loads(out).items()}
+            assert set(counts) <= {401, 404, 429}, (name, counts)
+            report.append(f"{name} from {len(addresses)} address(es): {sum(counts.values())} attack "
+                          f"requests {dict(sorted(counts.items()))}, buyer median {during:.2f} ms "
+                          f"({during / quiet:.2f}x)")
+    print("\n".join(report))

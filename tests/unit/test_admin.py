@@ -134,3 +134,10 @@ def test_a_sale_file_entry_without_a_sku_is_an_admin_error(tmp_path):
     path.write_text("[[sku]]\nstock = 3\n")
     with pytest.raises(AdminError, match="needs a sku name"):
         read_sale_file(path)
+
+
+@pytest.mark.parametrize("sku", ["", "a\x00b", "tee\n", "tee shirt", "é", "-tee", "x" * 65])
+def test_a_sku_outside_the_grammar_is_an_admin_error(sku: str):
+    with pytest.raises(AdminError) as exc:
+        make_upsert(sku, {"stock": 1})
+    assert exc.value.field == "sku"
