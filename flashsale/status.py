@@ -7,8 +7,10 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from flashsale.serving import Served, problem_middleware, serve_app
 
-async def serve_status(port: int, is_ready: Callable[[], bool], host: str = "127.0.0.1") -> web.AppRunner:
+
+async def serve_status(port: int, is_ready: Callable[[], bool], host: str = "127.0.0.1") -> Served:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -19,11 +21,8 @@ async def serve_status(port: int, is_ready: Callable[[], bool], host: str = "127
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
+    app = web.Application(middlewares=[problem_middleware])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    return await serve_app(app, host, port)

@@ -1,8 +1,8 @@
 """`python -m ingest`: the HTTP tier, configured from the environment (config.settings.load).
 
-The app runs behind `edge.GuardedProtocol` (connection caps, request head size) on a server made
-here, rather than with `web.run_app`, so that every accepted connection is counted before aiohttp
-sees it. /metrics is served apart, on `ingest_metrics_port` on loopback (0: not at all).
+The app runs behind `edge.GuardedProtocol` (connection caps, request heads) on a server made by
+flashsale.serving rather than `web.run_app`, so that every accepted connection is counted before
+aiohttp sees it. /metrics is served apart, on `ingest_metrics_port` on loopback (0: not at all).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import signal
 
 import msgspec
 import uvloop
-from aiohttp import web
 
 from config.settings import Settings, load
+from flashsale import serving
 from flashsale.logs import kv, setup
 from flashsale.shardmap import ShardMapError
 from ingest import edge
@@ -60,49 +60,38 @@ class MetricsPortTaken(Exception):
         self.port = port
 
 
-async def serve_metrics(port: int) -> web.AppRunner | None:
+async def serve_metrics(port: int) -> serving.Served | None:
     """/metrics on `port` on loopback (None: port 0, no /metrics). Not SO_REUSEPORT: with
     several processes on one port a scrape would read whichever answered."""
     if not port:
         return None
-    runner = web.AppRunner(create_metrics_app(), access_log=None, handle_signals=False)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, METRICS_HOST, port).start()
+        served = await serving.serve_app(create_metrics_app(), METRICS_HOST, port)
     except OSError as e:
-        await runner.cleanup()
         raise MetricsPortTaken(port) from e
     log.info("ingest metrics listening", extra=kv(host=METRICS_HOST, port=port))
-    return runner
+    return served
 
 
 async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish requests and disconnect."""
     front = edge.Edge(settings, limits)
-    metrics_runner = await serve_metrics(settings.ingest_metrics_port)
-    runner = web.AppRunner(
-        create_app(settings, front), access_log=None, handle_signals=False,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        # Closes a connection idle this long, and one whose request head is not complete this
-        # long after the connection (or its previous request) ended: the slow-head deadline.
-        keepalive_timeout=settings.idle_timeout_s, lingering_time=edge.LINGER_S,
-        # A client that goes away ends its handler: a long-poll gives its wait slot back at once
-        # instead of holding it (and the buyer's per-buyer budget) until its wait runs out.
-        handler_cancellation=True,
-        # No single line of a head may be longer than the whole head may be (the guard counts
-        # the first head; these bound later ones on a kept-alive connection).
-        max_line_size=settings.head_max_bytes, max_field_size=settings.head_max_bytes,
-    )
-    await runner.setup()  # connects NATS and Postgres (the app's cleanup context)
-    handlers = runner.server
-    if handlers is None:
-        raise RuntimeError("aiohttp runner has no server after setup()")
+    metrics_served = await serve_metrics(settings.ingest_metrics_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = await loop.create_server(
-        lambda: edge.GuardedProtocol(handlers, front), settings.ingest_host, settings.ingest_port,
+    # The app's startup connects NATS and Postgres (its cleanup context).
+    served = await serving.serve_app(
+        create_app(settings, front), settings.ingest_host, settings.ingest_port,
+        head_max_bytes=settings.head_max_bytes,
+        guard=lambda make_handler, _: edge.GuardedProtocol(make_handler, front),
+        # Closes a connection idle this long, and one whose request head is not complete this
+        # long after the connection (or its previous request) ended: the slow-head deadline.
+        keepalive_timeout=settings.idle_timeout_s,
+        # A client that goes away ends its handler: a long-poll gives its wait slot back at once
+        # instead of holding it (and the buyer's per-buyer budget) until its wait runs out.
+        handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         # Ingest is stateless: more processes on the same port (SO_REUSEPORT) use more cores.
         reuse_port=True, backlog=edge.ACCEPT_BACKLOG,
     )
@@ -111,10 +100,9 @@ async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
         await stop.wait()
     finally:
         log.info("ingest stopping")
-        server.close()
-        await runner.cleanup()
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
+        await served.cleanup()
+        if metrics_served is not None:
+            await metrics_served.cleanup()
 
 
 if __name__ == "__main__":

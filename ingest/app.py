@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
+from flashsale import serving
 from ingest import admission, devtoken, edge, events, http, metrics, page, problems
 from ingest.admin import put_sku
 from ingest.purchases import cancel_purchase, create_purchase, get_purchase
@@ -58,7 +59,6 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
 
     app[OPENAPI] = openapi_document(settings)
     app.cleanup_ctx.append(connected)
-    app.on_response_prepare.append(_no_version_banner)
     app.router.add_post("/v1/purchases", create_purchase)
     app.router.add_get("/v1/purchases/{id}", get_purchase)
     app.router.add_post("/v1/purchases/{id}/cancel", cancel_purchase)
@@ -79,14 +79,9 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
 def create_metrics_app() -> web.Application:
     """/metrics alone, for `ingest_metrics_port` on loopback: what operators scrape is not on
     the public port, where it would tell anyone the load and the refusals (issue 9, finding 10)."""
-    app = web.Application()
+    app = web.Application(middlewares=[serving.problem_middleware])
     app.router.add_get("/metrics", metrics_endpoint)
     return app
-
-
-async def _no_version_banner(request: web.Request, response: web.StreamResponse) -> None:
-    # aiohttp would announce "Python/3.x aiohttp/3.y": nothing a client needs, much an attacker likes.
-    response.headers["Server"] = "flashsale"
 
 
 async def healthz(request: web.Request) -> web.Response:

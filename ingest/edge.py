@@ -9,8 +9,8 @@ reconnect, /metrics stops answering (issue 9, findings 1 and 2). So:
   from the result, keeping `headroom` fds for NATS, Postgres, logs and accepts in flight;
 - `GuardedProtocol` sits in front of aiohttp's protocol and closes a connection at once (an
   RST: no request is parsed, nothing is answered) when the process or that peer already
-  holds its cap of connections, and answers a first request head larger than `head_max_bytes`
-  with a 431 problem before aiohttp parses it (finding 8);
+  holds its cap of connections; behind it, every request head of the connection is held to
+  `head_max_bytes` (431) and HTTP/1.x as every port's are (flashsale.serving.HeadGuard);
 - `BadRequestLog` turns aiohttp's traceback for every request it cannot parse into a counted,
   rate-limited refusal line (a client sending garbage must not flood the log);
 - aiohttp's `keepalive_timeout` (`idle_timeout_s`) closes a connection idle between requests and
@@ -32,19 +32,19 @@ import asyncio
 import ipaddress
 import logging
 import resource
-import socket
-import struct
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Literal, cast
+from typing import Literal
 
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
+from aiohttp.web_protocol import RequestHandler
 
 from config.settings import Settings
+from flashsale import serving
 from flashsale.logs import kv
 from ingest import metrics, problems
 from ingest.ratelimit import RateLimiter
@@ -68,7 +68,6 @@ CLIENTS_TRACKED_MAX = 100_000
 # Probes are never rate limited: an orchestrator must see the process as it is. (/metrics is not
 # on this port at all: ingest_metrics_port.)
 RATE_EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
-HEAD_END = b"\r\n\r\n"
 
 Reason = Literal[
     "connections_total",  # the process holds connections_max connections
@@ -80,7 +79,8 @@ Reason = Literal[
     "sku_stream_slow",  # a SKU stream's client read too slowly: its stream was dropped
     "rate_client",  # this client exceeds client_rate_per_s
     "body_timeout",  # the body did not arrive within body_timeout_s
-    "head_too_large",  # the first request head exceeds head_max_bytes: 431, closed
+    "head_too_large",  # a request head exceeds head_max_bytes: 431, closed
+    "bad_request_line",  # a request line that is not HTTP/1.x (HTTP/0.9, say): 400, closed
     "bad_request",  # aiohttp could not parse a request: its 400, closed
 ]
 
@@ -363,7 +363,7 @@ class Edge:
         self.connections = ConnectionGuard(limits, self.trusted)
         self.waits = WaitBudget.for_limits(limits, settings.retry_after_s)
         self.head_max_bytes = settings.head_max_bytes
-        self.head_too_large = head_too_large_response(settings.head_max_bytes)
+        self.guard_answers = serving.guard_answers(settings.head_max_bytes)
         self.client_rate_per_s = settings.client_rate_per_s
         # None when configured off (client_rate_per_s = 0): load tests run from one address.
         self.rate = (
@@ -434,124 +434,28 @@ async def read_body(request: web.Request) -> bytes:
 # -- the connection guard in front of aiohttp ----------------------------------------------
 
 
-_LINGER_OFF = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+class GuardedProtocol(serving.HeadGuard):
+    """One accepted connection: closed at once (an RST: nothing parsed, nothing answered) when
+    the process or that peer already holds its cap of connections; else served behind the
+    head guard every port has (serving.HeadGuard), its refusals counted here."""
 
-
-def _reset(transport: asyncio.BaseTransport) -> None:
-    """Close with an RST: the client sees a refusal at once, and no TIME_WAIT stays behind here
-    (a plain close would send a FIN and keep the socket's state for a minute)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
-        except OSError:  # closing anyway
-            pass
-    cast(asyncio.Transport, transport).abort()
-
-
-def head_too_large_response(head_max_bytes: int) -> bytes:
-    """The whole 431 answer, written by the connection guard itself: aiohttp has not parsed the
-    request (and would answer a plain-text 400 with a traceback in the log)."""
-    body = msgspec.json.encode(problems.Problem(
-        type=problems.PROBLEM_BASE + "headers_too_large", title="Request header fields too large",
-        status=431, detail=f"the request line and headers exceed {head_max_bytes} bytes",
-    ))
-    head = ("HTTP/1.1 431 Request Header Fields Too Large\r\n"
-            f"Content-Type: {problems.PROBLEM_CONTENT_TYPE}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Connection: close\r\n"
-            "Server: flashsale\r\n\r\n")
-    return head.encode() + body
-
-
-class GuardedProtocol(asyncio.Protocol):
-    """One accepted connection: closed at once when over a connection cap, else handed to
-    aiohttp's protocol (`make_handler`, the runner's server) for the rest of its life.
-
-    The head of the connection's first request is counted on its way to aiohttp: beyond
-    `head_max_bytes` before its blank line, the rest is never parsed, the client gets a 431 and
-    the connection closes. Later requests on a kept-alive connection are not counted here (that
-    would take parsing their bodies); aiohttp's own line limits, set to the same size, answer
-    those with its 400 (logged by `BadRequestLog`)."""
-
-    __slots__ = ("_answered", "_edge", "_handler", "_head_bytes", "_head_open", "_head_tail",
-                 "_linger", "_make_handler", "_peer", "_transport")
-
-    def __init__(self, make_handler: Callable[[], asyncio.Protocol], edge: Edge) -> None:
-        self._make_handler = make_handler
+    def __init__(self, make_handler: Callable[[], RequestHandler], edge: Edge) -> None:
+        super().__init__(make_handler, edge.head_max_bytes, edge.guard_answers)
         self._edge = edge
-        self._handler: asyncio.Protocol | None = None
         self._peer = ""
-        self._transport: asyncio.BaseTransport | None = None
-        self._head_open = True  # the first head has not ended yet
-        self._head_bytes = 0  # of it, seen so far
-        self._head_tail = b""  # its last bytes, in case the blank line spans two reads
-        self._answered = False  # 431 written: the rest is read and dropped until closed
-        self._linger: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def admit(self, transport: asyncio.Transport) -> bool:
         peername = transport.get_extra_info("peername")
-        peer = str(peername[0]) if peername else ""
-        if not self._edge.admit_connection(peer):
-            _reset(transport)
-            return
-        self._peer = peer
-        self._transport = transport
-        self._handler = self._make_handler()
-        self._handler.connection_made(transport)
+        self._peer = str(peername[0]) if peername else ""
+        if self._edge.admit_connection(self._peer):
+            return True
+        serving.reset(transport)
+        return False
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-        handler = self._handler
-        if handler is None:
-            return  # refused: never counted
-        self._handler = None
+    def released(self) -> None:
         self._edge.connections.release(self._peer)
-        handler.connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        if self._handler is None or self._answered:
-            return
-        if self._head_open and not self._head_fits(data):
-            self._answer_head_too_large()
-            return
-        self._handler.data_received(data)
-
-    def _head_fits(self, data: bytes) -> bool:
-        """Count `data` into the first head: False once that head exceeds head_max_bytes."""
-        limit = self._edge.head_max_bytes
-        window = self._head_tail + data if self._head_tail else data
-        end = window.find(HEAD_END)
-        if end >= 0:
-            self._head_open = False
-            return self._head_bytes - len(self._head_tail) + end + len(HEAD_END) <= limit
-        self._head_bytes += len(data)
-        self._head_tail = window[-(len(HEAD_END) - 1):]
-        return self._head_bytes <= limit
-
-    def _answer_head_too_large(self) -> None:
-        """The 431, then FIN; what the client still sends is read and dropped for LINGER_S, so
-        that closing finds nothing unread (which would reset the connection and could destroy
-        the answer before the client read it)."""
-        transport = cast(asyncio.Transport, self._transport)
-        self._answered = True
-        note_refusal("head_too_large", self._peer,
-                     detail=f"more than {self._edge.head_max_bytes} bytes before the blank line")
-        transport.write(self._edge.head_too_large)
-        if transport.can_write_eof():
-            transport.write_eof()
-        self._linger = asyncio.get_running_loop().call_later(LINGER_S, transport.close)
-
-    def eof_received(self) -> bool | None:
-        if self._answered:
-            return False  # the client is done too: close now
-        return self._handler.eof_received() if self._handler is not None else None
-
-    def pause_writing(self) -> None:
-        if self._handler is not None:
-            self._handler.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._handler is not None:
-            self._handler.resume_writing()
+    def refused(self, reason: serving.Refusal) -> None:
+        detail = f"more than {self._edge.head_max_bytes} bytes before the blank line" \
+            if reason == "head_too_large" else ""
+        note_refusal(reason, self._peer, detail=detail)

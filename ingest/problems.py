@@ -11,25 +11,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-PROBLEM_BASE = "https://flashsale.dev/problems/"
-PROBLEM_CONTENT_TYPE = "application/problem+json"
+from flashsale.serving import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, FieldError, Problem, encode_problem
 
-_encode_json = msgspec.json.Encoder().encode
-
-
-class FieldError(msgspec.Struct, frozen=True):
-    path: str  # JSONPath of the offending value, "$" for the whole body
-    message: str
-
-
-class Problem(msgspec.Struct, omit_defaults=True):
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-    errors: list[FieldError] | None = None
-    retry_after_s: int | None = None
+__all__ = ["PROBLEM_BASE", "PROBLEM_CONTENT_TYPE", "FieldError", "Problem", "Rejection"]
 
 
 class Rejection(Exception):
@@ -66,7 +50,7 @@ class Rejection(Exception):
         headers: dict[str, Any] = dict(self.headers or {})
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(self.retry_after_s)
-        return web.Response(status=self.status, body=_encode_json(body),
+        return web.Response(status=self.status, body=encode_problem(body),
                             content_type=PROBLEM_CONTENT_TYPE, headers=headers)
 
 

@@ -9,21 +9,21 @@ import os
 import signal
 
 import uvloop
-from aiohttp import web
 
+from flashsale.serving import problem_middleware, serve_app
 from gateway.fakepsp.app import FakePspConfig, create_app
 
 
 async def serve(config: FakePspConfig, host: str, port: int) -> None:
-    runner = web.AppRunner(create_app(config), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    app = create_app(config)
+    app.middlewares.append(problem_middleware)
+    served = await serve_app(app, host, port)
     logging.info("listening on %s:%s rates=%s", host, port, config.rates)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()  # flushes the ledger file
+    await served.cleanup()  # flushes the ledger file
 
 
 def main(argv: list[str] | None = None) -> None:
