@@ -27,6 +27,7 @@ import psutil
 from bench import plots
 from bench.buyers import skipped_limits, verify_cost_us
 from bench.disk import Probe
+from bench.drop import DROP_BUYERS, DROP_STOCK, QUICK_BUYERS, QUICK_STOCK, run_drop
 from bench.paid import PAID_RATE, FlashsalePaid
 from bench.plans import phases_for, plan_systems
 from bench.report import RunResult, headline, render_report
@@ -35,8 +36,8 @@ from bench.systems import REDIS_LOSES, Baseline, Flashsale, Place, RedisSeckill,
 from flashsale.embedded import Embedded, start_nats, start_postgres
 from flashsale.testing import Process
 
-SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm", "paid"]
-# --quick leaves out `paid` (~10 s more) to stay short; the full run has it (~17 s).
+SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm", "paid", "drop"]
+# --quick leaves out `paid` (~10 s more) and `drop` to stay short; the full run has them.
 QUICK_SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm"]
 SYSTEMS = ["echo", "naive", "rowlock", "redis-always", "redis-everysec", "flashsale"]
 SYSTEM_ALIASES = {"redis": ["redis-always", "redis-everysec"]}
@@ -60,6 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--connections", type=int, default=64, help="closed-loop connections")
     ap.add_argument("--paid-rate", type=float, default=PAID_RATE,
                     help=f"paid scenario: buyers/s, open loop (default {PAID_RATE:g})")
+    ap.add_argument("--drop-buyers", type=int, default=None,
+                    help=f"drop scenario: buyers (default {DROP_BUYERS:,}; quick {QUICK_BUYERS:,})")
+    ap.add_argument("--drop-stock", type=int, default=None,
+                    help=f"drop scenario: units (default {DROP_STOCK:,}; quick {QUICK_STOCK:,})")
     ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto")
     ap.add_argument("--flushes", choices=["auto", "device", "strace", "none"], default="auto",
                     help="disk flush counts: the block device's counter (auto when it exists), "
@@ -72,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.scenarios is None:
         args.scenarios = ",".join(QUICK_SCENARIOS if args.quick else SCENARIOS)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
+    args.drop_buyers = args.drop_buyers or (QUICK_BUYERS if args.quick else DROP_BUYERS)
+    args.drop_stock = args.drop_stock or (QUICK_STOCK if args.quick else DROP_STOCK)
     args.systems = [x for s in args.systems.split(",") if s for x in SYSTEM_ALIASES.get(s, [s])]
     for s in args.scenarios:
         if s not in SCENARIOS:
@@ -114,8 +121,13 @@ def machine_info() -> dict[str, str]:
 
 async def run_system(sut: System, scenario: str, args: argparse.Namespace, work: Path, n: int,
                      out_dir: Path, probe: Probe) -> SystemRun:
-    stock, plans = phases_for(scenario, sut.name, args)
     run = SystemRun(scenario=scenario, system=sut.label(), shards=getattr(sut, "shards", None))
+    if scenario == "drop" and isinstance(sut, Flashsale):
+        run.drop, accepted, skus = await run_drop(sut.base_url, sut.settings.admin_token,
+                                                  sut.database_url, args.drop_buyers, args.drop_stock)
+        run.invariants = await sut.invariants(accepted, 2 * args.drop_stock, skus)
+        return run
+    stock, plans = phases_for(scenario, sut.name, args)
     await sut.seed(stock)
     ids: set[str] = set()
     max_rate: float | None = None
@@ -195,6 +207,8 @@ async def amain(args: argparse.Namespace) -> Path:
     pg = start_postgres(root / "pg")
     if "paid" in args.scenarios and set(args.systems) - {"flashsale"}:
         session.result.notes.append("paid: flashsale only (echo, naive and rowlock have no payment path)")
+    if "drop" in args.scenarios and set(args.systems) - {"flashsale"}:
+        session.result.notes.append("drop: flashsale only (the baselines have no draw)")
     try:
         await run_all(session, pg, nats)
     finally:

@@ -28,8 +28,8 @@ Stock = dict[str, int]  # SKU -> stock to seed
 
 def plan_systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int | None]]:
     out: list[tuple[str, int | None]] = []
-    if scenario == "paid":
-        # The baselines have no payment path: flashsale only.
+    if scenario in ("paid", "drop"):
+        # The baselines have no payment path and no draw: flashsale only.
         return [("flashsale", args.hot_shards)] if "flashsale" in args.systems else []
     for name in args.systems:
         if name == "echo" and scenario not in ("hot-sku", "accepted"):

@@ -286,6 +286,7 @@ def render_body(result: RunResult) -> list[str]:
                 render_table(["system", "logical purchases", "retries", "gave up", "id mismatch"],
                              retry_rows)]
     out += render_paid(result.runs)
+    out += render_drop(result.runs)
     out += ["", "## CPU per process (% of one core, over the load window)", ""]
     names: list[str] = []
     for run in result.runs:
@@ -309,6 +310,34 @@ def render_body(result: RunResult) -> list[str]:
                              "busy); latency counts from the intended send time")
     if notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return out
+
+
+def render_drop(runs: Sequence[SystemRun]) -> list[str]:
+    """The drop scenario's section: each group's share of the stock, with and without a draw."""
+    out: list[str] = []
+    for run in runs:
+        f = run.drop
+        if f is None:
+            continue
+        out += ["", "## Drop: who gets the stock at the opening second (drop scenario)", "",
+                f"{f.buyers:,} buyers click within {f.window_s} s of the start for {f.stock:,} units "
+                f"(one per buyer). Bots send {f.bot_keys} keys each over "
+                f"{fmt(f.connections['bots'])} connections ("
+                f"{fmt(f.connections['people'])} for all people: ten times as many per buyer) and "
+                f"start {f.head_start_ms} ms earlier. First come first served, then the same crowd "
+                f"on a SKU with a {f.window_s} s draw window. Noise of a share with the draw: "
+                f"±{f.noise_2sigma * 100:.1f} points (2 sigma).", "",
+                render_table(["group", "buyers", "share of buyers", "units FCFS", "share FCFS",
+                              "units with draw", "share with draw"],
+                             [[g.group, g.buyers, f"{g.buyer_share * 100:.1f} %", g.fcfs_units,
+                               f"{g.fcfs_share * 100:.1f} %", g.draw_units,
+                               f"{g.draw_share * 100:.1f} %"] for g in f.groups]),
+                "", "Answers: " + "; ".join(
+                    f"{v}: " + ", ".join(f"{k} {n:,}" for k, n in sorted(a.items()))
+                    for v, a in f.answers.items())
+                + ". Generator lateness p99: " + ", ".join(
+                    f"{v} {ms:.0f} ms" for v, ms in f.late_ms_p99.items()) + "."]
     return out
 
 

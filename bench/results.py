@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from bench.disk import FlushFigures
+from bench.drop import DropFigures
 from bench.loadgen import Mode
 from bench.paid import PaidFigures
 from bench.stats import LatencySummary
@@ -65,3 +66,4 @@ class SystemRun(msgspec.Struct, kw_only=True):
     invariants: Invariants = msgspec.field(default_factory=Invariants)
     drained: bool = True
     paid: PaidFigures | None = None  # the paid scenario: payment outcomes and money checks
+    drop: DropFigures | None = None  # the drop scenario: each group's share of the stock
