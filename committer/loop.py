@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
@@ -28,6 +29,7 @@ from flashsale.logs import kv
 from flashsale.pull import Puller
 from proto.clock import now_ms
 from proto.messages import (
+    Decision,
     Intent,
     PaymentJob,
     Progress,
@@ -151,15 +153,18 @@ class Committer:
                 await msg.term()
         unknown = self.machine.unknown_ids(intents)
         if unknown:
-            for d in await store.lookup(self.links.conn, unknown):
-                self.machine.load_decision(d)
+            self.machine.found_in_postgres(await store.lookup(self.links.conn, unknown))
         t = now_ms()
         held = await self._draws_held(t, len(msgs))
-        step = self.machine.step(intents, t, draws_held=held)
+
+        async def commit(step: Step) -> None:
+            if acked or _announces(step):
+                await self._commit(step, acked, t)
+
+        step = await decide(self.machine, intents, t, commit,
+                            lambda ids: store.lookup(self.links.conn, ids), draws_held=held)
         if step.foreign_skus:
             self._refusing_foreign(step.foreign_skus)
-        if acked or _announces(step):
-            await self._commit(step, acked, t)
         # Only now is every decision durable: acknowledge, then tell the world.
         for msg in acked:
             await msg.ack()
@@ -228,6 +233,8 @@ class Committer:
                     os._exit(137)  # the worst moment to die: committed, nothing acked or announced
                 if self.settings.fail_after_commit and self.commits % self.settings.fail_after_commit == 0:
                     raise asyncpg.InternalClientError("cannot switch to state 15 (chaos: fail_after_commit)")
+        except store.DecidedElsewhere:
+            raise  # nothing written: decided again at once (_decide), not redelivered
         except BaseException:
             # Nothing of this batch is acked: hand it straight back for redelivery.
             await asyncio.gather(*(m.nak() for m in acked), return_exceptions=True)
@@ -304,7 +311,9 @@ class Committer:
             metrics.DECISION_LATENCY.labels(self.label).observe(max(0.0, t - d.accepted_at_ms) / 1000)
         for d in step.updates.values():
             metrics.DECISIONS.labels(self.label, d.status, d.reason or "").inc()
-        dupes = sum(1 for i in intents if isinstance(i, Purchase) and i.id not in new_ids)
+        refused = {r.key for r in step.refusals if r.kind == "purchase"}
+        dupes = sum(1 for i in intents
+                    if isinstance(i, Purchase) and i.id not in new_ids and i.id not in refused)
         if dupes:
             metrics.DUPLICATES.labels(self.label).inc(dupes)
         for r in step.refusals:
@@ -372,6 +381,30 @@ class Committer:
             except Exception:  # metrics must never take the writer down
                 pass
             await asyncio.sleep(2)
+
+
+async def decide(
+    machine: Machine, intents: list[Intent], t: int, commit: Callable[[Step], Awaitable[None]],
+    lookup: Callable[[list[str]], Awaitable[list[Decision]]], draws_held: bool = False,
+) -> Step:
+    """Decide a batch and commit it. A purchase id that Postgres turns out to hold already
+    (another shard decided it: a key reused with another SKU) is read back, the step taken back
+    and the batch decided again, that intent refused. Every round learns at least one id of
+    the batch that the next round no longer inserts, so this ends within the batch's size."""
+    learned: list[Decision] = []
+    while True:
+        step = machine.step(intents, t, draws_held=draws_held)
+        try:
+            await commit(step)
+            return step
+        except store.DecidedElsewhere as e:
+            machine.undo()
+            found = await lookup(e.ids)
+            if len(found) != len(e.ids):
+                # The insert met these rows, so they are committed: unreadable means broken.
+                raise store.CorruptWrite(f"ids {e.ids} conflict but cannot be read") from e
+            learned += found
+            machine.found_in_postgres(learned)
 
 
 def _announces(step: Step) -> bool:

@@ -11,14 +11,21 @@ never create or overwrite a SKU another writer owns.
 
 It must never oversell, never decide one purchase id twice and never break a per-user cap; those
 are asserted here (a violation would cost money) and tested exhaustively in tests/unit/.
+
+A purchase id is one buyer's Idempotency-Key, and a key reused with a SKU of another shard sends
+a second purchase intent with that id to another writer. Whichever writer commits the id first
+decides it; the other learns it from Postgres (`found_in_postgres`: before deciding, or when its
+batch insert meets the row), takes back the step it decided (`undo`) and decides the batch
+again, refusing that intent: no stock moves, its waiters are told. No request can stop a writer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -33,6 +40,7 @@ from committer.draw import (
 from proto.draw import commitment_of, draw_order
 from proto.messages import (
     CLEARABLE_SKU_FIELDS,
+    KEY_REUSED,
     Cancel,
     Confirm,
     Decision,
@@ -51,6 +59,9 @@ from proto.messages import (
 from proto.sharding import shard_of
 
 DEFAULT_RESERVATION_TTL_S = 600
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 # The intents that close a reservation before it is paid (the Refusal kinds they can earn).
 CloseKind = Literal["release", "cancel"]
@@ -116,6 +127,22 @@ class Step:
         return bool(self.inserts or self.updates or self.skus or self.draw_entries)
 
 
+@dataclass
+class _Journal:
+    """What one step changed in the machine, as it was before (None: absent), so that a step
+    whose batch is not committed can be taken back (`Machine.undo`)."""
+
+    skus: dict[str, Sku | None] = field(default_factory=dict)
+    decisions: dict[str, Decision | None] = field(default_factory=dict)
+    reserved: dict[str, Decision | None] = field(default_factory=dict)
+    user_qty: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    expired: list[tuple[int, str]] = field(default_factory=list)  # expiry heap entries popped
+    draws: dict[str, Draw | None] = field(default_factory=dict)  # by SKU: taken or put in
+    # Entries taken into a draw, in order: (the draw, the entry, whether its buyer was added).
+    entered: list[tuple[Draw, Entry, bool]] = field(default_factory=list)
+    forgot_any: bool = False
+
+
 class Machine:
     def __init__(self, shard: int, shards: int = 1, seen_max: int = 2_000_000) -> None:
         if not 0 <= shard < shards:
@@ -131,6 +158,11 @@ class Machine:
         self._expiry_heap: list[tuple[int, str]] = []
         self.forgot_any = False  # once true, unknown ids must be checked against Postgres
         self.draws: dict[str, Draw] = {}  # SKUs whose draw is not decided yet
+        # Decisions read back from Postgres that this machine does not hold: another shard's
+        # (a key reused with another SKU) or its own forgotten final ones. A purchase intent
+        # with one of these ids is answered from it, never decided; nothing here holds stock.
+        self.stored: OrderedDict[str, Decision] = OrderedDict()
+        self._journal: _Journal | None = None  # the last step's, until the next one or undo
 
     def owns(self, sku: str) -> bool:
         return shard_of(sku, self.shards) == self.shard
@@ -152,17 +184,36 @@ class Machine:
         the decisions kept in memory may be only the most recent ones."""
         if d.id in self.decisions:
             return
-        self._remember(d)
+        self.decisions[d.id] = d
         if d.status == "reserved":
             self.reserved[d.id] = d
             assert d.expires_at_ms is not None
             heapq.heappush(self._expiry_heap, (d.expires_at_ms, d.id))
 
     def unknown_ids(self, intents: list[Intent]) -> list[str]:
-        """Purchase ids this machine cannot vouch for: ask Postgres before deciding them."""
+        """Purchase ids this machine cannot vouch for, once it has forgotten some: ask Postgres
+        before deciding them. Another shard's ids are not asked for (that would cost every
+        batch a query): the batch's insert meets such an id, and the batch is decided again
+        (`undo`, `found_in_postgres`), which costs nothing while no key is reused."""
         if not self.forgot_any:
             return []
-        return [i.id for i in intents if isinstance(i, Purchase) and i.id not in self.decisions]
+        return [
+            i.id for i in intents
+            if isinstance(i, Purchase) and i.id not in self.decisions and i.id not in self.stored
+        ]
+
+    def found_in_postgres(self, rows: list[Decision]) -> None:
+        """Committed decisions of ids this machine does not hold (another shard's, or its own
+        forgotten ones): purchase intents with these ids are answered from them from now on."""
+        for d in rows:
+            if d.id in self.decisions:
+                continue
+            self.stored[d.id] = d
+            self.stored.move_to_end(d.id)
+        # Forgetting one costs a second look in Postgres, never a second decision; the rows
+        # just given are kept whatever their number (the batch being decided needs them).
+        while len(self.stored) > max(self.seen_max, len(rows)):
+            self.stored.popitem(last=False)
 
     # -- deciding -----------------------------------------------------------------------------
 
@@ -170,6 +221,7 @@ class Machine:
         """Decide a batch. `draws_held`: the shell is not sure it holds every entry yet (intents
         taken by an earlier holder of the shard may still be redelivered): no draw is decided."""
         step = Step()
+        self._journal = _Journal(forgot_any=self.forgot_any)
         self._expire(now_ms, step)
         for intent in intents:
             if isinstance(intent, Purchase):
@@ -189,10 +241,41 @@ class Machine:
         self._evict()
         return step
 
+    def undo(self) -> None:
+        """Take back the last step, whose batch was not committed: the machine is as it was
+        before that step (the order of its memory aside), and may decide the batch again."""
+        j = self._journal
+        if j is None:
+            raise RuntimeError("undo without a step to take back")
+        self._journal = None
+        for name, sku in j.skus.items():
+            if sku is None:
+                del self.skus[name]
+            else:
+                self.skus[name] = sku
+        _restore(self.decisions, j.decisions)
+        _restore(self.reserved, j.reserved)
+        _restore(self.user_qty, j.user_qty)
+        for entry in j.expired:
+            heapq.heappush(self._expiry_heap, entry)
+        _restore(self.draws, j.draws)
+        for draw, e, buyer_added in reversed(j.entered):
+            del draw.entries[e.purchase.id]
+            draw.arrivals = e.arrival
+            if buyer_added:
+                draw.buyers.discard(e.purchase.user_id)
+        self.forgot_any = j.forgot_any
+
     def next_expiry_ms(self) -> int | None:
-        while self._expiry_heap and self._expiry_heap[0][1] not in self.reserved:
+        while self._expiry_heap and not self._is_due_entry(*self._expiry_heap[0]):
             heapq.heappop(self._expiry_heap)
         return self._expiry_heap[0][0] if self._expiry_heap else None
+
+    def _is_due_entry(self, expires_at_ms: int, pid: str) -> bool:
+        """A heap entry that still stands for a live reservation (entries are left behind by
+        reservations closed early, and by steps taken back)."""
+        d = self.reserved.get(pid)
+        return d is not None and d.expires_at_ms == expires_at_ms
 
     def next_draw_ms(self) -> int | None:
         """When the next undecided draw is due (the shell wakes up for it)."""
@@ -202,8 +285,16 @@ class Machine:
     def _purchase(
         self, p: Purchase, now_ms: int, step: Step, draw_rank: int | None = None
     ) -> None:
-        known = self.decisions.get(p.id)
+        known = self.decisions.get(p.id) or self.stored.get(p.id)
         if known is not None:
+            if known.request_hash and known.request_hash != p.request_hash:
+                # The key was used for another request (another SKU, qty or card), and that one
+                # is the purchase: this intent is refused, whatever shard decided the other.
+                step.refusals.append(
+                    Refusal(kind="purchase", key=p.id, reason=KEY_REUSED, status=known.status,
+                            request_hash=p.request_hash)
+                )
+                return
             # A retry, a redelivery or a replay: announce the one decision again, change nothing.
             step.results.append(known)
             return
@@ -243,8 +334,8 @@ class Machine:
         else:
             assert sku is not None
             amount = sku.price_cents * p.qty
-            key = (p.sku, p.user_id)
-            self.user_qty[key] = self.user_qty.get(key, 0) + p.qty
+            self._add_user_qty((p.sku, p.user_id), p.qty)
+            self._save_sku(sku.sku)
             if sku.payment == "required":
                 sku.reserved += p.qty
                 expires = now_ms + sku.reservation_ttl_s * 1000
@@ -254,7 +345,7 @@ class Machine:
                     decided_at_ms=now_ms, updated_at_ms=now_ms, expires_at_ms=expires,
                     request_hash=p.request_hash, draw_rank=draw_rank,
                 )
-                self.reserved[p.id] = d
+                self._set_reserved(p.id, d)
                 heapq.heappush(self._expiry_heap, (expires, p.id))
                 step.payments.append(
                     PaymentJob(
@@ -286,10 +377,14 @@ class Machine:
             return None  # a retry of an entry: still pending, nothing changes
         closes = closes_at_ms(sku)
         assert closes is not None
+        buyers = len(draw.buyers)
         entry = draw.take(p, clicked_at_ms, ranked=clicked_at_ms < closes)
         if not isinstance(entry, Entry):
             return entry
+        if self._journal is not None:
+            self._journal.entered.append((draw, entry, len(draw.buyers) > buyers))
         if entry.ranked:
+            self._save_sku(sku.sku)
             sku.draw_entries += 1
         step.draw_entries.append(entry)
         step.skus[sku.sku] = sku
@@ -300,12 +395,13 @@ class Machine:
             sku = self.skus[name]
             due = decides_at_ms(sku)
             if due is not None and now_ms >= due:
-                self._decide_draw(sku, self.draws.pop(name), now_ms, step)
+                self._decide_draw(sku, self._set_draw(name, None), now_ms, step)
 
     def _decide_draw(self, sku: Sku, draw: Draw, now_ms: int, step: Step) -> None:
         """Every entry in the draw's order, then the purchases that waited, first come first
         served; all with the ordinary rules. Drawn first, so none of them enters a draw again."""
         assert sku.draw_seed is not None  # upsert_refusal: no window without a seed
+        self._save_sku(sku.sku)
         sku.drawn_at_ms = now_ms
         order = draw_order(sku.draw_seed, draw.ranked_ids())
         sku.draw_entries = len(order)
@@ -318,12 +414,13 @@ class Machine:
 
     def _track_draw(self, sku: Sku) -> None:
         if sku.draw_window_s > 0 and sku.drawn_at_ms is None:
-            self.draws.setdefault(sku.sku, Draw())
+            if sku.sku not in self.draws:
+                self._set_draw(sku.sku, Draw())
         else:
-            self.draws.pop(sku.sku, None)
+            self._set_draw(sku.sku, None)
 
     def _confirm(self, c: Confirm, now_ms: int, step: Step) -> None:
-        d = self.reserved.pop(c.id, None)
+        d = self._set_reserved(c.id, None)
         if d is None:
             known = self.decisions.get(c.id)
             if known is not None and known.status == "confirmed":
@@ -335,7 +432,7 @@ class Machine:
                         status=known.status if known else None)
             )
             return
-        sku = self.skus[d.sku]
+        sku = self._save_sku(d.sku)
         sku.reserved -= d.qty
         sku.sold += d.qty
         self._check_sku(sku)
@@ -345,7 +442,7 @@ class Machine:
 
     def _close(self, pid: str, kind: CloseKind, reason: Reason, now_ms: int, step: Step) -> None:
         """Release (payment failed) or cancel (buyer): a reservation gives its stock back."""
-        d = self.reserved.pop(pid, None)
+        d = self._set_reserved(pid, None)
         if d is None:
             known = self.decisions.get(pid)
             if known is not None and known.status in ("cancelled", "expired", "rejected"):
@@ -362,25 +459,28 @@ class Machine:
     def _expire(self, now_ms: int, step: Step) -> None:
         heap = self._expiry_heap
         while heap and heap[0][0] <= now_ms:
-            _, pid = heapq.heappop(heap)
-            d = self.reserved.pop(pid, None)
-            if d is not None:
+            entry = heapq.heappop(heap)
+            if self._journal is not None:
+                self._journal.expired.append(entry)
+            if self._is_due_entry(*entry):
+                d = self._set_reserved(entry[1], None)
+                assert d is not None
                 self._give_back(d, "expired", "ttl_passed", now_ms, step)
 
     def _give_back(
         self, d: Decision, status: Status, reason: Reason, now_ms: int, step: Step
     ) -> None:
-        sku = self.skus[d.sku]
+        sku = self._save_sku(d.sku)
         sku.reserved -= d.qty
         key = (d.sku, d.user_id)
-        self.user_qty[key] -= d.qty
+        self._add_user_qty(key, -d.qty)
         self._check_sku(sku)
         if self.user_qty[key] < 0:
             raise InvariantViolation(f"negative user quantity for {key}")
         self._finish(_with_status(d, status, reason, now_ms), sku, step)
 
     def _finish(self, d: Decision, sku: Sku, step: Step) -> None:
-        self.decisions[d.id] = d
+        self._remember(d)
         step.updates[d.id] = d
         step.results.append(d)
         step.skus[sku.sku] = sku
@@ -398,8 +498,11 @@ class Machine:
             step.refusals.append(Refusal(kind="sku_upsert", key=u.request_id, reason=refused))
             return
         if sku is None:
+            self._save_sku(u.sku)
             sku = Sku(sku=u.sku, stock=u.stock)
             self.skus[u.sku] = sku
+        else:
+            sku = self._save_sku(u.sku)
         sku.stock = u.stock
         for name in ("price_cents", "max_per_user", "payment", "reservation_ttl_s",
                      "sale_start_ms", "sale_end_ms", "draw_window_s"):
@@ -421,8 +524,52 @@ class Machine:
 
     # -- bookkeeping --------------------------------------------------------------------------
 
+    # Every change a step makes to the machine goes through these, so that it can be undone.
+
     def _remember(self, d: Decision) -> None:
+        j = self._journal
+        if j is not None and d.id not in j.decisions:
+            j.decisions[d.id] = self.decisions.get(d.id)
         self.decisions[d.id] = d
+
+    def _set_reserved(self, pid: str, d: Decision | None) -> Decision | None:
+        """Reserve `pid` as `d`, or (None) close its reservation: the reservation it replaced."""
+        j = self._journal
+        was = self.reserved.get(pid)
+        if j is not None and pid not in j.reserved:
+            j.reserved[pid] = was
+        if d is None:
+            self.reserved.pop(pid, None)
+        else:
+            self.reserved[pid] = d
+        return was
+
+    def _add_user_qty(self, key: tuple[str, str], qty: int) -> None:
+        j = self._journal
+        was = self.user_qty.get(key)
+        if j is not None and key not in j.user_qty:
+            j.user_qty[key] = was
+        self.user_qty[key] = (was or 0) + qty
+
+    def _save_sku(self, name: str) -> Sku:
+        """The SKU, its state before this step kept for `undo` (the first time it changes)."""
+        j = self._journal
+        sku = self.skus.get(name)
+        if j is not None and name not in j.skus:
+            j.skus[name] = dataclasses.replace(sku) if sku is not None else None
+        return sku  # type: ignore[return-value]  # None only for an upsert creating it
+
+    def _set_draw(self, name: str, draw: Draw | None) -> Draw:
+        """Open a SKU's draw, or (None) close it: the draw it replaced (its entries intact)."""
+        j = self._journal
+        was = self.draws.get(name)
+        if j is not None and name not in j.draws:
+            j.draws[name] = was
+        if draw is None:
+            self.draws.pop(name, None)
+        else:
+            self.draws[name] = draw
+        return was  # type: ignore[return-value]  # None only when opening one
 
     def _evict(self) -> None:
         """Bound memory: forget the oldest final decisions; Postgres still has them."""
@@ -434,6 +581,9 @@ class Machine:
                 if len(self.reserved) >= self.seen_max:
                     break
                 continue
+            j = self._journal
+            if j is not None and pid not in j.decisions:
+                j.decisions[pid] = self.decisions[pid]
             del self.decisions[pid]
             self.forgot_any = True
 
@@ -446,6 +596,14 @@ class Machine:
     def _check_cap(self, sku: Sku, user_id: str) -> None:
         if sku.max_per_user is not None and self.user_qty[(sku.sku, user_id)] > sku.max_per_user:
             raise InvariantViolation(f"{sku.sku}: user {user_id} above cap {sku.max_per_user}")
+
+
+def _restore(target: dict[_K, _V], saved: dict[_K, _V | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
 
 
 def _with_status(d: Decision, status: Status, reason: Reason | None, now_ms: int) -> Decision:

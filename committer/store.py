@@ -21,7 +21,18 @@ class Fenced(RuntimeError):
 
 
 class CorruptWrite(RuntimeError):
-    """Postgres disagrees with the machine (a row exists that it thought new). Never commit."""
+    """Postgres disagrees with the machine in a way no request can cause (a counter that is not
+    the sum of its rows, a reservation that is not reserved in Postgres). Never commit."""
+
+
+class DecidedElsewhere(Exception):
+    """Purchase ids of the batch that Postgres already holds: decided by another shard's writer
+    (one Idempotency-Key used with SKUs of two shards). Nothing of the batch was written; the
+    caller undoes the step and decides the batch again knowing them."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"{len(ids)} purchase ids already decided in Postgres")
+        self.ids = ids
 
 
 # Lease times are the database's clock (a lease check may have waited for a row lock meanwhile).
@@ -229,19 +240,20 @@ async def _write_skus(conn: asyncpg.Connection, skus: list[Sku], now_ms: int) ->
     )
 
 
-async def _insert_purchases(conn: asyncpg.Connection, rows: list[Decision]) -> None:
-    inserted = await conn.fetchval(
+async def _insert_purchases(conn: asyncpg.Connection, decisions: list[Decision]) -> None:
+    # In id order: two writers inserting one id (a key reused across shards) then wait for
+    # each other in one order only, so they never deadlock; the second finds the first's row.
+    rows = sorted(decisions, key=lambda d: d.id)
+    inserted = await conn.fetch(
         """
-        WITH ins AS (
-            INSERT INTO purchases (id, sku, user_id, qty, status, reason, amount_cents,
-                                   accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
-                                   request_hash, draw_rank)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-                $11::bigint[], $12::text[], $13::int[])
-            ON CONFLICT (id) DO NOTHING
-            RETURNING 1
-        ) SELECT count(*) FROM ins
+        INSERT INTO purchases (id, sku, user_id, qty, status, reason, amount_cents,
+                               accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
+                               request_hash, draw_rank)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+            $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
+            $11::bigint[], $12::text[], $13::int[])
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id
         """,
         [d.id for d in rows], [d.sku for d in rows], [d.user_id for d in rows],
         [d.qty for d in rows], [d.status for d in rows], [d.reason for d in rows],
@@ -250,9 +262,11 @@ async def _insert_purchases(conn: asyncpg.Connection, rows: list[Decision]) -> N
         [d.expires_at_ms for d in rows], [d.request_hash for d in rows],
         [d.draw_rank for d in rows],
     )
-    if inserted != len(rows):
-        # The machine decided an id Postgres already has: a second decision. Abort the batch.
-        raise CorruptWrite(f"{len(rows) - inserted} purchase ids already decided in Postgres")
+    if len(inserted) != len(rows):
+        # Ids Postgres already has: another shard decided them. Abort the batch (the caller's
+        # transaction rolls back) rather than write a second decision.
+        written = {r["id"] for r in inserted}
+        raise DecidedElsewhere([d.id for d in rows if d.id not in written])
 
 
 async def _insert_draw_entries(conn: asyncpg.Connection, entries: list[Entry]) -> None:

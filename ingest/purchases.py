@@ -16,13 +16,22 @@ from ingest.auth import bearer_token, looks_like_jwt
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
 from ingest.readmodel import OPERATOR, Reader
-from ingest.results import PurchaseState, Watch, is_decided, is_final, status_of
+from ingest.results import Awaits, PurchaseState, Watch, is_decided, is_final, status_of
 from ingest.schemas import PurchaseRequest, PurchaseView, purchase_request_decoder, view_of
-from ingest.state import STATE, Ingest
+from ingest.state import STATE, Ingest, Submitting
 from proto.clock import now_ms
 from proto.identifiers import IDEMPOTENCY_KEY, PURCHASE_ID
 from proto.ids import new_idempotency_key, purchase_id, request_hash
-from proto.messages import FINAL_STATUSES, STATUSES, Cancel, Purchase, Refusal, Status, encode
+from proto.messages import (
+    FINAL_STATUSES,
+    STATUSES,
+    Cancel,
+    Decision,
+    Purchase,
+    Refusal,
+    Status,
+    encode,
+)
 from proto.sharding import shard_of
 
 # Decided states that a cancel can no longer undo.
@@ -41,13 +50,19 @@ async def create_purchase(request: web.Request) -> web.Response:
     intent = _intent(ing, req, buyer, key)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{intent.id}", "Idempotency-Key": key}
+    awaits = Awaits(kind="purchase", request_hash=intent.request_hash)
     with ing.hub.watching(
-        intent.id, wait_s > 0, client=edge.client_of(request), buyer=buyer
+        intent.id, wait_s > 0, client=edge.client_of(request), buyer=buyer, awaits=awaits
     ) as watch:
         current = await _submit(ing, intent, key)
         if watch is not None:
             current = await watch.until(current, is_decided, wait_s)
             headers["Preference-Applied"] = http.preference_applied(wait_s)
+            if watch.refusal is not None:  # the key's purchase is another request's
+                raise _key_reused(key)
+    if isinstance(current, Decision):
+        # Decided while this request waited: for this body, or the key's first use elsewhere.
+        _check_same_request(current.request_hash, intent.request_hash, key)
     status = 200 if watch is not None and status_of(current) != "pending" else 202
     return http.json_response(purchase_view(ing, current), status, headers)
 
@@ -74,7 +89,8 @@ async def cancel_purchase(request: web.Request) -> web.Response:
     pid = purchase_id_in_path(ing, request)
     wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
-    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer) as watch:
+    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer,
+                          awaits=Awaits(kind="cancel")) as watch:
         current = await owned_purchase(ing, pid, Reader(buyer), edge.client_of(request))
         _check_cancellable(pid, status_of(current), None)
         if is_final(current):  # cancelled or expired: nothing left to give back
@@ -82,7 +98,9 @@ async def cancel_purchase(request: web.Request) -> web.Response:
         await _publish_cancel(ing, current, pid)
         if watch is None:
             return http.json_response(purchase_view(ing, current), 202, headers)
-        current = await watch.until(current, is_final, wait_s, stop_on_refusal=True)
+        # Answered by this cancel's own outcome: a confirm refused at the same moment (the
+        # cancel won the race) is the gateway's business, not this request's.
+        current = await watch.until(current, is_final, wait_s)
         headers["Preference-Applied"] = http.preference_applied(wait_s)
         _check_cancellable(pid, status_of(current), watch.refusal)
     return http.json_response(purchase_view(ing, current), 200 if is_final(current) else 202, headers)
@@ -159,24 +177,31 @@ def _intent(ing: Ingest, req: PurchaseRequest, buyer: str, key: str) -> Purchase
 
 
 async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
-    """Store the intent; or, for a key that already made a purchase, that purchase (same body)."""
+    """Store the intent; or, for a key that already made a purchase, that purchase (same body).
+    The key's first use, where this instance can see it (decided, stored here, in flight here,
+    or in the same shard's stream), makes another body a 422 before anything is stored."""
     known = ing.hub.decision(intent.id)
     if known is not None:  # a retry of a decided purchase: nothing to store
         _check_same_request(known.request_hash, intent.request_hash, key)
         return known
+    first = ing.hub.pending.get(intent.id)
+    if first is not None:
+        _check_same_request(first.request_hash, intent.request_hash, key)
     twin = ing.submitting.get(intent.id)
     if twin is not None:
-        # The same click twice at once on this instance: let the first store it (or fail), then
-        # answer as a retry, so that the two can never get different answers.
-        await asyncio.shield(twin)
+        # The same key twice at once on this instance: another body is refused at once; the
+        # same click waits for the first to store it (or fail), then is answered as a retry,
+        # so that the two can never get different answers.
+        _check_same_request(twin.request_hash, intent.request_hash, key)
+        await asyncio.shield(twin.done)
         return await _store_or_find(ing, intent, key, retry=True)
-    done = asyncio.get_running_loop().create_future()
-    ing.submitting[intent.id] = done
+    submitting = Submitting(intent.request_hash, asyncio.get_running_loop().create_future())
+    ing.submitting[intent.id] = submitting
     try:
         return await _store_or_find(ing, intent, key, retry=False)
     finally:
         del ing.submitting[intent.id]
-        done.set_result(None)
+        submitting.done.set_result(None)
 
 
 async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -> PurchaseState:
@@ -195,6 +220,7 @@ async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -
             )
     elif seq := await _store(ing, shard, intent):
         ing.hub.queues.queued(intent.id, shard, seq)
+        ing.hub.stored(intent)
         return intent
     else:
         # A retry (or a concurrent twin) of an existing purchase.
@@ -203,7 +229,13 @@ async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -
             # Refused as a duplicate yet not readable (purged meanwhile?): retryable.
             raise Overloaded("intent_missing")
     _check_same_request(existing.request_hash, intent.request_hash, key)
-    return ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id) or existing
+    decided = ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id)
+    if decided is None:
+        return existing
+    # This body's intent is stored, yet the key's purchase may be another body's: the same key
+    # used with a SKU of another shard, decided there first (this intent was refused).
+    _check_same_request(decided.request_hash, intent.request_hash, key)
+    return decided
 
 
 async def _store(ing: Ingest, shard: int, intent: Purchase) -> int:
@@ -218,10 +250,14 @@ async def _store(ing: Ingest, shard: int, intent: Purchase) -> int:
 
 def _check_same_request(stored_hash: str, request_hash: str, key: str) -> None:
     if stored_hash and stored_hash != request_hash:
-        raise problems.Rejection(
-            422, "idempotency_key_reused", "Idempotency key reused",
-            "idempotency key reused with a different request", headers={"Idempotency-Key": key},
-        )
+        raise _key_reused(key)
+
+
+def _key_reused(key: str) -> problems.Rejection:
+    return problems.Rejection(
+        422, "idempotency_key_reused", "Idempotency key reused",
+        "idempotency key reused with a different request", headers={"Idempotency-Key": key},
+    )
 
 
 def purchase_id_in_path(ing: Ingest, request: web.Request) -> str:
@@ -292,7 +328,7 @@ async def _until_changed(
 
 
 def _check_cancellable(pid: str, status: Status, refusal: Refusal | None) -> None:
-    if refusal is not None:
+    if refusal is not None:  # this cancel's own refusal (the watch takes no other)
         raise _cannot_cancel(pid, refusal.status or status, refusal.reason)
     if status in _NOT_CANCELLABLE:
         raise _cannot_cancel(pid, status)

@@ -19,7 +19,16 @@ from ingest import metrics
 from ingest.edge import WaitBudget, note_refusal
 from ingest.queue import ShardQueues
 from proto.clock import now_ms
-from proto.messages import FINAL_STATUSES, Decision, Purchase, Refusal, ResultBatch, SkuState, Status
+from proto.messages import (
+    FINAL_STATUSES,
+    Decision,
+    Purchase,
+    Refusal,
+    RefusalKind,
+    ResultBatch,
+    SkuState,
+    Status,
+)
 
 # SKUs are few (an operator creates them) but the bound still has to exist.
 SKUS_MAX = 100_000
@@ -49,23 +58,39 @@ def newer(current: PurchaseState, candidate: Decision | None) -> PurchaseState:
     return current
 
 
+class Awaits(msgspec.Struct, frozen=True):
+    """The intent a request sent and waits on: only a refusal of that very intent answers it
+    (one purchase id has several intents: the purchase, a confirm, a cancel, and for a key
+    reused with another SKU a second purchase, each refused on its own)."""
+
+    kind: RefusalKind
+    request_hash: str = ""  # a purchase: the hash of this request's body
+
+
 class Watch:
     """One long-poll's interest in one purchase. The listener stores the newest decision (or a
-    refusal) and completes `fut`; the waiter re-arms `fut` before reading `decision`, so an update
-    landing between two waits is never lost."""
+    refusal of the intent it `awaits`) and completes `fut`; the waiter re-arms `fut` before
+    reading `decision`, so an update landing between two waits is never lost."""
 
-    __slots__ = ("buyer", "client", "decision", "fut", "purchase_id", "refusal")
+    __slots__ = ("awaits", "buyer", "client", "decision", "fut", "purchase_id", "refusal")
 
     def __init__(
         self, purchase_id: str, loop: asyncio.AbstractEventLoop, client: str | None = None,
-        buyer: str | None = None,
+        buyer: str | None = None, awaits: Awaits | None = None,
     ) -> None:
         self.purchase_id = purchase_id
         self.client = client  # who this wait is counted against (edge.WaitBudget)
         self.buyer = buyer
+        self.awaits = awaits  # None: a read (GET, event stream), which no refusal answers
         self.fut: asyncio.Future[None] = loop.create_future()
         self.decision: Decision | None = None
         self.refusal: Refusal | None = None
+
+    def answered_by(self, r: Refusal) -> bool:
+        a = self.awaits
+        return a is not None and r.kind == a.kind and (
+            r.kind != "purchase" or r.request_hash == a.request_hash
+        )
 
     def rearm(self) -> None:
         if self.fut.done():
@@ -80,15 +105,14 @@ class Watch:
         current: PurchaseState,
         done: Callable[[PurchaseState], bool],
         wait_s: float,
-        stop_on_refusal: bool = False,
     ) -> PurchaseState:
-        """Wait until `done(state)` (or a refusal, if asked, or `wait_s`); return the state."""
+        """Wait until `done(state)`, a refusal of the awaited intent or `wait_s`; the state."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
             # Read after (re-)arming: an update between two waits is in self.decision already.
             current = newer(current, self.decision)
-            if done(current) or (stop_on_refusal and self.refusal is not None):
+            if done(current) or self.refusal is not None:
                 return current
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -116,6 +140,9 @@ class ResultsHub:
         # Waits per client IP and per buyer; by default only the process cap applies.
         self.waits = waits or WaitBudget(waiters_max, waiters_max)
         self.decisions: OrderedDict[str, Decision] = OrderedDict()
+        # Purchase intents this instance stored that it has not seen decided: the first use of
+        # their keys, visible here (a reuse with another body is a 422 at once).
+        self.pending: OrderedDict[str, Purchase] = OrderedDict()
         self.skus: OrderedDict[str, SkuState] = OrderedDict()
         self.watches: dict[str, set[Watch]] = {}
         self.watch_count = 0  # read by the metrics gauge at scrape time
@@ -131,6 +158,7 @@ class ResultsHub:
             if d.decided_at_ms == d.updated_at_ms:
                 metrics.DECISION_LATENCY.observe(max(0, arrived_ms - d.accepted_at_ms) / 1000.0)
             self.put_decision(d)
+            self.pending.pop(d.id, None)
             self.queues.decided(d.id)
             watches = self.watches.get(d.id)
             if watches:
@@ -141,11 +169,16 @@ class ResultsHub:
             if r.kind == "sku_upsert":
                 self._answer_admin(r.key, r)
                 continue
+            if r.kind == "purchase":
+                mine = self.pending.get(r.key)
+                if mine is not None and mine.request_hash == r.request_hash:
+                    del self.pending[r.key]  # refused: its key names another request's purchase
             watches = self.watches.get(r.key)
             if watches:
                 for w in watches:
-                    w.refusal = r
-                    w.wake()
+                    if w.answered_by(r):
+                        w.refusal = r
+                        w.wake()
         for request_id in batch.admin_applied:
             admin = self.admin_waits.get(request_id)
             if admin is not None:
@@ -178,6 +211,15 @@ class ResultsHub:
     def decision(self, purchase_id: str) -> Decision | None:
         return self.decisions.get(purchase_id)
 
+    def stored(self, intent: Purchase) -> None:
+        """This instance stored `intent` (a new purchase): until it is decided or refused, a
+        reuse of its key with another body is answered here."""
+        if intent.id in self.decisions:
+            return
+        self.pending[intent.id] = intent
+        if len(self.pending) > self.cache_max:
+            self.pending.popitem(last=False)
+
     # -- SKUs ------------------------------------------------------------------------------
 
     def put_sku(self, state: SkuState) -> None:
@@ -198,7 +240,8 @@ class ResultsHub:
     # -- waiters ---------------------------------------------------------------------------
 
     def watch(
-        self, purchase_id: str, client: str | None = None, buyer: str | None = None
+        self, purchase_id: str, client: str | None = None, buyer: str | None = None,
+        awaits: Awaits | None = None,
     ) -> Watch | None:
         """Register interest in a purchase; None when this instance holds too many waiters.
         Raises a 429 `problems.Rejection` when `client` or `buyer` holds its share already."""
@@ -206,7 +249,7 @@ class ResultsHub:
             note_refusal("waits_total", client or "")
             return None
         self.waits.acquire(client, buyer)
-        w = Watch(purchase_id, asyncio.get_running_loop(), client, buyer)
+        w = Watch(purchase_id, asyncio.get_running_loop(), client, buyer, awaits)
         self.watches.setdefault(purchase_id, set()).add(w)
         self.watch_count += 1
         return w
@@ -214,13 +257,14 @@ class ResultsHub:
     @contextmanager
     def watching(
         self, purchase_id: str, enabled: bool, *, client: str | None = None,
-        buyer: str | None = None,
+        buyer: str | None = None, awaits: Awaits | None = None,
     ) -> Iterator[Watch | None]:
         """A watch on `purchase_id` for the duration of a request (None if not `enabled`, or when
         this instance already holds waiters_max). Registered before the request publishes or
         looks anything up, so a decision that lands meanwhile is not missed. Counted against
-        `client` (IP) and `buyer` (None: not counted): a 429 when either holds its share."""
-        w = self.watch(purchase_id, client, buyer) if enabled else None
+        `client` (IP) and `buyer` (None: not counted): a 429 when either holds its share.
+        `awaits`: the intent the request sent, whose refusal answers it (None: a read)."""
+        w = self.watch(purchase_id, client, buyer, awaits) if enabled else None
         try:
             yield w
         finally:

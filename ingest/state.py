@@ -11,6 +11,7 @@ import logging
 import time
 
 import asyncpg
+import msgspec
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
@@ -36,6 +37,14 @@ log = logging.getLogger("ingest")
 POOL_SIZE_MAX = 10
 READY_DB_TIMEOUT_S = 1.0
 JETSTREAM_TIMEOUT_S = 5.0
+
+
+class Submitting(msgspec.Struct, frozen=True):
+    """A purchase this instance is storing right now: its request, and done when stored (or
+    failed)."""
+
+    request_hash: str
+    done: asyncio.Future[None]
 
 
 class Ingest:
@@ -65,7 +74,7 @@ class Ingest:
         self.admin = admin
         # Purchase ids being stored by a request of this process right now (bounded by the
         # requests in flight): a concurrent twin waits for the first instead of racing it.
-        self.submitting: dict[str, asyncio.Future[None]] = {}
+        self.submitting: dict[str, Submitting] = {}
         self.id_key = id_key(settings.id_secret)
         # Per-buyer token bucket on purchases; None when configured off (user_rate_per_s = 0).
         self.limiter = (

@@ -143,15 +143,22 @@ class SkuState(msgspec.Struct, frozen=True):
 RefusalKind = Literal["purchase", "confirm", "release", "cancel", "sku_upsert"]
 
 
+# The Refusal reason of a purchase whose id (its Idempotency-Key) was decided for another request.
+KEY_REUSED = "idempotency_key_reused"
+
+
 class Refusal(msgspec.Struct, frozen=True):
     """An intent the committer could not apply: a confirm after expiry, a cancel of a confirmed
     purchase, an admin change that would oversell, a purchase or admin change for a SKU of
-    another shard. The sender decides what to do (refund, 409)."""
+    another shard, a purchase whose id was decided for another request (KEY_REUSED). The sender
+    decides what to do (refund, 409, 422); only the waiters of that very intent are answered by
+    it (same kind, and for a purchase the same request hash)."""
 
     kind: RefusalKind
     key: str  # purchase id, or the admin request id
     reason: str
     status: Status | None = None  # the purchase's state when refused
+    request_hash: str = ""  # a refused purchase: the hash of the request refused (not the purchase's)
 
 
 class PaymentJob(msgspec.Struct, frozen=True):

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from committer.machine import WRONG_SHARD, InvariantViolation, Machine, Sku
-from proto.messages import Cancel, Confirm, Purchase, Refusal, Release, SkuUpsert
+from proto.messages import Cancel, Confirm, Decision, Purchase, Refusal, Release, SkuUpsert
 from proto.sharding import shard_of
 
 T0 = 1_700_000_000_000
 
 
-def purchase(pid: str, sku: str = "s", user: str = "u", qty: int = 1, at: int = T0, token=None):
-    return Purchase(id=pid, sku=sku, qty=qty, user_id=user, request_hash="h", accepted_at_ms=at,
-                    payment_token=token)
+def purchase(pid: str, sku: str = "s", user: str = "u", qty: int = 1, at: int = T0, token=None,
+             request_hash: str = "h"):
+    return Purchase(id=pid, sku=sku, qty=qty, user_id=user, request_hash=request_hash,
+                    accepted_at_ms=at, payment_token=token)
 
 
 def machine(stock: int = 3, **kw) -> Machine:
@@ -138,14 +141,65 @@ def test_invariant_violation_is_loud():
         m.step([Cancel(id="a")], T0 + 1)
 
 
-def test_eviction_keeps_reservations_and_flags_lookups():
+def test_eviction_keeps_reservations_and_postgres_answers_for_the_rest():
     m = Machine(shard=0, seen_max=3)
     m.load_sku(Sku(sku="s", stock=100, payment="required"))
     m.step([purchase("r")], T0)
     m.load_sku(Sku(sku="t", stock=100))
     m.step([purchase(f"p{i}", sku="t", user=str(i)) for i in range(5)], T0)
     assert len(m.decisions) == 3 and "r" in m.decisions and m.forgot_any
-    assert m.unknown_ids([purchase("p0", sku="t", user="0"), purchase("p4", sku="t")]) == ["p0"]
+    m.found_in_postgres([stored("x")])
+    probe = [purchase("p0", sku="t", user="0"), purchase("p4", sku="t"), purchase("x"), Cancel(id="y")]
+    assert m.unknown_ids(probe) == ["p0"]
+
+
+def test_key_reused_with_another_request_is_refused_not_decided():
+    m = machine(stock=5)
+    first = m.step([purchase("a", qty=1, request_hash="h1")], T0).inserts[0]
+    step = m.step([purchase("a", qty=2, request_hash="h2"), purchase("a", request_hash="h1")], T0 + 1)
+    assert not step.has_writes and m.skus["s"].sold == 1
+    [refusal] = step.refusals
+    assert (refusal.kind, refusal.key, refusal.reason) == ("purchase", "a", "idempotency_key_reused")
+    assert (refusal.status, refusal.request_hash) == ("confirmed", "h2")  # whose request it was
+    assert step.results == [first]  # the retry of the first request gets its purchase
+
+
+def stored(pid: str, sku: str = "elsewhere", status="reserved", request_hash: str = "h1") -> Decision:
+    return Decision(id=pid, sku=sku, user_id="u", qty=1, status=status, reason=None,
+                    amount_cents=100, accepted_at_ms=T0, decided_at_ms=T0, updated_at_ms=T0,
+                    expires_at_ms=T0 + 1000 if status == "reserved" else None,
+                    request_hash=request_hash)
+
+
+def test_an_id_another_shard_decided_is_refused_and_holds_nothing():
+    m = machine(stock=5, payment="required")
+    m.found_in_postgres([stored("a")])  # the other shard's reservation of the same key
+    step = m.step([purchase("a", request_hash="h2"), Cancel(id="a"), purchase("b", user="v")], T0)
+    assert [r.kind for r in step.refusals] == ["purchase", "cancel"]
+    assert [d.id for d in step.inserts] == ["b"] and step.payments[0].id == "b"
+    assert m.skus["s"].reserved == 1 and set(m.reserved) == {"b"}
+    assert m.step([], T0 + 600_000).updates.keys() == {"b"}  # only its own reservations expire
+
+
+def test_a_forgotten_decision_read_back_answers_its_retry():
+    m = machine(stock=5)
+    m.found_in_postgres([stored("a", sku="s", status="confirmed", request_hash="h")])
+    step = m.step([purchase("a")], T0)
+    assert step.results == [m.stored["a"]] and not step.has_writes and not step.refusals
+
+
+def test_undo_then_decide_again_without_the_twin():
+    m = machine(stock=1, payment="required", reservation_ttl_s=1)
+    m.step([purchase("old", user="w")], T0)
+    batch = [purchase("twin", user="x"), purchase("b", user="y")]
+    step = m.step(batch, T0 + 1000)  # "old" expires, "twin" takes the unit, "b" is sold out
+    assert [d.status for d in step.inserts] == ["reserved", "rejected"]
+    m.undo()
+    assert set(m.reserved) == {"old"} and m.skus["s"].reserved == 1 and "twin" not in m.decisions
+    m.found_in_postgres([stored("twin")])
+    again = m.step(batch, T0 + 1000)
+    assert [(d.id, d.status) for d in again.inserts] == [("b", "reserved")]
+    assert again.updates["old"].status == "expired" and again.refusals[0].key == "twin"
 
 
 # -- properties ----------------------------------------------------------------------------
@@ -257,3 +311,40 @@ def test_refuses_a_purchase_and_a_sku_change_for_another_shards_sku():
 def test_a_machine_is_one_of_its_shard_count():
     with pytest.raises(ValueError):
         Machine(shard=2, shards=2)
+
+
+def _state(m: Machine) -> tuple:
+    return ({n: dataclasses.astuple(s) for n, s in m.skus.items()},
+            dict(m.decisions), dict(m.reserved), {k: q for k, q in m.user_qty.items() if q},
+            m.next_expiry_ms(), m.forgot_any,
+            {n: (dict(d.entries), set(d.buyers), d.arrivals) for n, d in m.draws.items()})
+
+
+# With a SKU sold by a draw ("d": its window opens at T0 + 1000 for 2 s).
+drawn = st.builds(lambda i, u, dt: purchase(i, sku="d", user=u, at=T0 + dt), ids, users,
+                  st.integers(0, 6000))
+with_draws = st.lists(st.tuples(st.lists(st.one_of(intent, drawn), max_size=8),
+                                st.integers(0, 2000)), max_size=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=with_draws, batch=st.lists(st.one_of(intent, drawn), max_size=8),
+       dt=st.integers(0, 3000), seen_max=st.integers(2, 20))
+def test_undo_puts_the_machine_back_as_it_was(before, batch, dt, seen_max):
+    """A step taken back leaves the machine as if it had never run: the same state, and the
+    same decisions for what comes next."""
+    a, b = Machine(shard=0, seen_max=seen_max), Machine(shard=0, seen_max=seen_max)
+    for m in (a, b):
+        m.load_sku(Sku(sku="s", stock=3, max_per_user=2, payment="required", reservation_ttl_s=1))
+        m.load_sku(Sku(sku="t", stock=3, max_per_user=2))
+        m.load_sku(Sku(sku="d", stock=2, sale_start_ms=T0 + 1000, draw_window_s=2,
+                       draw_seed="ab" * 32))
+    now = T0
+    for intents, step_dt in before:
+        now += step_dt
+        a.step(intents, now)
+        b.step(intents, now)
+    a.step(batch, now + dt)
+    a.undo()
+    assert _state(a) == _state(b)
+    assert a.step(batch, now + dt) == b.step(batch, now + dt)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.results import ResultsHub, is_decided, is_final, newer, status_of
+from ingest.results import Awaits, ResultsHub, is_decided, is_final, newer, status_of
 from proto.messages import Decision, Purchase, Refusal, ResultBatch, SkuState
 
 
@@ -90,15 +90,43 @@ async def test_a_wait_ends_at_its_deadline_with_the_state_it_had():
         assert await watch.until(PENDING, is_decided, wait_s=0.01) is PENDING
 
 
-async def test_a_refusal_ends_a_wait_that_asked_for_it():
+async def test_a_refusal_ends_only_the_wait_of_the_intent_it_refused():
     hub = ResultsHub(cache_max=10, waiters_max=10)
-    with hub.watching("p1", enabled=True) as watch:
-        assert watch is not None
-        waiting = asyncio.create_task(watch.until(PENDING, is_final, wait_s=5, stop_on_refusal=True))
+    cancel, buy, read = Awaits(kind="cancel"), Awaits(kind="purchase", request_hash="h2"), None
+    with hub.watching("p1", True, awaits=cancel) as canceller, \
+            hub.watching("p1", True, awaits=buy) as buyer, hub.watching("p1", True, awaits=read) as reader:
+        assert canceller is not None and buyer is not None and reader is not None
+        waits = [asyncio.create_task(w.until(PENDING, is_final, wait_s=0.2))
+                 for w in (canceller, buyer, reader)]
         await asyncio.sleep(0)
+        # The gateway's confirm refused (the buyer's cancel won), and the first use's purchase
+        # intent refused on another shard: neither is an answer to any of these three.
         hub.apply(ResultBatch(shard=0, epoch=1, refusals=[
+            Refusal(kind="confirm", key="p1", reason="not_reserved", status="cancelled"),
+            Refusal(kind="purchase", key="p1", reason="idempotency_key_reused", request_hash="h1")]))
+        await asyncio.sleep(0.01)
+        assert not any(w.done() for w in waits)
+        hub.apply(ResultBatch(shard=1, epoch=1, refusals=[
+            Refusal(kind="purchase", key="p1", reason="idempotency_key_reused", request_hash="h2"),
             Refusal(kind="cancel", key="p1", reason="not_reserved", status="confirmed")]))
-        assert await waiting is PENDING and watch.refusal is not None
+        assert await waits[0] is PENDING and canceller.refusal.kind == "cancel"  # type: ignore[union-attr]
+        assert await waits[1] is PENDING and buyer.refusal.request_hash == "h2"  # type: ignore[union-attr]
+        assert await waits[2] is PENDING and reader.refusal is None  # waited its full time
+
+
+def test_a_purchase_stored_here_is_pending_until_decided_or_refused():
+    hub = ResultsHub(cache_max=10, waiters_max=10)
+    for pid in ("p1", "p2"):
+        hub.stored(Purchase(id=pid, sku="hot", qty=1, user_id="u", request_hash="h1", accepted_at_ms=0))
+    assert set(hub.pending) == {"p1", "p2"}
+    hub.apply(ResultBatch(shard=0, epoch=1, decisions=[decision("p1", "confirmed")], refusals=[
+        Refusal(kind="purchase", key="p2", reason="idempotency_key_reused", request_hash="other")]))
+    assert set(hub.pending) == {"p2"}  # another request's intent refused: this one still pending
+    hub.apply(ResultBatch(shard=0, epoch=1, refusals=[
+        Refusal(kind="purchase", key="p2", reason="idempotency_key_reused", request_hash="h1")]))
+    assert not hub.pending
+    hub.stored(Purchase(id="p1", sku="hot", qty=1, user_id="u", request_hash="h1", accepted_at_ms=0))
+    assert not hub.pending  # decided already
 
 
 async def test_waiters_are_bounded():
