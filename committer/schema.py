@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from flashsale import shardmap
-from flashsale.db import DB_NOW_MS, SCHEMA_LOCK_KEY
+from flashsale.db import DB_NOW_MS, SCHEMA_LOCK_KEY, quote_ident
 from proto.draw import commitment_of
 from proto.messages import Decision, SkuState
 from proto.sharding import SHARD_FUNCTION
@@ -69,6 +69,12 @@ def sku_state_of(row: Row) -> SkuState:
 # Every table of schema.sql, in the order a committer's batch transaction locks them (lease, SKUs,
 # purchases, draw entries); a schema change takes them all in this order before it changes any.
 TABLES = ("shard_leases", "skus", "purchases", "draw_entries", "shard_map", "schema_applied")
+# What the services' role may do: committers write the first (and delete decided draw entries),
+# everyone reads the rest. It owns nothing, so it can neither change the schema nor the shard map
+# (`flashsale reshard` can).
+SERVICE_WRITES = ("shard_leases", "skus", "purchases", "draw_entries")
+SERVICE_DELETES = ("draw_entries",)
+SERVICE_READS = ("shard_map", "schema_applied")
 # Below Postgres's deadlock_timeout (1 s): a writer queued behind a schema change never waits long
 # enough for a deadlock check, and the schema change, not the writer, is the one that gives way.
 LOCK_TIMEOUT = "500ms"
@@ -83,11 +89,19 @@ def schema_sql() -> str:
     return resources.files("committer").joinpath("schema.sql").read_text()
 
 
-async def apply_schema(database_url: str, shards: int) -> shardmap.ShardMap:
-    """The tables, and the shard map: written from `shards` if the database has none yet, else
-    checked against it (ShardMapError on a mismatch: only `flashsale reshard` changes it).
-    Safe beside running services (module docstring); SchemaBusy if it never got the locks."""
+async def apply_schema(
+    database_url: str, shards: int, service_role: str | None = None
+) -> shardmap.ShardMap:
+    """The tables (as the role of `database_url`, which then owns them), their grants to
+    `service_role` if given, and the shard map: written from `shards` if the database has none
+    yet, else checked against it (ShardMapError on a mismatch: only `flashsale reshard` changes
+    it). Safe beside running services (module docstring); SchemaBusy if it never got the locks."""
     sql = schema_sql()
+    if service_role:
+        role = quote_ident(service_role)
+        sql += (f"\nGRANT SELECT, INSERT, UPDATE ON {', '.join(SERVICE_WRITES)} TO {role};"
+                f"\nGRANT DELETE ON {', '.join(SERVICE_DELETES)} TO {role};"
+                f"\nGRANT SELECT ON {', '.join(SERVICE_READS)} TO {role};\n")
     digest = hashlib.sha256(sql.encode()).hexdigest()
     conn = await asyncpg.connect(database_url)
     try:

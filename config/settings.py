@@ -21,7 +21,11 @@ REPO_ROOT = CONFIG_DIR.parent
 
 class Settings(msgspec.Struct, kw_only=True):
     nats_url: str = "nats://127.0.0.1:14222"
-    database_url: str = "postgresql://postgres@127.0.0.1:15432/flashsale"
+    database_url: str = "postgresql://flashsale@127.0.0.1:15432/flashsale"
+    # Schema changes and resharding (`flashsale schema`, `dev`, `reshard`) connect with this one,
+    # a role that owns the tables; "" = database_url. Services use database_url only, and
+    # `flashsale dev` never hands this one to them.
+    database_admin_url: str = ""
     namespace: str = "fs"
     shards: int = 2
     # A one-shot command (schema, set-sku, load-sale) gives up on NATS after this long; services
@@ -172,6 +176,11 @@ class Settings(msgspec.Struct, kw_only=True):
     @property
     def names(self) -> Names:
         return Names(self.namespace)
+
+    @property
+    def schema_database_url(self) -> str:
+        """Where schema changes and resharding connect: database_admin_url, else database_url."""
+        return self.database_admin_url or self.database_url
 
 
 _LIST_FIELDS = {

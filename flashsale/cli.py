@@ -25,9 +25,11 @@ import nats.errors
 from committer.schema import SchemaBusy, apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
 from flashsale import admin, shardmap
-from flashsale.db import ensure_database
+from flashsale.db import ensure_database, user_of
 from flashsale.durability import verify
 from flashsale.embedded import (
+    PG_SERVICE_ROLE,
+    SERVICE_PASSWORD_FILE,
     monitor_url,
     nats_url,
     password,
@@ -62,8 +64,12 @@ WATCH_S = 0.5  # how often `flashsale dev` looks at supervisord and its programs
 
 async def prepare(settings: Settings) -> None:
     """Schema and streams: idempotent, safe to run at every start."""
-    await ensure_database(settings.database_url)
-    await apply_schema(settings.database_url, settings.shards)
+    admin_url = settings.schema_database_url
+    await ensure_database(admin_url)
+    # The services' role, if they connect as another one than schema changes do: it gets the tables.
+    service_role = user_of(settings.database_url)
+    await apply_schema(admin_url, settings.shards,
+                       service_role if service_role != user_of(admin_url) else None)
     nc = await connect_nats_for_command(settings, "flashsale-prepare")
     try:
         await ensure_streams(nc.jetstream(), settings)
@@ -173,7 +179,10 @@ def _embedded_urls(settings: Settings, data: Path) -> dict[str, str]:
         overrides["nats_url"] = nats_url(settings.nats_port, password(data / "nats"))
         overrides["nats_monitor_url"] = monitor_url(settings.nats_monitor_port)
     if "DATABASE_URL" not in os.environ:
-        overrides["database_url"] = postgres_url(settings.pg_port, password=password(data / "postgres"))
+        pg = data / "postgres"
+        overrides["database_url"] = postgres_url(settings.pg_port, user=PG_SERVICE_ROLE,
+                                                 password=password(pg, SERVICE_PASSWORD_FILE))
+        overrides["database_admin_url"] = postgres_url(settings.pg_port, password=password(pg))
     return overrides
 
 
@@ -226,6 +235,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     _check_committers(settings, procfile, app)
     conf = write_conf(data / "supervisor", servers, app)
     env = {**os.environ, **to_env(settings)}
+    env.pop("FLASHSALE_DATABASE_ADMIN_URL", None)  # the superuser is for schema changes only
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     # Its own session: Ctrl-C reaches supervisord only through us, as one orderly stop. It

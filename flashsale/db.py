@@ -14,6 +14,16 @@ DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 SCHEMA_LOCK_KEY = 7262
 
 
+def quote_ident(name: str) -> str:
+    """An SQL identifier (an identifier cannot be a query parameter): quoted, any quote doubled."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def user_of(database_url: str) -> str:
+    """The role a URL connects as ("" when it names none)."""
+    return unquote(urlsplit(database_url).username or "")
+
+
 def split_database_url(database_url: str) -> tuple[str, str]:
     """The database a URL names, and the same URL naming the `postgres` maintenance database
     instead. Hosts (`h1:p1,h2:p2`, asyncpg tries them in order) and query parameters (e.g.
@@ -29,8 +39,6 @@ async def ensure_database(database_url: str) -> None:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
-            # An identifier cannot be a query parameter: quote it, doubling any quote inside.
-            quoted = '"' + name.replace('"', '""') + '"'
-            await conn.execute(f"CREATE DATABASE {quoted}")
+            await conn.execute(f"CREATE DATABASE {quote_ident(name)}")
     finally:
         await conn.close()

@@ -10,7 +10,14 @@ touches this module.
 
 Neither server takes anonymous clients: each has a password generated into its data directory on
 first use (`password`, a 0600 file, the same on every later run), and the URLs every process gets
-carry it (nats://flashsale:<password>@..., postgresql://postgres:<password>@...).
+carry it (nats://flashsale:<password>@..., postgresql://flashsale:<password>@...). Postgres has
+two roles: the superuser `postgres`, for schema changes and resharding only, and the service role
+`flashsale` the processes connect as (no superuser, owns nothing; committer/schema.py grants it
+the tables it reads and writes).
+
+Both servers start with a scrubbed environment (`server_env`): the stack's environment holds
+JWT secrets, the admin token and the other server's password, and a server must not be able to
+hand them out (a superuser can read any file the postmaster can, /proc/<pid>/environ included).
 """
 
 from __future__ import annotations
@@ -37,8 +44,14 @@ from config.settings import CONFIG_DIR
 PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root; pgserver uses this name too
 NATS_CONF_TEMPLATE = CONFIG_DIR / "nats.conf"
 NATS_USER = "flashsale"  # the one client user of the embedded nats-server
-PG_SUPERUSER = "postgres"  # the role every flashsale process connects as
-PASSWORD_FILE = "password"  # in each server's data directory
+PG_SUPERUSER = "postgres"  # schema changes and resharding only (`flashsale schema`, `dev`)
+PG_SERVICE_ROLE = "flashsale"  # the role every flashsale process connects as
+PASSWORD_FILE = "password"  # in each server's data directory: the superuser's, for postgres
+SERVICE_PASSWORD_FILE = "service-password"  # the service role's, in the postgres data directory
+# All the environment an embedded server gets: where binaries and libraries are, the locale and
+# the time zone. Nothing of flashsale's settings, which hold secrets.
+SERVER_ENV_NAMES = ("PATH", "LD_LIBRARY_PATH", "TMPDIR", "TZ", "LANG", "LC_ALL", "LC_CTYPE",
+                    "LC_MESSAGES")
 
 # Below the kernel's ephemeral range (32768+), so no outgoing connection takes a port between
 # choosing it and the server binding it.
@@ -96,9 +109,15 @@ def monitor_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def postgres_url(port: int, database: str = "flashsale", password: str = "") -> str:
+def postgres_url(port: int, database: str = "flashsale", password: str = "",
+                 user: str = PG_SUPERUSER) -> str:
     secret = f":{password}" if password else ""
-    return f"postgresql://{PG_SUPERUSER}{secret}@127.0.0.1:{port}/{database}"
+    return f"postgresql://{user}{secret}@127.0.0.1:{port}/{database}"
+
+
+def server_env() -> dict[str, str]:
+    """The scrubbed environment of an embedded server (and of its initdb and single-user runs)."""
+    return {name: os.environ[name] for name in SERVER_ENV_NAMES if name in os.environ}
 
 
 # --- credentials ------------------------------------------------------------------------------
@@ -112,11 +131,12 @@ def without_password(url: str) -> str:
     return _URL_PASSWORD.sub(r"\1:***@", url)
 
 
-def password(data_dir: Path) -> str:
-    """The password of the embedded server whose data directory this is: generated on first use
-    (random, URL-safe, in a file only its owner may read), read back on every later run. Whoever
-    comes first creates it (`flashsale dev` before the servers it supervises, or `start_*`)."""
-    path = Path(data_dir) / PASSWORD_FILE
+def password(data_dir: Path, name: str = PASSWORD_FILE) -> str:
+    """A password of the embedded server whose data directory this is (`name`: its superuser's,
+    or SERVICE_PASSWORD_FILE): generated on first use (random, URL-safe, in a file only its owner
+    may read), read back on every later run. Whoever comes first creates it (`flashsale dev`
+    before the servers it supervises, or `start_*`)."""
+    path = Path(data_dir) / name
     try:
         return _stored_password(path)
     except FileNotFoundError:
@@ -124,7 +144,7 @@ def password(data_dir: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written whole under another name, then linked into place: a second process creating it at
     # the same moment never reads a half-written file, and the first link wins for both.
-    scratch = path.with_name(f".{PASSWORD_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    scratch = path.with_name(f".{name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_urlsafe(24) + "\n")
@@ -307,7 +327,7 @@ def start_nats(data_dir: Path, port: int | None = None, monitor_port: int | None
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             _nats_argv(data_dir, port, monitor_port), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, env=server_env(),
         )
     wait_for_port(port, 20, proc)
     return Embedded("nats", proc, nats_url(port, password(data_dir)), port, log_path,
@@ -320,7 +340,7 @@ def run_nats(data_dir: Path, port: int, monitor_port: int) -> NoReturn:
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = _nats_argv(data_dir, port, monitor_port)
     sys.stdout.flush()
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, server_env())
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------
@@ -412,23 +432,33 @@ def _write_for_postgres(path: Path, text: str, run_as: RunAs | None) -> None:
         os.chown(path, run_as.uid, run_as.gid)
 
 
-def _set_password(pgdata: Path, secret: str, run_as: RunAs | None) -> None:
-    """Give the superuser the generated password, in single-user mode (no server listens, so no
-    client can come in before it is set). The password file is the truth: this runs at every
+def _set_passwords(pgdata: Path, secret: str, service_secret: str, run_as: RunAs | None) -> None:
+    """Give the superuser and the service role their generated passwords, in single-user mode (no
+    server listens, so no client can come in before they are set); the service role is created
+    on first use, and kept to LOGIN only. The password files are the truth: this runs at every
     start, also turning a data directory from before credentials (trust) into one that asks."""
+    # One statement per line (single-user mode); the passwords are URL-safe: no quote inside.
+    # password_encryption is scram-sha-256 (the default): the server stores a verifier.
+    statements = [
+        f"ALTER ROLE {PG_SUPERUSER} PASSWORD '{secret}';",
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PG_SERVICE_ROLE}') "
+        f"THEN CREATE ROLE {PG_SERVICE_ROLE}; END IF; END $$;",
+        f"ALTER ROLE {PG_SERVICE_ROLE} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+        f"NOBYPASSRLS PASSWORD '{service_secret}';",
+    ]
     done = subprocess.run(
         [_pg_bin("postgres"), "--single", "-D", str(pgdata), "-c", "log_min_messages=error",
          "postgres"],
-        # password_encryption is scram-sha-256 (the default): the server stores a verifier.
-        input=f"ALTER ROLE {PG_SUPERUSER} PASSWORD '{secret}';\n",  # URL-safe: no quote inside
-        capture_output=True, text=True,
+        input="".join(f"{line}\n" for line in statements),
+        capture_output=True, text=True, env=server_env(),
         user=None if run_as is None else run_as.uid, group=None if run_as is None else run_as.gid,
     )
     if done.returncode != 0 or "ERROR:" in done.stderr or "FATAL:" in done.stderr:
         raise RuntimeError(f"setting the postgres password failed ({done.returncode}): {done.stderr}")
 
 
-def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None, secret: str) -> list[str]:
+def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None, secret: str,
+                   service_secret: str) -> list[str]:
     """initdb on first use, stale state cleared, the password set and required, and the postgres
     command line. Durable settings: fsync and synchronous_commit stay on (a committed batch
     survives a crash)."""
@@ -441,7 +471,7 @@ def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None, secret: str)
         done = subprocess.run(
             [_pg_bin("initdb"), "-D", str(scratch), "-U", PG_SUPERUSER, "--auth=scram-sha-256",
              f"--pwfile={data_dir / PASSWORD_FILE}", "--encoding=UTF8", "--no-instructions"],
-            capture_output=True, text=True,
+            capture_output=True, text=True, env=server_env(),
             user=None if run_as is None else run_as.uid, group=None if run_as is None else run_as.gid,
         )
         if done.returncode != 0:
@@ -453,7 +483,7 @@ def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None, secret: str)
     if hba.read_text() != PG_HBA:
         print(f"flashsale: {pgdata} let clients in without a password (made before credentials): "
               f"now it requires the one in {data_dir / PASSWORD_FILE}", file=sys.stderr, flush=True)
-    _set_password(pgdata, secret, run_as)
+    _set_passwords(pgdata, secret, service_secret, run_as)
     _write_for_postgres(hba, PG_HBA, run_as)
     return [
         _pg_bin("postgres"), "-D", str(pgdata), "-p", str(port), "-h", "127.0.0.1",
@@ -470,15 +500,16 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "fla
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    secret = password(data_dir)  # before _pg_user, which hands the data directory to postgres
+    # Before _pg_user, which hands the data directory to postgres.
+    secret, service_secret = password(data_dir), password(data_dir, SERVICE_PASSWORD_FILE)
     run_as = _pg_user(data_dir)
-    argv = _postgres_argv(data_dir, port, run_as, secret)
+    argv = _postgres_argv(data_dir, port, run_as, secret, service_secret)
     log_path = data_dir / "postgres.log"
     with open(log_path, "ab") as log:
         if run_as is not None:
             os.chown(log_path, run_as.uid, run_as.gid)
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env(),
             user=None if run_as is None else run_as.uid, group=None if run_as is None else run_as.gid,
         )
     wait_for_port(port, 60, proc)
@@ -490,15 +521,16 @@ def run_postgres(data_dir: Path, port: int) -> NoReturn:
     """Become the embedded postmaster (logging to stdout) for a supervisor to watch."""
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = password(data_dir)  # before _pg_user, which hands the data directory to postgres
+    # Before _pg_user, which hands the data directory to postgres.
+    secret, service_secret = password(data_dir), password(data_dir, SERVICE_PASSWORD_FILE)
     run_as = _pg_user(data_dir)
-    argv = _postgres_argv(data_dir, port, run_as, secret)
+    argv = _postgres_argv(data_dir, port, run_as, secret, service_secret)
     sys.stdout.flush()
     if run_as is not None:
         os.setgroups([])
         os.setgid(run_as.gid)
         os.setuid(run_as.uid)
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, server_env())
 
 
 def postgres_ready(port: int) -> bool:

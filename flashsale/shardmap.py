@@ -99,7 +99,7 @@ async def reshard(settings: Settings, shards: int) -> tuple[ShardMap, ShardMap]:
     restarted with the new count too (they refuse to start with the old one)."""
     if shards < 1:
         raise ReshardRefused(f"shards must be >= 1, not {shards}")
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.schema_database_url)  # the service role may only read it
     try:
         before = await read(conn)
         problem = mismatch(before, before.shards if before else shards)
