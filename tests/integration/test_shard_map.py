@@ -11,7 +11,7 @@ import msgspec
 import nats
 
 from flashsale import testing as procs
-from proto.messages import Purchase, SkuUpsert, encode, result_decoder
+from proto.messages import Cancel, Purchase, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 from tests.conftest import System
 from tests.integration.test_cli import flashsale
@@ -141,3 +141,26 @@ async def test_reshard_only_between_sales(system, settings, db):
     out = flashsale(settings, "reshard", "3")
     assert out.returncode == 2 and "1 purchases are reserved" in out.stderr
     assert await db.fetchval("SELECT shards FROM shard_map") == 2
+
+    # The buyer gives it back; now the system is between sales.
+    system.start_committer(shard)
+    nc = await nats.connect(settings.nats_url)
+    await nc.jetstream().publish(settings.names.intent(shard, "cancel", "p1"), encode(Cancel(id="p1")))
+    await nc.close()
+    await eventually(lambda: db.fetchval("SELECT status = 'cancelled' FROM purchases WHERE id = 'p1'"))
+    system.stop()
+    out = flashsale(settings, "reshard", "3")
+    assert out.returncode == 0, out.stderr
+    assert "shard map: 2 -> 3 shards" in out.stdout
+    # Three committers pick up the SKUs the new map gives them; the old count is refused.
+    three = msgspec.structs.replace(settings, shards=3)
+    resharded = System(three, system.log_dir / "resharded")
+    try:
+        resharded.start(ingest=False)
+        out = flashsale(three, "set-sku", "paid", "--stock", "7")
+        assert out.returncode == 0, out.stderr
+        row = await db.fetchrow("SELECT stock, reserved, sold, payment FROM skus WHERE sku = 'paid'")
+        assert tuple(row) == (7, 0, 0, "required")
+        assert flashsale(settings, "set-sku", "paid", "--stock", "8").returncode == 2
+    finally:
+        resharded.stop()
