@@ -127,18 +127,19 @@ class HeadGuard(asyncio.Protocol):
     its life, every request head counted on its way there (see the module's doc). A subclass
     may refuse the connection itself (`admit`) and count refusals (`refused`)."""
 
-    def __init__(self, make_handler: Callable[[], RequestHandler], head_max_bytes: int,
+    def __init__(self, make_handler: Callable[[], ProblemRequestHandler], head_max_bytes: int,
                  answers: dict[Refusal, bytes]) -> None:
         self._make_handler = make_handler
         self._head_max_bytes = head_max_bytes
         self._answers = answers
-        self._handler: RequestHandler | None = None
+        self._handler: ProblemRequestHandler | None = None
         self._transport: asyncio.Transport | None = None
         self._mode: Part = "head"  # what the next bytes from the client are
         self._head = bytearray()  # the head (or chunk size line, or trailers) being received
         self._line_checked = False  # the head's request line has been looked at
         self._body_left = 0  # bytes of the current body or chunk (with its CRLF) still to come
         self._answered = False  # the guard answered: the rest is read and dropped until closed
+        self.in_flight = 0  # requests whose head has arrived and whose answer is not written yet
         self._linger: asyncio.TimerHandle | None = None
 
     # -- hooks -----------------------------------------------------------------------------
@@ -153,6 +154,9 @@ class HeadGuard(asyncio.Protocol):
     def refused(self, reason: Refusal) -> None:
         """The guard answered `reason` and closes the connection."""
 
+    def requests_changed(self, in_flight: int) -> None:
+        """A request head arrived, or a request's answer was written: `in_flight` are open."""
+
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -161,6 +165,7 @@ class HeadGuard(asyncio.Protocol):
             return
         self._transport = transport
         self._handler = self._make_handler()
+        self._handler.on_response_done = self._response_done
         self._handler.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -240,12 +245,19 @@ class HeadGuard(asyncio.Protocol):
             elif mode == "trailers":
                 self._mode = "head"
             else:
+                self.in_flight += 1
+                self.requests_changed(self.in_flight)
                 length = body_length(part)
                 if length is None:
                     self._mode = "chunk_size"
                 elif length:
                     self._mode, self._body_left = "body", length
         return None
+
+    def _response_done(self) -> None:
+        if self.in_flight:
+            self.in_flight -= 1
+        self.requests_changed(self.in_flight)
 
     def _check_request_line(self) -> Refusal | None:
         # Empty lines before a request line are allowed (RFC 9112, 2.2).
@@ -299,7 +311,18 @@ class ProblemRequestHandler(RequestHandler):
     """aiohttp's protocol, answering what it cannot parse (and a handler's unexpected error)
     with a problem that says what kind of thing went wrong, never what was sent."""
 
-    __slots__ = ()
+    __slots__ = ("on_response_done",)
+
+    def __init__(self, manager: web.Server, **options: Any) -> None:
+        super().__init__(manager, **options)
+        self.on_response_done: Callable[[], None] | None = None
+
+    def log_access(self, request: BaseRequest, response: web.StreamResponse, time: float | None) -> None:
+        # aiohttp calls this once per request, when its answer has been written (or the
+        # connection broke): the one place that says a request is over.
+        super().log_access(request, response, time)
+        if self.on_response_done is not None:
+            self.on_response_done()
 
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -356,10 +379,10 @@ class Served:
         await self.runner.cleanup()
 
 
-GuardFactory = Callable[[Callable[[], RequestHandler], int], asyncio.Protocol]
+GuardFactory = Callable[[Callable[[], ProblemRequestHandler], int], asyncio.Protocol]
 
 
-def plain_guard(make_handler: Callable[[], RequestHandler], head_max_bytes: int) -> asyncio.Protocol:
+def plain_guard(make_handler: Callable[[], ProblemRequestHandler], head_max_bytes: int) -> asyncio.Protocol:
     return HeadGuard(make_handler, head_max_bytes, guard_answers(head_max_bytes))
 
 
@@ -385,7 +408,7 @@ async def serve_app(
         raise RuntimeError("aiohttp runner has no server after setup()")
     loop = asyncio.get_running_loop()
 
-    def make_handler() -> RequestHandler:
+    def make_handler() -> ProblemRequestHandler:
         return ProblemRequestHandler(manager, loop=loop, **handler_options)
 
     try:

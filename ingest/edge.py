@@ -30,18 +30,18 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
 import resource
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Middleware
-from aiohttp.web_protocol import RequestHandler
 
 from config.settings import Settings
 from flashsale import serving
@@ -63,6 +63,8 @@ ACCEPT_BACKLOG = 1024
 # How long aiohttp drains a body it did not read (e.g. after a 408 or 413) before closing.
 LINGER_S = 2.0
 REFUSAL_LOG_INTERVAL_S = 10.0
+# Idle connections looked at to choose the one closed for a new connection at the process's cap.
+EVICT_SCAN_MAX = 32
 # Clients remembered by the rate limiter and the refusal log (least recently seen forgotten).
 CLIENTS_TRACKED_MAX = 100_000
 # Probes are never rate limited: an orchestrator must see the process as it is. (/metrics is not
@@ -72,6 +74,7 @@ RATE_EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
 Reason = Literal[
     "connections_total",  # the process holds connections_max connections
     "connections_client",  # this peer holds client_connections_max connections
+    "connection_evicted",  # an idle connection of this peer was closed to admit a new one
     "waits_client",  # this client holds client_waits_max long-polls and streams
     "waits_buyer",  # this buyer holds buyer_waits_max long-polls
     "waits_total",  # the process holds waits_max long-polls: answered without waiting
@@ -167,29 +170,71 @@ class Counts:
         return len(self._held)
 
 
+class Evictable(Protocol):
+    """A connection the guard may close to make room: its peer, and how to close it."""
+
+    peer: str
+
+    def evict(self) -> None: ...
+
+
 class ConnectionGuard:
     """Open connections of the process and per peer address. A trusted proxy carries many
-    clients on its connections, so only the process cap applies to it."""
+    clients on its connections, so only the process cap applies to it.
+
+    At the process's cap a new connection is not refused while another is idle (no request in
+    flight: between two requests of a kept-alive connection, or before its first head is
+    complete): the idle connection goes instead, so idle connections held from many addresses
+    cannot lock new clients out. Which one: among the EVICT_SCAN_MAX idle the longest, the one
+    whose address holds the most connections (the furthest over a fair share), the longest
+    idle of those first. A request in flight is never cut to make room."""
 
     def __init__(self, limits: EdgeLimits, trusted: Trusted) -> None:
         self.connections_max = limits.connections_max
         self.per_client = Counts(limits.client_connections_max)
         self.trusted = trusted
         self.open = 0
+        self.closing = 0  # evicted, not yet gone: their fds are still open
+        self._idle: OrderedDict[Evictable, None] = OrderedDict()  # longest idle first
 
     def admit(self, peer: str) -> Reason | None:
         """Count a new connection from `peer`, or the reason to close it at once."""
-        if self.open >= self.connections_max:
-            return "connections_total"
-        if not self.trusted.has(peer) and not self.per_client.acquire(peer):
+        trusted = self.trusted.has(peer)
+        if not trusted and self.per_client.held(peer) >= self.per_client.per_key_max:
             return "connections_client"
+        if self.open - self.closing >= self.connections_max and not self._make_room():
+            return "connections_total"
+        if not trusted:
+            self.per_client.acquire(peer)
         self.open += 1
         return None
 
-    def release(self, peer: str) -> None:
+    def release(self, peer: str, evicted: bool) -> None:
         self.open -= 1
+        if evicted:
+            self.closing -= 1
         if not self.trusted.has(peer):
             self.per_client.release(peer)
+
+    def idle(self, conn: Evictable) -> None:
+        self._idle.pop(conn, None)
+        self._idle[conn] = None
+
+    def busy(self, conn: Evictable) -> None:
+        self._idle.pop(conn, None)
+
+    def _make_room(self) -> bool:
+        victim: Evictable | None = None
+        for conn in itertools.islice(self._idle, EVICT_SCAN_MAX):
+            if victim is None or self.per_client.held(conn.peer) > self.per_client.held(victim.peer):
+                victim = conn
+        if victim is None:
+            return False
+        del self._idle[victim]
+        self.closing += 1
+        note_refusal("connection_evicted", victim.peer)
+        victim.evict()
+        return True
 
 
 class WaitBudget:
@@ -436,26 +481,45 @@ async def read_body(request: web.Request) -> bytes:
 
 class GuardedProtocol(serving.HeadGuard):
     """One accepted connection: closed at once (an RST: nothing parsed, nothing answered) when
-    the process or that peer already holds its cap of connections; else served behind the
-    head guard every port has (serving.HeadGuard), its refusals counted here."""
+    its peer already holds its cap of connections, or the process does and none is idle (see
+    ConnectionGuard); else served behind the head guard every port has (serving.HeadGuard),
+    its refusals counted here, and offered to the ConnectionGuard whenever it is idle."""
 
-    def __init__(self, make_handler: Callable[[], RequestHandler], edge: Edge) -> None:
+    def __init__(self, make_handler: Callable[[], serving.ProblemRequestHandler], edge: Edge) -> None:
         super().__init__(make_handler, edge.head_max_bytes, edge.guard_answers)
         self._edge = edge
-        self._peer = ""
+        self.peer = ""
+        self._evicted = False
 
     def admit(self, transport: asyncio.Transport) -> bool:
         peername = transport.get_extra_info("peername")
-        self._peer = str(peername[0]) if peername else ""
-        if self._edge.admit_connection(self._peer):
-            return True
-        serving.reset(transport)
-        return False
+        self.peer = str(peername[0]) if peername else ""
+        if not self._edge.admit_connection(self.peer):
+            serving.reset(transport)
+            return False
+        self._edge.connections.idle(self)  # nothing asked yet
+        return True
 
     def released(self) -> None:
-        self._edge.connections.release(self._peer)
+        self._edge.connections.busy(self)
+        self._edge.connections.release(self.peer, self._evicted)
+
+    def requests_changed(self, in_flight: int) -> None:
+        if in_flight:
+            self._edge.connections.busy(self)
+        else:
+            self._edge.connections.idle(self)
+
+    def evict(self) -> None:
+        """Close this idle connection (a FIN: the client's next request opens a new one)."""
+        self._evicted = True
+        if self._transport is not None:
+            if self._transport.get_write_buffer_size():
+                self._transport.abort()  # a client that does not read would keep it open
+            else:
+                self._transport.close()
 
     def refused(self, reason: serving.Refusal) -> None:
         detail = f"more than {self._edge.head_max_bytes} bytes before the blank line" \
             if reason == "head_too_large" else ""
-        note_refusal(reason, self._peer, detail=detail)
+        note_refusal(reason, self.peer, detail=detail)

@@ -39,11 +39,12 @@ class Latency:
 
 
 async def buy_as_buyer(base: str, admin_token: str, sku: str, n: int, tag: str,
-                       address: str = BUYER) -> Latency:
+                       address: str = BUYER, new_connections: bool = False) -> Latency:
     """`n` purchases of `sku` by distinct buyers from `address`, one after another, each
-    waiting for its decision (Prefer: wait), on one kept-alive connection like an app."""
+    waiting for its decision (Prefer: wait), on one kept-alive connection like an app (or a
+    new connection each: `new_connections`)."""
     out = Latency()
-    async with session(address) as http:
+    async with session(address, force_close=new_connections) as http:
         buyer = Client(http, base, admin_token)
         for i in range(n):
             t0 = time.perf_counter()

@@ -83,15 +83,55 @@ def test_connection_guard_caps_per_peer_and_in_total():
     assert guard.admit("127.0.0.2") == "connections_client"
     assert guard.admit("127.0.0.3") is None
     assert guard.admit("127.0.0.4") == "connections_total"
-    guard.release("127.0.0.2")
+    guard.release("127.0.0.2", evicted=False)
     assert guard.open == 2
     assert guard.admit("127.0.0.2") is None
     # A trusted proxy carries many clients: only the total applies to it.
     guard = ConnectionGuard(limits, Trusted.parse("10.0.0.1"))
     assert [guard.admit("10.0.0.1") for _ in range(3)] == [None, None, None]
     assert guard.admit("10.0.0.1") == "connections_total"
-    guard.release("10.0.0.1")
+    guard.release("10.0.0.1", evicted=False)
     assert guard.open == 2 and len(guard.per_client) == 0
+
+
+class Conn:
+    def __init__(self, guard: ConnectionGuard, peer: str) -> None:
+        self.guard = guard
+        self.peer = peer
+        self.evicted = False
+
+    def evict(self) -> None:
+        self.evicted = True
+
+
+def open_conn(guard: ConnectionGuard, peer: str, idle: bool = True) -> Conn:
+    assert guard.admit(peer) is None
+    conn = Conn(guard, peer)
+    if idle:
+        guard.idle(conn)
+    return conn
+
+
+def test_at_the_cap_an_idle_connection_of_the_busiest_address_makes_room():
+    limits = msgspec.structs.replace(size_limits(DEFAULTS, 20_000), connections_max=6,
+                                     client_connections_max=5)
+    guard = ConnectionGuard(limits, Trusted.parse(""))
+    buyer = open_conn(guard, "127.0.0.3")  # idle the longest, but its address holds one
+    hogs = [open_conn(guard, "127.0.0.2") for _ in range(4)]
+    polling = open_conn(guard, "127.0.0.4", idle=False)  # a request in flight: never cut
+    assert guard.open == 6
+    assert guard.admit("127.0.0.5") is None  # room made: the hog's longest idle goes
+    assert hogs[0].evicted and not buyer.evicted and not polling.evicted
+    assert guard.open == 7 and guard.closing == 1  # until the evicted one is gone
+    guard.release("127.0.0.2", evicted=True)
+    assert guard.open == 6 and guard.closing == 0
+    guard.idle(hogs[1])  # idle again after a request: now the most recently idle of the hog
+    assert guard.admit("127.0.0.6") is None and hogs[2].evicted and not hogs[1].evicted
+    guard.release("127.0.0.2", evicted=True)
+    # Nothing idle: refused.
+    for conn in (buyer, *hogs):
+        guard.busy(conn)
+    assert guard.admit("127.0.0.7") == "connections_total"
 
 
 def test_wait_budget_per_client_and_per_buyer():
