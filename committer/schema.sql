@@ -76,6 +76,14 @@ ALTER TABLE skus ADD COLUMN IF NOT EXISTS draw_window_s integer NOT NULL DEFAULT
 ALTER TABLE skus ADD COLUMN IF NOT EXISTS draw_seed text;
 ALTER TABLE skus ADD COLUMN IF NOT EXISTS drawn_at_ms bigint;
 ALTER TABLE skus ADD COLUMN IF NOT EXISTS draw_entries integer NOT NULL DEFAULT 0;
+-- Every reader computes sha256 of the seed's bytes: only 32 bytes in hex are ever stored, and a
+-- draw window never without a seed.
+DO $$ BEGIN
+    ALTER TABLE skus ADD CONSTRAINT draw_seed_hex CHECK (
+        (draw_seed IS NULL OR draw_seed ~ '^[0-9a-f]{64}$')
+        AND (draw_window_s = 0 OR draw_seed IS NOT NULL));
+EXCEPTION WHEN duplicate_object THEN NULL;
+END $$;
 -- A purchase decided by a draw: its 1-based rank there.
 ALTER TABLE purchases ADD COLUMN IF NOT EXISTS draw_rank integer;
 CREATE INDEX IF NOT EXISTS purchases_draw ON purchases (sku, draw_rank) WHERE draw_rank IS NOT NULL;

@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 
+import aiohttp
 import msgspec
 
 from config.settings import to_env
+from ingest.schemas import iso_ms
+from proto.clock import now_ms
+from tests.integration.test_draw import Drop, enter, until, wait_decided
 
 
 def flashsale(settings, *args: str) -> subprocess.CompletedProcess:
@@ -40,3 +44,30 @@ def test_a_command_says_nats_is_down_instead_of_waiting_forever(settings):
     assert out.returncode == 1
     assert "NATS unreachable at nats://flashsale:***@127.0.0.1:1 for 1 s" in out.stderr
     assert "secret" not in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_a_drop_from_the_cli_and_its_verification(system, settings, db, tmp_path):
+    """set-sku and a sale file set a draw window; verify-draw checks the drawn order from the
+    public endpoints (and says so when there is nothing to verify yet)."""
+    system.start()
+    start_ms = now_ms() + 8000  # after two commands have started and applied their change
+    out = flashsale(settings, "set-sku", "cli-drop", "--stock", "2", "--max-per-user", "1",
+                    "--sale-start", iso_ms(start_ms) or "", "--draw-window-s", "1")
+    assert out.returncode == 0, out.stderr
+    sale = tmp_path / "sale.toml"
+    sale.write_text(f'[[sku]]\nsku = "file-drop"\nstock = 1\nsale_start = "{iso_ms(start_ms)}"\n'
+                    "draw_window_s = 3\n")
+    assert flashsale(settings, "load-sale", str(sale)).returncode == 0
+    rows = dict(await db.fetch("SELECT sku, draw_window_s FROM skus WHERE draw_seed IS NOT NULL"))
+    assert rows == {"cli-drop": 1, "file-drop": 3}
+    early = flashsale(settings, "verify-draw", "cli-drop", "--url", system.base_url)
+    assert early.returncode == 1 and "not drawn yet" in early.stdout
+    drop = Drop("cli-drop", start_ms, 1, {})
+    await until(start_ms + 20)
+    async with aiohttp.ClientSession() as http:
+        await enter(http, system.base_url, drop, [f"cli-{i}" for i in range(5)])
+    await wait_decided(db, set(drop.accepted))
+    pid = next(iter(drop.accepted))
+    out = flashsale(settings, "verify-draw", "cli-drop", "--url", system.base_url, "--id", pid)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("OK cli-drop: 5 entries") and f"{pid}: number " in out.stdout

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from flashsale.admin import TIME_MAX_MS, TIME_MIN_MS, AdminError, make_upsert, read_sale_file, to_ms
+from proto.draw import valid_seed
 
 START = datetime(2026, 11, 24, 13, 0, tzinfo=UTC)
 
@@ -141,3 +142,21 @@ def test_a_sku_outside_the_grammar_is_an_admin_error(sku: str):
     with pytest.raises(AdminError) as exc:
         make_upsert(sku, {"stock": 1})
     assert exc.value.field == "sku"
+
+
+def test_a_draw_window_comes_with_a_fresh_seed_from_every_form(tmp_path):
+    u = make_upsert("a", {"stock": 5, "sale_start": START, "draw_window_s": 2})
+    assert u.draw_window_s == 2 and valid_seed(u.draw_seed or "")
+    assert make_upsert("a", {"stock": 5}).draw_seed != u.draw_seed  # the writer keeps the first
+    path = tmp_path / "sale.toml"
+    path.write_text('[[sku]]\nsku = "d"\nstock = 3\nsale_start = 2026-11-24T13:00:00Z\n'
+                    "draw_window_s = 5\n")
+    (d,) = read_sale_file(path)
+    assert d.draw_window_s == 5
+
+
+@pytest.mark.parametrize("window", [-1, 3601, "2", True])
+def test_a_draw_window_out_of_range_is_an_admin_error(window: object):
+    with pytest.raises(AdminError) as e:
+        make_upsert("a", {"stock": 1, "draw_window_s": window})
+    assert e.value.field == "draw_window_s"
