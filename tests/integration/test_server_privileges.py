@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,16 +62,25 @@ def service_url(servers: Servers, settings: Settings) -> str:
                         password=password(servers.root / "pg", SERVICE_PASSWORD_FILE))
 
 
-def test_servers_started_by_make_run_hold_no_secret_of_the_stack(tmp_path: Path):
+@pytest.fixture
+def data_dir():
+    """Not under pytest's tmp_path (mode 0700, reset by any pytest session starting meanwhile),
+    which the unprivileged postgres user (when we are root) could not enter."""
+    root = Path(tempfile.mkdtemp(prefix="flashsale-privileges-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_servers_started_by_make_run_hold_no_secret_of_the_stack(data_dir: Path):
     """`flashsale dev` hands its whole environment to the programs it supervises; the servers
     among them drop it when they become nats-server and the postmaster. The superuser's
     pg_read_binary_file('/proc/<postmaster>/environ') then reads nothing secret."""
     env = {**os.environ, **SECRETS}
     nats_port, monitor_port, pg_port = free_port(), free_port(), free_port()
     me = [sys.executable, "-m", "flashsale"]
-    nats = subprocess.Popen([*me, "embedded-nats", "--data-dir", str(tmp_path / "nats"), "--port",
+    nats = subprocess.Popen([*me, "embedded-nats", "--data-dir", str(data_dir / "nats"), "--port",
                              str(nats_port), "--monitor-port", str(monitor_port)], env=env, cwd=REPO_ROOT)
-    pg = subprocess.Popen([*me, "embedded-postgres", "--data-dir", str(tmp_path / "pg"), "--port",
+    pg = subprocess.Popen([*me, "embedded-postgres", "--data-dir", str(data_dir / "pg"), "--port",
                            str(pg_port)], env=env, cwd=REPO_ROOT)
     try:
         wait_for_port(nats_port, 30, nats)
@@ -80,7 +91,7 @@ def test_servers_started_by_make_run_hold_no_secret_of_the_stack(tmp_path: Path)
         assert_no_secret(environ_of(pg.pid))
 
         async def read_as_superuser() -> bytes:
-            conn = await asyncpg.connect(postgres_url(pg_port, "postgres", password(tmp_path / "pg")))
+            conn = await asyncpg.connect(postgres_url(pg_port, "postgres", password(data_dir / "pg")))
             try:
                 data: bytes = await conn.fetchval("SELECT pg_read_binary_file($1)",
                                                   f"/proc/{pg.pid}/environ")
