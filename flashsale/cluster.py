@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashsale.embedded import Embedded, free_port_block, nats_server_binary, wait_for_port
+from flashsale.embedded import Embedded, free_port_block, nats_server_binary, server_env, wait_for_port
 
 CLUSTER_NAME = "flashsale"
 
@@ -99,7 +99,7 @@ def _spawn(conf: Path, ports: NodePorts, timeout_s: float) -> Embedded:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env(),
         )
     wait_for_port(ports.client, timeout_s, proc)
     return Embedded("nats", proc, f"nats://127.0.0.1:{ports.client}", ports.client, log_path)
