@@ -8,12 +8,13 @@ A SKU with `draw_window_s > 0` does not sell first come first served in its firs
   clicked in the window is rejected at once with `already_in_draw` (it adds no chance).
 - A purchase clicked after `closes_at` but reaching the writer before the draw *waits* for it:
   first come first served starts only once the draw is decided.
-- At `decides_at = closes_at + DRAW_GRACE_MS` (the grace lets intents still on their way from
-  ingest arrive), in the first step at or after it, the writer decides every entry in one step, in
-  the order of `proto.draw.draw_order(seed, entry ids)` with the ordinary rules (stock, caps), then
-  the waiting purchases in their arrival order; each entry's decision carries its rank.
-  An entry that reaches the writer only after the draw (later than the grace) is decided first
-  come first served, without a rank.
+- At `decides_at = closes_at + DRAW_GRACE_MS` (proto/draw.py: the grace lets intents still on
+  their way from ingest arrive), in the first step at or after it that the shell does not hold
+  (committer/loop.py holds a due draw until it has taken every intent stored so far), the writer
+  decides every entry in one step, in the order of `proto.draw.draw_order(seed, entry ids)` with
+  the ordinary rules (stock, caps), then the waiting purchases in their arrival order; each
+  entry's decision carries its rank. A purchase clicked in the window that reaches the writer
+  only after the draw is decided first come first served, without a rank.
 - At most DRAW_ENTRIES_MAX entries and waiting purchases per SKU: beyond it a purchase is rejected
   at once with `draw_full` (no stock is taken; the stock that remains after the draw sells first
   come first served to later clicks).
