@@ -8,9 +8,10 @@ intents stored per second, the time from the first publish of a batch to its ack
 device's flushes per batch (field 16 of /sys/block/<dev>/stat; every process on the disk counts,
 so run it on a quiet box) and nats-server's CPU per intent.
 
-- `single`: one publish per intent, each awaiting its ack (what ingest did before group commit);
+- `single`: one publish per intent, each awaiting its ack (ingest's fallback when a stream takes
+  no atomic batches);
 - `atomic`: one JetStream atomic batch per `size` intents, each on its own subject (what ingest
-  does now);
+  does);
 - `atomic-tmpfs`: the same, with the stream's `batches/` staging directory linked to tmpfs (an
   experiment, not something to deploy: nats-server removes the link when it restarts). nats-server
   stages an R1 file-storage batch in a file store of its own before committing it (directories, two

@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, kw_only=True):
     client_misses_per_s: float = 20.0
     client_misses_burst: int = 100
 
-    # edge limits (issue 9): what one client may hold of an ingest process. Each cap is clamped at
+    # edge limits: what one client may hold of an ingest process. Each cap is clamped at
     # start to what the process's fd limit allows (ingest.edge.size_limits) and logged.
     idle_timeout_s: float = 10.0  # idle keep-alive, and the deadline to send a whole request head
     body_timeout_s: float = 10.0  # deadline to send a request body once its head is in (408)
@@ -82,7 +82,7 @@ class Settings(msgspec.Struct, kw_only=True):
     # Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.
     trusted_proxies: str = ""
 
-    # internal services (issue 9, findings 8 and 10): what only operators reach. Ingest's /metrics
+    # internal services: what only operators reach. Ingest's /metrics
     # is served on a port of its own on loopback, never on the public port (404 there). Each
     # ingest process needs its own (they may share ingest_port, not this one).
     ingest_metrics_port: int = 0  # 0 = no /metrics; the dev config sets 9180
@@ -104,7 +104,7 @@ class Settings(msgspec.Struct, kw_only=True):
     # Chaos testing only: die like kill -9 right after the Nth commit, before its acks (0 = never).
     crash_after_commit: int = 0
 
-    # committer lease and recovery (issue 8). The writer renews its shard's lease every
+    # committer lease and recovery. The writer renews its shard's lease every
     # lease_ttl_s / 3, also while idle; a standby takes the shard over once the lease has gone
     # unrenewed for lease_ttl_s by the database's clock, so take-over after a writer stalls or
     # dies takes about lease_ttl_s.
@@ -146,7 +146,7 @@ class Settings(msgspec.Struct, kw_only=True):
     reconcile_grace_s: float = 120.0  # captures younger than this may still be confirming
     reconcile_page_size: int = 100
 
-    # push: event streams and the live sale page (issue 11). A stream holds a connection for
+    # push: event streams and the live sale page. A stream holds a connection for
     # minutes, so each one is bounded in life and counted (purchase streams as long-polls).
     sse_heartbeat_s: float = 15.0  # a `: hb` comment this often keeps idle proxies from closing
     sse_max_s: float = 300.0  # a stream ends after this; the client resumes with Last-Event-ID
@@ -165,7 +165,7 @@ class Settings(msgspec.Struct, kw_only=True):
     nats_port: int = 14222
     pg_port: int = 15432
 
-    # durability check (issue 8): what the JetStream servers really do, read from their monitoring
+    # durability check: what the JetStream servers really do, read from their monitoring
     # endpoints at start (flashsale/durability.py); `flashsale dev` sets it for its embedded server
     nats_monitor_url: str = ""  # comma-separated, one per server (http://127.0.0.1:18222); "" = unchecked
     nats_monitor_port: int = 18222  # the embedded nats-server's monitoring port (loopback only)

@@ -1,6 +1,6 @@
 """Is the JetStream durability a 202 relies on in effect? Asked of the running servers (their
 monitoring endpoint, GET /varz), not of a configuration file: a file can say `sync_interval:
-always` and the server still not do it (issue 8: a second jetstream block silently replaced it).
+always` and the server still not do it (a second `jetstream` block silently replaces the first).
 
 `check_durability(settings)` is what a process calls at start and logs; `flashsale dev` uses
 `verify` and refuses to serve unless fsync-before-ack is in effect.

@@ -436,7 +436,7 @@ def _set_passwords(pgdata: Path, secret: str, service_secret: str, run_as: RunAs
     """Give the superuser and the service role their generated passwords, in single-user mode (no
     server listens, so no client can come in before they are set); the service role is created
     on first use, and kept to LOGIN only. The password files are the truth: this runs at every
-    start, also turning a data directory from before credentials (trust) into one that asks."""
+    start, also turning a data directory that trusts its clients into one that asks."""
     # One statement per line (single-user mode); the passwords are URL-safe: no quote inside.
     # password_encryption is scram-sha-256 (the default): the server stores a verifier.
     statements = [
@@ -481,8 +481,8 @@ def _postgres_argv(data_dir: Path, port: int, run_as: RunAs | None, secret: str,
     clear_stale_postgres(pgdata, socket_dir=data_dir)
     hba = pgdata / "pg_hba.conf"
     if hba.read_text() != PG_HBA:
-        print(f"flashsale: {pgdata} let clients in without a password (made before credentials): "
-              f"now it requires the one in {data_dir / PASSWORD_FILE}", file=sys.stderr, flush=True)
+        print(f"flashsale: {hba} was not flashsale's (it may let clients in without a password): "
+              f"replaced; clients need the one in {data_dir / PASSWORD_FILE}", file=sys.stderr, flush=True)
     _set_passwords(pgdata, secret, service_secret, run_as)
     _write_for_postgres(hba, PG_HBA, run_as)
     return [

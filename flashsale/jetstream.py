@@ -228,26 +228,7 @@ async def ensure_stream(js: JetStreamContext, wanted: StreamConfig) -> tuple[str
     return "updated", merge
 
 
-class LegacyStreams(RuntimeError):
-    """The data holds the single intents stream of flashsale < 0.2 (one stream per shard now)."""
-
-
-async def _refuse_legacy(js: JetStreamContext, settings: Settings) -> None:
-    name = settings.names.legacy_intents_stream
-    try:
-        info = await js.stream_info(name)
-    except nats.js.errors.NotFoundError:
-        return
-    raise LegacyStreams(
-        f"stream {name} ({info.state.messages} intents) is the single intents stream of an older "
-        f"flashsale; now each shard has its own ({settings.names.intents_stream(0)}, ...). Let its "
-        f"committers drain it, then delete it (`nats stream rm {name}`), or for a dev stack remove "
-        "data/ (make clean)"
-    )
-
-
 async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
-    await _refuse_legacy(js, settings)
     done: dict[str, Any] = {}
     for wanted in stream_configs(settings):
         action, merge = await ensure_stream(js, wanted)

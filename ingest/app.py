@@ -78,7 +78,7 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
 
 def create_metrics_app() -> web.Application:
     """/metrics alone, for `ingest_metrics_port` on loopback: what operators scrape is not on
-    the public port, where it would tell anyone the load and the refusals (issue 9, finding 10)."""
+    the public port, where it would tell anyone the load and the refusals."""
     app = web.Application(middlewares=[serving.problem_middleware])
     app.router.add_get("/metrics", metrics_endpoint)
     return app

@@ -185,7 +185,7 @@ class IntentBatcher:
             await self._one_by_one(batch)
             return
         except AtomicUnsupported as exc:
-            # Correct, only slower: one flush per intent, as before group commit.
+            # Correct, only slower: one flush per intent instead of one per batch.
             if self.atomic:
                 log.warning("atomic batches unsupported: storing intents one by one",
                             extra=kv(error=str(exc)))

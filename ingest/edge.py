@@ -3,7 +3,7 @@ and the file-descriptor budget every cap is sized from.
 
 Every connection and every long-poll holds a file descriptor until it ends. Without caps, one
 client with enough sockets fills the process's fd table: accepts fail, NATS and Postgres cannot
-reconnect, /metrics stops answering (issue 9, findings 1 and 2). So:
+reconnect, /metrics stops answering. So:
 
 - at start the soft RLIMIT_NOFILE is raised to the hard one, and `size_limits` derives every cap
   from the result, keeping `headroom` fds for NATS, Postgres, logs and accepts in flight;

@@ -18,11 +18,6 @@ class Names(msgspec.Struct, frozen=True):
         return f"{self.namespace.upper()}_INTENTS_{shard}"
 
     @property
-    def legacy_intents_stream(self) -> str:
-        """The one intents stream of every shard, before flashsale 0.2."""
-        return f"{self.namespace.upper()}_INTENTS"
-
-    @property
     def results_stream(self) -> str:
         return f"{self.namespace.upper()}_RESULTS"
 

@@ -1,5 +1,5 @@
 """Postgres failures other than a clean connection error: the committer rebuilds from Postgres and
-carries on (issue 8, finding 2), logs one line per change of its dependency, and its /readyz
+carries on, logs one line per change of its dependency, and its /readyz
 follows a dead connection even while idle."""
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ async def test_tokens_are_required_and_the_body_cannot_name_another_buyer(system
                                     {"Idempotency-Key": "k1", "Prefer": "wait=5"}, user="alice")
         assert status == 200 and p["user_id"] == "alice" and p["id"] == pid("alice", "k1")
 
-        # Made-up users in the body no longer buy past the cap: the cap is the token's buyer's.
+        # Made-up users in the body do not buy past the cap: the cap is the token's buyer's.
         for i, name in enumerate(("carol", "dave", "erin")):
             await c.call("POST", "/v1/purchases", {**body, "user_id": name}, {"Idempotency-Key": f"x{i}"},
                          user="alice")

@@ -28,7 +28,7 @@ HOLDERS = [f"127.0.0.{i}" for i in range(10, 20)]
 
 
 async def test_idle_connections_from_ten_addresses_do_not_lock_a_buyer_out(system, settings):
-    # Kept-alive connections stay for the whole test without pings (the finding pinged every 7 s).
+    # Kept-alive connections stay for the whole test without pings (a client need not ping).
     s = msgspec.structs.replace(settings, idle_timeout_s=120.0)
     system.settings = s
     system.start(ingest=False)

@@ -1,4 +1,4 @@
-"""Edge limits against real ingest processes (issue 9, findings 1 and 2): no single client can
+"""Edge limits against real ingest processes: no single client can
 take the process's file descriptors, connections or waiter slots. Distinct loopback addresses
 act as distinct clients (127.0.0.2 attacks, 127.0.0.3 buys)."""
 

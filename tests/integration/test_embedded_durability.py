@@ -1,7 +1,7 @@
 """The embedded servers do what the README promises: nats-server fsyncs every acknowledged write
 (seen in its effective configuration, in its system calls, and across a kill -9), `flashsale dev`
 refuses to serve a server that does not, and PostgreSQL starts again after its postmaster was
-killed with -9 (issue 8, findings 1 and 2)."""
+killed with -9."""
 
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ from flashsale.jetstream import ensure_streams
 
 
 def _lax_nats(data_dir: Path) -> Embedded:
-    """A server configured the way `start_nats` did before issue 8: config/nats.conf's settings
-    followed by a second jetstream block, which replaces the first (no fsync, no limits)."""
+    """A server whose file says fsync and does not: config/nats.conf's settings followed by a
+    second jetstream block, which replaces the first (no fsync, no limits)."""
     data_dir.mkdir(parents=True)
     port, mon = free_port(), free_port()
     template = (CONFIG_DIR / "nats.conf").read_text()
@@ -154,7 +154,7 @@ def _count_fsyncs(server: Embedded, count: int, tmp_path: Path, namespace: str) 
 
 def test_each_acknowledged_publish_is_fsynced(embedded_nats, lax_nats, tmp_path):
     """strace counts the server's fsync calls while it acknowledges N publishes: at least one per
-    publish with the embedded configuration; the lax server (the bug) makes none."""
+    publish with the embedded configuration; the lax server makes none."""
     n = 200
     fsyncs, elapsed_s = _count_fsyncs(embedded_nats, n, tmp_path, "sync")
     lax_fsyncs, lax_elapsed_s = _count_fsyncs(lax_nats, n, tmp_path, "lax")

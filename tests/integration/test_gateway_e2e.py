@@ -152,7 +152,7 @@ class Saga:
             await self.nc.close()
 
 
-# The PSP of issue 4: declines 20%, times out 10%, loses 5% of its answers.
+# A flaky PSP: declines 20%, times out 10%, loses 5% of its answers.
 FLAKY = dict(decline_rate=0.2, timeout_rate=0.1, lost_rate=0.05, hang_s=0.6, seed=5)
 
 

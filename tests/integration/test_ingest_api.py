@@ -222,7 +222,7 @@ async def test_service_endpoints(system, settings):
                 assert path in spec["paths"], path
             assert "sold_out" in json.dumps(spec["paths"]["/v1/purchases"])
         await post(http, f"{system.base_url}/v1/purchases", {"qty": 0})
-        # /metrics is for operators, on its own loopback port (issue 9, finding 10).
+        # /metrics is for operators, on its own loopback port.
         async with http.get(f"{system.base_url}/metrics") as resp:
             assert resp.status == 404
             assert resp.headers["Content-Type"].startswith("application/problem+json")

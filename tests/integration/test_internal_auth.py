@@ -1,6 +1,6 @@
-"""The internal services take no anonymous clients (issue 9, finding 10): the embedded NATS and
+"""The internal services take no anonymous clients: the embedded NATS and
 Postgres ask for the credentials generated into their data directories (0600 files, the same on
-every run), a data directory from before credentials is migrated, and ingest's /metrics is not on
+every run), a data directory without credentials is given them, and ingest's /metrics is not on
 the public port but on its own port on loopback."""
 
 from __future__ import annotations
@@ -152,8 +152,8 @@ async def _read(url: str) -> list[int]:
         await conn.close()
 
 
-def test_a_data_directory_from_before_credentials_is_migrated(pg_dir: Path):
-    """A dev's old data/postgres: trust in pg_hba.conf and no password file. The next start
+def test_a_data_directory_that_trusts_clients_is_made_to_ask(pg_dir: Path):
+    """A data/postgres with trust in pg_hba.conf and no password file. The next start
     gives postgres a generated password and requires it; the data is kept."""
     pg = start_postgres(pg_dir)
     asyncio.run(_write(pg.url))

@@ -19,7 +19,7 @@ from proto.sharding import shard_of
 from tests.auth import pid
 from tests.integration.test_ingest_flow import Client
 
-# A SKU of each shard (crc32 % 2), the names.
+# Two SKUs of each shard (crc32 % 2).
 ON_SHARD = {1: ("A1", "A2"), 0: ("B1", "B2")}
 BUYER = "mallory"
 REUSED = "idempotency_key_reused"

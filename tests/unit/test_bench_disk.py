@@ -83,7 +83,7 @@ def test_flushes_per_accepted_purchase() -> None:
 
 def test_ceiling_of_one_serial_flusher_at_1_ms() -> None:
     assert ceiling_per_s(1.0) == 1000.0  # a flush per purchase: 1,000/s
-    assert ceiling_per_s(0.05) == pytest.approx(20_000.0)  # the goal: 20 purchases a flush
+    assert ceiling_per_s(0.05) == pytest.approx(20_000.0)  # the SPEC's 0.05 flushes: 20 purchases a flush
     assert ceiling_per_s(0.5, flush_ms=2.0) == 1000.0
     assert ceiling_per_s(None) is None
     assert ceiling_per_s(0.0) is None  # no flushes measured: no bound from the disk
