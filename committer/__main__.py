@@ -41,6 +41,7 @@ log = logging.getLogger("committer")
 __all__ = ["EXIT_CONFIG", "EXIT_CORRUPT", "EXIT_FENCED", "EXIT_STOPPED", "cli", "main"]
 
 FIRST_RETRY_S = 0.1
+STOP_GRACE_S = 10.0  # a writer's time to finish after SIGTERM; below supervision.STOP_WAIT_S
 
 
 class Shard:
@@ -164,7 +165,23 @@ async def main(settings: Settings, shard: int, status_port: int) -> int:
     hold = Shard(settings, shard)
     runner = await serve_status(status_port, hold.ready) if status_port else None
     try:
-        return await hold.run(stopping)
+        run = asyncio.ensure_future(hold.run(stopping))
+        # A SystemExit in it (credentials refused) leaves the loop at once: mark it seen.
+        run.add_done_callback(lambda task: task.cancelled() or task.exception())
+        await asyncio.wait([run, asyncio.ensure_future(stopping.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not run.done():
+            # Stopping: a writer finishes its batch and releases its lease; a process that holds
+            # no lease (connecting, standing by) has nothing to finish. Past the grace, or stuck
+            # reconnecting, it ends as after kill -9, which every step survives.
+            grace_s = STOP_GRACE_S if hold.epoch is not None else 0
+            done, _ = await asyncio.wait([run], timeout=grace_s)
+            if not done:
+                log.info("stopping without a writer to finish", extra=kv(shard=shard, epoch=hold.epoch))
+                run.cancel()
+                await asyncio.wait([run])
+                return EXIT_STOPPED
+        return run.result()
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 
 import asyncpg
-import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from committer.recovery import Dependency, DependencyName
 from config.settings import Settings
-from flashsale.jetstream import RECONNECT_WAIT_S, ensure_streams, nats_servers
+from flashsale.credentials import POSTGRES_REFUSED, CredentialsRefused
+from flashsale.embedded import without_password
+from flashsale.jetstream import connect_or_refuse, ensure_streams
 from flashsale.logs import kv
 
 log = logging.getLogger("committer")
@@ -80,19 +81,19 @@ class _NatsWatch:
         self.shard = shard
         self.health = health
         self.closing = False
+        self.connected = False  # once: the first connection of this process's Links
 
     async def connect(self, settings: Settings) -> Client:
         try:
             # Not flashsale.jetstream.connect_nats: the committer reports connection changes
             # through its Health (one line each, with the shard), and so does its own wiring.
-            nc = await nats.connect(
-                servers=nats_servers(settings.nats_url), name=f"committer-{self.shard}",
-                max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT_S,
-                error_cb=self._error, disconnected_cb=self._disconnected,
-                reconnected_cb=self._reconnected,
+            nc = await connect_or_refuse(
+                settings, f"committer-{self.shard}", error_cb=self._error,
+                disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
             )
         except Exception as e:
             raise Unreachable("nats", e) from e
+        self.connected = True
         self.health.back("nats")
         return nc
 
@@ -112,7 +113,10 @@ class _NatsWatch:
         self.health.back("nats")
 
     async def _error(self, error: Exception) -> None:
-        # nats-py's default logs a traceback per failed reconnect; `_disconnected` says it once.
+        # nats-py's default logs a traceback per failed reconnect; `_disconnected` says it once,
+        # and so does this while the first connection is still being tried.
+        if not self.connected:
+            self.health.lost("nats", error)
         log.debug("nats error", extra=kv(shard=self.shard, error=repr(error)))
 
 
@@ -136,6 +140,9 @@ async def _connect_postgres(settings: Settings, shard: int) -> asyncpg.Connectio
             command_timeout=2 * settings.lease_ttl_s,
             server_settings=postgres_session(settings, shard),
         )
+    except POSTGRES_REFUSED as e:
+        where = f"PostgreSQL at {without_password(settings.database_url)}"
+        raise CredentialsRefused(f"committer-{shard}", where, e) from e
     except Exception as e:
         raise Unreachable("postgres", e) from e
     # "postgres back" is said once a lease write went through (a read-only database accepts

@@ -40,6 +40,7 @@ from flashsale.embedded import (
     without_password,
 )
 from flashsale.jetstream import connect_nats_for_command, ensure_streams
+from flashsale.retention import purge_intents
 from flashsale.supervision import (
     PRIORITY,
     RUNNING,
@@ -420,6 +421,23 @@ def cmd_supervisord_conf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    """Shell lines that point a process started by hand at `flashsale dev`'s servers, with their
+    credentials: `eval "$(.venv/bin/flashsale env)"`, then e.g. `python -m committer --shard 0`."""
+    settings = _load()
+    for name, value in (("NATS_URL", settings.nats_url), ("DATABASE_URL", settings.database_url)):
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_purge_intents(args: argparse.Namespace) -> int:
+    """Every intent recovery no longer needs, purged from each shard's intents stream
+    (flashsale/retention.py): one JSON line per shard."""
+    for shard in asyncio.run(purge_intents(_load(), dry_run=args.dry_run)):
+        print(msgspec.json.encode(shard).decode())
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     asyncio.run(prepare(_load()))
     print("schema and streams are in place")
@@ -507,6 +525,11 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--dir", required=True, help="where the conf, socket and pid file go")
     sc.set_defaults(fn=cmd_supervisord_conf)
     sub.add_parser("schema", help="apply the schema and create the streams").set_defaults(fn=cmd_schema)
+    pi = sub.add_parser("purge-intents", help="purge decided intents from the intents streams")
+    pi.add_argument("--dry-run", action="store_true", help="say what would go, purge nothing")
+    pi.set_defaults(fn=cmd_purge_intents)
+    sub.add_parser("env", help="print the environment (with credentials) for a process started by "
+                               "hand next to `flashsale dev`").set_defaults(fn=cmd_env)
     rs = sub.add_parser("reshard", help="change the system's shard count, between sales "
                                         "(no committer running, nothing reserved or undecided)")
     rs.add_argument("shards", type=int)

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from config.settings import Settings
+from flashsale.credentials import CredentialsRefused
 from flashsale.embedded import without_password
 from flashsale.logs import kv
 from proto.streams import StreamLimits, StreamSpec, stream_specs
@@ -74,6 +75,11 @@ class ConnectionLog:
 Callback = Callable[[], Awaitable[None]]
 
 
+def _refuses_credentials(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "authorization violation" in text or "authentication" in text
+
+
 def _then(first: Callback, second: Callback | None) -> Callback:
     async def both() -> None:
         await first()
@@ -95,18 +101,46 @@ async def connect_nats(
     to any other node when that one goes away, forever (a process never gives up on NATS).
     Connection changes are logged once each (`ConnectionLog`); the callbacks run after that."""
     state = ConnectionLog(name)
-    nc = await nats.connect(
-        servers=nats_servers(settings.nats_url),
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=RECONNECT_WAIT_S,
-        error_cb=state.on_error,
+    nc = await connect_or_refuse(
+        settings, name, error_cb=state.on_error,
         disconnected_cb=_then(state.on_disconnected, disconnected_cb),
         reconnected_cb=_then(state.on_reconnected, reconnected_cb),
         **({"closed_cb": closed_cb} if closed_cb is not None else {}),
     )
     state.clients.append(nc)
     return nc
+
+
+async def connect_or_refuse(settings: Settings, name: str,
+                            error_cb: Callable[[Exception], Awaitable[None]], **callbacks: Any) -> NATS:
+    """nats.connect to the nodes of NATS_URL, reconnecting forever, except that credentials the
+    server refuses before the first connection end the process (CredentialsRefused) instead of
+    being retried forever in silence."""
+    refused: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+    connected = False
+
+    async def on_error(exc: Exception) -> None:
+        await error_cb(exc)
+        if not connected and _refuses_credentials(exc) and not refused.done():
+            refused.set_result(exc)
+
+    connecting = asyncio.ensure_future(nats.connect(
+        servers=nats_servers(settings.nats_url), name=name, max_reconnect_attempts=-1,
+        reconnect_time_wait=RECONNECT_WAIT_S, error_cb=on_error, **callbacks,
+    ))
+    either: list[asyncio.Future[Any]] = [connecting, refused]
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        why = refused.result() if refused.done() else None
+        refused.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            await asyncio.wait([connecting])
+    if why is not None and connecting.cancelled():
+        raise CredentialsRefused(name, f"NATS at {without_password(settings.nats_url)}", why)
+    connected = True
+    return connecting.result()
 
 
 async def connect_nats_for_command(settings: Settings, name: str) -> NATS:

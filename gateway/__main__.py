@@ -8,10 +8,10 @@ import asyncio
 import logging
 import signal
 
-import asyncpg
 import uvloop
 
 from config.settings import Settings, load
+from flashsale.credentials import postgres_pool
 from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
@@ -32,10 +32,10 @@ async def run(settings: Settings) -> None:
     nc = await connect_nats(settings, "gateway")
     js = nc.jetstream()
     await ensure_streams(js, settings)
+    db = await postgres_pool("gateway", settings.database_url, min_size=1, max_size=4)
     psp = StripeLikePsp(settings.psp_url, settings.psp_api_key, timeout_s=settings.psp_timeout_s,
                         currency=settings.psp_currency,
                         connections_max=max(10, settings.gateway_concurrency))
-    db = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=4)
     gateway = Gateway(settings, js, psp, db)
     jobs, refusals = await gateway.subscribe(nc)
     ready.set()

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from config.settings import Settings
 from flashsale import shardmap
+from flashsale.credentials import postgres_pool
 from flashsale.embedded import without_password
 from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
@@ -104,7 +105,8 @@ class Ingest:
         nc = await connect_nats(settings, "flashsale-ingest", reconnected_cb=on_reconnected)
         js = nc.jetstream(timeout=JETSTREAM_TIMEOUT_S)
         await ensure_streams(js, settings)
-        pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=POOL_SIZE_MAX)
+        pool = await postgres_pool("flashsale-ingest", settings.database_url, min_size=1,
+                                   max_size=POOL_SIZE_MAX)
         # Routing by another shard count than the committers' would send SKUs to the wrong writer.
         await shardmap.check(pool, settings.shards)
         publisher = await Publisher.start(nc, settings.inflight_max)
