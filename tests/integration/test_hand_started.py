@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from config.settings import REPO_ROOT, Settings, to_env
-from flashsale.embedded import PASSWORD_FILE, nats_url, postgres_url
+from flashsale.embedded import PASSWORD_FILE, PG_SERVICE_ROLE, SERVICE_PASSWORD_FILE, nats_url, postgres_url
 
 
 def _without_credentials(settings: Settings, which: str) -> Settings:
@@ -65,9 +65,10 @@ def test_a_process_waiting_for_an_absent_server_stops_on_sigterm(settings: Setti
 
 def test_flashsale_env_hands_out_the_embedded_servers_credentials(tmp_path: Path):
     data = tmp_path / "data"
-    for server, secret in (("nats", "n-secret"), ("postgres", "p-secret")):
-        (data / server).mkdir(parents=True)
-        (data / server / PASSWORD_FILE).write_text(secret + "\n")
+    for server, file, secret in (("nats", PASSWORD_FILE, "n-secret"), ("postgres", PASSWORD_FILE, "p-secret"),
+                                 ("postgres", SERVICE_PASSWORD_FILE, "s-secret")):
+        (data / server).mkdir(parents=True, exist_ok=True)
+        (data / server / file).write_text(secret + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     env.update(FLASHSALE_DATA_DIR=str(data), FLASHSALE_NATS_PORT="14001", FLASHSALE_PG_PORT="14002")
     out = subprocess.run([sys.executable, "-m", "flashsale", "env"], env=env, capture_output=True,
@@ -75,4 +76,4 @@ def test_flashsale_env_hands_out_the_embedded_servers_credentials(tmp_path: Path
     assert out.returncode == 0, out.stderr
     exported = dict(shlex.split(line)[1].split("=", 1) for line in out.stdout.splitlines())
     assert exported == {"NATS_URL": nats_url(14001, "n-secret"),
-                        "DATABASE_URL": postgres_url(14002, password="p-secret")}
+                        "DATABASE_URL": postgres_url(14002, user=PG_SERVICE_ROLE, password="s-secret")}
