@@ -1,7 +1,7 @@
-"""The embedded servers do what the README promises: nats-server fsyncs every acknowledged write
-(seen in its effective configuration, in its system calls, and across a kill -9), `flashsale dev`
-refuses to serve a server that does not, and PostgreSQL starts again after its postmaster was
-killed with -9."""
+"""The embedded servers do what a 202 promises (docs/operations.md, "Durability choices"):
+nats-server fsyncs every acknowledged write (seen in its effective configuration, in its system
+calls, and across a kill -9), `flashsale dev` refuses to serve a server that does not, and
+PostgreSQL starts again after its postmaster was killed with -9."""
 
 from __future__ import annotations
 
