@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -25,7 +26,12 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return _encode(out).decode(errors="replace")
+        try:
+            return _encode(out).decode()
+        except (UnicodeEncodeError, TypeError):
+            # A lone surrogate (aiohttp decodes a client's undecodable bytes with surrogateescape)
+            # or a value msgspec cannot encode: escaped or repr'd, but the line is still written.
+            return json.dumps(out, ensure_ascii=True, default=repr)
 
 
 def setup(process: str, level: str = "INFO") -> logging.Logger:
