@@ -306,9 +306,11 @@ class Committer:
     def _observe(self, step: Step, intents: list[Intent]) -> None:
         new_ids = {d.id for d in step.inserts}
         t = time.time() * 1000
+        drawn = set(step.drawn)
         for d in step.inserts:
             metrics.DECISIONS.labels(self.label, d.status, d.reason or "").inc()
-            metrics.DECISION_LATENCY.labels(self.label).observe(max(0.0, t - d.accepted_at_ms) / 1000)
+            if d.sku not in drawn:  # a draw's purchases wait for it on purpose
+                metrics.DECISION_LATENCY.labels(self.label).observe(max(0.0, t - d.accepted_at_ms) / 1000)
         for d in step.updates.values():
             metrics.DECISIONS.labels(self.label, d.status, d.reason or "").inc()
         refused = {r.key for r in step.refusals if r.kind == "purchase"}

@@ -7,7 +7,8 @@ DECISIONS = Counter(
 )
 DECISION_LATENCY = Histogram(
     "flashsale_decision_latency_seconds",
-    "Accepted at ingest -> committed decision (first decision of a purchase)",
+    "Accepted at ingest -> committed decision (first decision of a purchase; not of the "
+    "purchases a draw decides, which wait for it on purpose)",
     ["shard"],
     buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
 )
