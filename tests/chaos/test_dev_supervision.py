@@ -50,11 +50,12 @@ class Dev:
     """A `flashsale dev` process on free ports with its data in a temp dir."""
 
     def __init__(self, root: Path, like: Dev | None = None, data: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         """`like`: a second run with the same Procfile and ports (and data directory unless
         `data` names another)."""
         self.root = root
         self.run = next(_runs)
+        self.args = args if like is None else like.args
         if like is not None:
             self.ingest_port, self.committer_port = like.ingest_port, like.committer_port
             self.procfile = like.procfile
@@ -95,7 +96,8 @@ class Dev:
         self.log = self.root / f"dev{self.run}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flashsale", "dev", "--procfile", str(self.procfile), "--sale", ""],
+                [sys.executable, "-m", "flashsale", "dev", "--procfile", str(self.procfile), "--sale", "",
+                 *self.args],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.conf = data / "supervisor" / "supervisord.conf"
@@ -382,3 +384,35 @@ def test_a_stop_during_paid_purchases_loses_no_payment(tmp_path_factory):
                 code = d.stop()
                 print(f"--- flashsale dev run {d.run} (exit {code}) log tail ---\n{d.log_tail(15)}")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_dev_runs_a_three_node_nats_cluster_with_r3_streams():
+    """`flashsale dev --nats-cluster 3`: three supervised nodes, R3 streams, purchases decided,
+    and still decided with one node killed."""
+    root = Path(tempfile.mkdtemp(prefix="flashsale-dev-"))
+    dev = Dev(root, args=("--nats-cluster", "3"),
+              extra_env={"FLASHSALE_NATS_PORT": str(free_port_block(6)),
+                         "FLASHSALE_NATS_MONITOR_PORT": str(free_port_block(3))})
+    try:
+        pids = _ready(dev)
+        assert {"nats-n1", "nats-n2", "nats-n3"} <= set(pids) and "nats" not in pids
+        assert "streams R3" in dev.log.read_text()
+        monitor = int(dev.env["FLASHSALE_NATS_MONITOR_PORT"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/jsz?streams=true", timeout=5) as r:
+            streams = [s for a in json.loads(r.read())["account_details"] for s in a["stream_detail"]]
+        replicas = {s["name"]: len(s["cluster"].get("replicas") or []) + 1 for s in streams}
+        print(f"streams and their copies: {replicas}")
+        assert replicas and all(n == 3 for n in replicas.values()), replicas
+        status, body = _request("PUT", f"{dev.base}/v1/admin/skus/{SKU}", {"stock": 1000},
+                                {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}, timeout_s=15)
+        assert status == 200, body
+        buyer = Buyer(dev)
+        _wait("a purchase decided", lambda: buyer.buy() == "confirmed", dev)
+        os.kill(pids["nats-n2"], signal.SIGKILL)
+        print(f"kill -9 nats-n2: next purchase decided after {buyer.window_after(lambda: None):.2f} s")
+        assert not buyer.all_decided()
+    finally:
+        code = dev.stop()
+        print(f"--- flashsale dev (exit {code}) log tail ---\n{dev.log_tail(15)}")
+        shutil.rmtree(root, ignore_errors=True)
+    assert code == 0
