@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from flashsale.embedded import (
     postgres_url,
     run_nats,
     run_postgres,
+    wait_http_ok,
     without_password,
 )
 from flashsale.jetstream import connect_nats_for_command, ensure_streams
@@ -101,17 +101,7 @@ def _port_open(port: int) -> bool:
 
 def _wait_ready(urls: list[str], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    pending = list(urls)
-    while pending and time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(pending[0], timeout=1) as r:
-                if r.status == 200:
-                    pending.pop(0)
-                    continue
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return not pending
+    return all(wait_http_ok(url, deadline - time.monotonic()) == "ok" for url in urls)
 
 
 def _ports_in_use(settings: Settings, servers: list[Program], app: list[Program]) -> list[str]:

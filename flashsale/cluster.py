@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -23,10 +21,12 @@ from flashsale.embedded import (
     NATS_USER,
     Embedded,
     free_port_block,
+    http_ok,
     nats_server_binary,
     password,
     server_env,
     wait_for_port,
+    wait_http_ok,
 )
 
 CLUSTER_NAME = "flashsale"
@@ -120,23 +120,16 @@ def _spawn(conf: Path, ports: NodePorts, timeout_s: float) -> Embedded:
 
 def healthy(monitor_port: int) -> bool:
     """The node's JetStream is current with the meta leader (streams can be created)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/healthz", timeout=1) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False  # 503 (no meta leader yet) or not listening yet
+    return http_ok(f"http://127.0.0.1:{monitor_port}/healthz")  # 503 while no meta leader
 
 
 def _wait_healthy(node: Node, deadline: float) -> None:
-    url = f"http://127.0.0.1:{node.ports.monitor}/healthz"
-    while True:
-        if healthy(node.ports.monitor):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{node.name}: JetStream not healthy at {url}")
-        if not node.alive:
-            raise RuntimeError(f"{node.name} exited; see {node.server.log_path}")
-        time.sleep(0.1)
+    url = f"http://127.0.0.1:{node.ports.monitor}/healthz"  # 503 while there is no meta leader
+    ended = wait_http_ok(url, deadline - time.monotonic(), lambda: node.alive)
+    if ended == "exited":
+        raise RuntimeError(f"{node.name} exited; see {node.server.log_path}")
+    if ended == "timeout":
+        raise TimeoutError(f"{node.name}: JetStream not healthy at {url}")
 
 
 def start_cluster(data_dir: Path, size: int = 3, client_ports: list[int] | None = None,

@@ -22,6 +22,7 @@ hand them out (a superuser can read any file the postmaster can, /proc/<pid>/env
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import re
@@ -33,8 +34,9 @@ import string
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NoReturn
@@ -97,6 +99,36 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | N
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+HTTP_PROBE_TIMEOUT_S = 1.0  # one GET of a health or readiness URL
+HTTP_POLL_INTERVAL_S = 0.05  # between two GETs of a URL that is not answering 200 yet
+# How a wait for an HTTP 200 ended: answered, the process behind it gone, or out of time.
+HttpWait = Literal["ok", "exited", "timeout"]
+
+
+def http_ok(url: str) -> bool:
+    """One GET: True if `url` answered 200; False for any other status, a refused or cut
+    connection or no answer within HTTP_PROBE_TIMEOUT_S."""
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_PROBE_TIMEOUT_S) as resp:
+            return bool(resp.status == 200)
+    except (OSError, http.client.HTTPException):  # URLError and HTTPError are OSErrors
+        return False
+
+
+def wait_http_ok(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> HttpWait:
+    """Poll `url` until it answers 200, `alive()` turns false or `timeout_s` passed (each caller
+    says in its own words which it was)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if http_ok(url):
+            return "ok"
+        if not alive():
+            return "exited"
+        if time.monotonic() >= deadline:
+            return "timeout"
+        time.sleep(HTTP_POLL_INTERVAL_S)
 
 
 def nats_url(port: int, password: str = "") -> str:

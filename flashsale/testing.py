@@ -7,14 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import REPO_ROOT, Settings, to_env
-from flashsale.embedded import free_port
+from flashsale.embedded import free_port, wait_http_ok
 
 
 @dataclass
@@ -61,18 +58,11 @@ class Process:
             return ""
 
     def wait_http_ok(self, url: str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.name} not ready at {url}:\n{self.log_tail()}")
+        ended = wait_http_ok(url, timeout_s, lambda: self.alive)
+        if ended == "exited":
+            raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+        if ended == "timeout":
+            raise TimeoutError(f"{self.name} not ready at {url}:\n{self.log_tail()}")
 
 
 def python_module(
