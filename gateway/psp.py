@@ -170,6 +170,10 @@ def idempotency_key(purchase_id: str, step: str, intent_id: str | None = None) -
     return f"{purchase_id}:{step}" if intent_id is None else f"{purchase_id}:{step}:{intent_id}"
 
 
+# The PSP's error code for a step the intent's state does not allow (captured, voided already).
+UNEXPECTED_STATE = "payment_intent_unexpected_state"
+_PATH = {"capture": "capture", "void": "cancel"}  # /v1/payment_intents/{id}/<path>
+
 _intent_decoder = msgspec.json.Decoder(PaymentIntent)
 _refund_decoder = msgspec.json.Decoder(Refund)
 _error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
@@ -234,28 +238,25 @@ class StripeLikePsp:
         return _intent_decoder.decode(body)
 
     async def capture(self, purchase_id: str, intent_id: str) -> PaymentIntent:
-        try:
-            body = await self._call("capture", "POST", f"/v1/payment_intents/{intent_id}/capture",
-                                    data={}, key=idempotency_key(purchase_id, "capture"))
-        except PspError as e:
-            # The key was forgotten but the capture happened (or the intent was voided):
-            # the intent's state is the truth.
-            if e.code == "payment_intent_unexpected_state":
-                intent = await self.retrieve(intent_id)
-                if intent.status == "succeeded":
-                    return intent
-            raise
-        return _intent_decoder.decode(body)
+        return await self._settle(intent_id, "capture", "succeeded", {},
+                                  idempotency_key(purchase_id, "capture"))
 
     async def void(self, purchase_id: str, intent_id: str) -> PaymentIntent:
+        return await self._settle(intent_id, "void", "canceled", {"cancellation_reason": "abandoned"},
+                                  idempotency_key(purchase_id, "void", intent_id))
+
+    async def _settle(self, intent_id: str, step: Literal["capture", "void"], settled: IntentStatus,
+                      data: dict[str, str], key: str) -> PaymentIntent:
+        """The step that takes an authorized intent to `settled`. Should the PSP find the intent
+        in another state (it forgot the key, and this step or another already settled it), the
+        intent's state is the truth: already `settled` is this step's success."""
         try:
-            body = await self._call("void", "POST", f"/v1/payment_intents/{intent_id}/cancel",
-                                    data={"cancellation_reason": "abandoned"},
-                                    key=idempotency_key(purchase_id, "void", intent_id))
+            body = await self._call(step, "POST", f"/v1/payment_intents/{intent_id}/{_PATH[step]}",
+                                    data=data, key=key)
         except PspError as e:
-            if e.code == "payment_intent_unexpected_state":
+            if e.code == UNEXPECTED_STATE:
                 intent = await self.retrieve(intent_id)
-                if intent.status == "canceled":
+                if intent.status == settled:
                     return intent
             raise
         return _intent_decoder.decode(body)
