@@ -50,7 +50,8 @@ class Dev:
     """A `flashsale dev` process on free ports with its data in a temp dir."""
 
     def __init__(self, root: Path, like: Dev | None = None, data: Path | None = None,
-                 extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
+                 extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 extra_procfile: str = "") -> None:
         """`like`: a second run with the same Procfile and ports (and data directory unless
         `data` names another)."""
         self.root = root
@@ -71,7 +72,7 @@ class Dev:
         procfile = re.sub(r"--port \d+", f"--port {psp_port}", procfile)
         procfile = procfile.replace("data/fakepsp-ledger.json", str(root / "fakepsp-ledger.json"))
         self.procfile = root / "Procfile"
-        self.procfile.write_text(procfile + self.extra_procfile())
+        self.procfile.write_text(procfile + extra_procfile)
         env = {k: v for k, v in os.environ.items()
                if k not in ("NATS_URL", "DATABASE_URL", "PSP_URL", "FLASHSALE_CONFIG")}
         env.update({
@@ -88,9 +89,6 @@ class Dev:
         })
         self.env = env
         self._launch(root / "data")
-
-    def extra_procfile(self) -> str:
-        return ""
 
     def _launch(self, data: Path) -> None:
         self.log = self.root / f"dev{self.run}.log"
@@ -285,8 +283,25 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def test_one_run_per_data_dir_and_no_orphans_when_supervisord_dies(dev: Dev):
+def test_one_run_per_data_dir_and_no_orphans_when_supervisord_dies():
+    """Also: a standby line for a shard is reported as one, and the start does not wait on
+    which of the two holds the lease."""
+    root = Path(tempfile.mkdtemp(prefix="flashsale-dev-"))
+    standby = f"committer0-standby: python -m committer --shard 0 --status-port {free_port()}\n"
+    dev = Dev(root, extra_procfile=standby)
+    try:
+        _no_orphans(dev)
+    finally:
+        code = dev.stop()
+        print(f"--- flashsale dev (exit {code}) log tail ---\n{dev.log_tail(15)}")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _no_orphans(dev: Dev) -> None:
     pids = _ready(dev)
+    log = dev.log.read_text()
+    assert "committer0-standby" in pids and "warning" not in log
+    assert "shard 0: committer0, committer0-standby (whichever holds the lease writes" in log
     # A second run on the same data directory refuses, and so does one on the same ports.
     for data, why in ((None, "another `flashsale dev`"), (dev.root / "other", "in use already")):
         second = Dev(dev.root, like=dev, data=data)
@@ -317,12 +332,20 @@ STOP_ORDER = ["ingest", "gateway", "committer", "fakepsp", "(nats|postgres)"]
 def test_a_stop_during_paid_purchases_loses_no_payment(tmp_path_factory):
     """Ctrl-C while ~30 tok_visa purchases a second flow in, with a slow PSP (every call 1.5 s) and
     a gateway drain of 1 s, so the stop catches payments at every step: every purchase ends
-    confirmed, those the stop caught unsettled once the next run finishes them."""
+    confirmed, those the stop caught unsettled once the next run finishes them. Also: the sale
+    file is loaded on the first start only (stock an operator changed survives the restart)."""
     root = Path(tempfile.mkdtemp(prefix="flashsale-dev-"))
-    dev = Dev(root, extra_env={"FAKEPSP_LATENCY_MS": "1500", "FLASHSALE_GATEWAY_DRAIN_S": "1"})
+    sale = root / "sale.toml"
+    sale.write_text('[[sku]]\nsku = "demo-a"\nstock = 10\n')
+    dev = Dev(root, extra_env={"FAKEPSP_LATENCY_MS": "1500", "FLASHSALE_GATEWAY_DRAIN_S": "1"},
+              args=("--sale", str(sale)))
     again: Dev | None = None
     try:
         _ready(dev)
+        assert _request("GET", f"{dev.base}/v1/skus/demo-a")[1]["stock"] == 10
+        status, body = _request("PUT", f"{dev.base}/v1/admin/skus/demo-a", {"stock": 7},
+                                {"Authorization": f"Bearer {DEV_ADMIN_TOKEN}"}, timeout_s=15)
+        assert status == 200, body
         status, body = _request("PUT", f"{dev.base}/v1/admin/skus/{PAID}",
                                 {"stock": 100_000, "price_cents": 500, "payment": "required",
                                  "reservation_ttl_s": 120},
@@ -364,6 +387,8 @@ def test_a_stop_during_paid_purchases_loses_no_payment(tmp_path_factory):
 
         again = Dev(root, like=dev)
         _ready(again)
+        assert "demo-a exist already, left as they are" in again.log.read_text()
+        assert _request("GET", f"{again.base}/v1/skus/demo-a")[1]["stock"] == 7
         final: dict[str, str] = {}
         deadline = time.monotonic() + 90
         while len(final) < len(accepted) and time.monotonic() < deadline:
