@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,7 +15,11 @@ from proto.subjects import Names
 KEY = id_key("unit-test-secret")
 
 
-@given(st.text(min_size=1, max_size=50), st.text(min_size=1, max_size=50))
+# What the edge lets through: USER_ID and IDEMPOTENCY_KEY are visible ASCII.
+VISIBLE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=50)
+
+
+@given(VISIBLE, VISIBLE)
 def test_purchase_id_is_deterministic_and_well_formed(user, key):
     pid = purchase_id(KEY, user, key)
     assert pid == purchase_id(KEY, user, key)
@@ -25,6 +30,19 @@ def test_purchase_id_separates_user_and_key():
     assert purchase_id(KEY, "ab", "c") != purchase_id(KEY, "a", "bc")
     assert purchase_id(KEY, "u", "k1") != purchase_id(KEY, "u", "k2")
     assert not PURCHASE_ID.matches("p_xyz") and not PURCHASE_ID.matches("q_" + "0" * 30)
+
+
+def test_purchase_id_asserts_a_keyed_hash_and_a_key_without_nul():
+    with pytest.raises(AssertionError):
+        purchase_id(b"", "alice", "k")  # unkeyed: anyone could compute it
+    with pytest.raises(AssertionError):
+        purchase_id(b"short", "alice", "k")  # not a key from id_key
+    with pytest.raises(AssertionError):
+        purchase_id(KEY, "alice", "k\x00")  # the separator inside the key: ids could collide
+    with pytest.raises(AssertionError):
+        id_key("")
+    with pytest.raises(AssertionError):
+        request_hash(b"")
 
 
 def test_shard_of_is_stable_and_in_range():
