@@ -455,10 +455,14 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_purge_intents(args: argparse.Namespace) -> int:
     """Every intent recovery no longer needs, purged from each shard's intents stream
-    (flashsale/retention.py): one JSON line per shard."""
-    for shard in asyncio.run(purge_intents(_load(), dry_run=args.dry_run)):
-        print(msgspec.json.encode(shard).decode())
-    return 0
+    (flashsale/retention.py): one JSON line per shard; with --every, again every S seconds."""
+    settings = _load()
+    while True:
+        for shard in asyncio.run(purge_intents(settings, dry_run=args.dry_run)):
+            print(msgspec.json.encode(shard).decode(), flush=True)
+        if args.every is None:
+            return 0
+        time.sleep(args.every)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -557,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("schema", help="apply the schema and create the streams").set_defaults(fn=cmd_schema)
     pi = sub.add_parser("purge-intents", help="purge decided intents from the intents streams")
     pi.add_argument("--dry-run", action="store_true", help="say what would go, purge nothing")
+    pi.add_argument("--every", type=float, metavar="S", help="purge again every S seconds")
     pi.set_defaults(fn=cmd_purge_intents)
     sub.add_parser("env", help="print the environment (with credentials) for a process started by "
                                "hand next to `flashsale dev`").set_defaults(fn=cmd_env)
