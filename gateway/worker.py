@@ -130,6 +130,9 @@ class Gateway:
             await self._give_up(job, GiveUp("capture", "psp_rejected",
                                             f"unexpected intent status {intent.status}", 1))
             return "failed"
+        # An order is confirmed only with money captured, by an intent of this very purchase.
+        assert intent.status == "succeeded" and intent.amount_received > 0 and intent.id
+        assert intent.purchase_id in (None, job.id), (intent.id, intent.purchase_id, job.id)
         await self._publish_intent(job.shard, Confirm(job.id, intent.id, intent.amount_received))
         return "confirmed"
 
@@ -176,7 +179,7 @@ class Gateway:
         """The purchase's authorized or captured intent at the PSP, if any (a read: the PSP's
         lost answers and stuck requests hit its writes)."""
         try:
-            intents = await retrying(self.settings, "search", lambda: self.psp.intents_for(purchase_id))
+            intents = await self._intents_of(purchase_id)
         except GiveUp:
             return None
         live = [i for i in intents if i.status in ("requires_capture", "succeeded")]
@@ -184,6 +187,13 @@ class Gateway:
         # there is at most one; prefer a capture should there ever be more.
         live.sort(key=lambda i: i.status != "succeeded")
         return live[0] if live else None
+
+    async def _intents_of(self, purchase_id: str) -> list[PaymentIntent]:
+        """The PSP's intents for the purchase, by its search (retried). Only the ones whose
+        metadata names this purchase: money is never moved on another purchase's intent, should
+        a search ever answer more than it was asked."""
+        found = await retrying(self.settings, "search", lambda: self.psp.intents_for(purchase_id))
+        return [i for i in found if i.purchase_id == purchase_id]
 
     async def _void_quietly(self, purchase_id: str, intent: PaymentIntent) -> None:
         try:
@@ -237,8 +247,9 @@ class Gateway:
 
     async def _compensate_purchase(self, purchase_id: str, status: Status | None, why: str) -> None:
         """Refund every capture and void every hold of a purchase that is not an order."""
-        intents = await retrying(self.settings, "search", lambda: self.psp.intents_for(purchase_id))
-        for intent in intents:
+        # An order's money is never given back: callers skip confirmed purchases.
+        assert status != "confirmed", purchase_id
+        for intent in await self._intents_of(purchase_id):
             if intent.net_captured_cents > 0:
                 await retrying(self.settings, "refund", partial(self.psp.refund, purchase_id, intent.id))
                 COMPENSATIONS.labels("refund").inc()
