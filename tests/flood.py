@@ -1,5 +1,6 @@
 """A crowd of buyers for the invariant tests, and the checks that run on Postgres afterwards.
-Fault scenarios add tests/history.py's `check_history` (results stream against Postgres)."""
+Fault scenarios mix hostile buyers into it (tests/hostile.py) and add tests/history.py's
+`check_history` (results stream against Postgres)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import asyncpg
 from tests.auth import bearer
 from tests.auth import pid as purchase_id
 from tests.history import check_stored
+from tests.hostile import Hostile
 
 FINAL = {"confirmed", "rejected", "expired", "cancelled"}
 
@@ -33,6 +35,7 @@ class Attempt:
 @dataclass
 class FloodResult:
     attempts: list[Attempt] = field(default_factory=list)
+    hostile: Hostile | None = None  # the hostile buyers mixed into the flood, if any
 
     def by_status(self) -> Counter:
         return Counter(a.status for a in self.attempts)
@@ -70,12 +73,27 @@ def plan(sku: str, requests: int, users: int, retry_share: float = 0.25,
 
 
 async def post_all(base_url: str, attempts: list[Attempt], concurrency: int = 200,
-                   wait_s: int = 0, deadline_s: float = 120.0) -> FloodResult:
+                   wait_s: int = 0, deadline_s: float = 120.0,
+                   hostile: Hostile | None = None) -> FloodResult:
     """Clicks and same-body retries race each other; key reuses with another body go after
-    them, so which body is 'the original' is well defined."""
-    await _post(base_url, [a for a in attempts if not a.conflict_expected], concurrency, wait_s, deadline_s)
-    await _post(base_url, [a for a in attempts if a.conflict_expected], concurrency, wait_s, deadline_s)
-    return FloodResult(attempts)
+    them, so which body is 'the original' is well defined. `hostile` buyers (tests/hostile.py)
+    send their requests all along; `check_invariants` then checks them too."""
+    mischief = None
+    if hostile is not None:
+        if not hostile.skus:  # a scenario may set them up before it breaks something
+            async with aiohttp.ClientSession() as http:
+                await hostile.setup(http, base_url)
+        mischief = asyncio.create_task(hostile.run([purchase_id(a.user, a.key) for a in attempts]))
+    try:
+        await _post(base_url, [a for a in attempts if not a.conflict_expected], concurrency, wait_s,
+                    deadline_s)
+        await _post(base_url, [a for a in attempts if a.conflict_expected], concurrency, wait_s,
+                    deadline_s)
+    finally:
+        if hostile is not None and mischief is not None:
+            hostile.stopping.set()
+            await mischief
+    return FloodResult(attempts, hostile)
 
 
 async def _post(base_url: str, attempts: list[Attempt], concurrency: int, wait_s: int,
@@ -171,5 +189,9 @@ async def check_invariants(db: asyncpg.Connection, result: FloodResult, sku: str
             if a.state in FINAL:
                 assert a.state == rows[pid]["status"], (pid, a.state, rows[pid]["status"])
     confirmed = sum(r["status"] == "confirmed" for r in rows.values())
-    return {"accepted": len(accepted), "sold_out_fast": len(sold_out_fast), "confirmed": confirmed,
-            "statuses": result.by_status()}
+    summary = {"accepted": len(accepted), "sold_out_fast": len(sold_out_fast), "confirmed": confirmed,
+               "statuses": result.by_status()}
+    if result.hostile is not None:
+        # Their purchases settled, one row each, and every shard still decides.
+        summary["hostile"] = await result.hostile.check(db)
+    return summary

@@ -29,6 +29,7 @@ from tests.auth import bearer
 from tests.chaos import scaled
 from tests.conftest import Servers, System, running
 from tests.flood import Attempt, FloodResult, check_invariants, plan, post_all
+from tests.hostile import Hostile
 from tests.integration.test_flood import create_sku
 from tests.util import eventually
 
@@ -205,7 +206,8 @@ async def test_losing_the_intents_leader_mid_flood(how, healed_cluster, cluster_
     probes = [asyncio.create_task(probe.run(w)) for w in range(4)]
     attempts = plan("hot", requests=scaled(3000), users=scaled(2000), seed=13)
     started = time.monotonic()
-    flood = asyncio.create_task(post_all(cluster_system.base_url, attempts, concurrency=100))
+    flood = asyncio.create_task(post_all(cluster_system.base_url, attempts, concurrency=100,
+                                         hostile=Hostile(cluster_system.settings)))
     lost = healed_cluster.node(leader)
     try:
         await eventually(lambda: _decided_at_least(db, "hot", STOCK // 3, flood), timeout_s=60,

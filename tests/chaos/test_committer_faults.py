@@ -18,6 +18,7 @@ from tests.chaos.test_committer_kill import wait_rows
 from tests.chaos.test_standby import log_lines
 from tests.flood import check_invariants, plan, post_all
 from tests.history import check_history
+from tests.hostile import Hostile
 from tests.integration.test_flood import create_sku
 from tests.util import eventually
 
@@ -34,7 +35,8 @@ async def test_backends_terminated_mid_flood(system, settings, db):
                      max_per_user=1)
     committer = system.processes[f"committer-{shard_of('hot', settings.shards)}"]
     attempts = plan("hot", requests=scaled(5000), users=scaled(3000), seed=17)
-    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300))
+    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300,
+                                         hostile=Hostile(settings)))
     terminated = 0
     for at_least in (100, 250, 400):
         await wait_rows(db, at_least, flood)
@@ -58,7 +60,8 @@ async def test_internal_client_error_after_commit(system, settings, db):
     await create_sku(system.base_url, settings.admin_token, "hot", stock=STOCK, max_per_user=1)
     committer = system.processes[f"committer-{shard_of('hot', settings.shards)}"]
     attempts = plan("hot", requests=scaled(3000), users=scaled(2000), seed=19)
-    result = await post_all(system.base_url, attempts, concurrency=200, wait_s=5)
+    result = await post_all(system.base_url, attempts, concurrency=200, wait_s=5,
+                            hostile=Hostile(settings))
     summary = await check_invariants(db, result, "hot", STOCK, max_per_user=1)
     assert summary["confirmed"] == STOCK
     print("history:", await check_history(db, settings, result.accepted()))
@@ -116,7 +119,8 @@ async def test_postgres_read_only_for_a_while(system, settings, db):
     system.start()
     await create_sku(system.base_url, settings.admin_token, "hot", stock=STOCK, max_per_user=1)
     attempts = plan("hot", requests=scaled(3000), users=scaled(2000), seed=23)
-    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=200))
+    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=200,
+                                         hostile=Hostile(settings)))
     await wait_rows(db, 100, flood)
     name = await db.fetchval("SELECT current_database()")
     await db.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')

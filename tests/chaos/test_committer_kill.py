@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 
 from proto.sharding import shard_of
 from tests.chaos import scaled
 from tests.flood import check_invariants, plan, post_all
+from tests.hostile import Hostile
 from tests.integration.test_flood import create_sku
 
 pytestmark = pytest.mark.chaos
@@ -33,7 +35,8 @@ async def test_kill_9_committer_mid_flood(system, settings, db):
                      max_per_user=1)
     shard = shard_of("hot", settings.shards)
     attempts = plan("hot", requests=scaled(5000), users=scaled(3000), seed=11)
-    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300))
+    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300,
+                                         hostile=Hostile(settings)))
     # Two kills: one early (mid-sale, stock left) and one around the sell-out.
     for at_least in (300, STOCK):
         await wait_rows(db, at_least, flood)
@@ -55,6 +58,9 @@ async def test_death_between_commit_and_ack(system, settings, db):
 
     system.start()
     await create_sku(system.base_url, settings.admin_token, "hot", stock=50, max_per_user=1)
+    hostile = Hostile(settings)  # its SKUs before the writer that dies after its first commit
+    async with aiohttp.ClientSession() as http:
+        await hostile.setup(http, system.base_url)
     shard = shard_of("hot", settings.shards)
     name = f"committer-{shard}"
     system.processes[name].stop()
@@ -63,7 +69,8 @@ async def test_death_between_commit_and_ack(system, settings, db):
     crashing = system.start_committer(shard, name=name)
     attempts = plan("hot", requests=scaled(400), users=scaled(300), seed=5)
     # The buyers wait for their outcome: each must get the committed one.
-    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=100, wait_s=10))
+    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=100, wait_s=10,
+                                         hostile=hostile))
     for _ in range(500):
         if not crashing.alive:
             break

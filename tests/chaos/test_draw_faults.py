@@ -18,6 +18,7 @@ from flashsale.verify import verify_draw
 from proto.clock import now_ms
 from proto.sharding import shard_of
 from tests.chaos.test_standby import wait_log
+from tests.hostile import still_deciding
 from tests.integration.test_draw import check_outcome, enter, open_drop, until, wait_decided
 from tests.util import eventually
 
@@ -58,6 +59,7 @@ async def test_writer_killed_mid_window_and_mid_draw(system, settings, db):
     await check_outcome(db, drop, seed, STOCK)
     report = await verify_draw(base, drop.sku)
     assert report.ok and report.entries == 50, report.problems
+    await still_deciding(base, settings)
 
 
 async def test_standby_takes_over_mid_window(system, settings, db):
@@ -98,3 +100,4 @@ async def test_standby_takes_over_mid_window(system, settings, db):
     await check_outcome(db, drop, seed, STOCK)
     report = await verify_draw(base, drop.sku)
     assert report.ok and report.entries == 50, report.problems
+    await still_deciding(base, settings)

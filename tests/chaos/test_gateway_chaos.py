@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from flashsale.testing import spare_port
+from tests.hostile import still_deciding
 from tests.integration.test_gateway_e2e import (
     SKU,
     Saga,
@@ -63,6 +64,8 @@ async def test_kill_9_gateway_and_committer_mid_saga(system, slow_saga: Saga):
     print("figures:", figures)
     assert len(kills) == 3
     await assert_reconciled(saga)
+    system.start_ingest(saga.settings)
+    await still_deciding(system.base_url, saga.settings)
 
 
 async def confirmed_at_least(saga: Saga, n: int) -> bool:

@@ -21,6 +21,7 @@ import pytest
 
 from flashsale.testing import Process, fakepsp_process, spare_port
 from gateway.fakepsp.client import FakePspAdmin
+from tests.hostile import still_deciding
 from tests.integration.test_gateway_e2e import SKU, Saga, saga_settings
 
 pytestmark = pytest.mark.chaos
@@ -86,5 +87,7 @@ async def test_psp_outage_shorter_than_the_reservation_confirms_every_valid_card
         await saga.settle_money()
         letters = await saga.js.stream_info(s.names.deadletter_stream)
         assert letters.state.messages == 0
+        system.start_ingest(s)
+        await still_deciding(system.base_url, s)
     finally:
         await saga.close()

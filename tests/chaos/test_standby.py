@@ -22,6 +22,7 @@ from tests.chaos import scaled
 from tests.chaos.test_committer_kill import wait_rows
 from tests.flood import check_invariants, plan, post_all
 from tests.history import check_history, read_results
+from tests.hostile import Hostile
 from tests.integration.test_flood import create_sku
 
 pytestmark = pytest.mark.chaos
@@ -92,7 +93,8 @@ async def test_sigstop_writer_standby_takes_over(system, settings, db):
     probe = same_shard_sku(settings, shard)
     await create_sku(system.base_url, settings.admin_token, probe, stock=100_000)
     attempts = plan("hot", requests=scaled(5000), users=scaled(3000), seed=13)
-    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300))
+    flood = asyncio.create_task(post_all(system.base_url, attempts, concurrency=300,
+                                         hostile=Hostile(settings)))
     await wait_rows(db, 300, flood)
     stopped_at = time.monotonic()
     writer.proc.send_signal(signal.SIGSTOP)

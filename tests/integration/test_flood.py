@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 
 from tests.flood import check_invariants, plan, post_all
+from tests.hostile import Hostile
 
 STOCK = 500
 
@@ -22,9 +23,11 @@ async def test_flood_sells_exactly_the_stock(system, settings, db):
                      max_per_user=1)
     attempts = plan("hot", requests=5000, users=3000)
     # Half of the buyers wait for their outcome in the POST itself.
-    result = await post_all(system.base_url, attempts, concurrency=300, wait_s=5)
+    result = await post_all(system.base_url, attempts, concurrency=300, wait_s=5,
+                            hostile=Hostile(settings))
     summary = await check_invariants(db, result, "hot", STOCK, max_per_user=1)
     assert summary["confirmed"] == STOCK
+    print("hostile buyers:", summary["hostile"])
     accepted = result.accepted()
     conflicts = [a for a in attempts if a.conflict_expected and a.id is None]
     assert summary["statuses"][422] == sum(1 for a in attempts if a.conflict_expected and a.status == 422)
