@@ -92,6 +92,18 @@ class Watch:
             r.kind != "purchase" or r.request_hash == a.request_hash
         )
 
+    def decided(self, d: Decision) -> None:
+        """A newer state of the purchase arrived: keep it and wake the waiter."""
+        self.decision = d
+        self.wake()
+
+    def refused(self, r: Refusal) -> None:
+        """An intent of the purchase was refused: the waiter hears of it only if it is the
+        intent it awaits."""
+        if self.answered_by(r):
+            self.refusal = r
+            self.wake()
+
     def rearm(self) -> None:
         if self.fut.done():
             self.fut = asyncio.get_running_loop().create_future()
@@ -160,11 +172,8 @@ class ResultsHub:
             self.put_decision(d)
             self.pending.pop(d.id, None)
             self.queues.decided(d.id)
-            watches = self.watches.get(d.id)
-            if watches:
-                for w in watches:
-                    w.decision = d
-                    w.wake()
+            for w in self.watches.get(d.id, ()):
+                w.decided(d)
         for r in batch.refusals:
             if r.kind == "sku_upsert":
                 self._answer_admin(r.key, r)
@@ -173,12 +182,8 @@ class ResultsHub:
                 mine = self.pending.get(r.key)
                 if mine is not None and mine.request_hash == r.request_hash:
                     del self.pending[r.key]  # refused: its key names another request's purchase
-            watches = self.watches.get(r.key)
-            if watches:
-                for w in watches:
-                    if w.answered_by(r):
-                        w.refusal = r
-                        w.wake()
+            for w in self.watches.get(r.key, ()):
+                w.refused(r)
         for request_id in batch.admin_applied:
             admin = self.admin_waits.get(request_id)
             if admin is not None:
