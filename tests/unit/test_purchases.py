@@ -1,0 +1,228 @@
+"""Storing a purchase, or finding the one its key already made, against an in-memory intents
+stream and purchases table (the real ResultsHub): a new purchase is stored once and queued; a
+retry of the same click, however it arrives (decided here, pending here, in flight here, in the
+stream, in Postgres), is that purchase and stores nothing; the same key with another body is a
+422 wherever the first use is seen; the sold-out fast path never hides an accepted purchase; a
+stored copy that cannot be read back is a retryable 503, never a second purchase."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from ingest import problems
+from ingest.publisher import Overloaded
+from ingest.purchases import _submit
+from ingest.queue import ShardQueues
+from ingest.results import ResultsHub
+from proto.ids import id_key, purchase_id
+from proto.messages import Decision, Purchase, SkuState
+from proto.sharding import shard_of
+
+SHARDS = 2
+SKU = "sneaker-42"
+SHARD = shard_of(SKU, SHARDS)
+KEY = "click-1"
+PID = purchase_id(id_key("unit"), "alice", KEY)
+CACHE_MAX = 100
+SETTINGS = Settings(shards=SHARDS)
+
+
+def intent(request_hash: str = "h-body-1") -> Purchase:
+    return Purchase(id=PID, sku=SKU, qty=1, user_id="alice", request_hash=request_hash,
+                    accepted_at_ms=1)
+
+
+def decided(request_hash: str = "h-body-1", status: str = "confirmed") -> Decision:
+    return Decision(id=PID, sku=SKU, user_id="alice", qty=1, status=status, reason=None,  # type: ignore[arg-type]
+                    amount_cents=500, accepted_at_ms=1, decided_at_ms=2, updated_at_ms=2,
+                    request_hash=request_hash)
+
+
+class Stream:
+    """The shard's intents stream: one message per subject; `store` answers its sequence, or 0
+    when the purchase's subject already holds one (as JetStream refuses a second copy)."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, tuple[Purchase, int]] = {}
+        self.stores = 0
+        self.unreadable = False  # stored, yet a read finds nothing (purged meanwhile)
+        self.gate: asyncio.Event | None = None  # store waits on it when set
+        self.next: Purchase | None = None  # what the next store() stores (payloads are not decoded)
+
+    async def store(self, shard: int, *_: Any) -> int:
+        self.stores += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        pending = self.next
+        assert pending is not None
+        if pending.id in self.by_id:
+            return 0
+        seq = len(self.by_id) + 1
+        self.by_id[pending.id] = (pending, seq)
+        return seq
+
+
+class Reads:
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.db: dict[str, Decision] = {}
+
+    async def stored_intent(self, shard: int, pid: str) -> Purchase | None:
+        if self.stream.unreadable:
+            return None
+        found = self.stream.by_id.get(pid)
+        return None if found is None else found[0]
+
+    async def purchase_from_db(self, pid: str) -> Decision | None:
+        return self.db.get(pid)
+
+
+def ingest() -> Any:
+    stream = Stream()
+    queues = ShardQueues(SHARDS, CACHE_MAX, silence_s=60.0, silent_accept_max=CACHE_MAX,
+                         now_s=time.monotonic())
+    return SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, submitting={}, intents=stream,
+                           reads=Reads(stream), hub=ResultsHub(CACHE_MAX, CACHE_MAX, queues=queues))
+
+
+async def submit(ing: Any, purchase: Purchase) -> Any:
+    ing.intents.next = purchase
+    return await _submit(ing, purchase, KEY)
+
+
+def sold_out(ing: Any) -> None:
+    ing.hub.put_sku(SkuState(sku=SKU, stock=1, reserved=0, sold=1, price_cents=500, max_per_user=None,
+                             payment="none", reservation_ttl_s=60, sale_start_ms=None, sale_end_ms=None))
+
+
+def reused(exc: pytest.ExceptionInfo[problems.Rejection]) -> bool:
+    return exc.value.status == 422 and exc.value.slug == "idempotency_key_reused"
+
+
+async def test_a_new_purchase_is_stored_once_and_queued():
+    ing = ingest()
+    assert await submit(ing, intent()) == intent()
+    assert ing.intents.stores == 1 and ing.hub.pending[PID] == intent()
+    assert ing.hub.queues.view(PID) is not None  # it has a place in its shard's queue
+    assert ing.submitting == {}
+
+
+async def test_a_retry_found_in_the_stream_is_that_purchase():
+    ing = ingest()
+    await submit(ing, intent())
+    ing.hub.pending.clear()  # another instance stored it: only the stream knows
+    assert await submit(ing, intent()) == intent()
+    assert len(ing.intents.by_id) == 1
+
+
+async def test_a_retry_of_a_decided_purchase_stores_nothing():
+    ing = ingest()
+    ing.hub.put_decision(decided())
+    assert await submit(ing, intent()) == decided()
+    assert ing.intents.stores == 0
+
+
+async def test_a_retry_decided_since_is_answered_with_the_decision():
+    ing = ingest()
+    await submit(ing, intent())
+    ing.reads.db[PID] = decided()  # decided by the writer; this instance has not heard yet
+    ing.hub.pending.clear()
+    assert await submit(ing, intent()) == decided()
+
+
+@pytest.mark.parametrize("first_use", ["decided_here", "pending_here", "in_stream", "in_postgres"])
+async def test_the_key_with_another_body_is_a_422_wherever_its_first_use_is(first_use):
+    ing = ingest()
+    if first_use == "decided_here":
+        ing.hub.put_decision(decided("h-body-1"))
+    elif first_use == "pending_here":
+        ing.hub.stored(intent("h-body-1"))
+    elif first_use == "in_stream":
+        await submit(ing, intent("h-body-1"))
+        ing.hub.pending.clear()
+    else:
+        # The key's first use, with a SKU of another shard, was decided there; this body's
+        # intent is in this shard's stream too (stored before), and this is its retry.
+        await submit(ing, intent("h-body-2"))
+        ing.hub.pending.clear()
+        ing.reads.db[PID] = decided("h-body-1")
+    stores_before = ing.intents.stores
+    with pytest.raises(problems.Rejection) as refused:
+        await submit(ing, intent("h-body-2"))
+    assert reused(refused)
+    if first_use in ("decided_here", "pending_here"):
+        assert ing.intents.stores == stores_before  # refused before anything is stored
+
+
+async def test_sold_out_refuses_a_new_purchase_without_storing_it():
+    ing = ingest()
+    sold_out(ing)
+    with pytest.raises(problems.Rejection) as refused:
+        await submit(ing, intent())
+    assert refused.value.status == 409 and refused.value.slug == "sold_out"
+    assert ing.intents.stores == 0
+    assert refused.value.headers == {"Idempotency-Key": KEY}
+
+
+async def test_sold_out_still_answers_a_retry_of_an_accepted_purchase():
+    ing = ingest()
+    await submit(ing, intent())
+    ing.hub.pending.clear()
+    sold_out(ing)
+    assert await submit(ing, intent()) == intent()
+
+
+async def test_a_stored_copy_that_cannot_be_read_is_a_retryable_503():
+    ing = ingest()
+    await submit(ing, intent())
+    ing.hub.pending.clear()
+    ing.intents.unreadable = True
+    with pytest.raises(Overloaded) as shed:
+        await submit(ing, intent())
+    assert shed.value.cause == "intent_missing"
+
+
+async def test_twins_at_once_store_one_purchase_and_get_one_answer():
+    ing = ingest()
+    ing.intents.gate = asyncio.Event()
+    ing.intents.next = intent()
+    first = asyncio.create_task(_submit(ing, intent(), KEY))
+    await asyncio.sleep(0)
+    assert PID in ing.submitting
+    twin = asyncio.create_task(_submit(ing, intent(), KEY))
+    with pytest.raises(problems.Rejection) as refused:  # another body: refused at once
+        await _submit(ing, intent("h-body-2"), KEY)
+    assert reused(refused)
+    ing.intents.gate.set()
+    assert await first == await twin == intent()
+    assert ing.intents.stores == 1 and ing.submitting == {}
+
+
+async def test_a_twin_whose_first_failed_is_a_retryable_503():
+    ing = ingest()
+    ing.intents.gate = asyncio.Event()
+    ing.intents.next = intent()
+    ing.intents.unreadable = True
+
+    async def failing_store(shard: int, *rest: Any) -> int:
+        await ing.intents.gate.wait()
+        raise Overloaded("inflight_max")
+
+    ing.intents.store = failing_store
+    first = asyncio.create_task(_submit(ing, intent(), KEY))
+    await asyncio.sleep(0)
+    twin = asyncio.create_task(_submit(ing, intent(), KEY))
+    await asyncio.sleep(0)
+    ing.intents.gate.set()
+    with pytest.raises(Overloaded):
+        await first
+    with pytest.raises(Overloaded) as shed:
+        await twin
+    assert shed.value.cause == "intent_missing"  # nothing stored: the client retries
+    assert ing.submitting == {}
