@@ -228,10 +228,12 @@ async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -
         if existing is None:
             # Refused as a duplicate yet not readable (purged meanwhile?): retryable.
             raise Overloaded("intent_missing")
+    assert existing.id == intent.id, (existing.id, intent.id)  # read back by the intent's subject
     _check_same_request(existing.request_hash, intent.request_hash, key)
     decided = ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id)
     if decided is None:
         return existing
+    assert decided.id == intent.id, (decided.id, intent.id)
     # This body's intent is stored, yet the key's purchase may be another body's: the same key
     # used with a SKU of another shard, decided there first (this intent was refused).
     _check_same_request(decided.request_hash, intent.request_hash, key)
@@ -249,6 +251,7 @@ async def _store(ing: Ingest, shard: int, intent: Purchase) -> int:
 
 
 def _check_same_request(stored_hash: str, request_hash: str, key: str) -> None:
+    assert request_hash, "this request's own hash is never empty (a stored one may be)"
     if stored_hash and stored_hash != request_hash:
         raise _key_reused(key)
 
