@@ -68,6 +68,7 @@ class Committer:
         self.ttl_ms = int(settings.lease_ttl_s * 1000)
         self.renew_every_s = settings.lease_ttl_s / 3
         self.decided_seq = decided_seq
+        self._draw_cut: tuple[int, int] | None = None  # (due draw's time, stream seq it waits for)
         self._busy = False  # the last fetch brought intents: the shard is under load
         self.commits = 0
         self.renewed_at = time.monotonic()  # when the last lease renewal started
@@ -189,11 +190,13 @@ class Committer:
         )
 
     async def _draws_held(self, t: int, taken: int) -> bool:
-        """A due draw waits until this writer has taken every intent stored so far: none left
-        in the stream for it, none out with an earlier holder of the shard (a crashed writer's
-        batch comes back after ack_wait) or unacked beyond the batch in hand. So a writer that
-        lags, restarts or takes over decides the same entries. Bounded: DRAW_HOLD_MAX_MS after
-        it was due, the draw is decided all the same (later arrivals go first come first served)."""
+        """A due draw waits until this writer has taken every intent stored before it was
+        first looked at when due (the cut): all delivered, none out with an earlier holder of
+        the shard (a crashed writer's batch comes back after ack_wait) nor unacked beyond the
+        batch in hand. So a writer that lags, restarts or takes over decides the same entries,
+        and intents that keep arriving after the cut do not delay it. Bounded: DRAW_HOLD_MAX_MS
+        after it was due, the draw is decided all the same (later arrivals go first come first
+        served)."""
         due = self.machine.next_draw_ms()
         if due is None or t < due:
             return False
@@ -206,7 +209,11 @@ class Committer:
             )
         except (TimeoutError, nats.errors.Error):
             return True
-        return bool(info.num_pending) or (info.num_ack_pending or 0) > taken
+        delivered = info.delivered.stream_seq or 0 if info.delivered else 0
+        if self._draw_cut is None or self._draw_cut[0] != due:
+            # Every message of the stream matches this consumer: the last stored sequence.
+            self._draw_cut = (due, delivered + (info.num_pending or 0))
+        return delivered < self._draw_cut[1] or (info.num_ack_pending or 0) > taken
 
     async def _announce_taken(self, taken_seq: int) -> None:
         """Tell ingest how far this batch reaches before deciding it: a purchase in it is no
