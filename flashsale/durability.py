@@ -38,6 +38,10 @@ class _Varz(msgspec.Struct):
     jetstream: _JetStream | None = None  # absent when JetStream is off
 
 
+VARZ_TIMEOUT_S = 1.0  # one GET /varz
+VARZ_RETRY_S = 0.1  # between GETs of a server that is still starting
+
+
 class DurabilityError(RuntimeError):
     """A server is reachable and does not fsync before it acknowledges, though that is required."""
 
@@ -60,13 +64,13 @@ def read_jetstream_config(monitor_url: str, timeout_s: float = 5.0) -> JetStream
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(f"{monitor_url.rstrip('/')}/varz", timeout=1) as resp:
+            with urllib.request.urlopen(f"{monitor_url.rstrip('/')}/varz", timeout=VARZ_TIMEOUT_S) as resp:
                 varz = msgspec.json.decode(resp.read(), type=_Varz)
             break
         except (urllib.error.URLError, OSError):
             if time.monotonic() >= deadline:
                 raise
-            time.sleep(0.1)
+            time.sleep(VARZ_RETRY_S)
     if varz.jetstream is None:
         raise DurabilityError(f"{monitor_url}: JetStream is not enabled on {varz.server_name!r}")
     return varz.jetstream.config
