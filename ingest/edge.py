@@ -63,6 +63,9 @@ ACCEPT_BACKLOG = 1024
 # How long aiohttp drains a body it did not read (e.g. after a 408 or 413) before closing.
 LINGER_S = 2.0
 REFUSAL_LOG_INTERVAL_S = 10.0
+# Rate refusals within a second after which a client's connections are closed and refused for
+# its Retry-After (at least this many, and at least its burst).
+FLOOD_REFUSALS_MIN = 20
 # Idle connections looked at to choose the one closed for a new connection at the process's cap.
 EVICT_SCAN_MAX = 32
 # Clients remembered by the rate limiter and the refusal log (least recently seen forgotten).
@@ -81,6 +84,7 @@ Reason = Literal[
     "sku_streams_total",  # the process holds sku_streams_max SKU streams: 503
     "sku_stream_slow",  # a SKU stream's client read too slowly: its stream was dropped
     "rate_client",  # this client exceeds client_rate_per_s
+    "rate_client_connection",  # a client that kept asking through its 429s: connection reset
     "body_timeout",  # the body did not arrive within body_timeout_s
     "head_too_large",  # a request head exceeds head_max_bytes: 431, closed
     "bad_request_line",  # a request line that is not HTTP/1.x (HTTP/0.9, say): 400, closed
@@ -387,11 +391,14 @@ class BadRequestLog(logging.Filter):
         return False
 
 
-def refused(reason: Reason, who: str, retry_after_s: int, detail: str) -> problems.Rejection:
-    """A 429 for a client or buyer over its share (counted and logged)."""
+def refused(reason: Reason, who: str, retry_after_s: int, detail: str,
+            close: bool = False) -> problems.Rejection:
+    """A 429 for a client or buyer over its share (counted and logged); `close`: and the
+    connection closes after it."""
     note_refusal(reason, who)
     slug = "rate_limited" if reason == "rate_client" else "too_many_waits"
-    return problems.Rejection(429, slug, "Too many requests", detail, retry_after_s=retry_after_s)
+    return problems.Rejection(429, slug, "Too many requests", detail, retry_after_s=retry_after_s,
+                              headers={"Connection": "close"} if close else None)
 
 
 # -- the edge of one process ---------------------------------------------------------------
@@ -415,26 +422,86 @@ class Edge:
             RateLimiter(settings.client_rate_per_s, settings.client_burst, CLIENTS_TRACKED_MAX)
             if settings.client_rate_per_s > 0 else None
         )
+        self.flooding = Flooding(max(FLOOD_REFUSALS_MIN, settings.client_burst))
         metrics.CONNECTIONS.set_function(lambda: self.connections.open)
         for name, value in msgspec.structs.asdict(limits).items():
             metrics.EDGE_LIMITS.labels(name).set(value)
 
     def admit_connection(self, peer: str) -> bool:
+        if self.flooding.holds(peer, time.monotonic()):
+            note_refusal("rate_client_connection", peer)
+            return False
         reason = self.connections.admit(peer)
         if reason is None:
             return True
         note_refusal(reason, peer)
         return False
 
-    def check_rate(self, client: str) -> None:
+    def check_rate(self, client: str, direct: bool = True) -> None:
+        """Apply the client's request rate (`direct`: the client is the connection's peer,
+        not a client behind a trusted proxy)."""
         if self.rate is None:
             return
-        wait_s = self.rate.acquire(client, time.monotonic())
-        if wait_s:
-            raise refused(
-                "rate_client", client, RateLimiter.retry_after_s(wait_s),
-                f"client {client} sends requests faster than {self.client_rate_per_s:g}/s",
-            )
+        now_s = time.monotonic()
+        wait_s = self.rate.acquire(client, now_s)
+        if not wait_s:
+            return
+        retry_after_s = RateLimiter.retry_after_s(wait_s)
+        close = direct and self.flooding.refused(client, now_s, now_s + retry_after_s)
+        raise refused(
+            "rate_client", client, retry_after_s,
+            f"client {client} sends requests faster than {self.client_rate_per_s:g}/s",
+            close=close,
+        )
+
+
+class Flooding:
+    """Clients that keep asking while told to wait. A client refused for its rate
+    `refusals_max` times within a second gets its 429 with its connection closed, and its new
+    connections are reset at accept until that 429's Retry-After has passed: refusing a
+    connection costs the process a fraction of parsing a request to refuse it, so a flood of
+    requests through 429s cannot take the CPU that other clients need. (An honest client a
+    little over its rate sees a few refusals a second, not that many.) Only for a client that
+    is its connection's peer: one behind a trusted proxy shares the proxy's connections, and
+    its 429s stay 429s."""
+
+    WINDOW_S = 1.0
+
+    def __init__(self, refusals_max: int, keys_max: int = CLIENTS_TRACKED_MAX) -> None:
+        self.refusals_max = refusals_max
+        self.keys_max = keys_max
+        # client -> (start of its window, refusals in it); least recently refused first
+        self._refusals: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._benched: OrderedDict[str, float] = OrderedDict()  # client -> until (monotonic s)
+
+    def refused(self, client: str, now_s: float, until_s: float) -> bool:
+        """Count a refusal; True when the client is benched (its connection is to close)."""
+        start_s, count = self._refusals.pop(client, (now_s, 0))
+        if now_s - start_s >= self.WINDOW_S:
+            start_s, count = now_s, 0
+        self._refusals[client] = (start_s, count + 1)
+        if len(self._refusals) > self.keys_max:
+            self._refusals.popitem(last=False)
+        if count + 1 < self.refusals_max:
+            return False
+        self._benched.pop(client, None)
+        self._benched[client] = until_s
+        if len(self._benched) > self.keys_max:
+            self._benched.popitem(last=False)
+        return True
+
+    def holds(self, peer: str, now_s: float) -> bool:
+        """Whether a new connection from `peer` is refused now."""
+        if not self._benched:
+            return False
+        until_s = self._benched.get(peer)
+        if until_s is None:
+            return False
+        if now_s < until_s:
+            return True
+        del self._benched[peer]
+        self._refusals.pop(peer, None)
+        return False
 
 
 EDGE = web.AppKey("edge", Edge)
@@ -452,7 +519,7 @@ def middleware(edge: Edge) -> Middleware:
         client = client_ip(peer, request.headers.getall("X-Forwarded-For", ()), edge.trusted)
         request[CLIENT] = client
         if request.path not in RATE_EXEMPT_PATHS:
-            edge.check_rate(client)
+            edge.check_rate(client, direct=client == peer)
         return await handler(request)
 
     return client_edge

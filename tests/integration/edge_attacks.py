@@ -22,7 +22,8 @@ from tests.auth import token
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: ingest\r\n\r\n"
 TRICKLE_INTERVAL_S = 0.5
-RETRY_S = 0.2
+RETRY_S = 0.2  # a holder reconnects after this
+RESET_RETRY_S = 0.05  # a flooder whose connection was refused asks again after this
 
 
 class Attack:
@@ -114,7 +115,7 @@ class Attack:
                     if first:
                         first = False
                         self.attempted()
-                    await asyncio.sleep(RETRY_S)
+                    await asyncio.sleep(RESET_RETRY_S)
 
 
 def holders(attack: Attack, scenario: str, address: str, n: int, a: int) -> list[Awaitable[None]]:

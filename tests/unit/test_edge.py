@@ -209,3 +209,16 @@ def test_refusals_are_logged_once_per_client_per_interval():
     assert log.note("rate_client", "a", 111.0) is None
     log.note("waits_client", "c", 111.0)  # a third key: the least recently refused is forgotten
     assert log.note("rate_client", "b", 112.0) == 1
+
+
+def test_a_client_that_keeps_asking_through_its_429s_is_refused_at_accept_until_its_retry_after():
+    from ingest.edge import Flooding
+
+    flooding = Flooding(refusals_max=3)
+    assert [flooding.refused("127.0.0.2", now_s=0.1 * n, until_s=10.0) for n in range(2)] == [False] * 2
+    # A new second: the count starts again (an honest client a little over its rate).
+    assert not flooding.refused("127.0.0.2", now_s=1.0, until_s=10.0)
+    assert [flooding.refused("127.0.0.2", now_s=1.1, until_s=10.0) for _ in range(2)] == [False, True]
+    assert flooding.holds("127.0.0.2", now_s=9.9) and not flooding.holds("127.0.0.3", now_s=9.9)
+    assert not flooding.holds("127.0.0.2", now_s=10.0)  # its Retry-After has passed
+    assert not flooding.refused("127.0.0.2", now_s=10.0, until_s=20.0)  # and it starts from nothing
