@@ -27,6 +27,7 @@ log = logging.getLogger("ingest.listener")
 
 # A listener that misses two heartbeats is recreated by nats-py from the last sequence seen.
 HEARTBEAT_S = 2.0
+RESUBSCRIBE_BACKOFF_MIN_S = 0.1  # doubling up to the max while the server refuses
 RESUBSCRIBE_BACKOFF_MAX_S = 2.0
 # Every live writer sends a result batch or a heartbeat about every second, and writers announce
 # each batch they take on core NATS: a listener that hears those but no result for this long
@@ -99,7 +100,7 @@ class ResultsListener:
                 await old.unsubscribe()
             except Exception:  # the old consumer is likely gone with the old connection
                 pass
-        delay_s = 0.1
+        delay_s = RESUBSCRIBE_BACKOFF_MIN_S
         failing = False
         while True:
             try:
