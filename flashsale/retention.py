@@ -11,7 +11,7 @@ Everything else is in Postgres for good, so it may go:
   order. What is lost is only ingest's 422 for a retry with another body (the stored request hash
   it compares with is gone);
 - a confirm or release a gateway sends again after a purge is refused by the committer as
-  already decided, as it is today after `intents_max_age_s`.
+  already decided, as after `intents_max_age_s`.
 
 `purge_intents` removes, per shard, every message below the oldest one still needed (JetStream
 purge up to a sequence), so a stream filled by a sale is empty again without waiting for
