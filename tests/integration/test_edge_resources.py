@@ -20,8 +20,8 @@ from tests.integration.test_ingest_flow import Client
 ONE = ["127.0.0.2"]
 TEN = [f"127.0.0.{10 + n}" for n in range(10)]
 PURCHASES = 40  # the buyer's, per measurement
-DEADLINE_S = 3.0  # idle_timeout_s and body_timeout_s here
-ATTACK_MIN_S = DEADLINE_S + 2.0
+DEADLINE_S = 2.0  # idle_timeout_s and body_timeout_s here
+ATTACK_MIN_S = DEADLINE_S + 1.5
 
 # scenario: (holders per address, the refusal reason that shows its cap held)
 SCENARIOS: dict[str, tuple[int, str]] = {
