@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ingest import admission, problems
+from ingest import admission, metrics, problems
 from ingest.publisher import Overloaded
 
 BODY_MAX_BYTES = 64
@@ -120,3 +120,22 @@ async def test_router_refusals_are_problems_and_405_keeps_allow(client):
     assert resp.status == 405
     assert "POST" in resp.headers["Allow"]
     assert (await problem_of(resp))["type"].endswith("/method_not_allowed")
+
+
+def requests_counted(route: str, status: int) -> float:
+    value = metrics.REGISTRY.get_sample_value(
+        "flashsale_ingest_requests_total", {"route": route, "status": str(status)})
+    return value or 0.0
+
+
+async def test_requests_are_counted_by_route_template_never_by_path(client):
+    before = (requests_counted("/v1/skus/{sku}", 202), requests_counted("unmatched", 404))
+    await client.get("/v1/skus/a")
+    await client.get("/v1/skus/b")
+    await client.get("/no/such/path/123")
+    after = (requests_counted("/v1/skus/{sku}", 202), requests_counted("unmatched", 404))
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+    # One label per template: a client choosing paths cannot grow the metrics.
+    labels = {s.labels["route"] for m in metrics.REGISTRY.collect() for s in m.samples
+              if s.name == "flashsale_ingest_requests_total"}
+    assert not any(label.startswith("/no/") or label.endswith("/a") for label in labels)
