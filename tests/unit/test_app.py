@@ -1,0 +1,50 @@
+"""The ingest app's shape without a server: every route it serves is in the OpenAPI
+document and every documented path is served (one contract, no drift), the document carries
+this process's limits and names the dev token route only where it exists, and /metrics is only
+on its own app."""
+
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from config.settings import Settings
+from ingest.app import create_app, create_metrics_app, openapi_document
+
+SETTINGS = Settings(qty_max=3)
+HS256_SECRET = "unit-hs256-secret-of-at-least-32-bytes"
+# Served but not in the document: the page's assets and the document itself.
+NOT_DOCUMENTED = re.compile(r"^/(static/|openapi\.)")
+
+
+def served_paths(settings: Settings) -> set[str]:
+    app = create_app(settings, SimpleNamespace())  # type: ignore[arg-type]  # the edge runs per request only
+    return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+
+
+def test_every_served_route_is_documented_and_every_documented_one_served():
+    for dev in (False, True):
+        settings = Settings(dev_token_endpoint=dev, jwt_hs256_secrets=[HS256_SECRET])
+        documented = set(json.loads(openapi_document(settings))["paths"])
+        served = {p for p in served_paths(settings) if not NOT_DOCUMENTED.match(p)}
+        assert served == documented, (served ^ documented)
+
+
+def test_the_document_carries_this_process_s_limits():
+    doc = json.loads(openapi_document(SETTINGS))
+    assert doc["components"]["schemas"]["PurchaseRequest"]["properties"]["qty"]["maximum"] == 3
+    assert "/dev/token" not in doc["paths"]
+    assert "/dev/token" in json.loads(openapi_document(Settings(dev_token_endpoint=True)))["paths"]
+
+
+async def test_metrics_are_served_on_their_own_app_only():
+    assert "/metrics" not in served_paths(SETTINGS)
+    async with TestClient(TestServer(create_metrics_app())) as client:
+        resp = await client.get("/metrics")
+        assert resp.status == 200 and "flashsale_ingest_requests_total" in await resp.text()
+        resp = await client.get("/v1/purchases")
+        assert resp.status == 404
+        assert resp.headers["Content-Type"].startswith("application/problem+json")
