@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gateway.fakepsp.app import FakePspConfig, Rates, create_app
+from gateway.fakepsp.app import create_app
 from gateway.fakepsp.client import FakePspAdmin
+from gateway.fakepsp.config import FakePspConfig, Rates
+from gateway.fakepsp.provider import TOKEN_ALWAYS_OK
 from gateway.psp import CardDeclined, PspError, StripeLikePsp
 
 API_KEY = "sk_test_unit"
@@ -54,17 +56,17 @@ async def psp() -> AsyncIterator[Psp]:
 
 
 async def test_a_key_replays_its_first_answer_and_charges_once(psp):
-    first = await psp.client.authorize(PID, 500, "tok_visa")
-    again = await psp.client.authorize(PID, 500, "tok_visa")
+    first = await psp.client.authorize(PID, 500, TOKEN_ALWAYS_OK)
+    again = await psp.client.authorize(PID, 500, TOKEN_ALWAYS_OK)
     assert again.id == first.id
     stats = await psp.stats()
     assert stats["intents"] == 1 and stats["idempotent_replays"] == 1
 
 
 async def test_another_call_under_the_same_key_is_refused(psp):
-    await psp.client.authorize(PID, 500, "tok_visa")
+    await psp.client.authorize(PID, 500, TOKEN_ALWAYS_OK)
     with pytest.raises(PspError) as refused:
-        await psp.client.authorize(PID, 700, "tok_visa")
+        await psp.client.authorize(PID, 700, TOKEN_ALWAYS_OK)
     assert not refused.value.transient and refused.value.http_status == 400
 
 
@@ -90,7 +92,7 @@ async def test_a_lost_answer_s_work_is_kept_under_its_key(psp):
 
 
 async def test_a_capture_after_a_void_is_an_unexpected_state(psp):
-    intent = await psp.client.authorize(PID, 500, "tok_visa")
+    intent = await psp.client.authorize(PID, 500, TOKEN_ALWAYS_OK)
     await psp.client.void(PID, intent.id)
     with pytest.raises(PspError) as refused:
         await psp.client.capture(PID, intent.id)
@@ -110,7 +112,7 @@ async def test_a_wrong_api_key_is_refused(psp):
 async def test_the_ledger_and_its_keys_survive_a_restart(tmp_path: Path):
     config = FakePspConfig(api_key=API_KEY, ledger_path=str(tmp_path / "ledger.json"))
     async for psp in served(config):
-        intent = await psp.client.authorize(PID, 500, "tok_visa")
+        intent = await psp.client.authorize(PID, 500, TOKEN_ALWAYS_OK)
         captured = await psp.client.capture(PID, intent.id)
     async for psp in served(config):
         assert (await psp.client.retrieve(intent.id)).amount_received == captured.amount_received
