@@ -57,6 +57,12 @@ PAYMENTS_DURABLE = "gateway"
 FETCH_WAIT_S = 1.0  # idle wait per fetch; a message returns it at once
 REFUSALS_DURABLE = "gateway-refusals"
 PUBLISH_ATTEMPTS_MAX = 5
+DEADLETTER_ERROR_MAX_CHARS = 500  # of the PSP's error text kept in a dead letter
+# Jobs handed to this gateway and not acked yet: a few per slot, so the next job is already here.
+JOBS_UNACKED_PER_SLOT = 4
+JOBS_UNACKED_MIN = 1000
+KEEP_ALIVES_PER_ACK_WAIT = 3  # "still working" signals sent per payment_ack_wait_s of a long job
+REFUSAL_BATCHES_PER_FETCH = 100
 
 # How one payment job ended (the label of gateway_jobs_total).
 Outcome = Literal[
@@ -207,7 +213,7 @@ class Gateway:
         log.warning("payment failed, dead-lettering and releasing",
                     extra=kv(purchase_id=job.id, step=e.step, reason=e.reason, attempts=e.attempts,
                              error=e.error))
-        letter = DeadLetter(job=job, reason=e.reason, step=e.step, error=e.error[:500],
+        letter = DeadLetter(job=job, reason=e.reason, step=e.step, error=e.error[:DEADLETTER_ERROR_MAX_CHARS],
                             attempts=e.attempts, at_ms=now_ms())
         await self._publish(self.names.deadletter(), encode_deadletter(letter),
                             headers={"Nats-Msg-Id": f"deadletter:{job.id}"})
@@ -271,7 +277,7 @@ class Gateway:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=s.payment_ack_wait_s,
             max_deliver=-1,  # a job is never dropped: it ends in confirm, release or DLQ
-            max_ack_pending=max(s.gateway_concurrency * 4, 1000),
+            max_ack_pending=max(s.gateway_concurrency * JOBS_UNACKED_PER_SLOT, JOBS_UNACKED_MIN),
         ))
         await self.js.add_consumer(self.names.results_stream, ConsumerConfig(
             durable_name=REFUSALS_DURABLE,
@@ -340,12 +346,12 @@ class Gateway:
         # Retries can outlast ack_wait; tell JetStream we are still on it so it is not handed
         # to another gateway mid-charge.
         while True:
-            await asyncio.sleep(self.settings.payment_ack_wait_s / 3)
+            await asyncio.sleep(self.settings.payment_ack_wait_s / KEEP_ALIVES_PER_ACK_WAIT)
             await _quietly(msg.in_progress())
 
     async def run_refusals(self, sub: Puller, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            for msg in await sub.fetch(100, FETCH_WAIT_S):
+            for msg in await sub.fetch(REFUSAL_BATCHES_PER_FETCH, FETCH_WAIT_S):
                 try:
                     batch = result_decoder.decode(msg.data)
                 except msgspec.DecodeError:
