@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from proto.draw import DRAW_ENTRIES_MAX, DRAW_GRACE_MS, DRAW_WINDOW_MAX_S, valid_seed
+from proto.draw import DRAW_ENTRIES_MAX, DRAW_GRACE_MS, valid_seed
 from proto.messages import Purchase, Reason, SkuUpsert
 
 if TYPE_CHECKING:
@@ -110,8 +110,6 @@ def upsert_refusal(sku: Sku | None, u: SkuUpsert, now_ms: int) -> str | None:
         start = u.sale_start_ms if u.sale_start_ms is not None else old_start
     if u.draw_seed is not None and not valid_seed(u.draw_seed):
         return "draw_seed must be 64 lowercase hex digits"
-    if not 0 <= window <= DRAW_WINDOW_MAX_S:
-        return f"draw_window_s must be in 0..{DRAW_WINDOW_MAX_S}"
     if window > 0 and start is None:
         return "a draw window needs a sale_start"
     if window > 0 and (sku is None or sku.draw_seed is None) and u.draw_seed is None:

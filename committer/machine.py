@@ -55,6 +55,7 @@ from proto.messages import (
     SkuState,
     SkuUpsert,
     Status,
+    out_of_bounds,
 )
 from proto.sharding import shard_of
 
@@ -491,7 +492,10 @@ class Machine:
             return
         sku = self.skus.get(u.sku)
         committed = (sku.reserved + sku.sold) if sku else 0
-        refused = upsert_refusal(sku, u, now_ms)
+        # Out of bounds only from a sender that skipped make_upsert: refused, never a batch
+        # that Postgres would fail (which would stop the writer on every redelivery).
+        outside = out_of_bounds(u)
+        refused = outside[1] if outside is not None else upsert_refusal(sku, u, now_ms)
         if refused is None and u.stock < committed:
             refused = f"stock {u.stock} is below the {committed} already reserved or sold"
         if refused is not None:

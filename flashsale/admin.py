@@ -20,15 +20,18 @@ from nats.aio.msg import Msg
 from config.settings import Settings
 from flashsale import shardmap
 from flashsale.jetstream import connect_nats_for_command
-from proto.draw import DRAW_WINDOW_MAX_S, new_seed
+from proto.draw import new_seed
 from proto.identifiers import SKU
 from proto.messages import (
     CLEARABLE_SKU_FIELDS,
+    TIME_MAX_MS,
+    TIME_MIN_MS,
     Payment,
     Refusal,
     SkuState,
     SkuUpsert,
     encode,
+    out_of_bounds,
     result_decoder,
 )
 from proto.sharding import shard_of
@@ -39,14 +42,11 @@ UPSERT_FIELDS = ("stock", "price_cents", "max_per_user", "payment", "reservation
 CLEARABLE: dict[str, str] = {"max_per_user": "max_per_user", "sale_start": "sale_start_ms",
                              "sale_end": "sale_end_ms"}
 assert set(CLEARABLE.values()) == CLEARABLE_SKU_FIELDS
+_UPSERT_FIELD_OF = {proto_name: name for name, proto_name in CLEARABLE.items()}
 PAYMENTS: dict[object, Payment] = {"none": "none", "required": "required"}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-# Every reader of a sale time (ingest's RFC 3339 views, Python's datetime) handles years
-# 1..9999 in UTC; a time outside would be stored fine and then fail every GET of the SKU.
-TIME_MIN_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MS
-TIME_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC) - _EPOCH) // _MS
 
 
 class AdminError(RuntimeError):
@@ -55,6 +55,10 @@ class AdminError(RuntimeError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class NotConfirmed(AdminError):
+    """SKU changes sent whose writers did not answer in time: they may still be applied."""
 
 
 def to_ms(value: object, field: str = "time") -> int | None:
@@ -111,18 +115,20 @@ def make_upsert(sku: str, fields: Mapping[str, object]) -> SkuUpsert:
     sale_end_ms = to_ms(given.get("sale_end"), "sale_end")
     if sale_start_ms is not None and sale_end_ms is not None and sale_end_ms <= sale_start_ms:
         raise AdminError("sale_end must be after sale_start", "sale_end")
-    draw_window_s = _int(given, "draw_window_s")
-    if draw_window_s is not None and not 0 <= draw_window_s <= DRAW_WINDOW_MAX_S:
-        raise AdminError(f"draw_window_s must be in 0..{DRAW_WINDOW_MAX_S}", "draw_window_s")
-    return SkuUpsert(
+    upsert = SkuUpsert(
         request_id=uuid.uuid4().hex, sku=sku, stock=stock, price_cents=_int(given, "price_cents"),
         max_per_user=_int(given, "max_per_user"), payment=payment,
         reservation_ttl_s=_int(given, "reservation_ttl_s"), sale_start_ms=sale_start_ms,
         sale_end_ms=sale_end_ms,
         clear=[CLEARABLE[name] for name, value in given.items() if value is None],
         # The writer keeps the first seed a SKU gets (its creation) and ignores later ones.
-        draw_window_s=draw_window_s, draw_seed=new_seed(),
+        draw_window_s=_int(given, "draw_window_s"), draw_seed=new_seed(),
     )
+    if (outside := out_of_bounds(upsert)) is not None:
+        name, why = outside
+        field = _UPSERT_FIELD_OF.get(name, name)
+        raise AdminError(why.replace(name, field, 1), field)
+    return upsert
 
 
 def _int(given: Mapping[str, object], name: str) -> int | None:
@@ -163,7 +169,7 @@ async def apply_upserts(
             try:
                 await asyncio.wait_for(done.wait(), timeout_s)
             except TimeoutError:
-                raise AdminError(
+                raise NotConfirmed(
                     f"{len(pending) - len(outcome)} SKU changes not confirmed in {timeout_s}s: "
                     "is a committer running for every shard?"
                 ) from None
@@ -173,9 +179,15 @@ async def apply_upserts(
 
 
 def read_sale_file(path: Path) -> list[SkuUpsert]:
-    data = tomllib.loads(Path(path).read_text())
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise AdminError(f"{path}: not a readable sale file: {e}") from None
+    entries = data.get("sku", [])
+    if not isinstance(entries, list):
+        raise AdminError(f"{path}: the SKUs are [[sku]] tables", "sku")
     upserts = []
-    for entry in data.get("sku", []):
+    for entry in entries:
         sku = entry.get("sku") if isinstance(entry, dict) else None
         if not isinstance(sku, str):
             raise AdminError(f"{path}: every [[sku]] entry needs a sku name: {entry!r}", "sku")

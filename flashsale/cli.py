@@ -614,6 +614,12 @@ def main(argv: list[str] | None = None) -> int:
     except shardmap.ShardMapError as e:  # configured unlike the system, or not between sales
         print(f"flashsale: {e}", file=sys.stderr)
         return 2
+    except admin.NotConfirmed as e:  # sent, but no writer answered in time
+        print(f"flashsale: {e}", file=sys.stderr)
+        return 1
+    except admin.AdminError as e:  # a SKU change or sale file that cannot be sent: nothing sent
+        print(f"flashsale: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

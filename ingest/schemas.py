@@ -12,12 +12,11 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from flashsale.admin import TIME_MAX_MS, TIME_MIN_MS
 from ingest.queue import QueueView
 from proto.clock import now_ms
-from proto.draw import DRAW_GRACE_MS, DRAW_WINDOW_MAX_S
+from proto.draw import DRAW_GRACE_MS
 from proto.identifiers import PAYMENT_TOKEN, SKU, USER_ID
-from proto.messages import Decision, Purchase, SkuState
+from proto.messages import COUNT_MAX, SKU_BOUNDS, TIME_MAX_MS, TIME_MIN_MS, Decision, Purchase, SkuState
 
 # The identifiers' grammar is proto.identifiers'. User ids are visible ASCII without spaces: ids
 # from any identity provider (uuid, email, numeric) fit.
@@ -25,8 +24,13 @@ Sku = Annotated[str, SKU.meta()]
 UserId = Annotated[str, USER_ID.meta()]
 PaymentToken = Annotated[str, PAYMENT_TOKEN.meta()]
 # Postgres columns are int4; the cap of qty is a runtime setting checked by the handler.
-Qty = Annotated[int, Meta(ge=1, le=2_000_000_000)]
-Stock = Annotated[int, Meta(ge=0, le=2_000_000_000)]
+Qty = Annotated[int, Meta(ge=1, le=COUNT_MAX)]
+
+
+def _bounded(name: str) -> Meta:
+    """A SKU number's bounds (proto.messages.SKU_BOUNDS) as a msgspec constraint."""
+    low, high = SKU_BOUNDS[name]
+    return Meta(ge=low, le=high)
 
 STATUSES = ("pending", "reserved", "confirmed", "rejected", "expired", "cancelled")
 
@@ -43,14 +47,14 @@ class SkuUpsertRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Absent fields keep their value; an explicit null clears max_per_user, sale_start or
     sale_end (and is refused for the others, which have no 'none')."""
 
-    stock: Stock
-    price_cents: Annotated[int, Meta(ge=0, le=10**15)] | msgspec.UnsetType = msgspec.UNSET
-    max_per_user: Annotated[int, Meta(ge=1, le=2000000000)] | msgspec.UnsetType | None = msgspec.UNSET
+    stock: Annotated[int, _bounded("stock")]
+    price_cents: Annotated[int, _bounded("price_cents")] | msgspec.UnsetType = msgspec.UNSET
+    max_per_user: Annotated[int, _bounded("max_per_user")] | msgspec.UnsetType | None = msgspec.UNSET
     payment: Literal["none", "required"] | msgspec.UnsetType = msgspec.UNSET
-    reservation_ttl_s: Annotated[int, Meta(ge=1, le=7 * 24 * 3600)] | msgspec.UnsetType = msgspec.UNSET
+    reservation_ttl_s: Annotated[int, _bounded("reservation_ttl_s")] | msgspec.UnsetType = msgspec.UNSET
     sale_start: datetime | msgspec.UnsetType | None = msgspec.UNSET  # naive = UTC
     sale_end: datetime | msgspec.UnsetType | None = msgspec.UNSET
-    draw_window_s: Annotated[int, Meta(ge=0, le=DRAW_WINDOW_MAX_S)] | msgspec.UnsetType = msgspec.UNSET
+    draw_window_s: Annotated[int, _bounded("draw_window_s")] | msgspec.UnsetType = msgspec.UNSET
 
 
 DrawState = Literal["scheduled", "open", "closed", "drawn"]

@@ -7,9 +7,12 @@ committer -> everyone after the batch it describes is committed in Postgres.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
 import msgspec
+
+from proto.draw import DRAW_WINDOW_MAX_S
 
 Status = Literal["pending", "reserved", "confirmed", "rejected", "expired", "cancelled"]
 STATUSES: tuple[Status, ...] = get_args(Status)
@@ -68,6 +71,27 @@ class Cancel(msgspec.Struct, tag="cancel", frozen=True):
 
 CLEARABLE_SKU_FIELDS: frozenset[str] = frozenset({"max_per_user", "sale_start_ms", "sale_end_ms"})
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+# Every reader of a sale time (ingest's RFC 3339 views, Python's datetime) handles years
+# 1..9999 in UTC; a time outside would be stored fine and then fail every GET of the SKU.
+TIME_MIN_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _MS
+TIME_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC) - _EPOCH) // _MS
+COUNT_MAX = 2_000_000_000  # stock, caps, qty: below int4's 2**31 - 1 (committer/schema.sql)
+# What each number of a SkuUpsert may be, both ends included: what its Postgres column holds
+# (committer/schema.sql) and what every reader can show. Ingest's PUT, the CLI and sale files
+# refuse anything outside (flashsale.admin.make_upsert, the OpenAPI document states the same);
+# the writer refuses an upsert that carries it anyway, so no change can fail its batch.
+SKU_BOUNDS: dict[str, tuple[int, int]] = {
+    "stock": (0, COUNT_MAX),
+    "price_cents": (0, 10**15),
+    "max_per_user": (1, COUNT_MAX),
+    "reservation_ttl_s": (1, 7 * 24 * 3600),
+    "sale_start_ms": (TIME_MIN_MS, TIME_MAX_MS),
+    "sale_end_ms": (TIME_MIN_MS, TIME_MAX_MS),
+    "draw_window_s": (0, DRAW_WINDOW_MAX_S),
+}
+
 
 class SkuUpsert(msgspec.Struct, tag="sku_upsert", frozen=True):
     """Operator creates or adjusts a SKU. Fields left as None keep their current value; fields
@@ -88,6 +112,15 @@ class SkuUpsert(msgspec.Struct, tag="sku_upsert", frozen=True):
     draw_window_s: int | None = None
     # A fresh random seed with every upsert; the writer keeps the first one a SKU gets, for good.
     draw_seed: str | None = None
+
+
+def out_of_bounds(u: SkuUpsert) -> tuple[str, str] | None:
+    """(field, why) for the first number of `u` outside SKU_BOUNDS, or None."""
+    for name, (low, high) in SKU_BOUNDS.items():
+        value = getattr(u, name)
+        if value is not None and not low <= value <= high:
+            return name, f"{name} must be in {low}..{high}"
+    return None
 
 
 Intent = Purchase | Confirm | Release | Cancel | SkuUpsert

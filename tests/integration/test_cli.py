@@ -37,6 +37,27 @@ async def test_set_sku_and_load_sale_go_through_the_writer(system, settings, db,
     assert dict(await db.fetch("SELECT sku, stock FROM skus WHERE sku IN ('a', 'b')")) == {"a": 3, "b": 4}
 
 
+async def test_bad_sku_changes_are_one_line_and_exit_2_with_nothing_sent(system, settings, db,
+                                                                        tmp_path):
+    """Values no column holds, a sale file that is not one: a line each, exit 2, nothing reaches
+    a writer (which would otherwise fail its batch on every redelivery), and the shard goes on."""
+    system.start()
+    bad_file = tmp_path / "bad.toml"
+    bad_file.write_text("[[sku]\n")
+    runs = [("set-sku", "x", "--stock", "10", "--max-per-user", "0"),
+            ("set-sku", "x", "--stock", "9223372036854775808"),
+            ("set-sku", "x", "--stock", "10", "--price-cents", "99999999999999999999"),
+            ("set-sku", "x", "--stock", "10", "--reservation-ttl-s", "0"),
+            ("load-sale", str(bad_file)), ("load-sale", str(tmp_path / "missing.toml"))]
+    for args in runs:
+        out = flashsale(settings, *args)
+        assert out.returncode == 2, (args, out.stdout, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr, args
+    assert await db.fetchval("SELECT count(*) FROM skus") == 0
+    ok = flashsale(settings, "set-sku", "x", "--stock", "10", "--max-per-user", "1")
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_a_command_says_nats_is_down_instead_of_waiting_forever(settings):
     down = msgspec.structs.replace(settings, nats_url="nats://flashsale:secret@127.0.0.1:1",
                                    command_connect_timeout_s=1.0)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
+from importlib import resources
 
 import pytest
 
 from flashsale.admin import TIME_MAX_MS, TIME_MIN_MS, AdminError, make_upsert, read_sale_file, to_ms
 from proto.draw import valid_seed
+from proto.messages import SKU_BOUNDS
 
 START = datetime(2026, 11, 24, 13, 0, tzinfo=UTC)
 
@@ -160,3 +163,44 @@ def test_a_draw_window_out_of_range_is_an_admin_error(window: object):
     with pytest.raises(AdminError) as e:
         make_upsert("a", {"stock": 1, "draw_window_s": window})
     assert e.value.field == "draw_window_s"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("stock", -1), ("stock", 2**63), ("price_cents", 10**15 + 1), ("price_cents", 10**20),
+    ("max_per_user", 0), ("reservation_ttl_s", 0), ("reservation_ttl_s", 7 * 24 * 3600 + 1),
+])
+def test_numbers_outside_what_the_store_holds_are_admin_errors(field: str, value: int):
+    """The CLI and sale files hold to the bounds ingest's PUT does (proto.messages.SKU_BOUNDS):
+    nothing reaches a writer that its batch could not store."""
+    with pytest.raises(AdminError, match=f"{field} must be in") as e:
+        make_upsert("a", {"stock": 5, field: value})
+    assert e.value.field == field
+
+
+def test_the_edges_of_every_bound_are_accepted():
+    for name, (low, high) in SKU_BOUNDS.items():
+        field = {"sale_start_ms": "sale_start", "sale_end_ms": "sale_end"}.get(name, name)
+        for value in (low, high):
+            fields: dict[str, object] = {"stock": 5, field: value}
+            if name == "draw_window_s" and value:
+                fields["sale_start"] = START
+            assert getattr(make_upsert("a", fields), name) == value, (name, value)
+
+
+@pytest.mark.parametrize("text", ["[[sku]\n", "sku = 5\n", "\xff"])
+def test_an_unreadable_sale_file_is_an_admin_error(tmp_path, text: str):
+    path = tmp_path / "sale.toml"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(AdminError, match="sale.toml"):
+        read_sale_file(path)
+    with pytest.raises(AdminError, match="not a readable sale file"):
+        read_sale_file(tmp_path / "missing.toml")
+
+
+def test_the_openapi_document_states_the_same_bounds():
+    doc = json.loads(resources.files("ingest").joinpath("openapi.json").read_bytes())
+    upsert = doc["components"]["schemas"]["SkuUpsertRequest"]["properties"]
+    for name, (low, high) in SKU_BOUNDS.items():
+        if name.endswith("_ms"):
+            continue  # RFC 3339 strings there, held to years 1..9999 by to_ms
+        assert (upsert[name]["minimum"], upsert[name]["maximum"]) == (low, high), name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -284,6 +285,28 @@ def test_rebuilding_from_rows_gives_the_same_machine(batches):
     a = m.step(list(probe), now + 1)
     b = rebuilt.step(list(probe), now + 1)
     assert a.inserts == b.inserts and a.results == b.results and a.updates == b.updates
+
+
+@pytest.mark.parametrize("field, value", [
+    ("stock", 2**63), ("stock", -1), ("price_cents", 2**64 - 1), ("max_per_user", 0),
+    ("reservation_ttl_s", 0), ("reservation_ttl_s", 2**40), ("sale_start_ms", 2**62),
+    ("sale_end_ms", -(2**62)), ("draw_window_s", 3601),
+])
+def test_an_upsert_out_of_bounds_is_refused_and_changes_nothing(field: str, value: int):
+    """A change that skipped make_upsert (an older CLI, a hand-made message) would fail its batch
+    in Postgres on every redelivery: the writer refuses it, and the next intent goes on."""
+    m = Machine(shard=0)
+    m.step([SkuUpsert(request_id="r0", sku="n", stock=5, max_per_user=2)], T0)
+    before = m.skus["n"].state()
+    fields = {"stock": 5, field: value}
+    step = m.step([SkuUpsert(request_id="r1", sku="n", **fields),
+                   SkuUpsert(request_id="r2", sku="fresh", **fields),
+                   purchase("a", sku="n")], T0)
+    assert [(r.key, r.reason.startswith(f"{field} must be in")) for r in step.refusals] == [
+        ("r1", True), ("r2", True)]
+    assert step.admin_applied == [] and "fresh" not in m.skus
+    assert m.skus["n"].state() == msgspec.structs.replace(before, sold=1)
+    assert [d.status for d in step.results] == ["confirmed"]
 
 
 def test_admin_upsert_clears_cap_and_window():
