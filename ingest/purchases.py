@@ -17,7 +17,13 @@ from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
 from ingest.readmodel import OPERATOR, Reader
 from ingest.results import Awaits, PurchaseState, Watch, is_decided, is_final, status_of
-from ingest.schemas import PurchaseRequest, PurchaseView, purchase_request_decoder, view_of
+from ingest.schemas import (
+    PurchaseRequest,
+    PurchaseView,
+    draw_wait_of,
+    purchase_request_decoder,
+    view_of,
+)
 from ingest.state import STATE, Ingest, Submitting
 from proto.clock import now_ms
 from proto.identifiers import IDEMPOTENCY_KEY, PURCHASE_ID
@@ -93,6 +99,7 @@ async def cancel_purchase(request: web.Request) -> web.Response:
                           awaits=Awaits(kind="cancel")) as watch:
         current = await owned_purchase(ing, pid, Reader(buyer), edge.client_of(request))
         _check_cancellable(pid, status_of(current), None)
+        _check_not_in_draw(ing, current)
         if is_final(current):  # cancelled or expired: nothing left to give back
             return http.json_response(purchase_view(ing, current), 200, headers)
         await _publish_cancel(ing, current, pid)
@@ -337,12 +344,29 @@ def _check_cancellable(pid: str, status: Status, refusal: Refusal | None) -> Non
         raise _cannot_cancel(pid, status)
 
 
+def _check_not_in_draw(ing: Ingest, current: PurchaseState) -> None:
+    """A purchase waiting for its SKU's draw holds no stock yet: the writer would refuse its
+    cancel, so the buyer is told to cancel once it is decided."""
+    if not isinstance(current, Purchase):
+        return
+    sku = ing.hub.skus.get(current.sku)
+    wait = draw_wait_of(sku, current.accepted_at_ms) if sku is not None else None
+    if wait is not None:
+        raise problems.Rejection(
+            409, "cannot_cancel", "Cannot cancel",
+            f"purchase {current.id} waits for its SKU's draw (decided at {wait.decides_at}); "
+            "cancel it once it is decided",
+        )
+
+
 async def _publish_cancel(ing: Ingest, current: PurchaseState, pid: str) -> None:
     shard = shard_of(current.sku, ing.settings.shards)
     # The dedupe window is per stream, so the cancel's msg id must differ from the purchase's.
-    # Already requested is fine: cancelling is idempotent.
+    # A cancel sent again for the state it was sent for is a duplicate (cancelling is
+    # idempotent); one sent for a later state is not: a cancel that found the purchase still
+    # pending was refused, and must not swallow the cancel of its reservation.
     await ing.intents.store(shard, ing.names.intent(shard, "cancel", pid), encode(Cancel(id=pid)),
-                            f"cancel:{pid}")
+                            f"cancel:{pid}:{status_of(current)}")
 
 
 def _cannot_cancel(pid: str, status: str, reason: str | None = None) -> problems.Rejection:

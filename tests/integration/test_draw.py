@@ -157,3 +157,31 @@ async def test_draw_settings_are_checked(system, settings):
         await create_sku(base, settings.admin_token, "plain", stock=1)
         async with http.get(f"{base}/v1/skus/plain/draw") as r:
             assert r.status == 404
+
+
+async def test_an_entry_is_cancelled_once_decided_never_lost(system, settings, db):
+    """An entry holds no stock until the draw: its cancel is a 409 that says when to ask again,
+    and the cancel of the reservation it wins goes through (no earlier cancel swallows it)."""
+    system.start()
+    base = system.base_url
+    drop = await open_drop(base, settings.admin_token, "paid-drop", stock=1, payment="required")
+    buyer = {**bearer("winner"), "Idempotency-Key": "k-winner"}
+    async with aiohttp.ClientSession() as http:
+        await until(drop.start_ms + 50)
+        async with http.post(f"{base}/v1/purchases", headers=buyer,
+                             json={"sku": drop.sku, "qty": 1, "payment_token": "tok_visa"}) as r:
+            assert r.status == 202
+            pid = (await r.json())["id"]
+        cancel = f"{base}/v1/purchases/{pid}/cancel"
+        async with http.post(cancel, headers={**bearer("winner"), "Prefer": "wait=2"}) as r:
+            refused = await r.json()
+        assert r.status == 409 and refused["type"].endswith("/cannot_cancel"), refused
+        assert drop.view["draw"]["decides_at"] in refused["detail"]
+        await wait_decided(db, {pid})
+        # No gateway runs here: the winner's reservation stays until it is cancelled.
+        assert await db.fetchval("SELECT status FROM purchases WHERE id = $1", pid) == "reserved"
+        async with http.post(cancel, headers={**bearer("winner"), "Prefer": "wait=10"}) as r:
+            done = await r.json()
+        assert (r.status, done["status"]) == (200, "cancelled"), done
+    row = await db.fetchrow("SELECT reserved, sold FROM skus WHERE sku = $1", drop.sku)
+    assert (row["reserved"], row["sold"]) == (0, 0)
