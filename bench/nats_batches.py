@@ -8,23 +8,23 @@ intents stored per second, the time from the first publish of a batch to its ack
 device's flushes per batch (field 16 of /sys/block/<dev>/stat; every process on the disk counts,
 so run it on a quiet box) and nats-server's CPU per intent.
 
-- `single`: one publish per intent, each awaiting its ack (ingest's fallback when a stream takes
-  no atomic batches);
-- `atomic`: one JetStream atomic batch per `size` intents, each on its own subject (what ingest
-  does);
+- `single`: one publish per intent, each awaiting its ack;
+- `atomic`: one JetStream atomic batch per `size` intents, each on its own subject (the stream
+  gets `allow_atomic` for this run);
 - `atomic-tmpfs`: the same, with the stream's `batches/` staging directory linked to tmpfs (an
   experiment, not something to deploy: nats-server removes the link when it restarts). nats-server
   stages an R1 file-storage batch in a file store of its own before committing it (directories, two
   metadata files written with O_SYNC, directory fsyncs, a flush of the staged block, then the real
   write and its fsync, then a delete); this isolates what that staging costs;
-- `packed`: the `size` intents packed into one message (the design that keeps one flush per
-  batch without the staging; see docs/architecture.md for what it would change).
+- `packed`: the `size` intents packed into one `IntentBatch` message, as ingest stores them
+  (see docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import tempfile
 import time
@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import msgspec
 import nats
 import psutil
 import uvloop
@@ -42,7 +41,7 @@ from config.settings import load
 from flashsale.embedded import Embedded, start_nats
 from flashsale.jetstream import ensure_streams
 from ingest.publisher import Publisher
-from proto.messages import Purchase, encode
+from proto.messages import IntentBatch, Purchase, encode
 from proto.subjects import Names
 
 Way = Literal["single", "atomic", "atomic-tmpfs", "packed"]
@@ -73,25 +72,25 @@ class Run:
         self.stream_dir = stream_dir
         self.ids = 0
 
-    def _intent(self) -> tuple[str, bytes, str]:
+    def _intent(self) -> Purchase:
         self.ids += 1
         pid = f"p{self.ids:031d}"
-        body = encode(Purchase(id=pid, sku="hot", qty=1, user_id=f"buyer-{self.ids}",
-                               request_hash="h" * 32, accepted_at_ms=int(time.time() * 1000)))
-        return self.names.intent(0, "purchase", pid), body, pid
+        return Purchase(id=pid, sku="hot", qty=1, user_id=f"buyer-{self.ids}",
+                        request_hash="h" * 32, accepted_at_ms=int(time.time() * 1000))
 
     async def _one_batch(self, way: Way, size: int) -> None:
-        items = [self._intent() for _ in range(size)]
+        intents = [self._intent() for _ in range(size)]
+        items = [(self.names.intent(0, "purchase", p.id), encode(p), p.id) for p in intents]
         if way == "single":
             await asyncio.gather(*(self.publisher.publish(*item) for item in items))
         elif way == "packed":
-            packed = msgspec.msgpack.encode([payload for _, payload, _ in items])
-            subject = self.names.intent(0, "purchase", f"batch{self.ids:028d}")
-            await self.publisher.publish(subject, packed, f"batch-{self.ids}")
+            batch_id = self.publisher.new_batch_id()
+            await self.publisher.publish(self.names.intent_batch(0, batch_id),
+                                         encode(IntentBatch(intents=list(intents))), batch_id)
         elif size == 1:
             await self.publisher.publish(*items[0])
         else:
-            await self.publisher.publish_batch(items)
+            await _atomic_batch(self.publisher, items)
 
     async def measure(self, way: Way, size: int, inflight: int, seconds: float) -> Figures:
         if way == "atomic-tmpfs":
@@ -137,6 +136,22 @@ def _row(f: Figures) -> str:
             f"{f.batch_p99_ms:>13.2f} {per_batch:>14} {per_intent:>15} {f.server_cpu_us_per_intent:>26.1f}")
 
 
+async def _atomic_batch(publisher: Publisher, items: list[tuple[str, bytes, str]]) -> None:
+    """Store (subject, payload, msg id) items as one JetStream atomic batch."""
+    batch_id = publisher.new_batch_id()
+    for seq, (subject, payload, msg_id) in enumerate(items[:-1], 1):
+        await publisher.nc.publish(subject, payload, headers={
+            "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(seq), "Nats-Msg-Id": msg_id,
+        })
+    subject, payload, msg_id = items[-1]
+    ack = await publisher.nc.request(subject, payload, timeout=5.0, headers={
+        "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(len(items)), "Nats-Msg-Id": msg_id,
+        "Nats-Batch-Commit": "1",
+    })
+    if b'"error"' in ack.data:
+        raise RuntimeError(f"atomic batch refused: {ack.data!r}")
+
+
 def _stage_in_tmpfs(stream_dir: Path) -> None:
     """Link the stream's batch staging directory to tmpfs (the server creates it on first use)."""
     staging = stream_dir / "batches"
@@ -154,8 +169,12 @@ async def main(args: argparse.Namespace) -> list[Figures]:
         settings = load(env={"NATS_URL": server.url, "FLASHSALE_SHARDS": "1",
                              "FLASHSALE_INTENTS_MAX_BYTES": str(1 << 30)})
         nc = await nats.connect(server.url)
-        await ensure_streams(nc.jetstream(), settings)
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
         names = settings.names
+        if "atomic" in args.ways or "atomic-tmpfs" in args.ways:
+            info = await js.stream_info(names.intents_stream(0))
+            await js.update_stream(dataclasses.replace(info.config, allow_atomic=True))
         stream_dir = next((data_dir / "jetstream").glob(f"*/*/streams/{names.intents_stream(0)}"))
         run = Run(server, names, await Publisher.start(nc, 100_000), block_device_of(data_dir), stream_dir)
         print(HEADER, flush=True)

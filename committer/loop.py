@@ -1,8 +1,10 @@
 """The committer's I/O shell: JetStream in, one Postgres transaction per batch, results out.
 
-fetch intents -> machine.step() -> commit Step (fenced by epoch) -> ack -> publish results.
-Acks happen only after the commit, so a crash anywhere redelivers the batch; the machine,
-rebuilt from Postgres, recognises every id it already decided and just announces it again.
+fetch messages (each a packed batch of intents, or one intent) -> machine.step() -> commit Step
+(fenced by epoch) -> ack -> publish results. A message is decided as a unit, in one transaction
+with the others fetched with it, and acked only after the commit, so a crash anywhere redelivers
+it whole; the machine, rebuilt from Postgres, recognises every id it already decided and just
+announces it again.
 Between batches the writer renews its lease and, when idle, sends a heartbeat.
 """
 
@@ -36,7 +38,8 @@ from proto.messages import (
     Purchase,
     ResultBatch,
     encode,
-    intent_decoder,
+    stored_decoder,
+    unpacked,
 )
 from proto.sharding import shard_of
 
@@ -139,19 +142,31 @@ class Committer:
         msgs = await self._fetch()
         intents: list[Intent] = []
         acked: list[Msg] = []
-        seqs: list[int] = []
-        for msg in msgs:
-            seqs.append(msg.metadata.sequence.stream)
-        if seqs:
-            await self._announce_taken(max(seqs))
-        for msg in msgs:
+        # Where each new purchase's intent is stored: the payment token is read back from there.
+        stored_at: dict[str, int] = {}
+        for n, msg in enumerate(msgs):
+            if len(intents) >= self.settings.batch_max:
+                # Packed messages hold many intents: a transaction takes about batch_max of
+                # them, the rest of the fetch waits for the next one.
+                self.puller.unread(msgs[n:])
+                msgs = msgs[:n]
+                break
             try:
-                intents.append(intent_decoder.decode(msg.data))
-                acked.append(msg)
+                inside = unpacked(stored_decoder.decode(msg.data))
             except msgspec.DecodeError:
                 # Not something ingest or the gateway sends: keep it out of the loop for good.
                 log.error("undecodable intent terminated", extra=kv(subject=msg.subject))
                 await msg.term()
+                continue
+            intents += inside
+            acked.append(msg)
+            seq = msg.metadata.sequence.stream
+            for intent in inside:
+                if isinstance(intent, Purchase):
+                    stored_at.setdefault(intent.id, seq)
+        seqs = [msg.metadata.sequence.stream for msg in msgs]
+        if seqs:
+            await self._announce_taken(max(seqs))
         unknown = self.machine.unknown_ids(intents)
         if unknown:
             self.machine.found_in_postgres(await store.lookup(self.links.conn, unknown))
@@ -160,7 +175,7 @@ class Committer:
 
         async def commit(step: Step) -> None:
             if acked or _announces(step):
-                await self._commit(step, acked, t)
+                await self._commit(step, acked, t, stored_at)
 
         step = await decide(self.machine, intents, t, commit,
                             lambda ids: store.lookup(self.links.conn, ids), draws_held=held)
@@ -227,13 +242,13 @@ class Committer:
         except Exception:  # never worth failing a batch for
             pass
 
-    async def _commit(self, step: Step, acked: list[Msg], t: int) -> None:
+    async def _commit(self, step: Step, acked: list[Msg], t: int, stored_at: dict[str, int]) -> None:
         """Even a batch with no writes goes through the lease check: a fenced writer must not ack
         intents (a confirm it refuses would never reach the real holder) nor announce anything."""
         started = time.perf_counter()
         renewing_at = time.monotonic()
         try:
-            await store.commit(self.links.conn, self.shard, self.epoch, self.ttl_ms, step, t)
+            await store.commit(self.links.conn, self.shard, self.epoch, self.ttl_ms, step, t, stored_at)
             if step.has_writes:
                 self.commits += 1
                 if self.commits == self.settings.crash_after_commit:
@@ -359,23 +374,27 @@ class Committer:
 
     async def _with_tokens(self, jobs: list[PaymentJob]) -> list[PaymentJob]:
         """The card token lives only in the purchase intent, never in Postgres: a job for a
-        purchase rebuilt from Postgres (a live reservation, a draw's entry) reads it back there."""
+        purchase rebuilt from Postgres (a live reservation, a draw's entry) reads it back from
+        the intents stream message that holds it (purchases.intent_seq, committed by now)."""
+        missing = [j.id for j in jobs if j.payment_token is None]
+        if not missing:
+            return jobs
+        stored_at = await store.intent_seqs(self.links.conn, missing)
         # Thousands of them must not mean thousands of round trips in series.
         lookups = asyncio.Semaphore(64)
+        stream = self.names.intents_stream(self.shard)
 
         async def fill(job: PaymentJob) -> PaymentJob:
-            if job.payment_token is not None:
+            seq = stored_at.get(job.id)
+            if job.payment_token is not None or seq is None:
                 return job
             async with lookups:
                 try:
-                    msg = await self.links.js.get_last_msg(
-                        self.names.intents_stream(self.shard),
-                        self.names.intent(self.shard, "purchase", job.id), direct=True,
-                    )
-                    intent = intent_decoder.decode(msg.data or b"")
+                    msg = await self.links.js.get_msg(stream, seq, direct=True)
+                    held = unpacked(stored_decoder.decode(msg.data or b""))
                 except (nats.js.errors.NotFoundError, msgspec.DecodeError):
                     return job  # aged out of the stream: the gateway declines a job without a token
-            token = intent.payment_token if isinstance(intent, Purchase) else None
+            token = next((i.payment_token for i in held if isinstance(i, Purchase) and i.id == job.id), None)
             return msgspec.structs.replace(job, payment_token=token)
 
         return list(await asyncio.gather(*(fill(j) for j in jobs)))

@@ -102,3 +102,9 @@ CREATE TABLE IF NOT EXISTS draw_entries (
     ranked         boolean NOT NULL  -- clicked inside the window; else waiting for the draw
 );
 CREATE INDEX IF NOT EXISTS draw_entries_sku ON draw_entries (sku, arrival);
+
+-- Where a purchase's intent is stored: the intents stream sequence of the message holding it
+-- (ingest packs many intents in one message). A card token is kept there only; a writer reads it
+-- back from there for a live reservation after a restart. NULL: not known.
+ALTER TABLE purchases ADD COLUMN IF NOT EXISTS intent_seq bigint;
+ALTER TABLE draw_entries ADD COLUMN IF NOT EXISTS intent_seq bigint;

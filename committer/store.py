@@ -189,23 +189,34 @@ async def lookup(conn: asyncpg.Connection, ids: list[str]) -> list[Decision]:
     return [decision_of(r) for r in rows]
 
 
+async def intent_seqs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, int]:
+    """Purchase id -> the intents stream sequence of the message holding its intent."""
+    rows = await conn.fetch(
+        "SELECT id, intent_seq FROM purchases WHERE id = ANY($1) AND intent_seq IS NOT NULL", ids
+    )
+    return {r["id"]: r["intent_seq"] for r in rows}
+
+
 async def commit(
-    conn: asyncpg.Connection, shard: int, epoch: int, ttl_ms: int, step: Step, now_ms: int
+    conn: asyncpg.Connection, shard: int, epoch: int, ttl_ms: int, step: Step, now_ms: int,
+    stored_at: dict[str, int] | None = None,
 ) -> None:
     """Write the Step in one transaction that first proves (and renews) the lease: a fenced
     committer's batch fails as a whole. Called for every batch that will be acked or announced,
-    even one with no writes, so a zombie never acks or announces anything."""
+    even one with no writes, so a zombie never acks or announces anything. `stored_at`: where
+    the batch's purchase intents are stored (purchase id -> intents stream sequence)."""
+    stored_at = stored_at or {}
     try:
         async with conn.transaction():
             await renew_lease(conn, shard, epoch, ttl_ms)
             if step.skus:
                 await _write_skus(conn, list(step.skus.values()), now_ms)
             if step.inserts:
-                await _insert_purchases(conn, step.inserts)
+                await _insert_purchases(conn, step.inserts, stored_at)
             if step.updates:
                 await _update_purchases(conn, list(step.updates.values()), step.psp_refs)
             if step.draw_entries:
-                await _insert_draw_entries(conn, step.draw_entries)
+                await _insert_draw_entries(conn, step.draw_entries, stored_at)
             if step.drawn:
                 await conn.execute("DELETE FROM draw_entries WHERE sku = ANY($1)", step.drawn)
     except asyncpg.IntegrityConstraintViolationError as e:
@@ -240,18 +251,30 @@ async def _write_skus(conn: asyncpg.Connection, skus: list[Sku], now_ms: int) ->
     )
 
 
-async def _insert_purchases(conn: asyncpg.Connection, decisions: list[Decision]) -> None:
+async def _insert_purchases(
+    conn: asyncpg.Connection, decisions: list[Decision], stored_at: dict[str, int]
+) -> None:
     # In id order: two writers inserting one id (a key reused across shards) then wait for
     # each other in one order only, so they never deadlock; the second finds the first's row.
+    # A purchase decided by a draw was taken by an earlier batch: its draw entry (deleted later
+    # in this transaction) knows where its intent is stored.
     rows = sorted(decisions, key=lambda d: d.id)
     inserted = await conn.fetch(
         """
         INSERT INTO purchases (id, sku, user_id, qty, status, reason, amount_cents,
                                accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
-                               request_hash, draw_rank)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+                               request_hash, draw_rank, intent_seq)
+        SELECT u.id, u.sku, u.user_id, u.qty, u.status, u.reason, u.amount_cents,
+               u.accepted_at_ms, u.decided_at_ms, u.updated_at_ms, u.expires_at_ms,
+               u.request_hash, u.draw_rank, COALESCE(u.intent_seq, e.intent_seq)
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[], $12::text[], $13::int[])
+            $11::bigint[], $12::text[], $13::int[], $14::bigint[])
+            WITH ORDINALITY AS u(id, sku, user_id, qty, status, reason, amount_cents,
+                                 accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
+                                 request_hash, draw_rank, intent_seq, n)
+        LEFT JOIN draw_entries e ON e.id = u.id
+        ORDER BY u.n
         ON CONFLICT (id) DO NOTHING
         RETURNING id
         """,
@@ -260,7 +283,7 @@ async def _insert_purchases(conn: asyncpg.Connection, decisions: list[Decision])
         [d.amount_cents for d in rows], [d.accepted_at_ms for d in rows],
         [d.decided_at_ms for d in rows], [d.updated_at_ms for d in rows],
         [d.expires_at_ms for d in rows], [d.request_hash for d in rows],
-        [d.draw_rank for d in rows],
+        [d.draw_rank for d in rows], [stored_at.get(d.id) for d in rows],
     )
     if len(inserted) != len(rows):
         # Ids Postgres already has: another shard decided them. Abort the batch (the caller's
@@ -269,14 +292,16 @@ async def _insert_purchases(conn: asyncpg.Connection, decisions: list[Decision])
         raise DecidedElsewhere([d.id for d in rows if d.id not in written])
 
 
-async def _insert_draw_entries(conn: asyncpg.Connection, entries: list[Entry]) -> None:
+async def _insert_draw_entries(
+    conn: asyncpg.Connection, entries: list[Entry], stored_at: dict[str, int]
+) -> None:
     inserted = await conn.fetchval(
         """
         WITH ins AS (
             INSERT INTO draw_entries (id, sku, user_id, qty, request_hash, accepted_at_ms,
-                                      clicked_at_ms, arrival, ranked)
+                                      clicked_at_ms, arrival, ranked, intent_seq)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                $6::bigint[], $7::bigint[], $8::int[], $9::bool[])
+                $6::bigint[], $7::bigint[], $8::int[], $9::bool[], $10::bigint[])
             ON CONFLICT (id) DO NOTHING
             RETURNING 1
         ) SELECT count(*) FROM ins
@@ -285,7 +310,7 @@ async def _insert_draw_entries(conn: asyncpg.Connection, entries: list[Entry]) -
         [e.purchase.user_id for e in entries], [e.purchase.qty for e in entries],
         [e.purchase.request_hash for e in entries], [e.purchase.accepted_at_ms for e in entries],
         [e.clicked_at_ms for e in entries], [e.arrival for e in entries],
-        [e.ranked for e in entries],
+        [e.ranked for e in entries], [stored_at.get(e.purchase.id) for e in entries],
     )
     if inserted != len(entries):
         raise CorruptWrite(f"{len(entries) - inserted} draw entries already in Postgres")

@@ -44,8 +44,8 @@ class Settings(msgspec.Struct, kw_only=True):
     inflight_max: int = 20_000  # publishes awaiting a JetStream ack per ingest instance
     retry_after_s: int = 1
     # Group commit of intents (ingest/batcher.py): the intents that arrive while a batch is being
-    # stored go out together as one atomic batch, one disk flush for all.
-    ingest_batch_max: int = 500  # intents per batch (nats-server allows 1000)
+    # stored go out together packed into one message, one disk flush for all.
+    ingest_batch_max: int = 500  # intents per packed message (at most 1000)
     ingest_linger_ms: float = 5.0  # under load, a batch waits this long to fill (0: never)
     ingest_batches_inflight_max: int = 1  # batches awaiting their ack at once, per shard
     # A shard whose writer sent no result or heartbeat for shard_silence_s has no live writer:
@@ -90,6 +90,7 @@ class Settings(msgspec.Struct, kw_only=True):
     head_max_bytes: int = 16_384
 
     # committer
+    # Intents per transaction: whole messages are taken until this many intents are reached.
     batch_max: int = 2_000
     # Under load, a batch waits this long for more intents before it is committed: fewer
     # commits and result publishes (a disk flush each) per purchase. 0: never waits.

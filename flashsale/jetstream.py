@@ -177,7 +177,6 @@ def stream_config(spec: StreamSpec) -> StreamConfig:
         max_bytes=spec.max_bytes if spec.max_bytes >= 0 else None,
         duplicate_window=spec.duplicate_window_s,
         allow_direct=spec.allow_direct or None,
-        allow_atomic=spec.allow_atomic or None,
         num_replicas=spec.replicas,
     )
 
@@ -191,7 +190,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
 # the code's definition wins over whatever the server holds.
 _DEFINED = (
     "subjects", "retention", "storage", "discard", "discard_new_per_subject",
-    "max_msgs_per_subject", "allow_direct", "allow_atomic",
+    "max_msgs_per_subject", "allow_direct",
 )
 # What protects the data a stream holds: copies, how long and how much it keeps, how long it
 # remembers a message id. A starting process only ever raises these to its settings; an

@@ -98,6 +98,8 @@ class Puller:
         self.next_subject = next_subject
         self.request = request
         self._arrivals = arrivals
+        # Messages a caller fetched and handed back (`unread`): the next fetch returns them first.
+        self._unread: deque[Msg] = deque()
 
     @classmethod
     async def open(cls, nc: Client, stream: str, durable: str, request_expires_s: float = 5.0,
@@ -109,9 +111,15 @@ class Puller:
         return cls(nc, sub, inbox, f"{api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}",
                    PullRequest(request_expires_s), arrivals)
 
+    def unread(self, msgs: list[Msg]) -> None:
+        """Hand fetched messages back, unacknowledged: the next fetch returns them first."""
+        self._unread.extendleft(reversed(msgs))
+
     async def fetch(self, batch_max: int, timeout_s: float) -> list[Msg]:
         arrivals = self._arrivals
-        msgs = self.request.drain(arrivals.queue, batch_max)
+        unread = self._unread
+        msgs = [unread.popleft() for _ in range(min(batch_max, len(unread)))]
+        msgs += self.request.drain(arrivals.queue, batch_max - len(msgs))
         await self._ensure_request(batch_max)
         deadline = time.monotonic() + timeout_s
         while not msgs:

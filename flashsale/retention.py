@@ -31,8 +31,9 @@ from nats.js import JetStreamContext
 from config.settings import Settings
 from flashsale import shardmap
 from flashsale.jetstream import connect_nats_for_command
+from proto.sharding import shard_of
 
-LOOKUPS_MAX = 64  # concurrent direct gets of live purchases' intents
+LOOKUPS_MAX = 64  # concurrent direct gets of live purchases' intents sent alone
 
 
 class ShardPurge(msgspec.Struct, frozen=True):
@@ -63,9 +64,14 @@ async def purge_intents(settings: Settings, dry_run: bool = False) -> list[Shard
             except nats.js.errors.NotFoundError:
                 continue  # no committer has run on it: nothing is decided
             floors[shard] = info.ack_floor.stream_seq if info.ack_floor else 0
-        live = [r["id"] for r in await conn.fetch(
-            "SELECT id FROM purchases WHERE status = 'reserved' UNION SELECT id FROM draw_entries")]
-        return [await _purge_shard(js, settings, shard, floor, live, dry_run)
+        # Where each live purchase's intent is stored (intent_seq), by shard.
+        live: dict[int, list[tuple[str, int | None]]] = {}
+        for r in await conn.fetch(
+            """SELECT id, sku, intent_seq FROM purchases WHERE status = 'reserved'
+               UNION SELECT id, sku, intent_seq FROM draw_entries"""
+        ):
+            live.setdefault(shard_of(r["sku"], shards), []).append((r["id"], r["intent_seq"]))
+        return [await _purge_shard(js, settings, shard, floor, live.get(shard, []), dry_run)
                 for shard, floor in floors.items()]
     finally:
         await conn.close()
@@ -73,12 +79,15 @@ async def purge_intents(settings: Settings, dry_run: bool = False) -> list[Shard
 
 
 async def _purge_shard(js: JetStreamContext, settings: Settings, shard: int, decided_upto: int,
-                       live: list[str], dry_run: bool) -> ShardPurge:
+                       live: list[tuple[str, int | None]], dry_run: bool) -> ShardPurge:
     names = settings.names
     stream = names.intents_stream(shard)
     lookups = asyncio.Semaphore(LOOKUPS_MAX)
 
-    async def seq_of(purchase_id: str) -> int | None:
+    async def seq_of(purchase_id: str, intent_seq: int | None) -> int | None:
+        if intent_seq is not None:
+            return intent_seq
+        # Stored on a subject of its own (an intent sent alone): look it up there.
         async with lookups:
             try:
                 msg = await js.get_last_msg(stream, names.intent(shard, "purchase", purchase_id), direct=True)
@@ -86,7 +95,7 @@ async def _purge_shard(js: JetStreamContext, settings: Settings, shard: int, dec
                 return None  # another shard's, or aged out
         return msg.seq
 
-    kept = [seq for seq in await asyncio.gather(*(seq_of(i) for i in live)) if seq is not None]
+    kept = [seq for seq in await asyncio.gather(*(seq_of(*p) for p in live)) if seq is not None]
     keep_from = min([decided_upto + 1, *kept])
     before = (await js.stream_info(stream)).state
     if not dry_run and keep_from > before.first_seq:

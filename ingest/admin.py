@@ -76,7 +76,8 @@ async def _apply(ing: Ingest, upsert: SkuUpsert) -> SkuState | Refusal | None:
     try:
         shard = shard_of(upsert.sku, ing.settings.shards)
         subject = ing.names.intent(shard, "sku_upsert", upsert.request_id)
-        await ing.intents.store(shard, subject, encode(upsert), f"admin:{upsert.request_id}")
+        # Alone on its own subject: JetStream refuses a second copy of the same request.
+        await ing.publisher.publish(subject, encode(upsert), f"admin:{upsert.request_id}")
         try:
             return await asyncio.wait_for(wait.fut, ADMIN_TIMEOUT_S)
         except TimeoutError:

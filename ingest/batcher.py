@@ -1,19 +1,15 @@
-"""Group commit for intents: the purchases of many buyers stored with one disk flush.
+"""Group commit for intents: the intents of many buyers stored as ONE JetStream message.
 
 With `sync_interval: always`, nats-server flushes its disk for every message it stores, one
-after another per stream: a few thousand purchases per second at best, whatever the rest does.
-Here the intents that arrive while a batch is being stored wait for the next one, which goes out
-as a JetStream atomic batch (nats-server 2.12+): every intent keeps its own subject (so one
-message per purchase, the direct get by subject and the "already stored" answer all still
-hold), and the server flushes once for the whole batch. Nothing waits on purpose when the
-server is idle: an intent that finds no batch in flight goes out at once. Under load (a batch
-went out within the last `BUSY_WINDOW_S`), a batch waits `linger_ms` to fill before it goes:
-fewer, larger batches, so fewer disk flushes per purchase, for a few milliseconds of latency.
+after another per stream. Here the intents that arrive while a batch is being stored wait for
+the next one, and a batch goes out packed into one message (`IntentBatch`): one disk flush and
+one message for the server to index, however many buyers it holds. Nothing waits on purpose when
+the server is idle: an intent that finds no batch in flight goes out at once. Under load (a
+batch went out within the last `BUSY_WINDOW_S`), a batch waits `linger_ms` to fill before it
+goes: fewer, larger batches, for a few milliseconds of latency.
 
-A batch is all or nothing. One that is refused because a subject already holds its intent (a
-retry among new clicks) is stored again one intent at a time, so that each caller gets its own
-answer; a batch that fails otherwise fails for all of its callers (503, and they retry with the
-same key).
+A batch is all or nothing: stored (every caller learns its place, the message's stream sequence
+and its index in it) or not (every caller gets Overloaded, a 503, and retries with the same key).
 
 Each caller waits at most `PUBLISH_TIMEOUT_S` (plus one sweep) from `store`, queueing included:
 an intent still waiting for its batch's turn or its ack then is answered 503, and one still
@@ -30,15 +26,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from flashsale.logs import kv
-from ingest.publisher import (
-    PUBLISH_TIMEOUT_S,
-    SWEEP_EVERY_S,
-    AtomicUnsupported,
-    DuplicateInBatch,
-    Overloaded,
-    Publisher,
-)
-from proto.streams import BATCH_MAX_MESSAGES
+from ingest.publisher import PUBLISH_TIMEOUT_S, SWEEP_EVERY_S, Overloaded, Publisher
+from proto.messages import Intent, IntentBatch, encode
+from proto.streams import PACKED_BATCH_MAX
+from proto.subjects import Names
 
 log = logging.getLogger("ingest.batcher")
 
@@ -47,25 +38,31 @@ BUSY_WINDOW_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
+class Place:
+    """Where an intent is stored: its packed message's stream sequence and its index there."""
+
+    seq: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Item:
-    subject: str
-    payload: bytes
-    msg_id: str
+    intent: Intent
     deadline_s: float  # monotonic: its caller is answered (503) by then at the latest
-    # The stream sequence it was stored at, or 0 when its subject already held an intent.
-    stored: asyncio.Future[int] = field(compare=False)
+    stored: asyncio.Future[Place] = field(compare=False)
 
 
 class IntentBatcher:
-    """One queue per shard (an atomic batch lives in one stream), one bound for all."""
+    """One queue per shard (a packed batch lives in one stream), one bound for all."""
 
     def __init__(
-        self, publisher: Publisher, shards: int, batch_max: int, linger_ms: float,
+        self, publisher: Publisher, names: Names, shards: int, batch_max: int, linger_ms: float,
         batches_inflight_max: int, inflight_max: int,
     ) -> None:
-        if not 1 <= batch_max <= BATCH_MAX_MESSAGES:
-            raise ValueError(f"batch_max must be 1..{BATCH_MAX_MESSAGES}")
+        if not 1 <= batch_max <= PACKED_BATCH_MAX:
+            raise ValueError(f"batch_max must be 1..{PACKED_BATCH_MAX}")
         self.publisher = publisher
+        self.names = names
         self.batch_max = batch_max
         self.linger_s = linger_ms / 1000
         self.batches_inflight_max = batches_inflight_max  # per shard
@@ -82,10 +79,9 @@ class IntentBatcher:
         self._task = asyncio.create_task(self._run())
         self._sweeper = asyncio.create_task(self._sweep())
         self._last_sent_s = 0.0  # monotonic time the last batches went out
-        self.atomic = True  # until a stream says it takes no atomic batches
         self.batches = 0
         self.intents = 0
-        self.store_s = 0.0  # summed over batches: first publish to the server's answer
+        self.store_s = 0.0  # summed over batches: publish to the server's answer
 
     @property
     def inflight(self) -> int:
@@ -97,12 +93,12 @@ class IntentBatcher:
         if self.inflight >= self.inflight_max:
             raise Overloaded("inflight_max")
 
-    async def store(self, shard: int, subject: str, payload: bytes, msg_id: str) -> int:
-        """Like Publisher.publish: the stream sequence it was stored at, or 0 when the subject
-        already holds its intent. Raises Overloaded (nothing stored, or not known to be)."""
+    async def store(self, shard: int, intent: Intent) -> Place:
+        """Store the intent in the shard's next packed batch: where it was stored. Raises
+        Overloaded (nothing stored, or not known to be)."""
         self.check_capacity()
         loop = asyncio.get_running_loop()
-        item = _Item(subject, payload, msg_id, time.monotonic() + PUBLISH_TIMEOUT_S, loop.create_future())
+        item = _Item(intent, time.monotonic() + PUBLISH_TIMEOUT_S, loop.create_future())
         self._queues[shard].append(item)
         self._unanswered.append(item)
         self._queued += 1
@@ -166,10 +162,7 @@ class IntentBatcher:
     async def _send(self, shard: int, batch: list[_Item]) -> None:
         started_s = time.perf_counter()
         try:
-            if len(batch) == 1 or not self.atomic:
-                await self._one_by_one(batch)
-            else:
-                await self._atomic(batch)
+            await self._packed(shard, batch)
         finally:
             self._batches_inflight[shard] -= 1
             self._sending -= len(batch)
@@ -178,20 +171,11 @@ class IntentBatcher:
             self.store_s += time.perf_counter() - started_s
             self._slot.set()
 
-    async def _atomic(self, batch: list[_Item]) -> None:
+    async def _packed(self, shard: int, batch: list[_Item]) -> None:
+        batch_id = self.publisher.new_batch_id()
+        payload = encode(IntentBatch(intents=[i.intent for i in batch]))
         try:
-            last_seq = await self.publisher.publish_batch([(i.subject, i.payload, i.msg_id) for i in batch])
-        except DuplicateInBatch:
-            await self._one_by_one(batch)
-            return
-        except AtomicUnsupported as exc:
-            # Correct, only slower: one flush per intent instead of one per batch.
-            if self.atomic:
-                log.warning("atomic batches unsupported: storing intents one by one",
-                            extra=kv(error=str(exc)))
-                self.atomic = False
-            await self._one_by_one(batch)
-            return
+            seq = await self.publisher.publish(self.names.intent_batch(shard, batch_id), payload, batch_id)
         except Overloaded as exc:
             _fail(batch, exc)
             return
@@ -199,24 +183,12 @@ class IntentBatcher:
             log.warning("intent batch failed", extra=kv(size=len(batch), error=repr(exc)))
             _fail(batch, Overloaded("publish_failed"))
             return
-        first_seq = last_seq - len(batch) + 1
-        for offset, item in enumerate(batch):
+        if not seq:  # its subject and id are new: "already stored" means a broken server
+            _fail(batch, Overloaded("jetstream_refused"))
+            return
+        for index, item in enumerate(batch):
             if not item.stored.done():
-                item.stored.set_result(first_seq + offset)
-
-    async def _one_by_one(self, batch: list[_Item]) -> None:
-        async def one(item: _Item) -> None:
-            try:
-                seq = await self.publisher.publish(item.subject, item.payload, item.msg_id)
-            except Exception as exc:
-                if not item.stored.done():
-                    cause = exc if isinstance(exc, Overloaded) else Overloaded("publish_failed")
-                    item.stored.set_exception(cause)
-                return
-            if not item.stored.done():
-                item.stored.set_result(seq)
-
-        await asyncio.gather(*(one(i) for i in batch))
+                item.stored.set_result(Place(seq, index))
 
 
 def _fail(batch: list[_Item], exc: Overloaded) -> None:

@@ -19,14 +19,9 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from proto.streams import (
-    ERR_ATOMIC_DISABLED,
-    ERR_BATCH_DUPLICATE_MSG_ID,
-    ERR_STORE_FAILED,
-    is_already_stored,
-)
+from proto.streams import ERR_STORE_FAILED, is_already_stored
 
-# Every wait on JetStream (a publish's ack, a direct get) ends within this (plus one sweep):
+# Every wait on JetStream (a publish's ack, a stream info) ends within this (plus one sweep):
 # a paused or unreachable server is a 503 + Retry-After, never a hang. A publish that got no ack
 # in this long may or may not be stored; the client retries with the same Idempotency-Key, which
 # is safe either way.
@@ -78,39 +73,26 @@ def ack_stored_now(data: bytes) -> int:
     raise Overloaded("stream_full" if err.err_code == ERR_STORE_FAILED else "jetstream_refused")
 
 
-class DuplicateInBatch(Exception):
-    """An atomic batch was refused because one of its subjects already holds its one message
-    (a retry among new intents): nothing of the batch was stored, and which one is not said."""
+class _StreamState(msgspec.Struct):
+    last_seq: int = 0
 
 
-class AtomicUnsupported(Exception):
-    """The stream does not take atomic batches (not enabled, or a server before 2.12)."""
+class _StreamInfo(msgspec.Struct):
+    state: _StreamState | None = None
+    error: _AckError | None = None
 
 
-def batch_stored(data: bytes) -> int:
-    """Parse the PubAck of an atomic batch's commit: the stream sequence of the batch's last
-    message (the batch holds the sequences just before it, in order)."""
+_info_decoder = msgspec.json.Decoder(_StreamInfo)
+
+
+def stream_last_seq(data: bytes) -> int:
+    """Parse a JetStream stream info reply: the stream's last sequence. Raises Overloaded."""
     if data == _NO_RESPONDERS:
         raise Overloaded("no_stream")
-    ack = _ack_decoder.decode(data)
-    if ack.error is None:
-        return ack.seq
-    if ack.error.err_code == ERR_ATOMIC_DISABLED:
-        raise AtomicUnsupported(ack.error.description)
-    if is_already_stored(ack.error.err_code, ack.error.description) or (
-        ack.error.err_code == ERR_BATCH_DUPLICATE_MSG_ID
-    ):
-        raise DuplicateInBatch()
-    raise Overloaded("stream_full" if ack.error.err_code == ERR_STORE_FAILED else "jetstream_refused")
-
-
-def direct_get_payload(data: bytes, status: str | None) -> bytes | None:
-    """Parse a JetStream direct-get reply: the message's payload, or None when there is none."""
-    if data:
-        return data
-    if status == "404":
-        return None
-    raise Overloaded("jetstream_refused" if status else "no_stream")
+    info = _info_decoder.decode(data)
+    if info.error is not None or info.state is None:
+        raise Overloaded("jetstream_refused")
+    return info.state.last_seq
 
 
 class PendingReplies:
@@ -210,39 +192,14 @@ class Publisher:
             raise
         return await fut
 
-    async def last_message(self, stream: str, subject: str) -> tuple[bytes, int] | None:
-        """The payload and stream sequence of the last message on `subject` (JetStream direct
-        get), or None.
+    async def stream_last_seq(self, stream: str) -> int:
+        """The sequence of the last message `stream` holds now (0: none). Raises Overloaded."""
+        msg = await self._request(f"$JS.API.STREAM.INFO.{stream}", b"", None)
+        return stream_last_seq(msg.data)
 
-        The sold-out fast path asks this for every request, so it shares the reply
-        subscription instead of nats-py's per-request inbox, JSON body and timer."""
-        msg = await self._request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", None)
-        headers = msg.headers or {}
-        payload = direct_get_payload(msg.data, headers.get("Status"))
-        if payload is None:
-            return None
-        return payload, int(headers.get("Nats-Sequence", "0") or 0)
-
-    async def publish_batch(self, items: list[tuple[str, bytes, str]]) -> int:
-        """Store (subject, payload, msg id) items as one atomic batch: all or nothing, one disk
-        flush for all; the stream sequence of the last one. Raises DuplicateInBatch or
-        Overloaded (then nothing is stored)."""
-        batch_id = f"{self._prefix[len('_INBOX.'):-1]}-{next(self._counter)}"
-        self.check_capacity()  # the batch's first messages go out before its request does
-        try:
-            for seq, (subject, payload, msg_id) in enumerate(items[:-1], 1):
-                await self.nc.publish(subject, payload, headers={
-                    "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(seq), "Nats-Msg-Id": msg_id,
-                })
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError) as exc:
-            raise Overloaded("nats_disconnected") from exc
-        subject, payload, msg_id = items[-1]
-        commit = await self._request(subject, payload, {
-            "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(len(items)), "Nats-Msg-Id": msg_id,
-            "Nats-Batch-Commit": "1",
-        })
-        return batch_stored(commit.data)
+    def new_batch_id(self) -> str:
+        """An id no other batch of any process has: this connection's inbox and a counter."""
+        return f"{self._prefix[len('_INBOX.'):-1]}-{next(self._counter)}"
 
     async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
         """Store one intent: its stream sequence, or 0 when that subject already holds an intent

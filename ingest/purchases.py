@@ -185,13 +185,16 @@ def _intent(ing: Ingest, req: PurchaseRequest, buyer: str, key: str) -> Purchase
 
 async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
     """Store the intent; or, for a key that already made a purchase, that purchase (same body).
-    The key's first use, where this instance can see it (decided, stored here, in flight here,
-    or in the same shard's stream), makes another body a 422 before anything is stored."""
+    The key's first use, where this instance can see it (decided, stored by any instance and
+    read here, stored here, in flight here), makes another body a 422 before anything is stored."""
     known = ing.hub.decision(intent.id)
     if known is not None:  # a retry of a decided purchase: nothing to store
         _check_same_request(known.request_hash, intent.request_hash, key)
         return known
-    first = ing.hub.pending.get(intent.id)
+    followed = ing.hub.queues.pending(intent.id, intent.request_hash)
+    if followed is not None:  # a retry of a stored intent (on any instance): nothing to store
+        return await _existing(ing, followed, intent, key)
+    first = ing.hub.pending.get(intent.id) or ing.hub.queues.pending(intent.id)
     if first is not None:
         _check_same_request(first.request_hash, intent.request_hash, key)
     twin = ing.submitting.get(intent.id)
@@ -214,28 +217,42 @@ async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
 async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -> PurchaseState:
     shard = shard_of(intent.sku, ing.settings.shards)
     if retry:
-        existing = await ing.reads.stored_intent(shard, intent.id)
+        existing = await ing.reads.stored_intent(shard, intent.id, intent.request_hash)
         if existing is None:
             raise Overloaded("intent_missing")  # the first copy failed: the client retries
-    elif ing.hub.is_sold_out(intent.sku):
-        # Sold-out fast path, but a retry of an accepted purchase still gets that purchase.
-        existing = await ing.reads.stored_intent(shard, intent.id)
-        if existing is None:
-            raise problems.Rejection(
-                409, "sold_out", "Sold out", f"SKU {intent.sku!r} is sold out; no purchase was created",
-                headers={"Idempotency-Key": key},
-            )
-    elif seq := await _store(ing, shard, intent):
-        ing.hub.queues.queued(intent.id, shard, seq)
-        ing.hub.stored(intent)
-        return intent
-    else:
-        # A retry (or a concurrent twin) of an existing purchase.
-        existing = await ing.reads.stored_intent(shard, intent.id)
-        if existing is None:
-            # Refused as a duplicate yet not readable (purged meanwhile?): retryable.
-            raise Overloaded("intent_missing")
-    assert existing.id == intent.id, (existing.id, intent.id)  # read back by the intent's subject
+        return await _existing(ing, existing, intent, key)
+    if ing.hub.is_sold_out(intent.sku):
+        # Sold-out fast path, but a retry of an accepted purchase still gets that purchase:
+        # pending (read here after a barrier), or decided (Postgres, in batched look-ups).
+        existing = await ing.reads.stored_intent(shard, intent.id, intent.request_hash)
+        if existing is not None:
+            return await _existing(ing, existing, intent, key)
+        other = ing.hub.queues.pending(intent.id)
+        if other is not None:  # the key's first use, with another body, is pending
+            _check_same_request(other.request_hash, intent.request_hash, key)
+        decided = await ing.reads.decided_purchase(intent.id)
+        if decided is not None:
+            _check_same_request(decided.request_hash, intent.request_hash, key)
+            return decided
+        raise problems.Rejection(
+            409, "sold_out", "Sold out", f"SKU {intent.sku!r} is sold out; no purchase was created",
+            headers={"Idempotency-Key": key},
+        )
+    ing.hub.queues.check_live(shard, time.monotonic())
+    place = await ing.intents.store(shard, intent)
+    ing.hub.queues.accepted(shard)
+    ing.hub.stored(intent)
+    try:
+        # Known as pending (with its place in the queue) once the follower has read it too.
+        await ing.follower.reached(shard, place.seq)
+    except Overloaded:
+        pass  # stored all the same: answered without a queue position
+    return ing.hub.decision(intent.id) or intent
+
+
+async def _existing(ing: Ingest, existing: Purchase, intent: Purchase, key: str) -> PurchaseState:
+    """The purchase a stored intent with the same id names, if it has the same body."""
+    assert existing.id == intent.id, (existing.id, intent.id)
     _check_same_request(existing.request_hash, intent.request_hash, key)
     decided = ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id)
     if decided is None:
@@ -245,16 +262,6 @@ async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -
     # used with a SKU of another shard, decided there first (this intent was refused).
     _check_same_request(decided.request_hash, intent.request_hash, key)
     return decided
-
-
-async def _store(ing: Ingest, shard: int, intent: Purchase) -> int:
-    """Store a new purchase intent: its stream sequence (0 if its subject already held one)."""
-    ing.hub.queues.check_live(shard, time.monotonic())
-    seq = await ing.intents.store(
-        shard, ing.names.intent(shard, "purchase", intent.id), encode(intent), intent.id
-    )
-    ing.hub.queues.accepted(shard)
-    return seq
 
 
 def _check_same_request(stored_hash: str, request_hash: str, key: str) -> None:
@@ -361,12 +368,10 @@ def _check_not_in_draw(ing: Ingest, current: PurchaseState) -> None:
 
 async def _publish_cancel(ing: Ingest, current: PurchaseState, pid: str) -> None:
     shard = shard_of(current.sku, ing.settings.shards)
-    # The dedupe window is per stream, so the cancel's msg id must differ from the purchase's.
-    # A cancel sent again for the state it was sent for is a duplicate (cancelling is
-    # idempotent); one sent for a later state is not: a cancel that found the purchase still
-    # pending was refused, and must not swallow the cancel of its reservation.
-    await ing.intents.store(shard, ing.names.intent(shard, "cancel", pid), encode(Cancel(id=pid)),
-                            f"cancel:{pid}:{status_of(current)}")
+    # Packed with the shard's other intents: nothing drops a cancel as a duplicate, so a cancel
+    # sent for a later state (the reservation a refused cancel's entry then won) always arrives.
+    # Requested twice is fine: cancelling is idempotent.
+    await ing.intents.store(shard, Cancel(id=pid))
 
 
 def _cannot_cancel(pid: str, status: str, reason: str | None = None) -> problems.Rejection:

@@ -1,22 +1,27 @@
-"""Where a pending purchase stands in its shard's queue, and whether the shard has a live writer.
+"""Which purchases are pending, where each stands in its shard's queue, and whether the shard has
+a live writer.
 
-Each shard's intents are one JetStream stream, decided in stream order by one writer, so a
-purchase stored at sequence `seq` has exactly `seq - 1 - taken` intents of its shard ahead of it,
-where `taken` is the last sequence the writer has taken into a batch (it announces that on core
-NATS before deciding the batch, and `decided_seq` with every result batch). The position never
-grows (`taken` only grows) and reaches 0 while its batch is being decided. The estimate divides
-it by the shard's recent decision rate.
+Each shard's intents are one JetStream stream, decided in stream order by one writer, and every
+ingest instance follows every intents stream (`ingest.follower`), so it knows each pending
+purchase (stored by any instance) and counts the intents of its shard in stream order: a
+purchase's ordinal is the number of intents stored up to and including it (packed messages
+count every intent they hold). The writer announces the last stream sequence it has taken into
+a batch (on core NATS before deciding the batch, and `decided_seq` with every result batch); a
+purchase has exactly `ordinal - 1 - taken` intents ahead of it, `taken` being the ordinal that
+ends the last message taken. The position never grows and reaches 0 while its batch is being
+decided. The estimate divides it by the shard's recent rate of intents taken.
 
-Pure: the listener feeds progress in, the clock is passed in.
+Pure: the follower and the listener feed stream contents and progress in, the clock is passed in.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 import msgspec
 
 from ingest.publisher import Overloaded
+from proto.messages import Intent, Purchase
 
 RATE_SMOOTHING = 0.3  # weight of the newest rate sample
 RATE_SAMPLE_MIN_S = 0.05  # progress closer together than this is merged into one sample
@@ -27,17 +32,35 @@ class QueueView(msgspec.Struct, frozen=True):
     eta_ms: int | None  # position / the shard's recent decision rate; None before any rate
 
 
+class _Pending(msgspec.Struct):
+    shard: int
+    ordinal: int
+    intent: Purchase  # the first copy read
+    # Copies with other bodies (the key reused), the first of each: which one is the purchase is
+    # up to the writers (the first committed), so none of them is answered as the purchase yet.
+    others: list[Purchase] = []
+
+
 class _Shard:
-    __slots__ = ("accepted_since_results", "last_results_s", "rate_per_s", "sample_s", "sample_seq",
-                 "taken_seq")
+    __slots__ = ("accepted_since_results", "ends", "last_results_s", "ordinal", "rate_per_s",
+                 "sample_ordinal", "sample_s", "taken_ordinal", "taken_seq")
 
     def __init__(self, now_s: float) -> None:
-        self.taken_seq = 0
+        self.taken_seq = 0  # the last stream sequence the writer took
+        self.ordinal = 0  # intents followed so far
+        # (stream sequence, ordinal of its last intent) of followed messages not taken yet.
+        self.ends: deque[tuple[int, int]] = deque()
+        self.taken_ordinal = 0  # the ordinal ending the last followed message taken
         self.rate_per_s: float | None = None
-        self.sample_seq = 0
+        self.sample_ordinal = -1  # -1: no sample yet
         self.sample_s = now_s
         self.last_results_s = now_s  # a shard counts as heard from when ingest starts
         self.accepted_since_results = 0
+
+    def advance(self) -> None:
+        ends = self.ends
+        while ends and ends[0][0] <= self.taken_seq:
+            self.taken_ordinal = ends.popleft()[1]
 
 
 class ShardQueues:
@@ -47,29 +70,58 @@ class ShardQueues:
         self.silence_s = silence_s
         self.silent_accept_max = silent_accept_max
         self._shards = [_Shard(now_s) for _ in range(shards)]
-        # pid -> (shard, stream sequence) of purchases stored and not decided yet; oldest first.
-        self._queued: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        # Purchases followed in the intents streams and not decided yet, by id; oldest first.
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
 
     # -- purchases -----------------------------------------------------------------------------
 
-    def queued(self, pid: str, shard: int, seq: int) -> None:
-        if seq <= 0 or not 0 <= shard < len(self._shards):
+    def stored(self, shard: int, seq: int, intents: list[Intent]) -> None:
+        """The follower read the intents stream message at `seq` (in stream order)."""
+        if not 0 <= shard < len(self._shards):
             return
-        self._queued[pid] = (shard, seq)
-        self._queued.move_to_end(pid)
-        if len(self._queued) > self.positions_max:
-            self._queued.popitem(last=False)
+        s = self._shards[shard]
+        pending = self._pending
+        for intent in intents:
+            s.ordinal += 1
+            if not isinstance(intent, Purchase):
+                continue
+            entry = pending.get(intent.id)
+            if entry is None:
+                pending[intent.id] = _Pending(shard, s.ordinal, intent)
+            elif intent.request_hash != entry.intent.request_hash and all(
+                o.request_hash != intent.request_hash for o in entry.others
+            ):
+                entry.others = [*entry.others, intent]
+            # A second copy with the same body (a retry another instance could not see) changes
+            # nothing: its writer decides the id once.
+        s.ends.append((seq, s.ordinal))
+        if len(s.ends) > self.positions_max:
+            # A writer gone for long: keep every other mark. A position may then count some
+            # intents already taken (until the next kept mark is passed), never too few.
+            s.ends = deque(list(s.ends)[1::2])
+        s.advance()
+        while len(pending) > self.positions_max:
+            pending.popitem(last=False)
 
     def decided(self, pid: str) -> None:
-        self._queued.pop(pid, None)
+        self._pending.pop(pid, None)
 
-    def view(self, pid: str) -> QueueView | None:
-        entry = self._queued.get(pid)
+    def pending(self, pid: str, request_hash: str | None = None) -> Purchase | None:
+        """The stored intent of a purchase not decided yet, as followed in its shard's stream:
+        the copy with `request_hash` (None if there is none), or without one the first read."""
+        entry = self._pending.get(pid)
         if entry is None:
             return None
-        shard, seq = entry
-        s = self._shards[shard]
-        position = max(0, seq - 1 - s.taken_seq)
+        if request_hash is None or entry.intent.request_hash == request_hash:
+            return entry.intent
+        return next((o for o in entry.others if o.request_hash == request_hash), None)
+
+    def view(self, pid: str) -> QueueView | None:
+        entry = self._pending.get(pid)
+        if entry is None:
+            return None
+        s = self._shards[entry.shard]
+        position = max(0, entry.ordinal - 1 - s.taken_ordinal)
         eta_ms = round(position / s.rate_per_s * 1000) if s.rate_per_s else None
         return QueueView(position=position, eta_ms=eta_ms)
 
@@ -81,6 +133,7 @@ class ShardQueues:
         if 0 <= shard < len(self._shards):
             s = self._shards[shard]
             s.taken_seq = max(s.taken_seq, taken_seq)
+            s.advance()
             s.last_results_s = now_s
             s.accepted_since_results = 0
 
@@ -94,17 +147,18 @@ class ShardQueues:
         if decided_seq <= 0:
             return
         s.taken_seq = max(s.taken_seq, decided_seq)
-        if s.sample_seq == 0:  # the first progress seen: a starting point, not a rate
-            s.sample_seq, s.sample_s = decided_seq, now_s
+        s.advance()
+        if s.sample_ordinal < 0:  # the first progress seen: a starting point, not a rate
+            s.sample_ordinal, s.sample_s = s.taken_ordinal, now_s
             return
         elapsed_s = now_s - s.sample_s
-        if elapsed_s < RATE_SAMPLE_MIN_S or decided_seq < s.sample_seq:
+        if elapsed_s < RATE_SAMPLE_MIN_S:
             return
-        rate = (decided_seq - s.sample_seq) / elapsed_s
+        rate = (s.taken_ordinal - s.sample_ordinal) / elapsed_s
         s.rate_per_s = rate if s.rate_per_s is None else (
             RATE_SMOOTHING * rate + (1 - RATE_SMOOTHING) * s.rate_per_s
         )
-        s.sample_seq, s.sample_s = decided_seq, now_s
+        s.sample_ordinal, s.sample_s = s.taken_ordinal, now_s
 
     # -- a shard without a live writer ---------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Where ingest reads a purchase or a SKU: its cache of the result stream, then Postgres, then
-(for a purchase not decided yet) the intent stream. Every query ingest makes is here."""
+(for a purchase not decided yet) what it followed of the intents streams. Every query ingest
+makes is here."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import msgspec
 
 from committer.schema import PURCHASE_COLUMNS, SKU_COLUMNS, decision_of, sku_state_of
 from ingest import problems
-from ingest.publisher import Publisher
+from ingest.follower import IntentsFollower
 from ingest.ratelimit import RateLimiter
 from ingest.results import SKUS_MAX, PurchaseState, ResultsHub
-from proto.messages import Decision, Purchase, SkuState, intent_decoder
+from proto.messages import Decision, Purchase, SkuState
 from proto.subjects import Names
 
 DB_TIMEOUT_S = 2.0
@@ -39,13 +40,13 @@ OPERATOR = Reader(operator=True)
 
 class ReadModel:
     def __init__(
-        self, names: Names, shards: int, pool: asyncpg.Pool, publisher: Publisher, hub: ResultsHub,
-        misses: RateLimiter | None,
+        self, names: Names, shards: int, pool: asyncpg.Pool, follower: IntentsFollower,
+        hub: ResultsHub, misses: RateLimiter | None,
     ) -> None:
         self.names = names
         self.shards = shards
         self.pool = pool
-        self.publisher = publisher
+        self.follower = follower
         self.hub = hub
         # Lookups of things that do not exist, per client: each one costs Postgres (and, for a
         # purchase, the intent stream) a query, so a client gets only so many. A lookup spends
@@ -54,6 +55,10 @@ class ReadModel:
         self.misses = misses
         # sku -> monotonic time the miss expires; least recently missed first.
         self._unknown_skus: OrderedDict[str, float] = OrderedDict()
+        # Purchase ids for the next batched Postgres lookup, and whether one is out now.
+        self._next_lookup: dict[str, asyncio.Future[Decision | None]] = {}
+        self._looking_up = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def load_skus(self) -> None:
         """Rejections carry no SKU state, so an instance started after a sell-out would never
@@ -65,17 +70,14 @@ class ReadModel:
         for row in rows:
             self.hub.remember_sku(sku_state_of(row))
 
-    async def stored_intent(self, shard: int, pid: str) -> Purchase | None:
-        """The purchase intent in its shard's stream (remembering its place in the queue)."""
-        subject = self.names.intent(shard, "purchase", pid)
-        found = await self.publisher.last_message(self.names.intents_stream(shard), subject)
-        if found is None:
-            return None
-        data, seq = found
-        intent = intent_decoder.decode(data)
-        if not isinstance(intent, Purchase):
-            return None
-        self.hub.queues.queued(pid, shard, seq)
+    async def stored_intent(self, shard: int, pid: str, request_hash: str) -> Purchase | None:
+        """The purchase's intent with this body if it is stored and not decided yet (or its
+        decision has not reached this instance yet). Without a barrier when the follower already
+        read it; else after one on `shard`, so an intent acknowledged anywhere before is found."""
+        intent = self.hub.queues.pending(pid, request_hash)
+        if intent is None:
+            await self.follower.barrier(shard)
+            intent = self.hub.queues.pending(pid, request_hash)
         return intent
 
     async def purchase_from_db(self, pid: str) -> Decision | None:
@@ -87,6 +89,44 @@ class ReadModel:
         d = decision_of(row)
         self.hub.remember_final(d)
         return d
+
+    async def decided_purchase(self, pid: str) -> Decision | None:
+        """Like purchase_from_db, for the sold-out fast path, which asks it for every new click:
+        the ids asked while one query is out go out together in the next, one query for all."""
+        fut = self._next_lookup.get(pid)
+        if fut is None:
+            fut = self._next_lookup[pid] = asyncio.get_running_loop().create_future()
+            if not self._looking_up:
+                task = asyncio.create_task(self._look_up())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(fut)
+
+    async def _look_up(self) -> None:
+        self._looking_up = True
+        try:
+            while self._next_lookup:
+                batch, self._next_lookup = self._next_lookup, {}
+                try:
+                    rows = await self.pool.fetch(
+                        f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = ANY($1)", list(batch),
+                        timeout=DB_TIMEOUT_S,
+                    )
+                    found = {row["id"]: decision_of(row) for row in rows}
+                except Exception as exc:  # each caller answers it as its own query's failure
+                    for fut in batch.values():
+                        if not fut.done():
+                            fut.set_exception(exc)
+                            fut.add_done_callback(_retrieve)
+                    continue
+                for pid, fut in batch.items():
+                    d = found.get(pid)
+                    if d is not None:
+                        self.hub.remember_final(d)
+                    if not fut.done():
+                        fut.set_result(d)
+        finally:
+            self._looking_up = False
 
     def charge(self, client: str) -> None:
         """Spend one of `client`'s lookups of things that do not exist, or a 429 when it has
@@ -117,15 +157,19 @@ class ReadModel:
         if d is not None and reader.may_read(d.user_id):
             return d
         # Accepted (perhaps by another instance) but not decided yet. The SKU, hence the shard,
-        # is unknown from the id alone: ask every shard's subject at once.
-        found = await asyncio.gather(
-            *(self.stored_intent(shard, pid) for shard in range(self.shards))
-        )
-        for intent in found:
-            if intent is not None and reader.may_read(intent.user_id):
-                # Decided between the Postgres read and now? The cache has it by then.
-                return self.hub.decision(pid) or intent
-        return None
+        # is unknown from the id alone: wait until every shard's stream is read as far as it
+        # reaches now. Another buyer's purchase takes the same steps as a missing one.
+        intent = self.hub.queues.pending(pid)
+        if intent is None or not reader.may_read(intent.user_id):
+            await asyncio.gather(*(self.follower.barrier(shard) for shard in range(self.shards)))
+            intent = self.hub.queues.pending(pid)
+        if intent is not None and reader.may_read(intent.user_id):
+            # Decided between the Postgres read and now? The cache has it by then.
+            return self.hub.decision(pid) or intent
+        # Decided (and so dropped from the pending ones) between the Postgres read and the
+        # barrier: Postgres has it now.
+        d = await self.purchase_from_db(pid)
+        return d if d is not None and reader.may_read(d.user_id) else None
 
     async def draw_ranks(self, sku: str, after_rank: int, limit: int) -> list[tuple[str, int]]:
         """(purchase id, rank) of a drawn SKU's entries after `after_rank`, by rank."""
@@ -166,3 +210,8 @@ def _too_many_misses(wait_s: float) -> problems.Rejection:
         "this client looked up too many unknown purchases or SKUs; slow down",
         retry_after_s=RateLimiter.retry_after_s(wait_s),
     )
+
+
+def _retrieve(fut: asyncio.Future[Decision | None]) -> None:
+    if not fut.cancelled():
+        fut.exception()

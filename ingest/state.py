@@ -25,6 +25,7 @@ from ingest import metrics
 from ingest.auth import AdminGate, BuyerVerifier, ConfigError
 from ingest.batcher import IntentBatcher
 from ingest.edge import Edge
+from ingest.follower import IntentsFollower
 from ingest.listener import ResultsListener
 from ingest.publisher import Publisher
 from ingest.queue import ShardQueues
@@ -56,6 +57,7 @@ class Ingest:
         pool: asyncpg.Pool,
         hub: ResultsHub,
         listener: ResultsListener,
+        follower: IntentsFollower,
         publisher: Publisher,
         intents: IntentBatcher,
         reads: ReadModel,
@@ -68,6 +70,7 @@ class Ingest:
         self.pool = pool
         self.hub = hub
         self.listener = listener
+        self.follower = follower
         self.publisher = publisher
         self.intents = intents
         self.reads = reads
@@ -96,11 +99,12 @@ class Ingest:
             settings.shard_silent_accept_max, time.monotonic(),
         )
         hub = ResultsHub(settings.results_cache_max, edge.limits.waits_max, edge.waits, queues)
-        listeners: list[ResultsListener] = []  # the reconnect callback needs the listener
+        # The reconnect callback needs the listener and the follower, made once connected.
+        followers: list[ResultsListener | IntentsFollower] = []
 
         async def on_reconnected() -> None:
-            for listener in listeners:
-                listener.on_reconnected()
+            for follower in followers:
+                follower.on_reconnected()
 
         nc = await connect_nats(settings, "flashsale-ingest", reconnected_cb=on_reconnected)
         js = nc.jetstream(timeout=JETSTREAM_TIMEOUT_S)
@@ -111,16 +115,20 @@ class Ingest:
         await shardmap.check(pool, settings.shards)
         publisher = await Publisher.start(nc, settings.inflight_max)
         listener = ResultsListener(nc, js, settings.names, hub)
-        listeners.append(listener)
+        followers.append(listener)
         await listener.start()
+        # After the listener: a purchase decided from now on is dropped from the pending ones.
+        follower = IntentsFollower(js, publisher, settings.names, settings.shards, queues)
+        followers.append(follower)
+        await follower.start()
         misses = (
             RateLimiter(settings.client_misses_per_s, settings.client_misses_burst, MISS_CLIENTS_MAX)
             if settings.client_misses_per_s > 0 else None
         )
-        reads = ReadModel(settings.names, settings.shards, pool, publisher, hub, misses)
+        reads = ReadModel(settings.names, settings.shards, pool, follower, hub, misses)
         await reads.load_skus()
         intents = IntentBatcher(
-            publisher, settings.shards, settings.ingest_batch_max, settings.ingest_linger_ms,
+            publisher, settings.names, settings.shards, settings.ingest_batch_max, settings.ingest_linger_ms,
             settings.ingest_batches_inflight_max, settings.inflight_max,
         )
         metrics.INFLIGHT.set_function(lambda: intents.inflight)
@@ -130,10 +138,11 @@ class Ingest:
         metrics.WAITERS.set_function(lambda: hub.watch_count)
         log.info("ingest connected",
                  extra=kv(nats=without_password(settings.nats_url), namespace=settings.namespace))
-        return cls(settings, nc, pool, hub, listener, publisher, intents, reads, buyers, admin)
+        return cls(settings, nc, pool, hub, listener, follower, publisher, intents, reads, buyers, admin)
 
     async def close(self) -> None:
         await self.listener.stop()
+        await self.follower.stop()
         await self.intents.close()
         await self.publisher.stop()
         try:
@@ -143,7 +152,7 @@ class Ingest:
         await self.pool.close()
 
     async def ready(self) -> bool:
-        if not self.nc.is_connected or not self.listener.listening:
+        if not self.nc.is_connected or not self.listener.listening or not self.follower.following:
             return False
         try:
             await self.pool.fetchval("SELECT 1", timeout=READY_DB_TIMEOUT_S)

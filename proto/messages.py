@@ -126,6 +126,25 @@ def out_of_bounds(u: SkuUpsert) -> tuple[str, str] | None:
 Intent = Purchase | Confirm | Release | Cancel | SkuUpsert
 
 
+class IntentBatch(msgspec.Struct, tag="batch", frozen=True):
+    """The intents one ingest instance stored together for one shard: ONE JetStream message, so
+    one disk flush and one server-side message however many buyers it holds. An intent's place
+    in its shard's queue is (the message's stream sequence, its index here). Nothing here is
+    unique per purchase any more: the committer decides each purchase id once (its memory, then
+    Postgres), and ingest follows the stream to know which ids are pending."""
+
+    intents: list[Intent]
+
+
+# What an intents stream message holds: one intent on its own subject (the gateway's confirms
+# and releases, operators' SKU changes), or a packed batch of them (ingest).
+Stored = Intent | IntentBatch
+
+
+def unpacked(stored: Stored) -> list[Intent]:
+    return stored.intents if isinstance(stored, IntentBatch) else [stored]
+
+
 class Decision(msgspec.Struct, frozen=True):
     """The committed state of one purchase."""
 
@@ -232,6 +251,7 @@ class Progress(msgspec.Struct, frozen=True):
 # Reusable encoders/decoders: constructing them per message costs more than using them.
 encode = msgspec.msgpack.Encoder().encode
 intent_decoder = msgspec.msgpack.Decoder(Intent)
+stored_decoder = msgspec.msgpack.Decoder(Stored)
 result_decoder = msgspec.msgpack.Decoder(ResultBatch)
 progress_decoder = msgspec.msgpack.Decoder(Progress)
 payment_decoder = msgspec.msgpack.Decoder(PaymentJob)

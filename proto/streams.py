@@ -15,13 +15,9 @@ from proto.subjects import Names
 Retention = Literal["limits", "workqueue"]
 Discard = Literal["old", "new"]
 
-# JetStream's error codes for an atomic batch: atomic publish not enabled on the stream (an older
-# stream or server), too many messages in one batch.
-ERR_ATOMIC_DISABLED = 10174
-ERR_BATCH_TOO_LARGE = 10199
-# An atomic batch holding a message id the stream saw within its duplicate window (a retry).
-ERR_BATCH_DUPLICATE_MSG_ID = 10201
-BATCH_MAX_MESSAGES = 1000  # nats-server's limit on the messages of one atomic batch
+# Intents in one packed batch (`IntentBatch`): a purchase intent encodes to ~200-400 bytes, so
+# a full batch stays well below nats-server's default max_payload (1 MiB).
+PACKED_BATCH_MAX = 1000
 
 # JetStream's "store failed" error code. It covers both "maximum messages per subject exceeded"
 # (the INTENTS stream holds one message per subject: this intent already exists) and "maximum
@@ -45,7 +41,6 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     max_bytes: int = -1
     duplicate_window_s: float = 0.0  # 0: the server's default
     allow_direct: bool = False
-    allow_atomic: bool = False  # atomic batch publish (nats-server 2.12+): one flush per batch
     replicas: int = 1
 
 
@@ -59,10 +54,10 @@ class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
 
 def stream_specs(names: Names, limits: StreamLimits, shards: int) -> list[StreamSpec]:
     return [
-        # Intents, one stream per shard: one message per subject (= per purchase id and kind),
-        # and new messages are refused rather than old ones dropped when full: nothing that got
-        # a 202 is ever lost, and a second copy of a purchase is refused by the server itself,
-        # forever.
+        # Intents, one stream per shard: ingest's packed batches (a subject per batch) and the
+        # intents sent alone (a subject per purchase id or admin request and kind, so the server
+        # refuses a second copy of those). New messages are refused rather than old ones dropped
+        # when full: nothing that got a 202 is ever lost.
         *(StreamSpec(
             name=names.intents_stream(shard),
             subjects=[names.intents_of_shard(shard)],
@@ -73,9 +68,6 @@ def stream_specs(names: Names, limits: StreamLimits, shards: int) -> list[Stream
             max_bytes=limits.intents_max_bytes,
             duplicate_window_s=limits.duplicate_window_s,
             allow_direct=True,
-            # Ingest stores the intents of many buyers in one atomic batch: one disk flush per
-            # batch instead of one per purchase, each intent still on its own subject.
-            allow_atomic=True,
             replicas=limits.replicas,
         ) for shard in range(shards)),
         # Results: a short-lived fan-out log of committed decisions for ingest long-polls.

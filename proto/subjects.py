@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import msgspec
 
-# One-letter subject tokens per intent kind: the subject of a purchase intent is unique per
-# purchase id, which lets JetStream refuse a second copy forever (max 1 message per subject).
+# One-letter subject tokens per intent kind: an intent sent alone has a subject unique per
+# purchase id (or admin request id), which lets JetStream refuse a second copy (max 1 message
+# per subject). Ingest's packed batches are on subjects unique per batch ("b").
 KIND_TOKEN = {"purchase": "p", "confirm": "c", "release": "r", "cancel": "x", "sku_upsert": "admin"}
+BATCH_TOKEN = "b"
 
 
 class Names(msgspec.Struct, frozen=True):
@@ -35,6 +37,10 @@ class Names(msgspec.Struct, frozen=True):
     def intent(self, shard: int, kind: str, key: str) -> str:
         """Subject of one intent; `key` is the purchase id (or admin request id)."""
         return f"{self.namespace}.intents.{shard}.{KIND_TOKEN[kind]}.{key}"
+
+    def intent_batch(self, shard: int, batch_id: str) -> str:
+        """Subject of one packed batch of intents (`IntentBatch`); `batch_id` is unique per batch."""
+        return f"{self.namespace}.intents.{shard}.{BATCH_TOKEN}.{batch_id}"
 
     def progress(self, shard: int) -> str:
         """Core NATS (not stored): how far the shard's writer has taken its intents."""

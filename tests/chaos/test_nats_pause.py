@@ -1,7 +1,8 @@
 """A paused nats-server (SIGSTOP: the connection stays up, nothing answers) never makes a
-request hang: purchases, queued behind a batch waiting for its ack or not, and reads that
-JetStream serves (a pending purchase's direct get) are answered 503 + Retry-After within
-PUBLISH_TIMEOUT_S of reaching the publisher. The test pauses a nats-server of its own."""
+request hang: purchases, queued behind a batch waiting for its ack or not, and reads that need
+JetStream (a purchase this instance has not read in the intents streams: its barrier) are
+answered 503 + Retry-After within PUBLISH_TIMEOUT_S of reaching the publisher; a pending purchase
+the instance has read is answered from memory. The test pauses a nats-server of its own."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import msgspec
 from flashsale.embedded import start_nats
 from ingest.publisher import PUBLISH_TIMEOUT_S, SWEEP_EVERY_S
 from tests.auth import bearer
+from tests.auth import pid as purchase_id
 from tests.conftest import seed_sku
 
 PROBLEM = "application/problem+json"
@@ -48,11 +50,16 @@ async def test_a_paused_nats_is_a_bounded_503(system, settings, tmp_path: Path):
             try:
                 buys = [_timed(http, "POST", f"{base}/v1/purchases", json={"sku": "tee", "qty": 1},
                                headers={**bearer(f"b{n}"), "Idempotency-Key": "k"}) for n in range(60)]
-                reads = [_timed(http, "GET", f"{base}/v1/purchases/{pending}", headers=bearer("alice"))
+                unknown = purchase_id("alice", "never-stored")
+                reads = [_timed(http, "GET", f"{base}/v1/purchases/{unknown}", headers=bearer("alice"))
+                         for _ in range(10)]
+                known = [_timed(http, "GET", f"{base}/v1/purchases/{pending}", headers=bearer("alice"))
                          for _ in range(10)]
                 answers = await asyncio.gather(*buys, *reads)
+                from_memory = await asyncio.gather(*known)
             finally:
                 nats.proc.send_signal(signal.SIGCONT)
+            assert {status for status, _, _ in from_memory} == {200}, from_memory
             bound_s = PUBLISH_TIMEOUT_S + SWEEP_EVERY_S
             slowest = max(elapsed for _, _, elapsed in answers)
             print(f"{len(answers)} requests with nats-server paused: statuses "

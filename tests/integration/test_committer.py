@@ -7,6 +7,7 @@ import signal
 import time
 
 import asyncpg
+import msgspec
 import nats
 import pytest
 
@@ -14,7 +15,7 @@ from committer import store
 from committer.links import postgres_session
 from flashsale.embedded import free_port
 from flashsale.testing import committer_ready_url
-from proto.messages import Purchase, SkuUpsert, encode, result_decoder
+from proto.messages import IntentBatch, Purchase, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 from tests.util import eventually
 
@@ -47,6 +48,56 @@ async def test_decides_commits_and_announces(system, settings, db):
     assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'hot'") == 3
     await eventually(lambda: asyncio.sleep(0, sum(len(b.decisions) for b in results) >= 5))
     assert any("r1" in b.admin_applied for b in results)
+    await sub.unsubscribe()
+    await nc.close()
+
+
+async def test_packed_messages_are_decided_as_units_and_each_id_once(system, settings, db):
+    """Ingest's format: many intents per message. A purchase stored twice (a retry another
+    instance could not see; the same key with another body) is decided once, by its first copy;
+    a copy with the same body hears that decision again, one with another body is refused.
+    With batch_max 2 a transaction takes one message at a time (whole messages, about batch_max
+    intents), the rest of a fetch waits."""
+    system.settings = msgspec.structs.replace(settings, batch_max=2)
+    system.start(ingest=False)
+    nc = await nats.connect(settings.nats_url)
+    js = nc.jetstream()
+    results = []
+
+    async def on_result(msg):
+        results.append(result_decoder.decode(msg.data))
+
+    sub = await nc.subscribe(settings.names.results_all(), cb=on_result)
+    shard = shard_of("hot", settings.shards)
+    await publish_intent(js, settings, SkuUpsert(request_id="r1", sku="hot", stock=10), "sku_upsert",
+                         "r1", "hot")
+    now = int(time.time() * 1000)
+
+    def buy(i: int, body: str = "h", qty: int = 1) -> Purchase:
+        return Purchase(id=f"p{i}", sku="hot", qty=qty, user_id=f"u{i}", request_hash=body,
+                        accepted_at_ms=now)
+
+    async def packed(n: int, intents: list[Purchase]) -> int:
+        subject = settings.names.intent_batch(shard, f"test-{n}")
+        return (await js.publish(subject, encode(IntentBatch(intents=list(intents))))).seq
+
+    first = await packed(1, [buy(i) for i in range(4)])
+    # p1 again with the same body, p2 with another body and qty 5, in the same and the next message.
+    await packed(2, [buy(1), buy(2, body="other", qty=5), buy(4), buy(4, body="other", qty=5)])
+    await eventually(lambda: db.fetchval("SELECT count(*) = 5 FROM purchases"))
+    rows = await db.fetch("SELECT id, qty, request_hash, intent_seq FROM purchases ORDER BY id")
+    assert [(r["id"], r["qty"], r["request_hash"]) for r in rows] == [
+        (f"p{i}", 1, "h") for i in range(5)
+    ]
+    assert [r["intent_seq"] for r in rows] == [first] * 4 + [first + 1]
+    assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'hot'") == 5
+    await eventually(lambda: asyncio.sleep(0, sum(len(b.refusals) for b in results) >= 2))
+    announced = [d for b in results for d in b.decisions]
+    assert {d.request_hash for d in announced if d.id in ("p2", "p4")} == {"h"}
+    assert sorted(d.id for d in announced) == ["p0", "p1", "p1", "p2", "p3", "p4"]
+    refused = [r for b in results for r in b.refusals]
+    assert sorted((r.kind, r.key, r.request_hash) for r in refused) == [
+        ("purchase", "p2", "other"), ("purchase", "p4", "other")]
     await sub.unsubscribe()
     await nc.close()
 

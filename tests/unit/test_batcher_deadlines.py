@@ -12,39 +12,49 @@ import pytest
 
 from ingest.batcher import IntentBatcher
 from ingest.publisher import PUBLISH_TIMEOUT_S, Overloaded, Publisher
+from proto.messages import IntentBatch, Purchase, stored_decoder
+from proto.subjects import Names
 
 
 class HungServer:
-    """A publisher whose batches get no answer until `answer` is set."""
+    """A publisher whose packed batches get no answer until `answer` is set."""
 
     def __init__(self) -> None:
-        self.sent: list[list[str]] = []
+        self.sent: list[list[str]] = []  # the purchase ids of each packed message
         self.answer = asyncio.Event()
 
     def check_capacity(self) -> None:
         pass
 
-    async def publish_batch(self, items: list[tuple[str, bytes, str]]) -> int:
-        self.sent.append([subject for subject, _, _ in items])
+    def new_batch_id(self) -> str:
+        return f"b{len(self.sent)}"
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        batch = stored_decoder.decode(payload)
+        assert isinstance(batch, IntentBatch)
+        self.sent.append([i.id for i in batch.intents])
         await self.answer.wait()
         raise Overloaded("publish_timeout")
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
-        self.sent.append([subject])
-        await self.answer.wait()
-        raise Overloaded("publish_timeout")
+
+def purchase(pid: str) -> Purchase:
+    return Purchase(id=pid, sku="s", qty=1, user_id="u", request_hash="h", accepted_at_ms=0)
+
+
+def batcher_of(server: HungServer) -> IntentBatcher:
+    return IntentBatcher(cast(Publisher, cast(Any, server)), Names("t"), shards=1, batch_max=10,
+                         linger_ms=0, batches_inflight_max=1, inflight_max=1000)
 
 
 async def test_callers_behind_a_hung_batch_are_answered_by_their_deadline():
     server = HungServer()
-    batcher = IntentBatcher(cast(Publisher, cast(Any, server)), shards=1, batch_max=10, linger_ms=0,
-                            batches_inflight_max=1, inflight_max=1000)
+    batcher = batcher_of(server)
     try:
-        first = asyncio.ensure_future(batcher.store(0, "s.0", b"x", "m0"))
+        first = asyncio.ensure_future(batcher.store(0, purchase("p0")))
         await asyncio.sleep(0.01)  # its batch goes out, and hangs
-        later = [asyncio.ensure_future(batcher.store(0, f"s.{n}", b"x", f"m{n}")) for n in range(1, 6)]
+        later = [asyncio.ensure_future(batcher.store(0, purchase(f"p{n}"))) for n in range(1, 6)]
         await asyncio.sleep(0.01)
-        assert server.sent == [["s.0"]] and not any(t.done() for t in [first, *later])
+        assert server.sent == [["p0"]] and not any(t.done() for t in [first, *later])
         assert batcher.expire(time.monotonic()) == 0  # nobody is late yet
         assert batcher.expire(time.monotonic() + PUBLISH_TIMEOUT_S) == 6
         for task in [first, *later]:
@@ -53,17 +63,16 @@ async def test_callers_behind_a_hung_batch_are_answered_by_their_deadline():
             assert exc.value.cause == "publish_timeout"
         server.answer.set()  # the hung batch ends; the timed-out queued intents are not sent
         await asyncio.sleep(0.01)
-        assert server.sent == [["s.0"]] and batcher.inflight == 0
+        assert server.sent == [["p0"]] and batcher.inflight == 0
     finally:
         await batcher.close()
 
 
 async def test_an_answered_caller_is_not_answered_again():
     server = HungServer()
-    batcher = IntentBatcher(cast(Publisher, cast(Any, server)), shards=1, batch_max=10, linger_ms=0,
-                            batches_inflight_max=1, inflight_max=1000)
+    batcher = batcher_of(server)
     try:
-        task = asyncio.ensure_future(batcher.store(0, "s.0", b"x", "m0"))
+        task = asyncio.ensure_future(batcher.store(0, purchase("p0")))
         await asyncio.sleep(0.01)
         server.answer.set()
         with pytest.raises(Overloaded):

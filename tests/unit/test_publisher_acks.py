@@ -1,4 +1,4 @@
-"""Parsing JetStream's answers to a publish and to a direct get (pure)."""
+"""Parsing JetStream's answers to a publish and to a stream info request (pure)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from ingest.publisher import Overloaded, PendingReplies, ack_stored_now, direct_get_payload
+from ingest.publisher import Overloaded, PendingReplies, ack_stored_now, stream_last_seq
 
 
 def test_a_new_message_is_stored_now_at_its_sequence():
@@ -35,13 +35,13 @@ def test_nothing_stored_is_overload(data: bytes, cause: str):
     assert exc.value.cause == cause
 
 
-def test_direct_get_answers():
-    assert direct_get_payload(b"intent", None) == b"intent"
-    assert direct_get_payload(b"", "404") is None
+def test_stream_info_answers():
+    assert stream_last_seq(b'{"config":{},"state":{"messages":3,"first_seq":5,"last_seq":7}}') == 7
+    assert stream_last_seq(b'{"state":{"messages":0}}') == 0
     with pytest.raises(Overloaded):
-        direct_get_payload(b"", "408")
+        stream_last_seq(b'{"error":{"code":404,"err_code":10059,"description":"stream not found"}}')
     with pytest.raises(Overloaded):
-        direct_get_payload(b"", None)
+        stream_last_seq(b"")
 
 
 async def test_overdue_replies_fail_oldest_first():

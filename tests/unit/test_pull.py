@@ -1,15 +1,16 @@
 """The puller's status handling (flashsale.pull.PullRequest), without a server: what a message,
-a heartbeat and the end of a pull request do to the open request's credit."""
+a heartbeat and the end of a pull request do to the open request's credit; messages handed back."""
 
 from __future__ import annotations
 
 import json
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pytest
 
-from flashsale.pull import PullRequest
+from flashsale.pull import Puller, PullRequest, _Arrivals
 
 
 @dataclass
@@ -125,3 +126,31 @@ def test_renew_resets_the_credit_and_states_batch_and_expiry_in_nanoseconds():
     body = json.loads(request.renew(7, now_s=10.0))
     assert body == {"batch": 7, "expires": 2_500_000_000}
     assert request.credit == 7 and request.deadline_s == 12.5
+
+
+class FakeClient:
+    """What Puller sends on: pull requests are only counted."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        self.requests += 1
+
+
+async def test_messages_handed_back_come_first_and_cost_no_credit():
+    arrivals = _Arrivals()
+    request = PullRequest(expires_s=5.0)
+    client = FakeClient()
+    puller = Puller(cast(Any, client), cast(Any, None), "inbox", "next", request, arrivals)
+    for i in range(5):
+        await arrivals.on_msg(cast(Any, message(f"m{i}".encode())))
+    first = await puller.fetch(10, timeout_s=0)
+    assert [m.data for m in first] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    assert client.requests == 1
+    credit = request.credit
+    puller.unread(first[2:])  # a transaction took two, the rest waits for the next
+    await arrivals.on_msg(cast(Any, message(b"m5")))
+    again = await puller.fetch(10, timeout_s=0)
+    assert [m.data for m in again] == [b"m2", b"m3", b"m4", b"m5"]
+    assert request.credit == credit - 1  # only the new arrival used one

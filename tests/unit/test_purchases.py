@@ -1,9 +1,10 @@
 """Storing a purchase, or finding the one its key already made, against an in-memory intents
-stream and purchases table (the real ResultsHub): a new purchase is stored once and queued; a
-retry of the same click, however it arrives (decided here, pending here, in flight here, in the
-stream, in Postgres), is that purchase and stores nothing; the same key with another body is a
-422 wherever the first use is seen; the sold-out fast path never hides an accepted purchase; a
-stored copy that cannot be read back is a retryable 503, never a second purchase."""
+stream, its follower and purchases table (the real ResultsHub and ShardQueues): a new purchase
+is stored once and queued; a retry of the same click, however it arrives (decided here, pending
+here, in flight here, read in the stream, in Postgres), is that purchase and stores nothing; the
+same key with another body is a 422 wherever the first use is seen; the sold-out fast path never
+hides an accepted purchase; a retry whose first copy nobody can read is stored again (the writer
+decides the id once), and a twin whose first failed is a retryable 503."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 
 from config.settings import Settings
 from ingest import problems
+from ingest.batcher import Place
 from ingest.publisher import Overloaded
 from ingest.purchases import _submit
 from ingest.queue import ShardQueues
@@ -45,54 +47,62 @@ def decided(request_hash: str = "h-body-1", status: str = "confirmed") -> Decisi
 
 
 class Stream:
-    """The shard's intents stream: one message per subject; `store` answers its sequence, or 0
-    when the purchase's subject already holds one (as JetStream refuses a second copy)."""
+    """The shard's intents stream, one message per store, and its follower: a stored intent is
+    read (pending in `queues`) unless `unreadable` (nobody can read it: purged meanwhile)."""
 
-    def __init__(self) -> None:
-        self.by_id: dict[str, tuple[Purchase, int]] = {}
+    def __init__(self, queues: ShardQueues) -> None:
+        self.queues = queues
+        self.messages: list[Purchase] = []
         self.stores = 0
-        self.unreadable = False  # stored, yet a read finds nothing (purged meanwhile)
+        self.unreadable = False
         self.gate: asyncio.Event | None = None  # store waits on it when set
-        self.next: Purchase | None = None  # what the next store() stores (payloads are not decoded)
 
-    async def store(self, shard: int, *_: Any) -> int:
+    async def store(self, shard: int, intent: Purchase) -> Place:
         self.stores += 1
         if self.gate is not None:
             await self.gate.wait()
-        pending = self.next
-        assert pending is not None
-        if pending.id in self.by_id:
-            return 0
-        seq = len(self.by_id) + 1
-        self.by_id[pending.id] = (pending, seq)
-        return seq
+        self.messages.append(intent)
+        seq = len(self.messages)
+        if not self.unreadable:
+            self.queues.stored(shard, seq, [intent])
+        return Place(seq, 0)
+
+
+class Follower:
+    async def reached(self, shard: int, seq: int) -> None:
+        pass
 
 
 class Reads:
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
+    def __init__(self, queues: ShardQueues) -> None:
+        self.queues = queues
         self.db: dict[str, Decision] = {}
 
-    async def stored_intent(self, shard: int, pid: str) -> Purchase | None:
-        if self.stream.unreadable:
-            return None
-        found = self.stream.by_id.get(pid)
-        return None if found is None else found[0]
+    async def stored_intent(self, shard: int, pid: str, request_hash: str) -> Purchase | None:
+        # After its barrier: the follower read what is there.
+        return self.queues.pending(pid, request_hash)
 
     async def purchase_from_db(self, pid: str) -> Decision | None:
         return self.db.get(pid)
 
+    async def decided_purchase(self, pid: str) -> Decision | None:
+        return self.db.get(pid)
+
 
 def ingest() -> Any:
-    stream = Stream()
     queues = ShardQueues(SHARDS, CACHE_MAX, silence_s=60.0, silent_accept_max=CACHE_MAX,
                          now_s=time.monotonic())
-    return SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, submitting={}, intents=stream,
-                           reads=Reads(stream), hub=ResultsHub(CACHE_MAX, CACHE_MAX, queues=queues))
+    return SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, submitting={},
+                           intents=Stream(queues), follower=Follower(), reads=Reads(queues),
+                           hub=ResultsHub(CACHE_MAX, CACHE_MAX, queues=queues))
+
+
+def forget_pending(ing: Any) -> None:
+    """This instance did not store it (another did): only its follower knows it."""
+    ing.hub.pending.clear()
 
 
 async def submit(ing: Any, purchase: Purchase) -> Any:
-    ing.intents.next = purchase
     return await _submit(ing, purchase, KEY)
 
 
@@ -116,9 +126,9 @@ async def test_a_new_purchase_is_stored_once_and_queued():
 async def test_a_retry_found_in_the_stream_is_that_purchase():
     ing = ingest()
     await submit(ing, intent())
-    ing.hub.pending.clear()  # another instance stored it: only the stream knows
+    forget_pending(ing)
     assert await submit(ing, intent()) == intent()
-    assert len(ing.intents.by_id) == 1
+    assert ing.intents.stores == 1
 
 
 async def test_a_retry_of_a_decided_purchase_stores_nothing():
@@ -132,7 +142,7 @@ async def test_a_retry_decided_since_is_answered_with_the_decision():
     ing = ingest()
     await submit(ing, intent())
     ing.reads.db[PID] = decided()  # decided by the writer; this instance has not heard yet
-    ing.hub.pending.clear()
+    forget_pending(ing)
     assert await submit(ing, intent()) == decided()
 
 
@@ -145,19 +155,18 @@ async def test_the_key_with_another_body_is_a_422_wherever_its_first_use_is(firs
         ing.hub.stored(intent("h-body-1"))
     elif first_use == "in_stream":
         await submit(ing, intent("h-body-1"))
-        ing.hub.pending.clear()
+        forget_pending(ing)
     else:
         # The key's first use, with a SKU of another shard, was decided there; this body's
         # intent is in this shard's stream too (stored before), and this is its retry.
         await submit(ing, intent("h-body-2"))
-        ing.hub.pending.clear()
+        forget_pending(ing)
         ing.reads.db[PID] = decided("h-body-1")
     stores_before = ing.intents.stores
     with pytest.raises(problems.Rejection) as refused:
         await submit(ing, intent("h-body-2"))
     assert reused(refused)
-    if first_use in ("decided_here", "pending_here"):
-        assert ing.intents.stores == stores_before  # refused before anything is stored
+    assert ing.intents.stores == stores_before  # refused before anything is stored
 
 
 async def test_sold_out_refuses_a_new_purchase_without_storing_it():
@@ -173,25 +182,27 @@ async def test_sold_out_refuses_a_new_purchase_without_storing_it():
 async def test_sold_out_still_answers_a_retry_of_an_accepted_purchase():
     ing = ingest()
     await submit(ing, intent())
-    ing.hub.pending.clear()
+    forget_pending(ing)
     sold_out(ing)
     assert await submit(ing, intent()) == intent()
+    ing.hub.queues.decided(PID)
+    ing.reads.db[PID] = decided()  # decided long ago: Postgres answers the retry
+    assert await submit(ing, intent()) == decided()
+    assert ing.intents.stores == 1
 
 
-async def test_a_stored_copy_that_cannot_be_read_is_a_retryable_503():
+async def test_a_retry_whose_first_copy_nobody_can_read_is_stored_again():
     ing = ingest()
-    await submit(ing, intent())
-    ing.hub.pending.clear()
     ing.intents.unreadable = True
-    with pytest.raises(Overloaded) as shed:
-        await submit(ing, intent())
-    assert shed.value.cause == "intent_missing"
+    await submit(ing, intent())
+    forget_pending(ing)
+    assert await submit(ing, intent()) == intent()
+    assert ing.intents.stores == 2  # two copies of one id: the writer decides it once
 
 
 async def test_twins_at_once_store_one_purchase_and_get_one_answer():
     ing = ingest()
     ing.intents.gate = asyncio.Event()
-    ing.intents.next = intent()
     first = asyncio.create_task(_submit(ing, intent(), KEY))
     await asyncio.sleep(0)
     assert PID in ing.submitting
@@ -207,10 +218,8 @@ async def test_twins_at_once_store_one_purchase_and_get_one_answer():
 async def test_a_twin_whose_first_failed_is_a_retryable_503():
     ing = ingest()
     ing.intents.gate = asyncio.Event()
-    ing.intents.next = intent()
-    ing.intents.unreadable = True
 
-    async def failing_store(shard: int, *rest: Any) -> int:
+    async def failing_store(shard: int, *rest: Any) -> Place:
         await ing.intents.gate.wait()
         raise Overloaded("inflight_max")
 

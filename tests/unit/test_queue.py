@@ -1,4 +1,5 @@
-"""Queue positions and writer liveness per shard (pure: the clock is passed in)."""
+"""Pending purchases, queue positions and writer liveness per shard (pure: the clock is passed
+in, the stream's messages are fed in as the follower reads them)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ import pytest
 
 from ingest.publisher import Overloaded
 from ingest.queue import ShardQueues
+from proto.messages import Cancel, Intent, Purchase
+
+
+def purchase(pid: str, body: str = "h") -> Purchase:
+    return Purchase(id=pid, sku="s", qty=1, user_id="u", request_hash=body, accepted_at_ms=0)
+
+
+def fill(q: ShardQueues, shard: int, messages: int, first_seq: int = 1) -> None:
+    """Messages of one intent each (not purchases): they count in the queue, nothing pends."""
+    for seq in range(first_seq, first_seq + messages):
+        q.stored(shard, seq, [Cancel(id=f"c{seq}")])
 
 
 def queues(**over: float) -> ShardQueues:
@@ -16,7 +28,8 @@ def queues(**over: float) -> ShardQueues:
 
 def test_position_counts_the_intents_ahead_and_never_grows():
     q = queues()
-    q.queued("p", shard=0, seq=11)
+    fill(q, 0, 10)
+    q.stored(0, 11, [purchase("p")])
     assert q.view("p").position == 10  # type: ignore[union-attr]
     q.results(0, decided_seq=4, now_s=1.0)
     assert q.view("p").position == 6  # type: ignore[union-attr]
@@ -32,15 +45,17 @@ def test_position_counts_the_intents_ahead_and_never_grows():
 
 def test_other_shards_do_not_move_a_position():
     q = queues()
-    q.queued("p", shard=1, seq=5)
+    fill(q, 1, 4)
+    q.stored(1, 5, [purchase("p")])
     q.results(0, decided_seq=100, now_s=1.0)
     q.taken(0, taken_seq=200, now_s=1.0)
     assert q.view("p").position == 4  # type: ignore[union-attr]
 
 
 def test_the_estimate_follows_the_recent_decision_rate():
-    q = queues()
-    q.queued("p", shard=0, seq=1001)
+    q = queues(positions_max=10_000)
+    fill(q, 0, 1000)
+    q.stored(0, 1001, [purchase("p")])
     assert q.view("p").eta_ms is None  # type: ignore[union-attr]  # no rate yet
     q.results(0, decided_seq=100, now_s=1.0)
     q.results(0, decided_seq=600, now_s=2.0)  # 500 intents/s
@@ -76,5 +91,51 @@ def test_a_busy_shard_is_never_refused():
 def test_positions_are_bounded():
     q = queues(positions_max=2)
     for i in range(3):
-        q.queued(f"p{i}", shard=0, seq=i + 1)
+        q.stored(0, i + 1, [purchase(f"p{i}")])
     assert q.view("p0") is None and q.view("p2") is not None
+
+
+def test_marks_of_messages_not_taken_are_bounded_and_positions_never_too_low():
+    q = queues(positions_max=10)
+    fill(q, 0, 100)
+    q.stored(0, 101, [purchase("p")])
+    q.taken(0, taken_seq=50, now_s=1.0)
+    position = q.view("p").position  # type: ignore[union-attr]
+    assert 50 <= position <= 100  # 50 ahead in truth: coarser, never fewer
+    q.taken(0, taken_seq=101, now_s=1.1)
+    assert q.view("p").position == 0  # type: ignore[union-attr]
+
+
+def test_a_packed_message_counts_every_intent_it_holds():
+    q = queues()
+    fill(q, 0, 2)  # ordinals 1, 2
+    packed: list[Intent] = [purchase("a"), Cancel(id="x"), purchase("b"), purchase("c")]
+    q.stored(0, 3, packed)  # ordinals 3..6
+    q.stored(0, 4, [purchase("d")])  # ordinal 7
+    assert [q.view(p).position for p in "abcd"] == [2, 4, 5, 6]  # type: ignore[union-attr]
+    q.taken(0, taken_seq=2, now_s=1.0)
+    assert [q.view(p).position for p in "abcd"] == [0, 2, 3, 4]  # type: ignore[union-attr]
+    q.taken(0, taken_seq=3, now_s=1.1)  # the packed message is taken whole
+    assert [q.view(p).position for p in "abcd"] == [0, 0, 0, 0]  # type: ignore[union-attr]
+
+
+def test_progress_heard_before_the_message_is_read_applies_once_it_is():
+    q = queues()
+    q.taken(0, taken_seq=2, now_s=1.0)  # core NATS can overtake the follower's consumer
+    fill(q, 0, 2)
+    q.stored(0, 3, [purchase("p")])
+    assert q.view("p").position == 0  # type: ignore[union-attr]
+
+
+def test_every_body_stored_for_a_pending_purchase_is_found():
+    q = queues()
+    q.stored(0, 1, [purchase("p", body="first")])
+    q.stored(0, 2, [purchase("p", body="second")])  # the same key, another body, elsewhere
+    pending = q.pending("p")
+    assert pending is not None and pending.request_hash == "first"
+    # Which body is the purchase is the writers' call (the first committed): each copy is found.
+    assert [q.pending("p", body).request_hash for body in ("first", "second")] == ["first", "second"]  # type: ignore[union-attr]
+    assert q.pending("p", "third") is None
+    assert q.view("p").position == 0  # type: ignore[union-attr]
+    q.decided("p")
+    assert q.pending("p") is None and q.view("p") is None

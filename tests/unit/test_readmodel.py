@@ -1,5 +1,5 @@
-"""ReadModel's lookups against small fakes of Postgres and JetStream: a purchase the reader may
-not read costs what a missing one costs, and the miss budget is spent before the work."""
+"""ReadModel's lookups against small fakes of Postgres and the intents follower: a purchase the
+reader may not read costs what a missing one costs, and the miss budget is spent before the work."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from typing import Any, cast
 
 import pytest
 
+from ingest.follower import IntentsFollower
 from ingest.problems import Rejection
-from ingest.publisher import Publisher
+from ingest.queue import ShardQueues
 from ingest.ratelimit import RateLimiter
 from ingest.readmodel import OPERATOR, Reader, ReadModel
 from ingest.results import ResultsHub
 from proto.ids import id_key, purchase_id
-from proto.messages import Purchase, encode
+from proto.messages import Purchase
 from proto.subjects import Names
 
 SHARDS = 2
@@ -39,17 +40,14 @@ class FakePool:
         return self.rows.get(args[0]) if "FROM purchases" in sql else None
 
 
-class FakeJetStream:
-    """Direct gets of intents by subject; counts them."""
+class FakeFollower:
+    """Barriers (the follower has read every shard's stream as far as it reaches); counts them."""
 
-    def __init__(self, intents: dict[str, bytes]) -> None:
-        self.intents = intents
-        self.gets = 0
+    def __init__(self) -> None:
+        self.barriers = 0
 
-    async def last_message(self, stream: str, subject: str) -> tuple[bytes, int] | None:
-        self.gets += 1
-        data = self.intents.get(subject)
-        return (data, 7) if data is not None else None
+    async def barrier(self, shard: int) -> None:
+        self.barriers += 1
 
 
 def row(pid: str, user: str) -> dict[str, Any]:
@@ -58,37 +56,38 @@ def row(pid: str, user: str) -> dict[str, Any]:
             "updated_at_ms": 2, "expires_at_ms": None, "request_hash": "h", "draw_rank": None}
 
 
-def reads(burst: int = 1000) -> tuple[ReadModel, FakePool, FakeJetStream]:
-    names = Names("t")
+def reads(burst: int = 1000) -> tuple[ReadModel, FakePool, FakeFollower]:
     pending = Purchase(id=PENDING, sku="tee", qty=1, user_id="alice", request_hash="h",
                        accepted_at_ms=1)
     pool = FakePool({DECIDED: row(DECIDED, "alice")})
-    js = FakeJetStream({names.intent(1, "purchase", PENDING): encode(pending)})
-    model = ReadModel(names, SHARDS, cast(Any, pool), cast(Publisher, js),
-                      ResultsHub(cache_max=100, waiters_max=10),
+    follower = FakeFollower()
+    queues = ShardQueues(SHARDS, 100, silence_s=3, silent_accept_max=10, now_s=0.0)
+    queues.stored(1, 7, [pending])  # read in shard 1's stream
+    model = ReadModel(Names("t"), SHARDS, cast(Any, pool), cast(IntentsFollower, follower),
+                      ResultsHub(cache_max=100, waiters_max=10, queues=queues),
                       RateLimiter(rate_per_s=0.001, burst=burst, keys_max=100))
-    return model, pool, js
+    return model, pool, follower
 
 
-async def cost(model: ReadModel, pool: FakePool, js: FakeJetStream, pid: str, reader: Reader,
+async def cost(model: ReadModel, pool: FakePool, follower: FakeFollower, pid: str, reader: Reader,
                ) -> tuple[int, int, bool]:
-    """(queries, direct gets, found) of one lookup."""
-    q, g = pool.queries, js.gets
+    """(queries, barriers, found) of one lookup."""
+    q, b = pool.queries, follower.barriers
     found = await model.lookup(pid, reader, "127.0.0.2")
-    return pool.queries - q, js.gets - g, found is not None
+    return pool.queries - q, follower.barriers - b, found is not None
 
 
 async def test_not_yours_costs_what_missing_costs():
-    model, pool, js = reads()
-    assert await cost(model, pool, js, DECIDED, Reader("alice"), ) == (1, 0, True)
-    assert await cost(model, pool, js, PENDING, Reader("alice")) == (1, SHARDS, True)
-    missing = await cost(model, pool, js, MISSING, Reader("mallory"))
-    assert missing == (1, SHARDS, False)
+    model, pool, follower = reads()
+    assert await cost(model, pool, follower, DECIDED, Reader("alice"), ) == (1, 0, True)
+    assert await cost(model, pool, follower, PENDING, Reader("alice")) == (1, 0, True)
+    missing = await cost(model, pool, follower, MISSING, Reader("mallory"))
+    assert missing == (2, SHARDS, False)
     # Decided (and now cached), pending, or another buyer's: mallory's lookups all cost the same.
     for pid in (DECIDED, PENDING):
-        assert await cost(model, pool, js, pid, Reader("mallory")) == missing
-    assert await cost(model, pool, js, DECIDED, OPERATOR) == (0, 0, True)  # cached
-    assert await cost(model, pool, js, PENDING, OPERATOR) == (1, SHARDS, True)
+        assert await cost(model, pool, follower, pid, Reader("mallory")) == missing
+    assert await cost(model, pool, follower, DECIDED, OPERATOR) == (0, 0, True)  # cached
+    assert await cost(model, pool, follower, PENDING, OPERATOR) == (1, 0, True)
 
 
 async def test_not_yours_is_charged_as_a_miss_and_found_is_not():

@@ -22,10 +22,9 @@ def test_one_intents_stream_per_shard_one_message_per_subject():
     assert [s.subjects for s in intents] == [[names.intents_of_shard(k)] for k in range(3)]
     for s in intents:
         assert (s.max_msgs_per_subject, s.discard, s.discard_new_per_subject) == (1, "new", True)
-        assert s.allow_atomic and s.allow_direct
+        assert s.allow_direct
         assert s.max_bytes == LIMITS.intents_max_bytes and s.max_age_s == LIMITS.intents_max_age_s
     assert specs[names.payments_stream].retention == "workqueue"
-    assert not any(s.allow_atomic for s in specs.values() if s not in intents)
     assert {s.replicas for s in specs.values()} == {3}
     assert len(specs) == 3 + 3  # results, payments, dead letters
 
