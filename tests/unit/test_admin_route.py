@@ -37,14 +37,16 @@ def state_of(upsert: SkuUpsert) -> SkuState:
 
 
 class Writer:
-    """The shard's intents stream and its writer: `answer` is "apply", "refuse" or "silent"."""
+    """The shard's intents stream (a change is published alone, on its own subject) and its
+    writer: `answer` is "apply", "refuse" or "silent"."""
 
     def __init__(self, hub: ResultsHub) -> None:
         self.hub = hub
         self.answer = "apply"
         self.stored: list[tuple[int, str, SkuUpsert]] = []
 
-    async def store(self, shard: int, subject: str, payload: bytes, *_: Any) -> int:
+    async def publish(self, subject: str, payload: bytes, *_: Any) -> int:
+        shard = int(subject.split(".")[2])  # <namespace>.intents.<shard>.admin.<request id>
         upsert = intent_decoder.decode(payload)
         assert isinstance(upsert, SkuUpsert)
         self.stored.append((shard, subject, upsert))
@@ -69,7 +71,7 @@ async def world(monkeypatch) -> AsyncIterator[tuple[TestClient, Writer]]:
     async def no_state(sku: str, client: str) -> None:
         return None
 
-    ing = SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, hub=hub, intents=writer,
+    ing = SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, hub=hub, publisher=writer,
                           admin=AdminGate.from_settings(SETTINGS), reads=SimpleNamespace(sku_state=no_state))
 
     @web.middleware

@@ -1,7 +1,7 @@
 """The purge of a shard's intents stream, against an in-memory stream: it removes only what
 recovery no longer needs (below the committer's ack floor and below the oldest intent of a
-purchase still reserved or in a draw), purges nothing when nothing is below that, and a dry run
-removes nothing."""
+purchase still reserved or in a draw: where Postgres says it is stored, or on its own subject),
+purges nothing when nothing is below that, and a dry run removes nothing."""
 
 from __future__ import annotations
 
@@ -45,11 +45,16 @@ class Stream:
         self.first_seq = seq
 
 
+LIVE = ("p_live", None)  # stored alone, on its own subject (seq 40)
+PACKED = ("p_packed", 35)  # in a packed message: purchases.intent_seq says where
+
+
 @pytest.mark.parametrize(("floor", "live", "kept_from"), [
     (100, [], 101),  # everything decided, nothing live: all of it
-    (100, ["p_live"], 40),  # a live purchase's intent (seq 40) and all after it stay
-    (30, ["p_live"], 31),  # undecided intents stay, even below a live one
-    (100, ["p_elsewhere"], 101),  # a live purchase of another shard holds nothing here
+    (100, [LIVE], 40),  # a live purchase's intent (seq 40) and all after it stay
+    (100, [LIVE, PACKED], 35),  # the oldest live purchase's message decides
+    (30, [LIVE, PACKED], 31),  # undecided intents stay, even below a live one
+    (100, [("p_elsewhere", None)], 101),  # not found on this shard: holds nothing here
 ])
 async def test_only_what_recovery_no_longer_needs_goes(floor, live, kept_from):
     js = Stream(120, {"p_live": 40})
@@ -67,6 +72,6 @@ async def test_nothing_below_the_floor_purges_nothing():
 
 async def test_a_dry_run_removes_nothing():
     js = Stream(120, {"p_live": 40})
-    done = await _purge_shard(js, SETTINGS, SHARD, 100, ["p_live"], dry_run=True)  # type: ignore[arg-type]
+    done = await _purge_shard(js, SETTINGS, SHARD, 100, [LIVE], dry_run=True)  # type: ignore[arg-type]
     assert js.purged_below == [] and done.kept_from_seq == 40
     assert done.messages_after == done.messages_before == 120
