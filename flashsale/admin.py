@@ -84,7 +84,8 @@ def to_ms(value: object, field: str = "time") -> int | None:
     else:
         raise AdminError(f"{field}: not a time: {value!r}", field)
     if not TIME_MIN_MS <= ms <= TIME_MAX_MS:
-        raise AdminError(f"{field}: {value!r} is outside years 1..9999 (UTC)", field)
+        shown = value.isoformat() if isinstance(value, datetime) else repr(value)
+        raise AdminError(f"{field}: {shown} is outside years 1..9999 (UTC)", field)
     return ms
 
 

@@ -124,7 +124,8 @@ class BuyerVerifier:
             elif alg in PUBLIC_KEY_ALGORITHMS and self.public_keys:
                 claims = self._verify_public(token, header.get("kid"), alg)
             else:
-                raise _unauthorized(f"tokens signed with {alg!r} are not accepted")
+                named = alg if alg in HS_ALGORITHMS or alg in PUBLIC_KEY_ALGORITHMS else "that algorithm"
+                raise _unauthorized(f"tokens signed with {named} are not accepted")
         except jwt.InvalidTokenError as exc:
             raise _unauthorized(f"invalid token: {exc}") from None
         # Only the headers of tokens that verified are remembered: junk cannot fill the table.
@@ -193,9 +194,9 @@ class BuyerVerifier:
         else:
             key = self.public_keys.get(kid)
         if key is None:
-            raise jwt.InvalidTokenError(f"unknown key id {kid!r}")
+            raise jwt.InvalidTokenError("unknown key id (kid)")
         if key.algorithm_name != alg:
-            raise jwt.InvalidTokenError(f"key {kid!r} is for {key.algorithm_name}, not {alg}")
+            raise jwt.InvalidTokenError(f"the key named by kid is for {key.algorithm_name}, not {alg}")
         for segment in token.split("."):  # PyJWT's own decoding is lenient
             b64url_decode(segment)
         return self._decode(token, key.key, alg)

@@ -31,7 +31,7 @@ async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T]) ->
     if request.content_type != JSON:
         raise problems.Rejection(
             415, "unsupported_media_type", "Unsupported media type",
-            f"send the body as {JSON} (got {request.content_type!r})",
+            f"send the body as {JSON}",
         )
     body = await edge.read_body(request)
     try:

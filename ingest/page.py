@@ -52,7 +52,7 @@ def setup(app: web.Application, settings: Settings) -> None:
     async def static(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in assets or name == "index.html":
-            raise web.HTTPNotFound(text=f"no static file {name!r}")
+            raise web.HTTPNotFound(text="no such static file")
         return serve(name)
 
     app.router.add_get("/", index)

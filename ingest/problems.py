@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -70,10 +71,19 @@ def bad_query(detail: str) -> Rejection:
     return Rejection(400, "bad_query", "Invalid query", detail)
 
 
+# msgspec ends a message with the path it refers to, made of the Struct's own field names.
+_AT_PATH = re.compile(r" - at `(\$[A-Za-z0-9_.\[\]]*)`\Z")
+# Messages in which msgspec quotes what the client sent: an answer never carries those bytes.
+_QUOTING = {"Object contains unknown field": "Object contains an unknown field",
+            "Invalid enum value": "Invalid enum value (not one of the documented values)"}
+
+
 def from_msgspec_error(exc: msgspec.ValidationError) -> FieldError:
     """msgspec reports "Expected `int`, got `str` - at `$.qty`"; split the path out for clients."""
     text = str(exc)
-    message, sep, path = text.rpartition(" - at ")
-    if not sep:
-        return FieldError(path="$", message=text)
-    return FieldError(path=path.strip("`"), message=message)
+    at = _AT_PATH.search(text)
+    message, path = (text[:at.start()], at.group(1)) if at else (text, "$")
+    for quoting, said in _QUOTING.items():
+        if message.startswith(quoting):
+            message = said
+    return FieldError(path=path, message=message)

@@ -283,7 +283,7 @@ def purchase_id_in_path(ing: Ingest, request: web.Request) -> str:
     pid = request.match_info["id"]
     if not PURCHASE_ID.matches(pid):
         ing.reads.charge(edge.client_of(request))
-        raise problems.not_found(f"no purchase {pid!r} (not a purchase id)")
+        raise problems.not_found(f"no such purchase (a purchase id is {PURCHASE_ID.describe()})")
     return pid
 
 

@@ -24,7 +24,7 @@ async def known_sku(ing: Ingest, request: web.Request) -> SkuState:
     sku = request.match_info["sku"]
     if not SKU.matches(sku):
         ing.reads.charge(edge.client_of(request))
-        raise problems.not_found(f"no SKU {sku!r} (not a SKU name)")
+        raise problems.not_found(f"no such SKU (a SKU name is {SKU.describe()})")
     state = await ing.reads.sku_state(sku, edge.client_of(request))
     if state is None:
         raise problems.not_found(f"no SKU {sku!r}")

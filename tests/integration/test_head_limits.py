@@ -8,6 +8,7 @@ without echoing what was sent."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 
 import aiohttp
@@ -20,6 +21,7 @@ from flashsale.testing import (
     gateway_ready_url,
     spare_port,
 )
+from tests.auth import token
 from tests.integration.test_edge_limits import metric, refusals
 
 PROBLEM = "application/problem+json"
@@ -262,3 +264,34 @@ async def test_every_port_answers_problems_without_a_banner_or_an_echo(system, s
             assert json.loads(body)["status"] == int(head.split()[1]), where
     print(f"\n{len(MALFORMED)} malformed requests on each of {sorted(ports)}: problem+json, no banner, "
           "no echo")
+
+
+async def test_parsed_requests_are_refused_without_echoing_what_was_sent(system, settings):
+    """Past the head parser too: every refusal names the rule, never the bytes that broke it
+    (a name outside its grammar, a media type, a token's algorithm, an unknown key, an enum)."""
+    system.start()
+    mark = MARK.decode() + "<>"
+    base = system.base_url
+    buyer = {"Authorization": f"Bearer {token('prober')}"}
+    admin = {"Authorization": f"Bearer {settings.admin_token}"}
+    forged_alg = ".".join(base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+                          for part in ({"alg": mark, "typ": "JWT"}, {"sub": "x"})) + ".c2ln"
+    asks: list[tuple[str, str, dict[str, str], bytes | None]] = [
+        ("GET", f"/v1/skus/{mark}", {}, None),
+        ("GET", f"/v1/skus/{mark}/draw", {}, None),
+        ("GET", f"/v1/purchases/{mark}", buyer, None),
+        ("POST", f"/v1/purchases/{mark}/cancel", buyer, None),
+        ("GET", f"/static/{mark}", {}, None),
+        ("POST", "/v1/purchases", {**buyer, "Content-Type": f"text/{MARK.decode()}"}, b"{}"),
+        ("POST", "/v1/purchases", {"Authorization": f"Bearer {forged_alg}",
+                                   "Content-Type": "application/json"}, b"{}"),
+        ("POST", "/v1/purchases", {**buyer, "Content-Type": "application/json"},
+         json.dumps({"sku": "a", "qty": 1, mark: 1}).encode()),
+        ("PUT", "/v1/admin/skus/a", {**admin, "Content-Type": "application/json"},
+         json.dumps({"stock": 1, "payment": mark}).encode()),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for method, path, headers, body in asks:
+            async with http.request(method, base + path, headers=headers, data=body) as r:
+                answer = await r.read()
+            assert 400 <= r.status < 500 and MARK not in answer, (method, path, r.status, answer)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 
 from ingest import problems
-from ingest.schemas import PurchaseRequest
+from ingest.schemas import PurchaseRequest, SkuUpsertRequest
 
 
 def test_a_problem_is_problem_json_with_a_type_uri():
@@ -41,3 +42,17 @@ def test_msgspec_errors_are_split_into_path_and_message():
         err = problems.from_msgspec_error(exc)
     assert err.path == "$.qty" and err.message == "Expected `int`, got `str`"
     assert problems.from_msgspec_error(msgspec.ValidationError("whole body")).path == "$"
+
+
+@pytest.mark.parametrize("body, path", [
+    (b'{"sku": "a", "qty": 1, "<MARK> - at `$.qty`": 1}', "$"),
+    (b'{"stock": 1, "payment": "<MARK> - at `$.stock`"}', "$.payment"),
+])
+def test_msgspec_errors_never_carry_what_the_client_sent(body: bytes, path: str):
+    """msgspec quotes an unknown key and a value outside an enum; the answer names the field only."""
+    struct = PurchaseRequest if b"qty" in body else SkuUpsertRequest
+    with pytest.raises(msgspec.ValidationError) as exc:
+        msgspec.json.decode(body, type=struct)
+    assert "MARK" in str(exc.value)
+    err = problems.from_msgspec_error(exc.value)
+    assert "MARK" not in err.message and err.path == path
