@@ -54,7 +54,12 @@ def _unauthorized(detail: str) -> problems.Rejection:
 
 
 def bearer_token(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    """The request's bearer token. Two Authorization headers are none: which one a proxy or a
+    log looked at is not something to guess."""
+    given = request.headers.getall("Authorization", [])
+    if len(given) != 1:
+        return None
+    scheme, _, token = given[0].partition(" ")
     token = token.strip()
     return token if scheme.lower() == "bearer" and token else None
 

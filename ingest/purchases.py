@@ -288,15 +288,17 @@ def purchase_id_in_path(ing: Ingest, request: web.Request) -> str:
 
 
 def _idempotency_key(ing: Ingest, request: web.Request) -> str:
-    """The client's Idempotency-Key, or a new server-issued one when the header is absent."""
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
+    """The client's Idempotency-Key, or a new server-issued one when the header is absent. Two
+    of them name two purchases: which one was meant is not something to guess."""
+    keys = request.headers.getall("Idempotency-Key", [])
+    if not keys:
         return new_idempotency_key()
-    if not IDEMPOTENCY_KEY.matches(key):
+    key = keys[0]
+    if len(keys) > 1 or not IDEMPOTENCY_KEY.matches(key):
         ing.reads.charge(edge.client_of(request))
         raise problems.Rejection(
             400, "bad_idempotency_key", "Invalid Idempotency-Key",
-            f"Idempotency-Key must be {IDEMPOTENCY_KEY.describe()} (visible ASCII)",
+            f"send one Idempotency-Key of {IDEMPOTENCY_KEY.describe()} (visible ASCII)",
         )
     return key
 

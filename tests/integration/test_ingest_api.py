@@ -9,6 +9,7 @@ import json
 import aiohttp
 import msgspec
 import nats
+from multidict import CIMultiDict
 
 from flashsale.embedded import free_port
 from flashsale.testing import ingest_metrics_url
@@ -234,3 +235,26 @@ async def test_service_endpoints(system, settings):
                        "flashsale_ingest_sheds_total"):
             assert metric in text, metric
         assert 'route="/v1/purchases",status="422"' in text
+
+
+async def test_a_header_that_names_one_thing_is_refused_when_sent_twice(system, settings, db):
+    """Two Idempotency-Keys would be two purchases, two Authorizations two callers: refused, not
+    guessed between, and nothing published."""
+    system.start_ingest()
+    url = f"{system.base_url}/v1/purchases"
+    body = json.dumps({"sku": "sneaker-42", "qty": 1}).encode()
+    base = [("Content-Type", "application/json"), *bearer("u1").items()]
+    async with aiohttp.ClientSession() as http:
+        for extra, status, slug in [
+            ([("Idempotency-Key", "a"), ("Idempotency-Key", "b")], 400, "bad_idempotency_key"),
+            ([*bearer("u2").items()], 401, "unauthorized"),
+        ]:
+            async with http.post(url, data=body, headers=CIMultiDict([*base, *extra])) as r:
+                problem = await r.json(content_type=None)
+            assert (r.status, problem["type"].rsplit("/", 1)[1]) == (status, slug), problem
+        async with http.put(f"{system.base_url}/v1/admin/skus/a", data=b'{"stock": 1}',
+                            headers=CIMultiDict([("Content-Type", "application/json"),
+                                                 ("Authorization", f"Bearer {settings.admin_token}"),
+                                                 ("Authorization", "Bearer other")])) as r:
+            assert r.status == 401
+    assert await db.fetchval("SELECT count(*) FROM purchases") == 0
