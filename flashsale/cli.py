@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import math
 import os
 import shlex
 import signal
@@ -453,6 +454,17 @@ def cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds_above_0(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0 (else a usage error, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"seconds above 0, not {text!r}")
+    return value
+
+
 def cmd_purge_intents(args: argparse.Namespace) -> int:
     """Every intent recovery no longer needs, purged from each shard's intents stream
     (flashsale/retention.py): one JSON line per shard; with --every, again every S seconds."""
@@ -561,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("schema", help="apply the schema and create the streams").set_defaults(fn=cmd_schema)
     pi = sub.add_parser("purge-intents", help="purge decided intents from the intents streams")
     pi.add_argument("--dry-run", action="store_true", help="say what would go, purge nothing")
-    pi.add_argument("--every", type=float, metavar="S", help="purge again every S seconds")
+    pi.add_argument("--every", type=_seconds_above_0, metavar="S", help="purge again every S seconds")
     pi.set_defaults(fn=cmd_purge_intents)
     sub.add_parser("env", help="print the environment (with credentials) for a process started by "
                                "hand next to `flashsale dev`").set_defaults(fn=cmd_env)

@@ -252,6 +252,11 @@ def dev_tokens(settings: Settings, subjects: list[str], ttl_s: int = DEV_TOKEN_T
     """HS256 tokens that a stack configured with `settings` accepts (development and tests)."""
     if not settings.jwt_hs256_secrets:
         raise ConfigError("no jwt_hs256_secrets configured: tokens come from your identity provider")
+    for sub in subjects:
+        if not USER_ID.matches(sub):  # ingest would refuse the token: never sign one
+            raise ConfigError(f"a user id is {USER_ID.describe()}, not {sub!r}")
+    if ttl_s <= 0:
+        raise ConfigError(f"--ttl-s must be above 0, not {ttl_s}")
     secret = settings.jwt_hs256_secrets[0]
     now_s = int(time.time())
     base = {"iss": settings.jwt_issuer, "aud": settings.jwt_audience, "iat": now_s, "nbf": now_s,

@@ -58,6 +58,17 @@ async def test_bad_sku_changes_are_one_line_and_exit_2_with_nothing_sent(system,
     assert ok.returncode == 0, ok.stderr
 
 
+def test_arguments_that_cannot_work_are_one_line_and_exit_2(settings):
+    """A purge every 0 s would spin, every -1 s die after its first purge; a token for a user id
+    ingest refuses would be refused at every call: each is said before anything is done."""
+    for args in [("purge-intents", "--every", "0"), ("purge-intents", "--every", "-1"),
+                 ("purge-intents", "--every", "nan"), ("token", ""), ("token", "a b"),
+                 ("token", "alice", "--ttl-s", "0")]:
+        out = flashsale(settings, *args)
+        assert out.returncode == 2 and out.stdout == "", (args, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr and out.stderr.strip().splitlines()[-1], args
+
+
 def test_a_command_says_nats_is_down_instead_of_waiting_forever(settings):
     down = msgspec.structs.replace(settings, nats_url="nats://flashsale:secret@127.0.0.1:1",
                                    command_connect_timeout_s=1.0)

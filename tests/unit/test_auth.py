@@ -128,6 +128,14 @@ def test_dev_tokens_are_accepted_by_the_dev_stack():
     assert [v.subject(t, time.time()) for t in tokens] == ["alice", "bob"]
 
 
+@pytest.mark.parametrize("users, ttl_s", [([""], 60), (["a b"], 60), (["é"], 60),
+                                          (["x" * 129], 60), (["alice"], 0)])
+def test_dev_tokens_are_never_signed_for_what_ingest_refuses(users: list[str], ttl_s: int):
+    settings = load(env={}, file=None, jwt_issuer=ISS, jwt_audience=AUD, jwt_hs256_secrets=[S1])
+    with pytest.raises(ConfigError):
+        dev_tokens(settings, users, ttl_s=ttl_s)
+
+
 def test_purchase_ids_need_the_server_secret():
     assert purchase_id(id_key(S1), "alice", "k") == purchase_id(id_key(S1), "alice", "k")
     assert purchase_id(id_key(S1), "alice", "k") != purchase_id(id_key("s2"), "alice", "k")
