@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from proto.draw import DRAW_ENTRIES_MAX, DRAW_GRACE_MS, valid_seed
-from proto.messages import Purchase, Reason, SkuUpsert
+from proto.messages import TIME_MAX_MS, Purchase, Reason, SkuUpsert
 
 if TYPE_CHECKING:
     from committer.machine import Sku
@@ -112,6 +112,8 @@ def upsert_refusal(sku: Sku | None, u: SkuUpsert, now_ms: int) -> str | None:
         return "draw_seed must be 64 lowercase hex digits"
     if window > 0 and start is None:
         return "a draw window needs a sale_start"
+    if window > 0 and start is not None and start + window * 1000 + DRAW_GRACE_MS > TIME_MAX_MS:
+        return "a draw must be decided by the end of year 9999 (UTC)"
     if window > 0 and (sku is None or sku.draw_seed is None) and u.draw_seed is None:
         return "a draw needs a seed"
     if (window, start) != (old_window, old_start):

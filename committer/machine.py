@@ -495,7 +495,8 @@ class Machine:
         # Out of bounds only from a sender that skipped make_upsert: refused, never a batch
         # that Postgres would fail (which would stop the writer on every redelivery).
         outside = out_of_bounds(u)
-        refused = outside[1] if outside is not None else upsert_refusal(sku, u, now_ms)
+        refused = (outside[1] if outside is not None
+                   else upsert_refusal(sku, u, now_ms) or _sale_window_refusal(sku, u))
         if refused is None and u.stock < committed:
             refused = f"stock {u.stock} is below the {committed} already reserved or sold"
         if refused is not None:
@@ -600,6 +601,21 @@ class Machine:
     def _check_cap(self, sku: Sku, user_id: str) -> None:
         if sku.max_per_user is not None and self.user_qty[(sku.sku, user_id)] > sku.max_per_user:
             raise InvariantViolation(f"{sku.sku}: user {user_id} above cap {sku.max_per_user}")
+
+
+def _sale_window_refusal(sku: Sku | None, u: SkuUpsert) -> str | None:
+    """A sale that would end before it starts, once the change is applied to what the SKU has
+    (make_upsert sees only the change: a sale_end before the stored sale_start gets past it)."""
+    def merged(name: str) -> int | None:
+        if name in u.clear:
+            return None
+        value: int | None = getattr(u, name)
+        return value if value is not None else (getattr(sku, name) if sku else None)
+
+    start, end = merged("sale_start_ms"), merged("sale_end_ms")
+    if start is not None and end is not None and end <= start:
+        return "sale_end must be after sale_start (change both in one request to move a sale)"
+    return None
 
 
 def _restore(target: dict[_K, _V], saved: dict[_K, _V | None]) -> None:

@@ -14,7 +14,7 @@ from committer import draw as draw_module
 from committer.draw import DRAW_GRACE_MS, Entry
 from committer.machine import Machine, Sku, Step
 from proto.draw import commitment_of, draw_order
-from proto.messages import Decision, Purchase, SkuUpsert
+from proto.messages import TIME_MAX_MS, Decision, Purchase, SkuUpsert
 
 T0 = 1_700_000_000_000
 WINDOW_S = 2
@@ -163,11 +163,13 @@ def test_upserts_that_would_break_a_draw_are_refused():
         upsert(draw_window_s=2, sale_start_ms=T0 + 10),  # no seed
         upsert(draw_window_s=2, sale_start_ms=T0 - 10, draw_seed=SEED),  # already open
         upsert(draw_window_s=2, sale_start_ms=T0 + 10, draw_seed="XY"),
+        upsert(draw_window_s=3600, sale_start_ms=TIME_MAX_MS - 3_600_000, draw_seed=SEED),
     ], T0).refusals
     assert [r.reason for r in refusals] == [
         "a draw window needs a sale_start", "a draw needs a seed",
         "a draw window must open after the change: sale_start is already past",
         "draw_seed must be 64 lowercase hex digits",
+        "a draw must be decided by the end of year 9999 (UTC)",
     ]
     applied = m.step([upsert(draw_window_s=2, sale_start_ms=T0 + 10, draw_seed=SEED)], T0)
     assert applied.admin_applied == ["r"] and "s" in m.draws

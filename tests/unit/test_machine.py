@@ -309,6 +309,22 @@ def test_an_upsert_out_of_bounds_is_refused_and_changes_nothing(field: str, valu
     assert [d.status for d in step.results] == ["confirmed"]
 
 
+def test_a_sale_that_would_end_before_it_starts_is_refused_whichever_change_brings_it():
+    m = Machine(shard=0)
+    m.step([SkuUpsert(request_id="r0", sku="n", stock=5, sale_start_ms=T0 + 10_000)], T0)
+    step = m.step([SkuUpsert(request_id="r1", sku="n", stock=5, sale_end_ms=T0 + 10_000),
+                   SkuUpsert(request_id="r2", sku="n", stock=5, sale_start_ms=T0 + 10_000,
+                             sale_end_ms=T0 + 5_000),
+                   SkuUpsert(request_id="r3", sku="n", stock=5, sale_end_ms=T0 + 10_001)], T0)
+    assert [r.key for r in step.refusals] == ["r1", "r2"] and step.admin_applied == ["r3"]
+    moved = m.step([SkuUpsert(request_id="r4", sku="n", stock=5, sale_start_ms=T0 + 20_000,
+                              sale_end_ms=T0 + 30_000)], T0)
+    assert moved.admin_applied == ["r4"]
+    cleared = m.step([SkuUpsert(request_id="r5", sku="n", stock=5, sale_end_ms=T0 + 1,
+                                clear=["sale_start_ms"])], T0)
+    assert cleared.admin_applied == ["r5"] and m.skus["n"].sale_start_ms is None
+
+
 def test_admin_upsert_clears_cap_and_window():
     m = Machine(shard=0)
     m.step([SkuUpsert(request_id="r1", sku="n", stock=5, max_per_user=1, sale_start_ms=T0,
