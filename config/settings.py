@@ -16,6 +16,11 @@ import msgspec
 from proto.subjects import Names
 
 CONFIG_DIR = Path(__file__).resolve().parent
+
+
+class SettingsError(ValueError):
+    """Settings that name no field or hold a value of the wrong type."""
+
 REPO_ROOT = CONFIG_DIR.parent
 
 
@@ -213,12 +218,16 @@ def load(env: dict[str, str] | None = None, file: Path | None = None, **override
     values.update(overrides)
     unknown = set(values) - fields
     if unknown:
-        raise ValueError(f"unknown settings: {sorted(unknown)}")
+        raise SettingsError(f"unknown settings: {sorted(unknown)}")
     for name in _LIST_FIELDS & set(values):
         if isinstance(values[name], str):  # from the environment: comma-separated
             values[name] = [part.strip() for part in values[name].split(",") if part.strip()]
     # strict=False lets "8080" from the environment become an int.
-    return msgspec.convert(values, Settings, strict=False)
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as e:  # "Expected `int`, got `str` - at `$.shards`"
+        message, _, at = str(e).rpartition(" - at ")
+        raise SettingsError(f"setting {at.strip('`').removeprefix('$.')}: {message}") from None
 
 
 def to_env(settings: Settings) -> dict[str, str]:

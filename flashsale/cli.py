@@ -23,7 +23,7 @@ import msgspec
 import nats.errors
 
 from committer.schema import SchemaBusy, apply_schema
-from config.settings import CONFIG_DIR, REPO_ROOT, Settings, load, to_env
+from config.settings import CONFIG_DIR, REPO_ROOT, Settings, SettingsError, load, to_env
 from flashsale import admin, shardmap
 from flashsale.cluster import dev_node_ports, healthy, run_node
 from flashsale.db import ensure_database, user_of
@@ -624,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flashsale: {e}", file=sys.stderr)
         return 1
     except shardmap.ShardMapError as e:  # configured unlike the system, or not between sales
+        print(f"flashsale: {e}", file=sys.stderr)
+        return 2
+    except SettingsError as e:  # FLASHSALE_* or the config file: nothing was done
         print(f"flashsale: {e}", file=sys.stderr)
         return 2
     except admin.NotConfirmed as e:  # sent, but no writer answered in time
