@@ -65,7 +65,7 @@ async def measure(conn: asyncpg.Connection, epoch: int, size: int, rounds: int) 
     async def commit(step: Step) -> None:
         await store.commit(conn, SHARD, epoch, TTL_MS, step, 1)
 
-    async def lookup(ids: list[str]) -> list[Decision]:
+    async def lookup(ids: list[str]) -> list[Decision | Purchase]:
         return await store.lookup(conn, ids)
 
     async def batch(name: str, intents: list[Purchase], ask_first: bool) -> Step:

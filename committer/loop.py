@@ -413,13 +413,13 @@ class Committer:
 
 async def decide(
     machine: Machine, intents: list[Intent], t: int, commit: Callable[[Step], Awaitable[None]],
-    lookup: Callable[[list[str]], Awaitable[list[Decision]]], draws_held: bool = False,
+    lookup: Callable[[list[str]], Awaitable[list[Decision | Purchase]]], draws_held: bool = False,
 ) -> Step:
     """Decide a batch and commit it. A purchase id that Postgres turns out to hold already
     (another shard decided it: a key reused with another SKU) is read back, the step taken back
     and the batch decided again, that intent refused. Every round learns at least one id of
     the batch that the next round no longer inserts, so this ends within the batch's size."""
-    learned: list[Decision] = []
+    learned: list[Decision | Purchase] = []
     while True:
         step = machine.step(intents, t, draws_held=draws_held)
         try:

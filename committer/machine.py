@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -159,10 +160,11 @@ class Machine:
         self._expiry_heap: list[tuple[int, str]] = []
         self.forgot_any = False  # once true, unknown ids must be checked against Postgres
         self.draws: dict[str, Draw] = {}  # SKUs whose draw is not decided yet
-        # Decisions read back from Postgres that this machine does not hold: another shard's
-        # (a key reused with another SKU) or its own forgotten final ones. A purchase intent
-        # with one of these ids is answered from it, never decided; nothing here holds stock.
-        self.stored: OrderedDict[str, Decision] = OrderedDict()
+        # What Postgres holds of ids this machine does not: another shard's decisions or draw
+        # entries (a key reused with another SKU; an entry is its Purchase, still pending), or
+        # its own forgotten final decisions. A purchase intent with one of these ids is answered
+        # from it, never decided; nothing here holds stock.
+        self.stored: OrderedDict[str, Decision | Purchase] = OrderedDict()
         self._journal: _Journal | None = None  # the last step's, until the next one or undo
 
     def owns(self, sku: str) -> bool:
@@ -203,12 +205,13 @@ class Machine:
             if isinstance(i, Purchase) and i.id not in self.decisions and i.id not in self.stored
         ]
 
-    def found_in_postgres(self, rows: list[Decision]) -> None:
-        """Committed decisions of ids this machine does not hold (another shard's, or its own
-        forgotten ones): purchase intents with these ids are answered from them from now on."""
+    def found_in_postgres(self, rows: Sequence[Decision | Purchase]) -> None:
+        """What Postgres holds of ids this machine does not (another shard's decisions and draw
+        entries, its own forgotten decisions): purchase intents with these ids are answered from
+        them from now on."""
         for d in rows:
-            if d.id in self.decisions:
-                continue
+            if d.id in self.decisions or self._entry_of(d.id) is not None:
+                continue  # its own: decided, or waiting in one of its draws
             self.stored[d.id] = d
             self.stored.move_to_end(d.id)
         # Forgetting one costs a second look in Postgres, never a second decision; the rows
@@ -286,19 +289,23 @@ class Machine:
     def _purchase(
         self, p: Purchase, now_ms: int, step: Step, draw_rank: int | None = None
     ) -> None:
-        known = self.decisions.get(p.id) or self.stored.get(p.id)
+        known = self.decisions.get(p.id) or self.stored.get(p.id) or self._entry_of(p.id)
         if known is not None:
             if known.request_hash and known.request_hash != p.request_hash:
                 # The key was used for another request (another SKU, qty or card), and that one
                 # is the purchase: this intent is refused, whatever shard decided the other.
+                status = known.status if isinstance(known, Decision) else "pending"
                 step.refusals.append(
-                    Refusal(kind="purchase", key=p.id, reason=KEY_REUSED, status=known.status,
+                    Refusal(kind="purchase", key=p.id, reason=KEY_REUSED, status=status,
                             request_hash=p.request_hash)
                 )
                 return
-            # A retry, a redelivery or a replay: announce the one decision again, change nothing.
-            step.results.append(known)
-            return
+            if isinstance(known, Decision):
+                # A retry, a redelivery or a replay: announce the one decision again, change
+                # nothing.
+                step.results.append(known)
+                return
+            return  # a retry of a purchase waiting in a draw: still pending
         if not self.owns(p.sku):
             # Not decided here, not remembered: the owner may still decide this id.
             self._refuse_foreign("purchase", p.id, p.sku, step)
@@ -373,9 +380,7 @@ class Machine:
 
     def _enter_draw(self, p: Purchase, sku: Sku, clicked_at_ms: int, step: Step) -> Reason | None:
         """Take a purchase into its SKU's draw (None), or the reason it is rejected at once."""
-        draw = self.draws[sku.sku]
-        if p.id in draw.entries:
-            return None  # a retry of an entry: still pending, nothing changes
+        draw = self.draws[sku.sku]  # a retry of an entry is pending already (_purchase)
         closes = closes_at_ms(sku)
         assert closes is not None
         buyers = len(draw.buyers)
@@ -412,6 +417,14 @@ class Machine:
             self._purchase(entry.purchase, now_ms, step)
         step.drawn.append(sku.sku)
         step.skus[sku.sku] = sku
+
+    def _entry_of(self, pid: str) -> Purchase | None:
+        """The purchase waiting under this id in any of this machine's draws."""
+        for draw in self.draws.values():
+            entry = draw.entries.get(pid)
+            if entry is not None:
+                return entry.purchase
+        return None
 
     def _track_draw(self, sku: Sku) -> None:
         if sku.draw_window_s > 0 and sku.drawn_at_ms is None:

@@ -26,9 +26,9 @@ class CorruptWrite(RuntimeError):
 
 
 class DecidedElsewhere(Exception):
-    """Purchase ids of the batch that Postgres already holds: decided by another shard's writer
-    (one Idempotency-Key used with SKUs of two shards). Nothing of the batch was written; the
-    caller undoes the step and decides the batch again knowing them."""
+    """Purchase ids of the batch that Postgres already holds, decided or waiting in a draw: taken
+    by another shard's writer (one Idempotency-Key used with SKUs of two shards). Nothing of the
+    batch was written; the caller undoes the step and decides the batch again knowing them."""
 
     def __init__(self, ids: list[str]) -> None:
         super().__init__(f"{len(ids)} purchase ids already decided in Postgres")
@@ -164,11 +164,7 @@ async def _load_draw_entries(conn: asyncpg.Connection, machine: Machine) -> None
     for row in await conn.fetch(
         "SELECT * FROM draw_entries WHERE sku = ANY($1) ORDER BY sku, arrival", list(machine.draws)
     ):
-        purchase = Purchase(
-            id=row["id"], sku=row["sku"], qty=row["qty"], user_id=row["user_id"],
-            request_hash=row["request_hash"], accepted_at_ms=row["accepted_at_ms"],
-        )
-        machine.load_draw_entry(Entry(purchase=purchase, clicked_at_ms=row["clicked_at_ms"],
+        machine.load_draw_entry(Entry(purchase=_entry_purchase(row), clicked_at_ms=row["clicked_at_ms"],
                                       arrival=row["arrival"], ranked=row["ranked"]))
 
 
@@ -184,9 +180,23 @@ def _check_counters(machine: Machine) -> None:
             )
 
 
-async def lookup(conn: asyncpg.Connection, ids: list[str]) -> list[Decision]:
+async def lookup(conn: asyncpg.Connection, ids: list[str]) -> list[Decision | Purchase]:
+    """What Postgres holds of these purchase ids: the decision, or for one still waiting in a
+    draw, its purchase."""
     rows = await conn.fetch(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = ANY($1)", ids)
-    return [decision_of(r) for r in rows]
+    found: list[Decision | Purchase] = [decision_of(r) for r in rows]
+    waiting = sorted(set(ids) - {d.id for d in found})
+    if waiting:
+        found += [_entry_purchase(r) for r in await conn.fetch(
+            "SELECT * FROM draw_entries WHERE id = ANY($1)", waiting)]
+    return found
+
+
+def _entry_purchase(row: asyncpg.Record) -> Purchase:
+    return Purchase(
+        id=row["id"], sku=row["sku"], qty=row["qty"], user_id=row["user_id"],
+        request_hash=row["request_hash"], accepted_at_ms=row["accepted_at_ms"],
+    )
 
 
 async def intent_seqs(conn: asyncpg.Connection, ids: list[str]) -> dict[str, int]:
@@ -293,18 +303,17 @@ async def _insert_purchases(
 
 
 async def _insert_draw_entries(
-    conn: asyncpg.Connection, entries: list[Entry], stored_at: dict[str, int]
+    conn: asyncpg.Connection, taken: list[Entry], stored_at: dict[str, int]
 ) -> None:
-    inserted = await conn.fetchval(
+    entries = sorted(taken, key=lambda e: e.purchase.id)  # in id order, as purchases
+    inserted = await conn.fetch(
         """
-        WITH ins AS (
-            INSERT INTO draw_entries (id, sku, user_id, qty, request_hash, accepted_at_ms,
-                                      clicked_at_ms, arrival, ranked, intent_seq)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-                $6::bigint[], $7::bigint[], $8::int[], $9::bool[], $10::bigint[])
-            ON CONFLICT (id) DO NOTHING
-            RETURNING 1
-        ) SELECT count(*) FROM ins
+        INSERT INTO draw_entries (id, sku, user_id, qty, request_hash, accepted_at_ms,
+                                  clicked_at_ms, arrival, ranked, intent_seq)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
+            $6::bigint[], $7::bigint[], $8::int[], $9::bool[], $10::bigint[])
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id
         """,
         [e.purchase.id for e in entries], [e.purchase.sku for e in entries],
         [e.purchase.user_id for e in entries], [e.purchase.qty for e in entries],
@@ -312,8 +321,10 @@ async def _insert_draw_entries(
         [e.clicked_at_ms for e in entries], [e.arrival for e in entries],
         [e.ranked for e in entries], [stored_at.get(e.purchase.id) for e in entries],
     )
-    if inserted != len(entries):
-        raise CorruptWrite(f"{len(entries) - inserted} draw entries already in Postgres")
+    if len(inserted) != len(entries):
+        # Another shard's draw holds these ids (one key, draw SKUs of two shards).
+        written = {r["id"] for r in inserted}
+        raise DecidedElsewhere([e.purchase.id for e in entries if e.purchase.id not in written])
 
 
 async def _update_purchases(

@@ -38,14 +38,14 @@ KEYS = ("k1", "k2", "k3")
 SEEN_MAX = 4  # small, so that rebuilt writers forget and ask Postgres
 
 
-def skus_of(shard: int) -> tuple[str, str]:
-    """A SKU without payment and one with, of the shard."""
+def skus_of(shard: int) -> tuple[str, str, str]:
+    """A SKU without payment, one with, and one sold by a draw, of the shard."""
     names = [f"sku-{i}" for i in range(100) if shard_of(f"sku-{i}", SHARDS) == shard]
-    return names[0], names[1]
+    return names[0], names[1], names[2]
 
 
 # What the examples went through, summed over them: the test fails if it never met a twin.
-SEEN = {"met at insert": 0, "refused": 0}
+SEEN = {"met at insert": 0, "refused": 0, "refused, the other in a draw": 0}
 
 SKUS = {shard: skus_of(shard) for shard in range(SHARDS)}
 ALL_SKUS = [name for names in SKUS.values() for name in names]
@@ -66,7 +66,7 @@ class Writer:
     async def commit(self, step: Step, t: int) -> None:
         await store.commit(self.conn, self.shard, self.epoch, TTL_MS, step, t)
 
-    async def lookup(self, ids: list[str]) -> list[Decision]:
+    async def lookup(self, ids: list[str]) -> list[Decision | Purchase]:
         return await store.lookup(self.conn, ids)
 
     async def take(self, n: int, t: int) -> Step:
@@ -77,7 +77,7 @@ class Writer:
             self.machine.found_in_postgres(await self.lookup(unknown))
         return await decide(self.machine, batch, t, lambda step: self.commit(step, t), self.met)
 
-    async def met(self, ids: list[str]) -> list[Decision]:
+    async def met(self, ids: list[str]) -> list[Decision | Purchase]:
         """`decide` reads back ids its insert met in Postgres."""
         SEEN["met at insert"] += 1
         return await self.lookup(ids)
@@ -102,13 +102,17 @@ def run_writers(settings_: Settings, max_examples: int) -> None:
                 epoch, _ = run(store.acquire_lease(conns[shard], shard, f"test-{shard}", TTL_MS))
                 assert epoch is not None
                 w = Writer(shard, conns[shard], epoch)
-                free, paid = SKUS[shard]
+                free, paid, drawn = SKUS[shard]
                 w.stream = [
                     SkuUpsert(request_id=f"r-{free}", sku=free, stock=3, max_per_user=2),
                     SkuUpsert(request_id=f"r-{paid}", sku=paid, stock=3, payment="required",
                               reservation_ttl_s=5),
+                    # Its window opens 2 s in and lasts 2 s; decided after the grace.
+                    SkuUpsert(request_id=f"r-{drawn}", sku=drawn, stock=2, sale_start_ms=T0 + 2000,
+                              draw_window_s=2, draw_seed=f"{shard}" * 64),
                 ]
-                run(w.take(2, self.now))
+                applied = run(w.take(3, self.now)).admin_applied
+                assert len(applied) == 3, applied
                 self.writers.append(w)
             self.sent: dict[str, set[str]] = {}  # purchase id -> request hashes sent for it
             self.first: dict[str, Decision] = {}  # purchase id -> its first decision seen
@@ -122,7 +126,10 @@ def run_writers(settings_: Settings, max_examples: int) -> None:
                 for r in step.refusals:
                     if r.kind == "purchase" and r.reason == KEY_REUSED:
                         SEEN["refused"] += 1
-                        row = run(db.fetchrow("SELECT request_hash FROM purchases WHERE id = $1", r.key))
+                        SEEN["refused, the other in a draw"] += r.status == "pending"
+                        row = run(db.fetchrow(
+                            "SELECT request_hash FROM purchases WHERE id = $1 UNION ALL "
+                            "SELECT request_hash FROM draw_entries WHERE id = $1", r.key))
                         assert row is not None and row["request_hash"] != r.request_hash, r
 
         @rule(buyer=st.sampled_from(BUYERS), key=st.sampled_from(KEYS), sku=st.sampled_from(ALL_SKUS),
@@ -191,6 +198,8 @@ def run_writers(settings_: Settings, max_examples: int) -> None:
                 assert mine.reserved.keys() == fresh.reserved.keys()
                 assert {k: q for k, q in mine.user_qty.items() if q} == \
                     {k: q for k, q in fresh.user_qty.items() if q}
+                assert {n: set(d.entries) for n, d in mine.draws.items()} == \
+                    {n: set(d.entries) for n, d in fresh.draws.items()}
 
     try:
         run_state_machine_as_test(Writers, settings=settings(
@@ -206,3 +215,39 @@ def test_writers_never_decide_an_id_twice_nor_stop(settings: Settings) -> None:
     run_writers(settings, max_examples=100)
     print("key reuse property:", SEEN)
     assert SEEN["met at insert"] > 0 and SEEN["refused"] > 0, SEEN
+
+
+def test_one_key_in_the_draws_of_two_shards_is_one_entry(settings: Settings) -> None:
+    """The same key entered in a draw on each shard: the second insert meets the first entry,
+    that intent is refused (pending elsewhere), and the draws decide the id once."""
+
+    async def scenario() -> None:
+        conns = [await asyncpg.connect(settings.database_url) for _ in range(SHARDS)]
+        try:
+            writers = []
+            for shard in range(SHARDS):
+                epoch, _ = await store.acquire_lease(conns[shard], shard, "test", TTL_MS)
+                assert epoch is not None
+                w = Writer(shard, conns[shard], epoch)
+                drawn = SKUS[shard][2]
+                w.stream = [SkuUpsert(request_id=f"r-{drawn}", sku=drawn, stock=2, sale_start_ms=T0 + 500,
+                                      draw_window_s=5, draw_seed=f"{shard}" * 64)]
+                assert (await w.take(1, T0)).admin_applied
+                writers.append(w)
+            for shard, w in enumerate(writers):
+                w.stream = [Purchase(id="p_twin", sku=SKUS[shard][2], qty=1, user_id="mallory",
+                                     request_hash=f"h{shard}", accepted_at_ms=T0 + 1000)]
+            first = await writers[0].take(1, T0 + 1000)
+            second = await writers[1].take(1, T0 + 1000)
+            assert [e.purchase.id for e in first.draw_entries] == ["p_twin"] and not first.refusals
+            [refusal] = second.refusals
+            assert (refusal.reason, refusal.status, refusal.request_hash) == (KEY_REUSED, "pending", "h1")
+            assert not second.draw_entries and not writers[1].machine.draws[SKUS[1][2]].entries
+            decided = [await w.take(0, T0 + 8000) for w in writers]
+            assert [d.id for d in decided[0].inserts] == ["p_twin"] and not decided[1].inserts
+            assert await conns[0].fetchval("SELECT count(*) FROM purchases WHERE id = 'p_twin'") == 1
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    asyncio.run(scenario())

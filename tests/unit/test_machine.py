@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from committer.machine import WRONG_SHARD, InvariantViolation, Machine, Sku
-from proto.messages import Cancel, Confirm, Decision, Purchase, Refusal, Release, SkuUpsert
+from proto.messages import KEY_REUSED, Cancel, Confirm, Decision, Purchase, Refusal, Release, SkuUpsert
 from proto.sharding import shard_of
 
 T0 = 1_700_000_000_000
@@ -187,6 +187,20 @@ def test_a_forgotten_decision_read_back_answers_its_retry():
     m.found_in_postgres([stored("a", sku="s", status="confirmed", request_hash="h")])
     step = m.step([purchase("a")], T0)
     assert step.results == [m.stored["a"]] and not step.has_writes and not step.refusals
+
+
+def test_a_key_waiting_in_one_draw_is_refused_for_another():
+    m = Machine(shard=0)
+    for name in ("d1", "d2"):
+        m.load_sku(Sku(sku=name, stock=5, sale_start_ms=T0, draw_window_s=2, draw_seed="ab" * 32))
+    first = m.step([purchase("a", sku="d1", at=T0 + 10, request_hash="h1")], T0 + 10)
+    again = m.step([purchase("a", sku="d2", at=T0 + 20, request_hash="h2"),
+                    purchase("a", sku="d1", at=T0 + 10, request_hash="h1")], T0 + 20)
+    assert [e.purchase.id for e in first.draw_entries] == ["a"]
+    [refusal] = again.refusals
+    assert (refusal.reason, refusal.status, refusal.request_hash) == (KEY_REUSED, "pending", "h2")
+    assert not again.draw_entries and not again.results  # the retry of the entry: still pending
+    assert not m.draws["d2"].entries
 
 
 def test_undo_then_decide_again_without_the_twin():
