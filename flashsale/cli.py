@@ -520,7 +520,7 @@ def cmd_verify_draw(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(verify_draw(base, args.sku, args.id))
     except (aiohttp.ClientError, TimeoutError) as e:
-        print(f"flashsale verify-draw: {base}: {e!r}", file=sys.stderr)
+        print(f"flashsale verify-draw: {base}: {e or type(e).__name__}", file=sys.stderr)
         return 1
     for problem in report.problems:
         print(f"FAIL {problem}")
@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     rs.set_defaults(fn=cmd_reshard)
     ls = sub.add_parser("load-sale", help="create/adjust the SKUs of a sale file")
     ls.add_argument("file")
-    ls.add_argument("--timeout-s", type=float, default=10.0)
+    ls.add_argument("--timeout-s", type=_seconds_above_0, default=10.0)
     ls.set_defaults(fn=cmd_load_sale)
     ss = sub.add_parser("set-sku", help="create or adjust one SKU")
     ss.add_argument("sku")
@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     ss.add_argument("--sale-end", dest="sale_end", help="ISO 8601")
     ss.add_argument("--draw-window-s", dest="draw_window_s", type=int,
                     help="decide purchases clicked in the first N s by a verifiable draw")
-    ss.add_argument("--timeout-s", type=float, default=10.0)
+    ss.add_argument("--timeout-s", type=_seconds_above_0, default=10.0)
     ss.set_defaults(fn=cmd_set_sku)
     vd = sub.add_parser("verify-draw", help="recompute a SKU's draw from the public endpoints")
     vd.add_argument("sku")

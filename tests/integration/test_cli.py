@@ -63,6 +63,8 @@ def test_arguments_that_cannot_work_are_one_line_and_exit_2(settings):
     ingest refuses would be refused at every call: each is said before anything is done."""
     for args in [("purge-intents", "--every", "0"), ("purge-intents", "--every", "-1"),
                  ("purge-intents", "--every", "nan"), ("token", ""), ("token", "a b"),
+                 ("set-sku", "x", "--stock", "1", "--timeout-s", "0"),
+                 ("load-sale", "config/sales/demo.toml", "--timeout-s", "-1"),
                  ("token", "alice", "--ttl-s", "0")]:
         out = flashsale(settings, *args)
         assert out.returncode == 2 and out.stdout == "", (args, out.stdout, out.stderr)
