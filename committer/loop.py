@@ -11,6 +11,7 @@ Between batches the writer renews its lease and, when idle, sends a heartbeat.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -329,12 +330,11 @@ class Committer:
         new_ids = {d.id for d in step.inserts}
         t = time.time() * 1000
         drawn = set(step.drawn)
-        for d in step.inserts:
-            metrics.DECISIONS.labels(self.label, d.status, d.reason or "").inc()
-            if d.sku not in drawn:  # a draw's purchases wait for it on purpose
-                metrics.DECISION_LATENCY.labels(self.label).observe(max(0.0, t - d.accepted_at_ms) / 1000)
-        for d in step.updates.values():
-            metrics.DECISIONS.labels(self.label, d.status, d.reason or "").inc()
+        metrics.count_decisions(self.label, itertools.chain(step.inserts, step.updates.values()))
+        # A draw's purchases wait for it on purpose.
+        metrics.observe_decision_latency(
+            self.label, t, (d.accepted_at_ms for d in step.inserts if d.sku not in drawn)
+        )
         refused = {r.key for r in step.refusals if r.kind == "purchase"}
         dupes = sum(1 for i in intents
                     if isinstance(i, Purchase) and i.id not in new_ids and i.id not in refused)

@@ -1,6 +1,10 @@
 """Prometheus metrics of a committer (the SLIs it owns)."""
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from proto.messages import Decision
 
 DECISIONS = Counter(
     "flashsale_decisions_total", "Purchase decisions committed", ["shard", "status", "reason"]
@@ -32,3 +36,30 @@ WRITER = Gauge(
     "flashsale_committer_writer", "1 while this process holds its shard's lease, 0 as a standby",
     ["shard"],
 )
+
+
+_decision_children: dict[tuple[str, str, str], Counter] = {}
+_latency_children: dict[str, Histogram] = {}
+
+
+def count_decisions(shard: str, decisions: Iterable[Decision]) -> None:
+    """One increment per (status, reason) a batch holds, not one per decision: labels() parses
+    and hashes its arguments on every call, so the children are cached (statuses and reasons
+    are small fixed sets)."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for d in decisions:
+        key: tuple[str, str, str] = (shard, d.status, d.reason or "")
+        counts[key] = counts.get(key, 0) + 1
+    for key, n in counts.items():
+        child = _decision_children.get(key)
+        if child is None:
+            child = _decision_children[key] = DECISIONS.labels(*key)
+        child.inc(n)
+
+
+def observe_decision_latency(shard: str, now_ms: float, accepted_at_ms: Iterable[int]) -> None:
+    child = _latency_children.get(shard)
+    if child is None:
+        child = _latency_children[shard] = DECISION_LATENCY.labels(shard)
+    for accepted in accepted_at_ms:
+        child.observe(max(0.0, now_ms - accepted) / 1000)
