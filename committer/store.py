@@ -182,13 +182,15 @@ def _check_counters(machine: Machine) -> None:
 
 async def lookup(conn: asyncpg.Connection, ids: list[str]) -> list[Decision | Purchase]:
     """What Postgres holds of these purchase ids: the decision, or for one still waiting in a
-    draw, its purchase."""
-    rows = await conn.fetch(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = ANY($1)", ids)
-    found: list[Decision | Purchase] = [decision_of(r) for r in rows]
-    waiting = sorted(set(ids) - {d.id for d in found})
-    if waiting:
-        found += [_entry_purchase(r) for r in await conn.fetch(
-            "SELECT * FROM draw_entries WHERE id = ANY($1)", waiting)]
+    draw, its purchase. One snapshot for both tables: a draw decided meanwhile moves its
+    entries into purchases in one transaction, and must not be missed in both."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(f"SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = ANY($1)", ids)
+        found: list[Decision | Purchase] = [decision_of(r) for r in rows]
+        waiting = sorted(set(ids) - {d.id for d in found})
+        if waiting:
+            found += [_entry_purchase(r) for r in await conn.fetch(
+                "SELECT * FROM draw_entries WHERE id = ANY($1)", waiting)]
     return found
 
 
