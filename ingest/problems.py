@@ -86,4 +86,7 @@ def from_msgspec_error(exc: msgspec.ValidationError) -> FieldError:
     for quoting, said in _QUOTING.items():
         if message.startswith(quoting):
             message = said
+    # A pattern as the OpenAPI document states it: proto.identifiers ends Python's with \Z,
+    # which msgspec shows as its repr (two backslashes).
+    message = message.replace("\\\\Z'", "$'")
     return FieldError(path=path, message=message)

@@ -9,6 +9,7 @@ import pytest
 
 from ingest import problems
 from ingest.schemas import PurchaseRequest, SkuUpsertRequest
+from proto.identifiers import SKU
 
 
 def test_a_problem_is_problem_json_with_a_type_uri():
@@ -56,3 +57,10 @@ def test_msgspec_errors_never_carry_what_the_client_sent(body: bytes, path: str)
     assert "MARK" in str(exc.value)
     err = problems.from_msgspec_error(exc.value)
     assert "MARK" not in err.message and err.path == path
+
+
+def test_a_pattern_is_named_as_the_openapi_document_states_it():
+    with pytest.raises(msgspec.ValidationError) as exc:
+        msgspec.json.decode(b'{"sku": "a b", "qty": 1}', type=PurchaseRequest)
+    err = problems.from_msgspec_error(exc.value)
+    assert err.message == f"Expected `str` matching regex '{SKU.pattern}'"
