@@ -9,7 +9,6 @@ import math
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from flashsale.embedded import (
     monitor_url,
     nats_url,
     password,
+    port_open,
     postgres_ready,
     postgres_url,
     run_nats,
@@ -92,14 +92,6 @@ def _wait_until(ready: Callable[[], bool], what: str, timeout_s: float,
         time.sleep(0.2)
 
 
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _wait_ready(urls: list[str], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     return all(wait_http_ok(url, deadline - time.monotonic()) == "ok" for url in urls)
@@ -126,7 +118,7 @@ def _ports_in_use(settings: Settings, servers: list[Program], app: list[Program]
         wanted[settings.pg_port] = "pg_port"
     for p in app:
         wanted |= {port: f"Procfile {p.name}" for port in p.ports}
-    return [f"{port} ({what})" for port, what in sorted(wanted.items()) if _port_open(port)]
+    return [f"{port} ({what})" for port, what in sorted(wanted.items()) if port_open(port)]
 
 
 def _check_committers(settings: Settings, procfile: Path, app: list[Program]) -> None:
@@ -316,7 +308,7 @@ def _serve(settings: Settings, args: argparse.Namespace, supervisor: Supervisor,
     nodes = dev_node_ports(len([n for n in embedded if n.startswith(NATS_NODE_PREFIX)]),
                            settings.nats_port, settings.nats_monitor_port)
     if "nats" in embedded:
-        _wait_until(lambda: _port_open(settings.nats_port), "nats-server", 30, supervisord)
+        _wait_until(lambda: port_open(settings.nats_port), "nats-server", 30, supervisord)
         print(f"flashsale: nats-server (JetStream) at {without_password(settings.nats_url)}", flush=True)
     if nodes:
         _wait_until(lambda: all(healthy(n.monitor) for n in nodes), "the NATS cluster", 60, supervisord)

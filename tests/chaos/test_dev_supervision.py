@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import CONFIG_DIR, REPO_ROOT, load
-from flashsale.embedded import free_port, free_port_block
+from flashsale.embedded import free_port, free_port_block, port_open
 from ingest.auth import dev_tokens
 from proto.sharding import shard_of
 
@@ -273,16 +273,6 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _port_open(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def test_one_run_per_data_dir_and_no_orphans_when_supervisord_dies():
     """Also: a standby line for a shard is reported as one, and the start does not wait on
     which of the two holds the lease."""
@@ -316,7 +306,7 @@ def _no_orphans(dev: Dev) -> None:
     assert "supervisord was killed by SIGKILL" in dev.log.read_text()
     left = {name: pid for name, pid in pids.items() if _alive(pid)}
     assert not left, f"left serving without a supervisor: {left}"
-    assert not _port_open(dev.ingest_port)
+    assert not port_open(dev.ingest_port)
     # And the data directory is free for the next run.
     again = Dev(dev.root, like=dev)
     try:
