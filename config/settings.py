@@ -41,6 +41,10 @@ class Settings(msgspec.Struct, kw_only=True):
     ingest_host: str = "127.0.0.1"
     ingest_port: int = 8080
     admin_token: str = ""  # empty: the admin API refuses everyone; else >= 32 bytes, not a JWT
+    # Failed admin-token attempts per client address, on every route that takes the token (429
+    # beyond, even with the right one). Always on: a burst of 5, then 1 a second.
+    admin_failures_per_s: float = 1.0
+    admin_failures_burst: int = 5
     body_max_bytes: int = 4096
     qty_max: int = 100
     wait_max_s: float = 30.0  # cap on Prefer: wait=N and ?wait=N

@@ -36,8 +36,6 @@ HEADERS_MAX = 64  # distinct token headers remembered (alg, typ, kid: a handful 
 HS256_SECRET_MIN_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash
 DEV_TOKEN_TTL_S = 3600
 ADMIN_TOKEN_MIN_BYTES = 32
-ADMIN_FAILURES_PER_S = 1.0
-ADMIN_FAILURES_BURST = 5
 ADMIN_CLIENTS_MAX = 10_000  # addresses whose failures are remembered (the quietest forgotten)
 _REQUIRED_CLAIMS = ["exp", "sub", "iss", "aud"]
 
@@ -271,7 +269,7 @@ def looks_like_jwt(token: str) -> bool:
 
 class AdminGate:
     """The admin token, on every route that accepts it, and the failed attempts at it per client
-    address: `ADMIN_FAILURES_BURST` at once, then one per `1 / ADMIN_FAILURES_PER_S` seconds;
+    address: `admin_failures_burst` at once, then `admin_failures_per_s` (settings);
     beyond that an address is refused (429) even with the right token, so its answers tell
     nothing. With a token of at least `ADMIN_TOKEN_MIN_BYTES` random bytes, a guess per second
     per address gets nowhere. (It cannot be hidden whether a guess was right: the right token
@@ -287,7 +285,8 @@ class AdminGate:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AdminGate:
-        failures = RateLimiter(ADMIN_FAILURES_PER_S, ADMIN_FAILURES_BURST, ADMIN_CLIENTS_MAX)
+        failures = RateLimiter(settings.admin_failures_per_s, settings.admin_failures_burst,
+                               ADMIN_CLIENTS_MAX)
         return cls(settings.admin_token, failures)
 
     def attempt(self, client: str, token: str | None, now_s: float) -> bool:

@@ -46,7 +46,8 @@ async def test_writer_killed_mid_window_and_mid_draw(system, settings, db):
     await until(max(drop.decides_at_ms, killed_at + int(settings.ack_wait_s * 1000)) + 300)
     system.processes[name].stop()
     system.settings = msgspec.structs.replace(settings, crash_after_commit=1)
-    crashing = system.start_committer(shard, name=name)
+    # It may die before its readiness URL ever answers: wait for its exit, not for it to be up.
+    crashing = system.start_committer(shard, name=name, wait=False)
     for _ in range(1500):
         if not crashing.alive:
             break
