@@ -23,7 +23,7 @@ import nats.errors
 
 from committer.schema import SchemaBusy, apply_schema
 from config.settings import CONFIG_DIR, REPO_ROOT, Settings, SettingsError, load, to_env
-from flashsale import admin, shardmap
+from flashsale import shardmap, sku_changes
 from flashsale.cluster import dev_node_ports, healthy, run_node
 from flashsale.db import ensure_database, user_of
 from flashsale.durability import verify
@@ -366,7 +366,7 @@ def _serve(settings: Settings, args: argparse.Namespace, supervisor: Supervisor,
 async def _first_load(settings: Settings, path: Path) -> tuple[list[str], list[SkuState | Refusal]]:
     """The sale's SKUs that are not in Postgres yet, created; those that are (an operator may
     have changed them since) are left as they are. Returns (left as they are, outcomes)."""
-    upserts = admin.read_sale_file(path)
+    upserts = sku_changes.read_sale_file(path)
     conn = await asyncpg.connect(settings.database_url)
     try:
         rows = await conn.fetch("SELECT sku FROM skus WHERE sku = ANY($1::text[])", [u.sku for u in upserts])
@@ -375,7 +375,7 @@ async def _first_load(settings: Settings, path: Path) -> tuple[list[str], list[S
     existing = {r["sku"] for r in rows}
     nc = await connect_nats_for_command(settings, "flashsale-load-sale")
     try:
-        out = await admin.apply_upserts(nc, settings, [u for u in upserts if u.sku not in existing],
+        out = await sku_changes.apply_upserts(nc, settings, [u for u in upserts if u.sku not in existing],
                                         DEMO_LOAD_WAIT_S)
     finally:
         await nc.close()
@@ -393,7 +393,7 @@ def _load_demo(settings: Settings, path: Path | None) -> None:
         return
     try:
         kept, out = asyncio.run(_first_load(settings, path))
-    except (admin.AdminError, ConnectionError, OSError, asyncpg.PostgresError) as e:
+    except (sku_changes.AdminError, ConnectionError, OSError, asyncpg.PostgresError) as e:
         print(f"flashsale: demo sale not loaded: {e}", flush=True)
         return
     for item in out:
@@ -484,14 +484,14 @@ def _print_outcome(out: list[SkuState | Refusal]) -> int:
 
 
 def cmd_load_sale(args: argparse.Namespace) -> int:
-    return _print_outcome(asyncio.run(admin.load_sale(_load(), Path(args.file), args.timeout_s)))
+    return _print_outcome(asyncio.run(sku_changes.load_sale(_load(), Path(args.file), args.timeout_s)))
 
 
 def cmd_set_sku(args: argparse.Namespace) -> int:
-    fields = {k: v for k, v in vars(args).items() if k in admin.UPSERT_FIELDS and v is not None}
-    upsert = admin.make_upsert(args.sku, fields)
+    fields = {k: v for k, v in vars(args).items() if k in sku_changes.UPSERT_FIELDS and v is not None}
+    upsert = sku_changes.make_upsert(args.sku, fields)
     return _print_outcome(asyncio.run(
-        admin.send_upserts(_load(), [upsert], args.timeout_s, "flashsale-set-sku")
+        sku_changes.send_upserts(_load(), [upsert], args.timeout_s, "flashsale-set-sku")
     ))
 
 
@@ -621,10 +621,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as e:  # FLASHSALE_* or the config file: nothing was done
         print(f"flashsale: {e}", file=sys.stderr)
         return 2
-    except admin.NotConfirmed as e:  # sent, but no writer answered in time
+    except sku_changes.NotConfirmed as e:  # sent, but no writer answered in time
         print(f"flashsale: {e}", file=sys.stderr)
         return 1
-    except admin.AdminError as e:  # a SKU change or sale file that cannot be sent: nothing sent
+    except sku_changes.AdminError as e:  # a SKU change or sale file that cannot be sent: nothing sent
         print(f"flashsale: {e}", file=sys.stderr)
         return 2
 

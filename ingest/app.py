@@ -1,9 +1,9 @@
 """The ingest HTTP app: routes, the process's connected state, and the ops endpoints.
 
 Where things are: buyer routes in `purchases`, the public SKU routes in `skus`, operator routes in
-`admin`, event streams in `events`, the sale page in `page`, the development token helper in
-`devtoken`, HTTP details in `http`, lookups in `readmodel`, what is refused before any work in
-`admission`.
+`admin_routes`, event streams in `events`, the sale page in `page`, the development token helper in
+`devtoken`, JSON bodies in `bodies`, `Prefer: wait` in `prefer`, lookups in `readmodel`, what is
+refused before any work in `admission`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
 from flashsale import serving
-from ingest import admission, devtoken, edge, events, http, metrics, page, problems
-from ingest.admin import put_sku
+from ingest import admission, bodies, devtoken, edge, events, metrics, page, problems
+from ingest.admin_routes import put_sku
 from ingest.purchases import cancel_purchase, create_purchase, get_purchase
 from ingest.skus import get_draw, get_sku, list_skus
-from ingest.state import STATE, Ingest
+from ingest.state import STATE, Services
 
 
 def openapi_document(settings: Settings) -> bytes:
@@ -43,7 +43,7 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
         client_max_size=settings.body_max_bytes,
         middlewares=[
             admission.middleware(
-                lambda: app[STATE].intents.check_capacity(), settings.body_max_bytes,
+                lambda: app[STATE].batcher.check_capacity(), settings.body_max_bytes,
                 settings.retry_after_s,
             ),
             # Inside admission, which answers and counts the edge's 429s.
@@ -53,7 +53,7 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
     app[edge.EDGE] = front
 
     async def connected(app: web.Application) -> AsyncIterator[None]:
-        app[STATE] = await Ingest.connect(settings, front)
+        app[STATE] = await Services.connect(settings, front)
         yield
         await app[STATE].close()
 
@@ -85,16 +85,16 @@ def create_metrics_app() -> web.Application:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return http.json_response({"status": "ok"})
+    return bodies.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ing = request.app[STATE]
-    if await ing.ready():
-        return http.json_response({"status": "ready"})
+    svc = request.app[STATE]
+    if await svc.ready():
+        return bodies.json_response({"status": "ready"})
     raise problems.Rejection(
         503, "not_ready", "Not ready", "NATS, the streams or Postgres are not available",
-        retry_after_s=ing.settings.retry_after_s,
+        retry_after_s=svc.settings.retry_after_s,
     )
 
 
@@ -103,7 +103,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[OPENAPI], content_type=http.JSON)
+    return web.Response(body=request.app[OPENAPI], content_type=bodies.JSON)
 
 
 async def openapi_yaml(request: web.Request) -> web.Response:

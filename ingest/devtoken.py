@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 
 from config.settings import Settings
-from ingest import http, problems
+from ingest import bodies, problems
 from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
 from ingest.schemas import UserId
 from ingest.state import STATE
@@ -78,6 +78,6 @@ async def dev_token(request: web.Request) -> web.Response:
             "the development token helper answers requests for localhost, a loopback address or "
             "one of dev_token_hosts only",
         )
-    req = await http.decode_body(request, token_request_decoder)
+    req = await bodies.decode_body(request, token_request_decoder)
     token = dev_tokens(settings, [req.user])[0]
-    return http.json_response(TokenView(token=token, user=req.user, expires_in_s=DEV_TOKEN_TTL_S))
+    return bodies.json_response(TokenView(token=token, user=req.user, expires_in_s=DEV_TOKEN_TTL_S))

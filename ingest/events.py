@@ -40,7 +40,7 @@ from ingest.queue import QueueView
 from ingest.results import PurchaseState, ResultsHub, Watch, is_final, newer, status_of
 from ingest.schemas import PurchaseView, encode_json, sku_view_of
 from ingest.skus import known_sku
-from ingest.state import STATE, Ingest
+from ingest.state import STATE, Services
 from proto.messages import STATUSES, Decision, SkuState
 
 EVENT_STREAM = "text/event-stream"
@@ -296,9 +296,9 @@ def is_news(eid: str, held: str | None) -> bool:
 # -- the routes ----------------------------------------------------------------------------
 
 
-def _view(ing: Ingest, state: PurchaseState) -> PurchaseView:
+def _view(svc: Services, state: PurchaseState) -> PurchaseView:
     # The one place the stream builds a view: the view GET /v1/purchases/{id} answers.
-    return purchase_view(ing, state)
+    return purchase_view(svc, state)
 
 
 async def _open(request: web.Request, settings: Settings) -> web.StreamResponse:
@@ -332,25 +332,25 @@ def held_event_id(request: web.Request) -> str | None:
 
 
 async def purchase_events(request: web.Request) -> web.StreamResponse:
-    ing = request.app[STATE]
-    reader = reader_of(ing, request)
-    pid = purchase_id_in_path(ing, request)
+    svc = request.app[STATE]
+    reader = reader_of(svc, request)
+    pid = purchase_id_in_path(svc, request)
     held = held_event_id(request)
-    with ing.hub.watching(pid, True, client=edge.client_of(request), buyer=reader.buyer) as watch:
-        current = await owned_purchase(ing, pid, reader, edge.client_of(request))
+    with svc.hub.watching(pid, True, client=edge.client_of(request), buyer=reader.buyer) as watch:
+        current = await owned_purchase(svc, pid, reader, edge.client_of(request))
         if watch is None:
             raise problems.Rejection(
                 503, "too_many_streams", "Too many event streams",
                 "this instance holds waiters_max long-polls and streams already",
-                retry_after_s=ing.settings.retry_after_s,
+                retry_after_s=svc.settings.retry_after_s,
             )
         current = newer(current, watch.decision)
-        if is_final(current) and held == event_id(current, _view(ing, current)):
+        if is_final(current) and held == event_id(current, _view(svc, current)):
             return web.Response(status=204)  # the client has the last word already
-        resp = await _open(request, ing.settings)
+        resp = await _open(request, svc.settings)
         metrics.EVENT_STREAMS.labels("purchase").inc()
         try:
-            await _stream_purchase(request, resp, ing, watch, current, held)
+            await _stream_purchase(request, resp, svc, watch, current, held)
         except ConnectionResetError:
             pass  # the client went away
         finally:
@@ -359,10 +359,10 @@ async def purchase_events(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream_purchase(
-    request: web.Request, resp: web.StreamResponse, ing: Ingest, watch: Watch,
+    request: web.Request, resp: web.StreamResponse, svc: Services, watch: Watch,
     current: PurchaseState, held: str | None,
 ) -> None:
-    settings = ing.settings
+    settings = svc.settings
     closed = request.app[STREAMS].closed
     loop = asyncio.get_running_loop()
     deadline = loop.time() + settings.sse_max_s
@@ -371,7 +371,7 @@ async def _stream_purchase(
         # Re-arm before reading: a decision landing while this loop writes is in watch.decision.
         watch.rearm()
         current = newer(current, watch.decision)
-        view = _view(ing, current)
+        view = _view(svc, current)
         eid = event_id(current, view)
         if is_news(eid, held):
             await resp.write(event("purchase", encode_json(view), eid))
@@ -394,11 +394,11 @@ async def _stream_purchase(
 
 
 async def sku_events(request: web.Request) -> web.StreamResponse:
-    ing = request.app[STATE]
+    svc = request.app[STATE]
     streams = request.app[STREAMS]
-    state = await known_sku(ing, request)
-    with streams.place(ing.hub, state, edge.client_of(request)) as feed:
-        resp = await _open(request, ing.settings)
+    state = await known_sku(svc, request)
+    with streams.place(svc.hub, state, edge.client_of(request)) as feed:
+        resp = await _open(request, svc.settings)
         sent = feed.event
         try:
             await resp.write(sent.raw)  # through aiohttp, which sends the head with it
@@ -410,7 +410,7 @@ async def sku_events(request: web.Request) -> web.StreamResponse:
         listener = Listener(transport, resp.chunked)
         feed.join(listener, sent)
         try:
-            ending = await _sku_stream_ends(listener, streams.closed, ing.settings.sse_max_s)
+            ending = await _sku_stream_ends(listener, streams.closed, svc.settings.sse_max_s)
         finally:
             feed.leave(listener)
         if ending == "slow":

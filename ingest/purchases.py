@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from ingest import edge, http, problems
+from ingest import bodies, edge, prefer, problems
 from ingest.auth import bearer_token, looks_like_jwt
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
@@ -24,7 +24,7 @@ from ingest.schemas import (
     purchase_request_decoder,
     view_of,
 )
-from ingest.state import STATE, Ingest, Submitting
+from ingest.state import STATE, Services, Submitting
 from proto.clock import now_ms
 from proto.identifiers import IDEMPOTENCY_KEY, PURCHASE_ID
 from proto.ids import new_idempotency_key, purchase_id, request_hash
@@ -45,78 +45,78 @@ _NOT_CANCELLABLE: frozenset[Status] = frozenset({"confirmed", "rejected"})
 
 
 async def create_purchase(request: web.Request) -> web.Response:
-    ing = request.app[STATE]
-    buyer = ing.buyers.buyer(request)
-    req = await http.decode_body(request, purchase_request_decoder)
+    svc = request.app[STATE]
+    buyer = svc.buyers.buyer(request)
+    req = await bodies.decode_body(request, purchase_request_decoder)
     _check_body_buyer(req, buyer)
-    _check_qty(req.qty, ing.settings.qty_max)
-    key = _idempotency_key(ing, request)
-    _check_rate(ing, buyer)
-    await _check_sku_exists(ing, req.sku, key, edge.client_of(request))
-    intent = _intent(ing, req, buyer, key)
-    wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
+    _check_qty(req.qty, svc.settings.qty_max)
+    key = _idempotency_key(svc, request)
+    _check_rate(svc, buyer)
+    await _check_sku_exists(svc, req.sku, key, edge.client_of(request))
+    intent = _intent(svc, req, buyer, key)
+    wait_s = prefer.capped_prefer_wait_s(request, svc.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{intent.id}", "Idempotency-Key": key}
     awaits = Awaits(kind="purchase", request_hash=intent.request_hash)
-    with ing.hub.watching(
+    with svc.hub.watching(
         intent.id, wait_s > 0, client=edge.client_of(request), buyer=buyer, awaits=awaits
     ) as watch:
-        current = await _submit(ing, intent, key)
+        current = await _submit(svc, intent, key)
         if watch is not None:
             current = await watch.until(current, is_decided, wait_s)
-            headers["Preference-Applied"] = http.preference_applied(wait_s)
+            headers["Preference-Applied"] = prefer.preference_applied(wait_s)
             if watch.refusal is not None:  # the key's purchase is another request's
                 raise _key_reused(key)
     if isinstance(current, Decision):
         # Decided while this request waited: for this body, or the key's first use elsewhere.
         _check_same_request(current.request_hash, intent.request_hash, key)
     status = 200 if watch is not None and status_of(current) != "pending" else 202
-    return http.json_response(purchase_view(ing, current), status, headers)
+    return bodies.json_response(purchase_view(svc, current), status, headers)
 
 
 async def get_purchase(request: web.Request) -> web.Response:
-    ing = request.app[STATE]
-    reader = reader_of(ing, request)
-    pid = purchase_id_in_path(ing, request)
-    wait_s, prefer = _poll_wait(request, ing.settings.wait_max_s)
+    svc = request.app[STATE]
+    reader = reader_of(svc, request)
+    pid = purchase_id_in_path(svc, request)
+    wait_s, preferred = _poll_wait(request, svc.settings.wait_max_s)
     seen = _seen_status(request)
     headers: dict[str, str] = {}
-    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=reader.buyer) as watch:
-        current = await owned_purchase(ing, pid, reader, edge.client_of(request))
+    with svc.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=reader.buyer) as watch:
+        current = await owned_purchase(svc, pid, reader, edge.client_of(request))
         if watch is not None:
             current = await _until_changed(watch, current, seen, wait_s)
-            if prefer:
-                headers["Preference-Applied"] = http.preference_applied(wait_s)
-    return http.json_response(purchase_view(ing, current), 200, headers)
+            if preferred:
+                headers["Preference-Applied"] = prefer.preference_applied(wait_s)
+    return bodies.json_response(purchase_view(svc, current), 200, headers)
 
 
 async def cancel_purchase(request: web.Request) -> web.Response:
-    ing = request.app[STATE]
-    buyer = ing.buyers.buyer(request)
-    pid = purchase_id_in_path(ing, request)
-    wait_s = http.capped_prefer_wait_s(request, ing.settings.wait_max_s)
+    svc = request.app[STATE]
+    buyer = svc.buyers.buyer(request)
+    pid = purchase_id_in_path(svc, request)
+    wait_s = prefer.capped_prefer_wait_s(request, svc.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
-    with ing.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer,
+    with svc.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer,
                           awaits=Awaits(kind="cancel")) as watch:
-        current = await owned_purchase(ing, pid, Reader(buyer), edge.client_of(request))
+        current = await owned_purchase(svc, pid, Reader(buyer), edge.client_of(request))
         _check_cancellable(pid, status_of(current), None)
-        _check_not_in_draw(ing, current)
+        _check_not_in_draw(svc, current)
         if is_final(current):  # cancelled or expired: nothing left to give back
-            return http.json_response(purchase_view(ing, current), 200, headers)
-        await _publish_cancel(ing, current, pid)
+            return bodies.json_response(purchase_view(svc, current), 200, headers)
+        await _publish_cancel(svc, current, pid)
         if watch is None:
-            return http.json_response(purchase_view(ing, current), 202, headers)
+            return bodies.json_response(purchase_view(svc, current), 202, headers)
         # Answered by this cancel's own outcome: a confirm refused at the same moment (the
         # cancel won the race) is the gateway's business, not this request's.
         current = await watch.until(current, is_final, wait_s)
-        headers["Preference-Applied"] = http.preference_applied(wait_s)
+        headers["Preference-Applied"] = prefer.preference_applied(wait_s)
         _check_cancellable(pid, status_of(current), watch.refusal)
-    return http.json_response(purchase_view(ing, current), 200 if is_final(current) else 202, headers)
+    return bodies.json_response(purchase_view(svc, current), 200 if is_final(current) else 202, headers)
 
 
-def purchase_view(ing: Ingest, state: PurchaseState) -> PurchaseView:
+def purchase_view(svc: Services, state: PurchaseState) -> PurchaseView:
     """What a buyer sees of a purchase: its state and, while pending, its place in the queue."""
-    queue = ing.hub.queues.view(state.id) if isinstance(state, Purchase) else None
-    return view_of(state, queue, ing.hub.skus.get(state.sku))
+    queue = svc.hub.queues.view(state.id) if isinstance(state, Purchase) else None
+    return view_of(state, queue, svc.hub.skus.get(state.sku))
 
 
 # -- steps ---------------------------------------------------------------------------------
@@ -130,14 +130,14 @@ def _check_body_buyer(req: PurchaseRequest, buyer: str) -> None:
         )
 
 
-def reader_of(ing: Ingest, request: web.Request) -> Reader:
+def reader_of(svc: Services, request: web.Request) -> Reader:
     """Who reads: a buyer (a JWT), or the operator (the admin token). A token of any other shape
     is an attempt at the admin token, charged as one (auth.AdminGate); a wrong one is a 401
     like any bad token."""
     token = bearer_token(request)
     if token is None or looks_like_jwt(token):
-        return Reader(ing.buyers.buyer(request))
-    if ing.admin.attempt(edge.client_of(request), token, time.monotonic()):
+        return Reader(svc.buyers.buyer(request))
+    if svc.admin.attempt(edge.client_of(request), token, time.monotonic()):
         return OPERATOR
     raise problems.Rejection(
         401, "unauthorized", "Unauthorized", "the token is neither a valid JWT nor the admin token",
@@ -153,84 +153,84 @@ def _check_qty(qty: int, qty_max: int) -> None:
         )
 
 
-def _check_rate(ing: Ingest, user_id: str) -> None:
-    if ing.limiter is None:
+def _check_rate(svc: Services, user_id: str) -> None:
+    if svc.limiter is None:
         return
-    wait_s = ing.limiter.acquire(user_id, time.monotonic())
+    wait_s = svc.limiter.acquire(user_id, time.monotonic())
     if wait_s:
         raise problems.Rejection(
             429, "rate_limited", "Too many requests",
-            f"user {user_id!r} sends purchases faster than {ing.settings.user_rate_per_s:g}/s",
+            f"user {user_id!r} sends purchases faster than {svc.settings.user_rate_per_s:g}/s",
             retry_after_s=RateLimiter.retry_after_s(wait_s),
         )
 
 
-async def _check_sku_exists(ing: Ingest, sku: str, key: str, client: str) -> None:
+async def _check_sku_exists(svc: Services, sku: str, key: str, client: str) -> None:
     # Every SKU reaches ingest on the result stream or from Postgres: a miss was never created.
     # Refused here, so junk SKUs never reach JetStream or a committer.
-    if sku not in ing.hub.skus and await ing.reads.sku_state(sku, client) is None:
+    if sku not in svc.hub.skus and await svc.reads.sku_state(sku, client) is None:
         raise problems.Rejection(
             422, "unknown_sku", "Unknown SKU", f"SKU {sku!r} does not exist",
             headers={"Idempotency-Key": key},
         )
 
 
-def _intent(ing: Ingest, req: PurchaseRequest, buyer: str, key: str) -> Purchase:
+def _intent(svc: Services, req: PurchaseRequest, buyer: str, key: str) -> Purchase:
     return Purchase(
-        id=purchase_id(ing.id_key, buyer, key), sku=req.sku, qty=req.qty, user_id=buyer,
+        id=purchase_id(svc.id_key, buyer, key), sku=req.sku, qty=req.qty, user_id=buyer,
         request_hash=request_hash(encode((req.sku, req.qty, buyer, req.payment_token))),
         accepted_at_ms=now_ms(), payment_token=req.payment_token,
     )
 
 
-async def _submit(ing: Ingest, intent: Purchase, key: str) -> PurchaseState:
+async def _submit(svc: Services, intent: Purchase, key: str) -> PurchaseState:
     """Store the intent; or, for a key that already made a purchase, that purchase (same body).
     The key's first use, where this instance can see it (decided, stored by any instance and
     read here, stored here, in flight here), makes another body a 422 before anything is stored."""
-    known = ing.hub.decision(intent.id)
+    known = svc.hub.decision(intent.id)
     if known is not None:  # a retry of a decided purchase: nothing to store
         _check_same_request(known.request_hash, intent.request_hash, key)
         return known
-    followed = ing.hub.queues.pending(intent.id, intent.request_hash)
+    followed = svc.hub.queues.pending(intent.id, intent.request_hash)
     if followed is not None:  # a retry of a stored intent (on any instance): nothing to store
-        return await _existing(ing, followed, intent, key)
-    first = ing.hub.pending.get(intent.id) or ing.hub.queues.pending(intent.id)
+        return await _existing(svc, followed, intent, key)
+    first = svc.hub.pending.get(intent.id) or svc.hub.queues.pending(intent.id)
     if first is not None:
         _check_same_request(first.request_hash, intent.request_hash, key)
-    twin = ing.submitting.get(intent.id)
+    twin = svc.submitting.get(intent.id)
     if twin is not None:
         # The same key twice at once on this instance: another body is refused at once; the
         # same click waits for the first to store it (or fail), then is answered as a retry,
         # so that the two can never get different answers.
         _check_same_request(twin.request_hash, intent.request_hash, key)
         await asyncio.shield(twin.done)
-        return await _store_or_find(ing, intent, key, retry=True)
+        return await _store_or_find(svc, intent, key, retry=True)
     submitting = Submitting(intent.request_hash, asyncio.get_running_loop().create_future())
-    ing.submitting[intent.id] = submitting
+    svc.submitting[intent.id] = submitting
     try:
-        return await _store_or_find(ing, intent, key, retry=False)
+        return await _store_or_find(svc, intent, key, retry=False)
     finally:
-        del ing.submitting[intent.id]
+        del svc.submitting[intent.id]
         submitting.done.set_result(None)
 
 
-async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -> PurchaseState:
-    shard = shard_of(intent.sku, ing.settings.shards)
+async def _store_or_find(svc: Services, intent: Purchase, key: str, retry: bool) -> PurchaseState:
+    shard = shard_of(intent.sku, svc.settings.shards)
     if retry:
-        existing = await ing.reads.stored_intent(shard, intent.id, intent.request_hash)
+        existing = await svc.reads.stored_intent(shard, intent.id, intent.request_hash)
         if existing is None:
             raise Overloaded("intent_missing")  # the first copy failed: the client retries
-        return await _existing(ing, existing, intent, key)
-    if ing.hub.is_sold_out(intent.sku):
+        return await _existing(svc, existing, intent, key)
+    if svc.hub.is_sold_out(intent.sku):
         # Sold-out fast path, but a retry of an accepted purchase still gets that purchase:
         # pending (read here after a barrier), or decided (Postgres, in batched look-ups).
-        existing = await ing.reads.stored_intent(shard, intent.id, intent.request_hash)
+        existing = await svc.reads.stored_intent(shard, intent.id, intent.request_hash)
         if existing is not None:
-            return await _existing(ing, existing, intent, key)
-        other = ing.hub.queues.pending(intent.id)
+            return await _existing(svc, existing, intent, key)
+        other = svc.hub.queues.pending(intent.id)
         if other is not None:  # the key's first use, with another body, is pending
             _check_same_request(other.request_hash, intent.request_hash, key)
-        decided = await ing.reads.decided_purchase(intent.id)
+        decided = await svc.reads.decided_purchase(intent.id)
         if decided is not None:
             _check_same_request(decided.request_hash, intent.request_hash, key)
             return decided
@@ -238,23 +238,23 @@ async def _store_or_find(ing: Ingest, intent: Purchase, key: str, retry: bool) -
             409, "sold_out", "Sold out", f"SKU {intent.sku!r} is sold out; no purchase was created",
             headers={"Idempotency-Key": key},
         )
-    ing.hub.queues.check_live(shard, time.monotonic())
-    place = await ing.intents.store(shard, intent)
-    ing.hub.queues.accepted(shard)
-    ing.hub.stored(intent)
+    svc.hub.queues.check_live(shard, time.monotonic())
+    place = await svc.batcher.store(shard, intent)
+    svc.hub.queues.accepted(shard)
+    svc.hub.stored(intent)
     try:
         # Known as pending (with its place in the queue) once the follower has read it too.
-        await ing.follower.reached(shard, place.seq)
+        await svc.follower.reached(shard, place.seq)
     except Overloaded:
         pass  # stored all the same: answered without a queue position
-    return ing.hub.decision(intent.id) or intent
+    return svc.hub.decision(intent.id) or intent
 
 
-async def _existing(ing: Ingest, existing: Purchase, intent: Purchase, key: str) -> PurchaseState:
+async def _existing(svc: Services, existing: Purchase, intent: Purchase, key: str) -> PurchaseState:
     """The purchase a stored intent with the same id names, if it has the same body."""
     assert existing.id == intent.id, (existing.id, intent.id)
     _check_same_request(existing.request_hash, intent.request_hash, key)
-    decided = ing.hub.decision(intent.id) or await ing.reads.purchase_from_db(intent.id)
+    decided = svc.hub.decision(intent.id) or await svc.reads.purchase_from_db(intent.id)
     if decided is None:
         return existing
     assert decided.id == intent.id, (decided.id, intent.id)
@@ -277,17 +277,17 @@ def _key_reused(key: str) -> problems.Rejection:
     )
 
 
-def purchase_id_in_path(ing: Ingest, request: web.Request) -> str:
+def purchase_id_in_path(svc: Services, request: web.Request) -> str:
     """The purchase id in the path; a name that cannot be one is a 404 like a missing purchase,
     charged as a miss (identifiers: proto.identifiers)."""
     pid = request.match_info["id"]
     if not PURCHASE_ID.matches(pid):
-        ing.reads.charge(edge.client_of(request))
+        svc.reads.charge(edge.client_of(request))
         raise problems.not_found(f"no such purchase (a purchase id is {PURCHASE_ID.describe()})")
     return pid
 
 
-def _idempotency_key(ing: Ingest, request: web.Request) -> str:
+def _idempotency_key(svc: Services, request: web.Request) -> str:
     """The client's Idempotency-Key, or a new server-issued one when the header is absent. Two
     of them name two purchases: which one was meant is not something to guess."""
     keys = request.headers.getall("Idempotency-Key", [])
@@ -295,7 +295,7 @@ def _idempotency_key(ing: Ingest, request: web.Request) -> str:
         return new_idempotency_key()
     key = keys[0]
     if len(keys) > 1 or not IDEMPOTENCY_KEY.matches(key):
-        ing.reads.charge(edge.client_of(request))
+        svc.reads.charge(edge.client_of(request))
         raise problems.Rejection(
             400, "bad_idempotency_key", "Invalid Idempotency-Key",
             f"send one Idempotency-Key of {IDEMPOTENCY_KEY.describe()} (visible ASCII)",
@@ -303,10 +303,10 @@ def _idempotency_key(ing: Ingest, request: web.Request) -> str:
     return key
 
 
-async def owned_purchase(ing: Ingest, pid: str, reader: Reader, client: str) -> PurchaseState:
+async def owned_purchase(svc: Services, pid: str, reader: Reader, client: str) -> PurchaseState:
     """The purchase, if `reader` may see it. Another buyer's purchase reads exactly like one
     that does not exist: the same answer, after the same lookups (ReadModel.lookup)."""
-    current = await ing.reads.lookup(pid, reader, client)
+    current = await svc.reads.lookup(pid, reader, client)
     if current is None:
         raise problems.not_found(f"no purchase {pid}")
     return current
@@ -316,8 +316,8 @@ def _poll_wait(request: web.Request, wait_max_s: float) -> tuple[float, bool]:
     """(seconds to long-poll, whether the wait came from `Prefer`): `?wait=N` wins over it."""
     query_wait = request.query.get("wait")
     if query_wait is None:
-        return http.capped_prefer_wait_s(request, wait_max_s), True
-    wait_s = http.parse_wait(query_wait)
+        return prefer.capped_prefer_wait_s(request, wait_max_s), True
+    wait_s = prefer.parse_wait(query_wait)
     if wait_s is None:
         raise problems.bad_query("wait must be a number >= 0")
     return min(wait_s, wait_max_s), False
@@ -353,12 +353,12 @@ def _check_cancellable(pid: str, status: Status, refusal: Refusal | None) -> Non
         raise _cannot_cancel(pid, status)
 
 
-def _check_not_in_draw(ing: Ingest, current: PurchaseState) -> None:
+def _check_not_in_draw(svc: Services, current: PurchaseState) -> None:
     """A purchase waiting for its SKU's draw holds no stock yet: the writer would refuse its
     cancel, so the buyer is told to cancel once it is decided."""
     if not isinstance(current, Purchase):
         return
-    sku = ing.hub.skus.get(current.sku)
+    sku = svc.hub.skus.get(current.sku)
     wait = draw_wait_of(sku, current.accepted_at_ms) if sku is not None else None
     if wait is not None:
         raise problems.Rejection(
@@ -368,12 +368,12 @@ def _check_not_in_draw(ing: Ingest, current: PurchaseState) -> None:
         )
 
 
-async def _publish_cancel(ing: Ingest, current: PurchaseState, pid: str) -> None:
-    shard = shard_of(current.sku, ing.settings.shards)
+async def _publish_cancel(svc: Services, current: PurchaseState, pid: str) -> None:
+    shard = shard_of(current.sku, svc.settings.shards)
     # Packed with the shard's other intents: nothing drops a cancel as a duplicate, so a cancel
     # sent for a later state (the reservation a refused cancel's entry then won) always arrives.
     # Requested twice is fine: cancelling is idempotent.
-    await ing.intents.store(shard, Cancel(id=pid))
+    await svc.batcher.store(shard, Cancel(id=pid))
 
 
 def _cannot_cancel(pid: str, status: str, reason: str | None = None) -> problems.Rejection:

@@ -6,9 +6,9 @@ import heapq
 
 from aiohttp import web
 
-from ingest import edge, http, problems
+from ingest import bodies, edge, problems
 from ingest.schemas import DrawEntry, DrawList, SkuList, draw_view_of, sku_view_of
-from ingest.state import STATE, Ingest
+from ingest.state import STATE, Services
 from proto.clock import now_ms
 from proto.identifiers import SKU
 from proto.messages import SkuState
@@ -18,28 +18,28 @@ DRAW_PAGE_MAX = 1000  # entries per page of GET /v1/skus/{sku}/draw
 _RANK_DIGITS_MAX = 9
 
 
-async def known_sku(ing: Ingest, request: web.Request) -> SkuState:
+async def known_sku(svc: Services, request: web.Request) -> SkuState:
     """The state of the SKU named in the path, or a 404 problem. A name outside the SKU grammar
     (proto.identifiers) names nothing: 404 at once, charged as a miss."""
     sku = request.match_info["sku"]
     if not SKU.matches(sku):
-        ing.reads.charge(edge.client_of(request))
+        svc.reads.charge(edge.client_of(request))
         raise problems.not_found(f"no such SKU (a SKU name is {SKU.describe()})")
-    state = await ing.reads.sku_state(sku, edge.client_of(request))
+    state = await svc.reads.sku_state(sku, edge.client_of(request))
     if state is None:
         raise problems.not_found(f"no SKU {sku!r}")
     return state
 
 
 async def get_sku(request: web.Request) -> web.Response:
-    return http.json_response(sku_view_of(await known_sku(request.app[STATE], request)))
+    return bodies.json_response(sku_view_of(await known_sku(request.app[STATE], request)))
 
 
 async def get_draw(request: web.Request) -> web.Response:
     """A SKU's draw and, once drawn, its entries by rank: `?after=<last rank of the previous
     page>`."""
-    ing = request.app[STATE]
-    state = await known_sku(ing, request)
+    svc = request.app[STATE]
+    state = await known_sku(svc, request)
     draw = draw_view_of(state, now_ms())
     if draw is None:
         raise problems.not_found(f"SKU {state.sku!r} has no draw")
@@ -48,11 +48,11 @@ async def get_draw(request: web.Request) -> web.Response:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= _RANK_DIGITS_MAX):
         raise problems.bad_query(f"after must be an integer in 0..{10**_RANK_DIGITS_MAX - 1}")
     ranks = (
-        await ing.reads.draw_ranks(state.sku, int(raw), limit + 1)
+        await svc.reads.draw_ranks(state.sku, int(raw), limit + 1)
         if state.drawn_at_ms is not None else []
     )
     page = ranks[:limit]
-    return http.json_response(DrawList(
+    return bodies.json_response(DrawList(
         sku=state.sku, draw=draw, entries=[DrawEntry(id=pid, rank=rank) for pid, rank in page],
         next_after=page[-1][1] if len(ranks) > limit else None,
     ))
@@ -67,7 +67,7 @@ async def list_skus(request: web.Request) -> web.Response:
     # A page costs one pass over the names, never a sort of all of them.
     names = heapq.nsmallest(limit + 1, (name for name in skus if name > after))
     page = names[:limit]
-    return http.json_response(SkuList(
+    return bodies.json_response(SkuList(
         skus=[sku_view_of(skus[name]) for name in page],
         next_after=page[-1] if len(names) > limit else None,
     ))

@@ -49,7 +49,9 @@ class Submitting(msgspec.Struct, frozen=True):
     done: asyncio.Future[None]
 
 
-class Ingest:
+class Services:
+    """The connected services one ingest process holds, passed to every handler as `svc`."""
+
     def __init__(
         self,
         settings: Settings,
@@ -59,7 +61,7 @@ class Ingest:
         listener: ResultsListener,
         follower: IntentsFollower,
         publisher: Publisher,
-        intents: IntentBatcher,
+        batcher: IntentBatcher,
         reads: ReadModel,
         buyers: BuyerVerifier,
         admin: AdminGate,
@@ -72,7 +74,7 @@ class Ingest:
         self.listener = listener
         self.follower = follower
         self.publisher = publisher
-        self.intents = intents
+        self.batcher = batcher
         self.reads = reads
         self.buyers = buyers
         self.admin = admin
@@ -87,7 +89,7 @@ class Ingest:
         )
 
     @classmethod
-    async def connect(cls, settings: Settings, edge: Edge) -> Ingest:
+    async def connect(cls, settings: Settings, edge: Edge) -> Services:
         # Configuration first: an ingest that cannot tell buyers apart must not start at all.
         buyers = BuyerVerifier.from_settings(settings)
         admin = AdminGate.from_settings(settings)
@@ -127,23 +129,23 @@ class Ingest:
         )
         reads = ReadModel(settings.names, settings.shards, pool, follower, hub, misses)
         await reads.load_skus()
-        intents = IntentBatcher(
+        batcher = IntentBatcher(
             publisher, settings.names, settings.shards, settings.ingest_batch_max, settings.ingest_linger_ms,
             settings.ingest_batches_inflight_max, settings.inflight_max,
         )
-        metrics.INFLIGHT.set_function(lambda: intents.inflight)
-        metrics.INTENT_BATCHES.set_function(lambda: intents.batches)
-        metrics.BATCHED_INTENTS.set_function(lambda: intents.intents)
-        metrics.INTENT_BATCH_STORE_SECONDS.set_function(lambda: intents.store_s)
+        metrics.INFLIGHT.set_function(lambda: batcher.inflight)
+        metrics.INTENT_BATCHES.set_function(lambda: batcher.batches)
+        metrics.BATCHED_INTENTS.set_function(lambda: batcher.intents)
+        metrics.INTENT_BATCH_STORE_SECONDS.set_function(lambda: batcher.store_s)
         metrics.WAITERS.set_function(lambda: hub.watch_count)
         log.info("ingest connected",
                  extra=kv(nats=without_password(settings.nats_url), namespace=settings.namespace))
-        return cls(settings, nc, pool, hub, listener, follower, publisher, intents, reads, buyers, admin)
+        return cls(settings, nc, pool, hub, listener, follower, publisher, batcher, reads, buyers, admin)
 
     async def close(self) -> None:
         await self.listener.stop()
         await self.follower.stop()
-        await self.intents.close()
+        await self.batcher.close()
         await self.publisher.stop()
         try:
             await self.nc.drain()
@@ -161,4 +163,4 @@ class Ingest:
         return True
 
 
-STATE = web.AppKey("ingest", Ingest)
+STATE = web.AppKey("services", Services)

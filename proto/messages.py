@@ -80,7 +80,7 @@ TIME_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC) - _EPOCH)
 COUNT_MAX = 2_000_000_000  # stock, caps, qty: below int4's 2**31 - 1 (committer/schema.sql)
 # What each number of a SkuUpsert may be, both ends included: what its Postgres column holds
 # (committer/schema.sql) and what every reader can show. Ingest's PUT, the CLI and sale files
-# refuse anything outside (flashsale.admin.make_upsert, the OpenAPI document states the same);
+# refuse anything outside (flashsale.sku_changes.make_upsert, the OpenAPI document states the same);
 # the writer refuses an upsert that carries it anyway, so no change can fail its batch.
 SKU_BOUNDS: dict[str, tuple[int, int]] = {
     "stock": (0, COUNT_MAX),

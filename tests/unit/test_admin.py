@@ -1,4 +1,4 @@
-"""flashsale.admin's one path to a SkuUpsert: absent keeps, null clears, times are checked."""
+"""flashsale.sku_changes's one path to a SkuUpsert: absent keeps, null clears, times are checked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from importlib import resources
 
 import pytest
 
-from flashsale.admin import TIME_MAX_MS, TIME_MIN_MS, AdminError, make_upsert, read_sale_file, to_ms
+from flashsale.sku_changes import TIME_MAX_MS, TIME_MIN_MS, AdminError, make_upsert, read_sale_file, to_ms
 from proto.draw import valid_seed
 from proto.messages import SKU_BOUNDS
 

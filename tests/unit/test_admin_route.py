@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import Settings
-from ingest import admin, admission, edge
+from ingest import admin_routes, admission, edge
 from ingest.auth import AdminGate
 from ingest.results import ResultsHub
 from ingest.state import STATE
@@ -64,14 +64,14 @@ class Writer:
 
 @pytest.fixture
 async def world(monkeypatch) -> AsyncIterator[tuple[TestClient, Writer]]:
-    monkeypatch.setattr(admin, "ADMIN_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(admin_routes, "ADMIN_TIMEOUT_S", 0.2)
     hub = ResultsHub(CACHE_MAX, CACHE_MAX)
     writer = Writer(hub)
 
     async def no_state(sku: str, client: str) -> None:
         return None
 
-    ing = SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, hub=hub, publisher=writer,
+    svc = SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, hub=hub, publisher=writer,
                           admin=AdminGate.from_settings(SETTINGS), reads=SimpleNamespace(sku_state=no_state))
 
     @web.middleware
@@ -82,9 +82,9 @@ async def world(monkeypatch) -> AsyncIterator[tuple[TestClient, Writer]]:
     app = web.Application(middlewares=[
         admission.middleware(lambda: None, SETTINGS.body_max_bytes, SETTINGS.retry_after_s),
         loopback_client])
-    app[STATE] = ing  # type: ignore[assignment]
+    app[STATE] = svc  # type: ignore[assignment]
     app[edge.EDGE] = SimpleNamespace(body_timeout_s=BODY_TIMEOUT_S)  # type: ignore[assignment]
-    app.router.add_put("/v1/admin/skus/{sku}", admin.put_sku)
+    app.router.add_put("/v1/admin/skus/{sku}", admin_routes.put_sku)
     async with TestClient(TestServer(app)) as client:
         yield client, writer
 

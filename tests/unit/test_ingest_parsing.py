@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest.devtoken import is_dev_host
-from ingest.http import parse_wait, prefer_wait
+from ingest.prefer import parse_wait, prefer_wait
 from ingest.schemas import iso_ms
 
 

@@ -89,25 +89,25 @@ class Reads:
         return self.db.get(pid)
 
 
-def ingest() -> Any:
+def services() -> Any:
     queues = ShardQueues(SHARDS, CACHE_MAX, silence_s=60.0, silent_accept_max=CACHE_MAX,
                          now_s=time.monotonic())
     return SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, submitting={},
-                           intents=Stream(queues), follower=Follower(), reads=Reads(queues),
+                           batcher=Stream(queues), follower=Follower(), reads=Reads(queues),
                            hub=ResultsHub(CACHE_MAX, CACHE_MAX, queues=queues))
 
 
-def forget_pending(ing: Any) -> None:
+def forget_pending(svc: Any) -> None:
     """This instance did not store it (another did): only its follower knows it."""
-    ing.hub.pending.clear()
+    svc.hub.pending.clear()
 
 
-async def submit(ing: Any, purchase: Purchase) -> Any:
-    return await _submit(ing, purchase, KEY)
+async def submit(svc: Any, purchase: Purchase) -> Any:
+    return await _submit(svc, purchase, KEY)
 
 
-def sold_out(ing: Any) -> None:
-    ing.hub.put_sku(SkuState(sku=SKU, stock=1, reserved=0, sold=1, price_cents=500, max_per_user=None,
+def sold_out(svc: Any) -> None:
+    svc.hub.put_sku(SkuState(sku=SKU, stock=1, reserved=0, sold=1, price_cents=500, max_per_user=None,
                              payment="none", reservation_ttl_s=60, sale_start_ms=None, sale_end_ms=None))
 
 
@@ -116,122 +116,122 @@ def reused(exc: pytest.ExceptionInfo[problems.Rejection]) -> bool:
 
 
 async def test_a_new_purchase_is_stored_once_and_queued():
-    ing = ingest()
-    assert await submit(ing, intent()) == intent()
-    assert ing.intents.stores == 1 and ing.hub.pending[PID] == intent()
-    assert ing.hub.queues.view(PID) is not None  # it has a place in its shard's queue
-    assert ing.submitting == {}
+    svc = services()
+    assert await submit(svc, intent()) == intent()
+    assert svc.batcher.stores == 1 and svc.hub.pending[PID] == intent()
+    assert svc.hub.queues.view(PID) is not None  # it has a place in its shard's queue
+    assert svc.submitting == {}
 
 
 async def test_a_retry_found_in_the_stream_is_that_purchase():
-    ing = ingest()
-    await submit(ing, intent())
-    forget_pending(ing)
-    assert await submit(ing, intent()) == intent()
-    assert ing.intents.stores == 1
+    svc = services()
+    await submit(svc, intent())
+    forget_pending(svc)
+    assert await submit(svc, intent()) == intent()
+    assert svc.batcher.stores == 1
 
 
 async def test_a_retry_of_a_decided_purchase_stores_nothing():
-    ing = ingest()
-    ing.hub.put_decision(decided())
-    assert await submit(ing, intent()) == decided()
-    assert ing.intents.stores == 0
+    svc = services()
+    svc.hub.put_decision(decided())
+    assert await submit(svc, intent()) == decided()
+    assert svc.batcher.stores == 0
 
 
 async def test_a_retry_decided_since_is_answered_with_the_decision():
-    ing = ingest()
-    await submit(ing, intent())
-    ing.reads.db[PID] = decided()  # decided by the writer; this instance has not heard yet
-    forget_pending(ing)
-    assert await submit(ing, intent()) == decided()
+    svc = services()
+    await submit(svc, intent())
+    svc.reads.db[PID] = decided()  # decided by the writer; this instance has not heard yet
+    forget_pending(svc)
+    assert await submit(svc, intent()) == decided()
 
 
 @pytest.mark.parametrize("first_use", ["decided_here", "pending_here", "in_stream", "in_postgres"])
 async def test_the_key_with_another_body_is_a_422_wherever_its_first_use_is(first_use):
-    ing = ingest()
+    svc = services()
     if first_use == "decided_here":
-        ing.hub.put_decision(decided("h-body-1"))
+        svc.hub.put_decision(decided("h-body-1"))
     elif first_use == "pending_here":
-        ing.hub.stored(intent("h-body-1"))
+        svc.hub.stored(intent("h-body-1"))
     elif first_use == "in_stream":
-        await submit(ing, intent("h-body-1"))
-        forget_pending(ing)
+        await submit(svc, intent("h-body-1"))
+        forget_pending(svc)
     else:
         # The key's first use, with a SKU of another shard, was decided there; this body's
         # intent is in this shard's stream too (stored before), and this is its retry.
-        await submit(ing, intent("h-body-2"))
-        forget_pending(ing)
-        ing.reads.db[PID] = decided("h-body-1")
-    stores_before = ing.intents.stores
+        await submit(svc, intent("h-body-2"))
+        forget_pending(svc)
+        svc.reads.db[PID] = decided("h-body-1")
+    stores_before = svc.batcher.stores
     with pytest.raises(problems.Rejection) as refused:
-        await submit(ing, intent("h-body-2"))
+        await submit(svc, intent("h-body-2"))
     assert reused(refused)
-    assert ing.intents.stores == stores_before  # refused before anything is stored
+    assert svc.batcher.stores == stores_before  # refused before anything is stored
 
 
 async def test_sold_out_refuses_a_new_purchase_without_storing_it():
-    ing = ingest()
-    sold_out(ing)
+    svc = services()
+    sold_out(svc)
     with pytest.raises(problems.Rejection) as refused:
-        await submit(ing, intent())
+        await submit(svc, intent())
     assert refused.value.status == 409 and refused.value.slug == "sold_out"
-    assert ing.intents.stores == 0
+    assert svc.batcher.stores == 0
     assert refused.value.headers == {"Idempotency-Key": KEY}
 
 
 async def test_sold_out_still_answers_a_retry_of_an_accepted_purchase():
-    ing = ingest()
-    await submit(ing, intent())
-    forget_pending(ing)
-    sold_out(ing)
-    assert await submit(ing, intent()) == intent()
-    ing.hub.queues.decided(PID)
-    ing.reads.db[PID] = decided()  # decided long ago: Postgres answers the retry
-    assert await submit(ing, intent()) == decided()
-    assert ing.intents.stores == 1
+    svc = services()
+    await submit(svc, intent())
+    forget_pending(svc)
+    sold_out(svc)
+    assert await submit(svc, intent()) == intent()
+    svc.hub.queues.decided(PID)
+    svc.reads.db[PID] = decided()  # decided long ago: Postgres answers the retry
+    assert await submit(svc, intent()) == decided()
+    assert svc.batcher.stores == 1
 
 
 async def test_a_retry_whose_first_copy_nobody_can_read_is_stored_again():
-    ing = ingest()
-    ing.intents.unreadable = True
-    await submit(ing, intent())
-    forget_pending(ing)
-    assert await submit(ing, intent()) == intent()
-    assert ing.intents.stores == 2  # two copies of one id: the writer decides it once
+    svc = services()
+    svc.batcher.unreadable = True
+    await submit(svc, intent())
+    forget_pending(svc)
+    assert await submit(svc, intent()) == intent()
+    assert svc.batcher.stores == 2  # two copies of one id: the writer decides it once
 
 
 async def test_twins_at_once_store_one_purchase_and_get_one_answer():
-    ing = ingest()
-    ing.intents.gate = asyncio.Event()
-    first = asyncio.create_task(_submit(ing, intent(), KEY))
+    svc = services()
+    svc.batcher.gate = asyncio.Event()
+    first = asyncio.create_task(_submit(svc, intent(), KEY))
     await asyncio.sleep(0)
-    assert PID in ing.submitting
-    twin = asyncio.create_task(_submit(ing, intent(), KEY))
+    assert PID in svc.submitting
+    twin = asyncio.create_task(_submit(svc, intent(), KEY))
     with pytest.raises(problems.Rejection) as refused:  # another body: refused at once
-        await _submit(ing, intent("h-body-2"), KEY)
+        await _submit(svc, intent("h-body-2"), KEY)
     assert reused(refused)
-    ing.intents.gate.set()
+    svc.batcher.gate.set()
     assert await first == await twin == intent()
-    assert ing.intents.stores == 1 and ing.submitting == {}
+    assert svc.batcher.stores == 1 and svc.submitting == {}
 
 
 async def test_a_twin_whose_first_failed_is_a_retryable_503():
-    ing = ingest()
-    ing.intents.gate = asyncio.Event()
+    svc = services()
+    svc.batcher.gate = asyncio.Event()
 
     async def failing_store(shard: int, *rest: Any) -> Place:
-        await ing.intents.gate.wait()
+        await svc.batcher.gate.wait()
         raise Overloaded("inflight_max")
 
-    ing.intents.store = failing_store
-    first = asyncio.create_task(_submit(ing, intent(), KEY))
+    svc.batcher.store = failing_store
+    first = asyncio.create_task(_submit(svc, intent(), KEY))
     await asyncio.sleep(0)
-    twin = asyncio.create_task(_submit(ing, intent(), KEY))
+    twin = asyncio.create_task(_submit(svc, intent(), KEY))
     await asyncio.sleep(0)
-    ing.intents.gate.set()
+    svc.batcher.gate.set()
     with pytest.raises(Overloaded):
         await first
     with pytest.raises(Overloaded) as shed:
         await twin
     assert shed.value.cause == "intent_missing"  # nothing stored: the client retries
-    assert ing.submitting == {}
+    assert svc.submitting == {}

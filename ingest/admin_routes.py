@@ -9,12 +9,12 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from flashsale.admin import AdminError, make_upsert
-from ingest import edge, http, problems
+from flashsale.sku_changes import AdminError, make_upsert
+from ingest import bodies, edge, problems
 from ingest.auth import bearer_token
 from ingest.publisher import Overloaded
 from ingest.schemas import SkuUpsertRequest, sku_upsert_decoder, sku_view_of
-from ingest.state import STATE, Ingest
+from ingest.state import STATE, Services
 from proto.identifiers import SKU
 from proto.messages import Refusal, SkuState, SkuUpsert, encode
 from proto.sharding import shard_of
@@ -23,24 +23,24 @@ ADMIN_TIMEOUT_S = 10.0  # an operator waits this long for the committer to apply
 
 
 async def put_sku(request: web.Request) -> web.Response:
-    ing = request.app[STATE]
-    require_admin(ing, request)
+    svc = request.app[STATE]
+    require_admin(svc, request)
     sku = _sku_in_path(request)
-    req = await http.decode_body(request, sku_upsert_decoder)
+    req = await bodies.decode_body(request, sku_upsert_decoder)
     upsert = _upsert(sku, req)
-    outcome = await _apply(ing, upsert)
+    outcome = await _apply(svc, upsert)
     if isinstance(outcome, Refusal):
         raise problems.Rejection(409, "sku_upsert_refused", "SKU change refused", outcome.reason)
-    state = outcome or await ing.reads.sku_state(sku, edge.client_of(request))
+    state = outcome or await svc.reads.sku_state(sku, edge.client_of(request))
     if state is None:
         raise problems.not_found(f"no SKU {sku!r}")
-    return http.json_response(sku_view_of(state), 200, {"X-Request-Id": upsert.request_id})
+    return bodies.json_response(sku_view_of(state), 200, {"X-Request-Id": upsert.request_id})
 
 
-def require_admin(ing: Ingest, request: web.Request) -> None:
+def require_admin(svc: Services, request: web.Request) -> None:
     """The admin token, or 401/403 (429 while the address has no attempts left: auth.AdminGate)."""
     token = bearer_token(request)
-    if ing.admin.attempt(edge.client_of(request), token, time.monotonic()):
+    if svc.admin.attempt(edge.client_of(request), token, time.monotonic()):
         return
     if token is None:
         raise problems.Rejection(
@@ -68,16 +68,16 @@ def _upsert(sku: str, req: SkuUpsertRequest) -> SkuUpsert:
         raise problems.validation(str(e), [problems.FieldError(field, str(e))]) from None
 
 
-async def _apply(ing: Ingest, upsert: SkuUpsert) -> SkuState | Refusal | None:
+async def _apply(svc: Services, upsert: SkuUpsert) -> SkuState | Refusal | None:
     """Publish the change to the SKU's shard and wait until its writer applied or refused it."""
-    wait = ing.hub.admin_wait(upsert.request_id, upsert.sku)
+    wait = svc.hub.admin_wait(upsert.request_id, upsert.sku)
     if wait is None:
         raise Overloaded("waiters_max")
     try:
-        shard = shard_of(upsert.sku, ing.settings.shards)
-        subject = ing.names.intent(shard, "sku_upsert", upsert.request_id)
+        shard = shard_of(upsert.sku, svc.settings.shards)
+        subject = svc.names.intent(shard, "sku_upsert", upsert.request_id)
         # Alone on its own subject: JetStream refuses a second copy of the same request.
-        await ing.publisher.publish(subject, encode(upsert), f"admin:{upsert.request_id}")
+        await svc.publisher.publish(subject, encode(upsert), f"admin:{upsert.request_id}")
         try:
             return await asyncio.wait_for(wait.fut, ADMIN_TIMEOUT_S)
         except TimeoutError:
@@ -85,7 +85,7 @@ async def _apply(ing: Ingest, upsert: SkuUpsert) -> SkuState | Refusal | None:
                 504, "admin_timeout", "Not applied yet",
                 f"the change (request {upsert.request_id}) was queued but not applied within "
                 f"{ADMIN_TIMEOUT_S:g} s; it may still be applied: check GET /v1/skus/{upsert.sku}",
-                retry_after_s=ing.settings.retry_after_s,
+                retry_after_s=svc.settings.retry_after_s,
             ) from None
     finally:
-        ing.hub.admin_done(upsert.request_id)
+        svc.hub.admin_done(upsert.request_id)

@@ -1,4 +1,4 @@
-"""HTTP details shared by the routes: JSON in and out, `Prefer: wait`.
+"""JSON in and out of the routes: strict request bodies, JSON responses.
 
 Each function either returns what the request says or raises `problems.Rejection`.
 """
@@ -6,7 +6,6 @@ Each function either returns what the request says or raises `problems.Rejection
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, TypeVar
 
 import msgspec
@@ -80,35 +79,3 @@ def duplicate_key(body: bytes, field_patterns: tuple[bytes, ...]) -> str | None:
 
     json.loads(body, object_pairs_hook=pairs)
     return found[0] if found else None
-
-
-def parse_wait(raw: str) -> float | None:
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-def prefer_wait(request: web.Request) -> float | None:
-    """`Prefer: wait=N` (RFC 7240). A preference is a hint: a malformed one is ignored."""
-    header = request.headers.get("Prefer")
-    if not header:
-        return None
-    for part in header.split(","):
-        for token in part.split(";"):
-            name, _, value = token.strip().partition("=")
-            if name.strip().lower() == "wait":
-                return parse_wait(value.strip().strip('"'))
-    return None
-
-
-def capped_prefer_wait_s(request: web.Request, wait_max_s: float) -> float:
-    """Seconds the client prefers to wait (0: answer at once), never more than `wait_max_s`."""
-    wait_s = prefer_wait(request)
-    return min(wait_s, wait_max_s) if wait_s else 0.0
-
-
-def preference_applied(wait_s: float) -> str:
-    """The `Preference-Applied` value for a wait that was honoured."""
-    return f"wait={int(wait_s)}" if wait_s == int(wait_s) else f"wait={wait_s:g}"
