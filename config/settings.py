@@ -79,7 +79,7 @@ class Settings(msgspec.Struct, kw_only=True):
     client_misses_burst: int = 100
 
     # edge limits: what one client may hold of an ingest process. Each cap is clamped at
-    # start to what the process's fd limit allows (ingest.edge.size_limits) and logged.
+    # start to what the process's fd limit allows (ingest.edge.limits.size_limits) and logged.
     idle_timeout_s: float = 10.0  # idle keep-alive, and the deadline to send a whole request head
     body_timeout_s: float = 10.0  # deadline to send a request body once its head is in (408)
     # Per client IP. Defaults leave room for crowds behind one address (office NAT, carrier NAT).

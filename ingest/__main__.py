@@ -1,6 +1,6 @@
 """`python -m ingest`: the HTTP tier, configured from the environment (config.settings.load).
 
-The app runs behind `edge.GuardedProtocol` (connection caps, request heads) on a server made by
+The app runs behind `edge.protocol.GuardedProtocol` (connection caps, request heads) on a server made by
 flashsale.serving rather than `web.run_app`, so that every accepted connection is counted before
 aiohttp sees it. /metrics is served apart, on `ingest_metrics_port` on loopback (0: not at all).
 """
@@ -18,8 +18,11 @@ from config.settings import Settings, load
 from flashsale import serving
 from flashsale.logs import kv, setup
 from flashsale.shardmap import ShardMapError
-from ingest import edge
 from ingest.app import create_app, create_metrics_app
+from ingest.edge.limits import ACCEPT_BACKLOG, EdgeLimits, raise_fd_limit, size_limits
+from ingest.edge.process import Edge
+from ingest.edge.protocol import GuardedProtocol
+from ingest.edge.refusals import BadRequestLog
 
 log = logging.getLogger("ingest")
 
@@ -35,8 +38,8 @@ def main() -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # A request aiohttp cannot parse: a counted refusal logged once per client per interval,
     # instead of a traceback each time.
-    logging.getLogger("aiohttp.server").addFilter(edge.BadRequestLog())
-    limits = edge.size_limits(settings, edge.raise_fd_limit())
+    logging.getLogger("aiohttp.server").addFilter(BadRequestLog())
+    limits = size_limits(settings, raise_fd_limit())
     log.info("edge limits", extra=kv(
         **msgspec.structs.asdict(limits), idle_timeout_s=settings.idle_timeout_s,
         body_timeout_s=settings.body_timeout_s, client_rate_per_s=settings.client_rate_per_s,
@@ -73,9 +76,9 @@ async def serve_metrics(port: int) -> serving.Served | None:
     return served
 
 
-async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
+async def serve(settings: Settings, limits: EdgeLimits) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish requests and disconnect."""
-    front = edge.Edge(settings, limits)
+    front = Edge(settings, limits)
     metrics_served = await serve_metrics(settings.ingest_metrics_port)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -85,7 +88,7 @@ async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
     served = await serving.serve_app(
         create_app(settings, front), settings.ingest_host, settings.ingest_port,
         head_max_bytes=settings.head_max_bytes,
-        guard=lambda make_handler, _: edge.GuardedProtocol(make_handler, front),
+        guard=lambda make_handler, _: GuardedProtocol(make_handler, front),
         # Closes a connection idle this long, and one whose request head is not complete this
         # long after the connection (or its previous request) ended: the slow-head deadline.
         keepalive_timeout=settings.idle_timeout_s,
@@ -93,7 +96,7 @@ async def serve(settings: Settings, limits: edge.EdgeLimits) -> None:
         # instead of holding it (and the buyer's per-buyer budget) until its wait runs out.
         handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         # Ingest is stateless: more processes on the same port (SO_REUSEPORT) use more cores.
-        reuse_port=True, backlog=edge.ACCEPT_BACKLOG,
+        reuse_port=True, backlog=ACCEPT_BACKLOG,
     )
     log.info("ingest listening", extra=kv(host=settings.ingest_host, port=settings.ingest_port))
     try:

@@ -10,8 +10,9 @@ import msgspec
 from aiohttp import web
 
 from flashsale.sku_changes import AdminError, make_upsert
-from ingest import bodies, edge, problems
+from ingest import bodies, problems
 from ingest.auth import bearer_token
+from ingest.edge.clients import client_of
 from ingest.publisher import Overloaded
 from ingest.schemas import SkuUpsertRequest, sku_upsert_decoder, sku_view_of
 from ingest.state import STATE, Services
@@ -31,7 +32,7 @@ async def put_sku(request: web.Request) -> web.Response:
     outcome = await _apply(svc, upsert)
     if isinstance(outcome, Refusal):
         raise problems.Rejection(409, "sku_upsert_refused", "SKU change refused", outcome.reason)
-    state = outcome or await svc.reads.sku_state(sku, edge.client_of(request))
+    state = outcome or await svc.reads.sku_state(sku, client_of(request))
     if state is None:
         raise problems.not_found(f"no SKU {sku!r}")
     return bodies.json_response(sku_view_of(state), 200, {"X-Request-Id": upsert.request_id})
@@ -40,7 +41,7 @@ async def put_sku(request: web.Request) -> web.Response:
 def require_admin(svc: Services, request: web.Request) -> None:
     """The admin token, or 401/403 (429 while the address has no attempts left: auth.AdminGate)."""
     token = bearer_token(request)
-    if svc.admin.attempt(edge.client_of(request), token, time.monotonic()):
+    if svc.admin.attempt(client_of(request), token, time.monotonic()):
         return
     if token is None:
         raise problems.Rejection(

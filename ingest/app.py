@@ -17,8 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
 from flashsale import serving
-from ingest import admission, bodies, devtoken, edge, events, metrics, page, problems
+from ingest import admission, bodies, devtoken, events, metrics, page, problems
 from ingest.admin_routes import put_sku
+from ingest.edge import process as edge
 from ingest.purchases import cancel_purchase, create_purchase, get_purchase
 from ingest.skus import get_draw, get_sku, list_skus
 from ingest.state import STATE, Services
@@ -38,7 +39,7 @@ OPENAPI = web.AppKey("openapi", bytes)
 
 
 def create_app(settings: Settings, front: edge.Edge) -> web.Application:
-    """`front` is the process's edge (limits sized at start, see ingest.edge)."""
+    """`front` is the process's edge (limits sized at start, see ingest.edge.limits)."""
     app = web.Application(
         client_max_size=settings.body_max_bytes,
         middlewares=[

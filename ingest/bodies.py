@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
-from ingest import edge, problems
+from ingest import problems
+from ingest.edge.process import read_body
 from ingest.schemas import encode_json
 
 JSON = "application/json"
@@ -32,7 +33,7 @@ async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T]) ->
             415, "unsupported_media_type", "Unsupported media type",
             f"send the body as {JSON}",
         )
-    body = await edge.read_body(request)
+    body = await read_body(request)
     try:
         value = decoder.decode(body)
     except msgspec.ValidationError as exc:

@@ -18,7 +18,7 @@ also tells `EventSource` to stop reconnecting.
 `sku_events_interval_ms`, only when it changed: one feed per SKU reads the hub on that interval,
 encodes the event once and writes the same bytes to every listener's transport itself (see
 SkuFeed); a listener that falls SKU_STREAM_BACKLOG_MAX_BYTES behind is dropped. A SKU stream
-holds a wait of its client (edge.WaitBudget) like a long-poll.
+holds a wait of its client (edge.waits.WaitBudget) like a long-poll.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ import msgspec
 from aiohttp import HttpVersion11, web
 
 from config.settings import Settings
-from ingest import edge, metrics, problems
-from ingest.edge import WaitBudget
+from ingest import metrics, problems
+from ingest.edge.clients import client_of
+from ingest.edge.process import EDGE
+from ingest.edge.refusals import note_refusal
+from ingest.edge.waits import WaitBudget
 from ingest.purchases import owned_purchase, purchase_id_in_path, purchase_view, reader_of
 from ingest.queue import QueueView
 from ingest.results import PurchaseState, ResultsHub, Watch, is_final, newer, status_of
@@ -75,7 +78,7 @@ class Streams:
     ends every stream when the server shuts down.
 
     A SKU stream is a place on its SKU's feed: at most `sku_streams_max` in the process (503),
-    and counted with the long-polls and purchase streams of its client (`edge.WaitBudget`, 429)."""
+    and counted with the long-polls and purchase streams of its client (`edge.waits.WaitBudget`, 429)."""
 
     def __init__(self, sku_streams_max: int, waits: WaitBudget, interval_s: float,
                  heartbeat_s: float, retry_after_s: int) -> None:
@@ -93,7 +96,7 @@ class Streams:
         """A place on the SKU's feed for the duration of a request: 503 beyond sku_streams_max,
         429 when `client` holds its share of waits already."""
         if self.sku_streams >= self.sku_streams_max:
-            edge.note_refusal("sku_streams_total", client)
+            note_refusal("sku_streams_total", client)
             raise problems.Rejection(
                 503, "too_many_streams", "Too many event streams",
                 f"this instance holds {self.sku_streams_max} SKU event streams already",
@@ -216,7 +219,7 @@ STREAMS = web.AppKey("event_streams", Streams)
 
 def setup(app: web.Application, settings: Settings) -> None:
     async def streams(app: web.Application) -> AsyncIterator[None]:
-        front = app[edge.EDGE]
+        front = app[EDGE]
         app[STREAMS] = Streams(
             front.limits.sku_streams_max, front.waits, settings.sku_events_interval_ms / 1000,
             settings.sse_heartbeat_s, settings.retry_after_s,
@@ -336,8 +339,8 @@ async def purchase_events(request: web.Request) -> web.StreamResponse:
     reader = reader_of(svc, request)
     pid = purchase_id_in_path(svc, request)
     held = held_event_id(request)
-    with svc.hub.watching(pid, True, client=edge.client_of(request), buyer=reader.buyer) as watch:
-        current = await owned_purchase(svc, pid, reader, edge.client_of(request))
+    with svc.hub.watching(pid, True, client=client_of(request), buyer=reader.buyer) as watch:
+        current = await owned_purchase(svc, pid, reader, client_of(request))
         if watch is None:
             raise problems.Rejection(
                 503, "too_many_streams", "Too many event streams",
@@ -397,7 +400,7 @@ async def sku_events(request: web.Request) -> web.StreamResponse:
     svc = request.app[STATE]
     streams = request.app[STREAMS]
     state = await known_sku(svc, request)
-    with streams.place(svc.hub, state, edge.client_of(request)) as feed:
+    with streams.place(svc.hub, state, client_of(request)) as feed:
         resp = await _open(request, svc.settings)
         sent = feed.event
         try:
@@ -414,7 +417,7 @@ async def sku_events(request: web.Request) -> web.StreamResponse:
         finally:
             feed.leave(listener)
         if ending == "slow":
-            edge.note_refusal("sku_stream_slow", edge.client_of(request))
+            note_refusal("sku_stream_slow", client_of(request))
             transport.abort()
         elif ending != "gone":
             try:

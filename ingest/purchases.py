@@ -11,8 +11,9 @@ import time
 
 from aiohttp import web
 
-from ingest import bodies, edge, prefer, problems
+from ingest import bodies, prefer, problems
 from ingest.auth import bearer_token, looks_like_jwt
+from ingest.edge.clients import client_of
 from ingest.publisher import Overloaded
 from ingest.ratelimit import RateLimiter
 from ingest.readmodel import OPERATOR, Reader
@@ -52,13 +53,13 @@ async def create_purchase(request: web.Request) -> web.Response:
     _check_qty(req.qty, svc.settings.qty_max)
     key = _idempotency_key(svc, request)
     _check_rate(svc, buyer)
-    await _check_sku_exists(svc, req.sku, key, edge.client_of(request))
+    await _check_sku_exists(svc, req.sku, key, client_of(request))
     intent = _intent(svc, req, buyer, key)
     wait_s = prefer.capped_prefer_wait_s(request, svc.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{intent.id}", "Idempotency-Key": key}
     awaits = Awaits(kind="purchase", request_hash=intent.request_hash)
     with svc.hub.watching(
-        intent.id, wait_s > 0, client=edge.client_of(request), buyer=buyer, awaits=awaits
+        intent.id, wait_s > 0, client=client_of(request), buyer=buyer, awaits=awaits
     ) as watch:
         current = await _submit(svc, intent, key)
         if watch is not None:
@@ -80,8 +81,8 @@ async def get_purchase(request: web.Request) -> web.Response:
     wait_s, preferred = _poll_wait(request, svc.settings.wait_max_s)
     seen = _seen_status(request)
     headers: dict[str, str] = {}
-    with svc.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=reader.buyer) as watch:
-        current = await owned_purchase(svc, pid, reader, edge.client_of(request))
+    with svc.hub.watching(pid, wait_s > 0, client=client_of(request), buyer=reader.buyer) as watch:
+        current = await owned_purchase(svc, pid, reader, client_of(request))
         if watch is not None:
             current = await _until_changed(watch, current, seen, wait_s)
             if preferred:
@@ -95,9 +96,9 @@ async def cancel_purchase(request: web.Request) -> web.Response:
     pid = purchase_id_in_path(svc, request)
     wait_s = prefer.capped_prefer_wait_s(request, svc.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{pid}"}
-    with svc.hub.watching(pid, wait_s > 0, client=edge.client_of(request), buyer=buyer,
+    with svc.hub.watching(pid, wait_s > 0, client=client_of(request), buyer=buyer,
                           awaits=Awaits(kind="cancel")) as watch:
-        current = await owned_purchase(svc, pid, Reader(buyer), edge.client_of(request))
+        current = await owned_purchase(svc, pid, Reader(buyer), client_of(request))
         _check_cancellable(pid, status_of(current), None)
         _check_not_in_draw(svc, current)
         if is_final(current):  # cancelled or expired: nothing left to give back
@@ -137,7 +138,7 @@ def reader_of(svc: Services, request: web.Request) -> Reader:
     token = bearer_token(request)
     if token is None or looks_like_jwt(token):
         return Reader(svc.buyers.buyer(request))
-    if svc.admin.attempt(edge.client_of(request), token, time.monotonic()):
+    if svc.admin.attempt(client_of(request), token, time.monotonic()):
         return OPERATOR
     raise problems.Rejection(
         401, "unauthorized", "Unauthorized", "the token is neither a valid JWT nor the admin token",
@@ -282,7 +283,7 @@ def purchase_id_in_path(svc: Services, request: web.Request) -> str:
     charged as a miss (identifiers: proto.identifiers)."""
     pid = request.match_info["id"]
     if not PURCHASE_ID.matches(pid):
-        svc.reads.charge(edge.client_of(request))
+        svc.reads.charge(client_of(request))
         raise problems.not_found(f"no such purchase (a purchase id is {PURCHASE_ID.describe()})")
     return pid
 
@@ -295,7 +296,7 @@ def _idempotency_key(svc: Services, request: web.Request) -> str:
         return new_idempotency_key()
     key = keys[0]
     if len(keys) > 1 or not IDEMPOTENCY_KEY.matches(key):
-        svc.reads.charge(edge.client_of(request))
+        svc.reads.charge(client_of(request))
         raise problems.Rejection(
             400, "bad_idempotency_key", "Invalid Idempotency-Key",
             f"send one Idempotency-Key of {IDEMPOTENCY_KEY.describe()} (visible ASCII)",

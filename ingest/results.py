@@ -16,7 +16,8 @@ from contextlib import contextmanager
 import msgspec
 
 from ingest import metrics
-from ingest.edge import WaitBudget, note_refusal
+from ingest.edge.refusals import note_refusal
+from ingest.edge.waits import WaitBudget
 from ingest.queue import ShardQueues
 from proto.clock import now_ms
 from proto.messages import (
@@ -79,7 +80,7 @@ class Watch:
         buyer: str | None = None, awaits: Awaits | None = None,
     ) -> None:
         self.purchase_id = purchase_id
-        self.client = client  # who this wait is counted against (edge.WaitBudget)
+        self.client = client  # who this wait is counted against (edge.waits.WaitBudget)
         self.buyer = buyer
         self.awaits = awaits  # None: a read (GET, event stream), which no refusal answers
         self.fut: asyncio.Future[None] = loop.create_future()

@@ -6,7 +6,8 @@ import heapq
 
 from aiohttp import web
 
-from ingest import bodies, edge, problems
+from ingest import bodies, problems
+from ingest.edge.clients import client_of
 from ingest.schemas import DrawEntry, DrawList, SkuList, draw_view_of, sku_view_of
 from ingest.state import STATE, Services
 from proto.clock import now_ms
@@ -23,9 +24,9 @@ async def known_sku(svc: Services, request: web.Request) -> SkuState:
     (proto.identifiers) names nothing: 404 at once, charged as a miss."""
     sku = request.match_info["sku"]
     if not SKU.matches(sku):
-        svc.reads.charge(edge.client_of(request))
+        svc.reads.charge(client_of(request))
         raise problems.not_found(f"no such SKU (a SKU name is {SKU.describe()})")
-    state = await svc.reads.sku_state(sku, edge.client_of(request))
+    state = await svc.reads.sku_state(sku, client_of(request))
     if state is None:
         raise problems.not_found(f"no SKU {sku!r}")
     return state

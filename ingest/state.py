@@ -24,7 +24,7 @@ from flashsale.logs import kv
 from ingest import metrics
 from ingest.auth import AdminGate, BuyerVerifier, ConfigError
 from ingest.batcher import IntentBatcher
-from ingest.edge import Edge
+from ingest.edge.process import Edge
 from ingest.follower import IntentsFollower
 from ingest.listener import ResultsListener
 from ingest.publisher import Publisher

@@ -15,8 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import Settings
-from ingest import admin_routes, admission, edge
+from ingest import admin_routes, admission
 from ingest.auth import AdminGate
+from ingest.edge.clients import CLIENT
+from ingest.edge.process import EDGE
 from ingest.results import ResultsHub
 from ingest.state import STATE
 from proto.messages import Refusal, ResultBatch, SkuState, SkuUpsert, intent_decoder
@@ -76,14 +78,14 @@ async def world(monkeypatch) -> AsyncIterator[tuple[TestClient, Writer]]:
 
     @web.middleware
     async def loopback_client(request: web.Request, handler: Any) -> web.StreamResponse:
-        request[edge.CLIENT] = "127.0.0.1"
+        request[CLIENT] = "127.0.0.1"
         return await handler(request)
 
     app = web.Application(middlewares=[
         admission.middleware(lambda: None, SETTINGS.body_max_bytes, SETTINGS.retry_after_s),
         loopback_client])
     app[STATE] = svc  # type: ignore[assignment]
-    app[edge.EDGE] = SimpleNamespace(body_timeout_s=BODY_TIMEOUT_S)  # type: ignore[assignment]
+    app[EDGE] = SimpleNamespace(body_timeout_s=BODY_TIMEOUT_S)  # type: ignore[assignment]
     app.router.add_put("/v1/admin/skus/{sku}", admin_routes.put_sku)
     async with TestClient(TestServer(app)) as client:
         yield client, writer

@@ -7,16 +7,13 @@ import pytest
 
 from config.settings import load
 from ingest import problems
-from ingest.edge import (
-    FD_HEADROOM_MIN,
-    ConnectionGuard,
-    Counts,
-    RefusalLog,
-    Trusted,
-    WaitBudget,
-    client_ip,
-    size_limits,
-)
+from ingest.edge.clients import Trusted, client_ip
+from ingest.edge.connections import ConnectionGuard
+from ingest.edge.counts import Counts
+from ingest.edge.flooding import Flooding
+from ingest.edge.limits import FD_HEADROOM_MIN, size_limits
+from ingest.edge.refusals import RefusalLog
+from ingest.edge.waits import WaitBudget
 from ingest.results import ResultsHub
 
 DEFAULTS = load(env={}, file=None)
@@ -212,7 +209,6 @@ def test_refusals_are_logged_once_per_client_per_interval():
 
 
 def test_a_client_that_keeps_asking_through_its_429s_is_refused_at_accept_until_its_retry_after():
-    from ingest.edge import Flooding
 
     flooding = Flooding(refusals_max=3)
     assert [flooding.refused("127.0.0.2", now_s=0.1 * n, until_s=10.0) for n in range(2)] == [False] * 2

@@ -1,0 +1,117 @@
+"""The edge of one process: its sized limits and what each client holds right now; the
+middleware that finds each request's client and applies its rate, and the body deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from config.settings import Settings
+from flashsale import serving
+from ingest import metrics, problems
+from ingest.edge.clients import CLIENT, Trusted, client_ip
+from ingest.edge.connections import ConnectionGuard
+from ingest.edge.flooding import FLOOD_REFUSALS_MIN, Flooding
+from ingest.edge.limits import CLIENTS_TRACKED_MAX, EdgeLimits
+from ingest.edge.refusals import note_refusal, refused
+from ingest.edge.waits import WaitBudget
+from ingest.ratelimit import RateLimiter
+
+# Probes are never rate limited: an orchestrator must see the process as it is. (/metrics is not
+# on this port at all: ingest_metrics_port.)
+RATE_EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Edge:
+    """One ingest process's edge: its sized limits and what each client holds right now."""
+
+    def __init__(self, settings: Settings, limits: EdgeLimits) -> None:
+        self.limits = limits
+        self.trusted = Trusted.parse(settings.trusted_proxies)
+        self.body_timeout_s = settings.body_timeout_s
+        self.retry_after_s = settings.retry_after_s
+        self.connections = ConnectionGuard(limits, self.trusted)
+        self.waits = WaitBudget.for_limits(limits, settings.retry_after_s)
+        self.head_max_bytes = settings.head_max_bytes
+        self.guard_answers = serving.guard_answers(settings.head_max_bytes)
+        self.client_rate_per_s = settings.client_rate_per_s
+        # None when configured off (client_rate_per_s = 0): load tests run from one address.
+        self.rate = (
+            RateLimiter(settings.client_rate_per_s, settings.client_burst, CLIENTS_TRACKED_MAX)
+            if settings.client_rate_per_s > 0 else None
+        )
+        self.flooding = Flooding(max(FLOOD_REFUSALS_MIN, settings.client_burst))
+        metrics.CONNECTIONS.set_function(lambda: self.connections.open)
+        for name, value in msgspec.structs.asdict(limits).items():
+            metrics.EDGE_LIMITS.labels(name).set(value)
+
+    def admit_connection(self, peer: str) -> bool:
+        if self.flooding.holds(peer, time.monotonic()):
+            note_refusal("rate_client_connection", peer)
+            return False
+        reason = self.connections.admit(peer)
+        if reason is None:
+            return True
+        note_refusal(reason, peer)
+        return False
+
+    def check_rate(self, client: str, direct: bool = True) -> None:
+        """Apply the client's request rate (`direct`: the client is the connection's peer,
+        not a client behind a trusted proxy)."""
+        if self.rate is None:
+            return
+        now_s = time.monotonic()
+        wait_s = self.rate.acquire(client, now_s)
+        if not wait_s:
+            return
+        retry_after_s = RateLimiter.retry_after_s(wait_s)
+        close = direct and self.flooding.refused(client, now_s, now_s + retry_after_s)
+        raise refused(
+            "rate_client", client, retry_after_s,
+            f"client {client} sends requests faster than {self.client_rate_per_s:g}/s",
+            close=close,
+        )
+
+
+EDGE = web.AppKey("edge", Edge)
+
+
+def middleware(edge: Edge) -> Middleware:
+    """Finds the client of each request (`client_of`) and applies its request rate. Placed
+    inside the admission middleware, which answers and counts the 429."""
+
+    @web.middleware
+    async def client_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        peer = request.remote or ""
+        client = client_ip(peer, request.headers.getall("X-Forwarded-For", ()), edge.trusted)
+        request[CLIENT] = client
+        if request.path not in RATE_EXEMPT_PATHS:
+            edge.check_rate(client, direct=client == peer)
+        return await handler(request)
+
+    return client_edge
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, or a 408 if it does not arrive within `body_timeout_s`: aiohttp's
+    idle timeout does not run while a handler reads, so a trickled body would hold on for ever."""
+    edge = request.app[EDGE]
+    if request.content.is_eof():  # the whole body came with the head (nearly every purchase)
+        return await request.read()  # no timer: arming one costs more than the read
+    try:
+        async with asyncio.timeout(edge.body_timeout_s):
+            return await request.read()
+    except TimeoutError:
+        note_refusal("body_timeout", request.get(CLIENT) or request.remote or "")
+        raise problems.Rejection(
+            408, "request_timeout", "Request timeout",
+            f"the request body did not arrive within {edge.body_timeout_s:g} s",
+            headers={"Connection": "close"},
+        ) from None
