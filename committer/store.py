@@ -220,11 +220,7 @@ async def commit(
     stored_at = stored_at or {}
     try:
         async with conn.transaction():
-            await renew_lease(conn, shard, epoch, ttl_ms)
-            if step.skus:
-                await _write_skus(conn, list(step.skus.values()), now_ms)
-            if step.inserts:
-                await _insert_purchases(conn, step.inserts, stored_at)
+            await _write_batch(conn, shard, epoch, ttl_ms, step, now_ms, stored_at)
             if step.updates:
                 await _update_purchases(conn, list(step.updates.values()), step.psp_refs)
             if step.draw_entries:
@@ -236,60 +232,75 @@ async def commit(
         raise CorruptWrite(f"shard {shard}: Postgres refused the batch: {e}") from e
 
 
-async def _write_skus(conn: asyncpg.Connection, skus: list[Sku], now_ms: int) -> None:
-    await conn.execute(
-        """
-        INSERT INTO skus (sku, stock, reserved, sold, price_cents, max_per_user, payment,
-                          reservation_ttl_s, sale_start_ms, sale_end_ms, draw_window_s, draw_seed,
-                          drawn_at_ms, draw_entries, updated_at_ms)
-        SELECT u.*, $11::bigint FROM unnest($1::text[], $2::int[], $3::int[], $4::int[],
-            $5::bigint[], $6::int[], $7::text[], $8::int[], $9::bigint[], $10::bigint[],
-            $12::int[], $13::text[], $14::bigint[], $15::int[]) AS u
-        ON CONFLICT (sku) DO UPDATE SET
-            stock = EXCLUDED.stock, reserved = EXCLUDED.reserved, sold = EXCLUDED.sold,
-            price_cents = EXCLUDED.price_cents, max_per_user = EXCLUDED.max_per_user,
-            payment = EXCLUDED.payment, reservation_ttl_s = EXCLUDED.reservation_ttl_s,
-            sale_start_ms = EXCLUDED.sale_start_ms, sale_end_ms = EXCLUDED.sale_end_ms,
-            draw_window_s = EXCLUDED.draw_window_s, draw_seed = EXCLUDED.draw_seed,
-            drawn_at_ms = EXCLUDED.drawn_at_ms, draw_entries = EXCLUDED.draw_entries,
-            updated_at_ms = EXCLUDED.updated_at_ms
-        """,
+# What every batch writes, in one statement (one round trip): the lease renewed as in
+# renew_lease, then, only if it is still ours, the SKUs' rows and the new purchases. The result
+# columns are read in this order, so rows are locked in the order of schema.TABLES.
+# Purchases go in id order: two writers inserting one id (a key reused across shards) then wait
+# for each other in one order only, so they never deadlock; the second finds the first's row.
+# A purchase decided by a draw was taken by an earlier batch: its draw entry (deleted later in
+# this transaction) knows where its intent is stored.
+_WRITE_BATCH = f"""
+WITH lease AS (
+    UPDATE shard_leases SET renewed_at_ms = {_DB_NOW_MS}, expires_at_ms = {_DB_NOW_MS} + $3
+    WHERE shard = $1 AND epoch = $2
+    RETURNING 1
+), sku_rows AS (
+    INSERT INTO skus (sku, stock, reserved, sold, price_cents, max_per_user, payment,
+                      reservation_ttl_s, sale_start_ms, sale_end_ms, draw_window_s, draw_seed,
+                      drawn_at_ms, draw_entries, updated_at_ms)
+    SELECT u.*, $4::bigint FROM unnest($5::text[], $6::int[], $7::int[], $8::int[],
+        $9::bigint[], $10::int[], $11::text[], $12::int[], $13::bigint[], $14::bigint[],
+        $15::int[], $16::text[], $17::bigint[], $18::int[]) AS u
+    WHERE EXISTS (SELECT FROM lease)
+    ON CONFLICT (sku) DO UPDATE SET
+        stock = EXCLUDED.stock, reserved = EXCLUDED.reserved, sold = EXCLUDED.sold,
+        price_cents = EXCLUDED.price_cents, max_per_user = EXCLUDED.max_per_user,
+        payment = EXCLUDED.payment, reservation_ttl_s = EXCLUDED.reservation_ttl_s,
+        sale_start_ms = EXCLUDED.sale_start_ms, sale_end_ms = EXCLUDED.sale_end_ms,
+        draw_window_s = EXCLUDED.draw_window_s, draw_seed = EXCLUDED.draw_seed,
+        drawn_at_ms = EXCLUDED.drawn_at_ms, draw_entries = EXCLUDED.draw_entries,
+        updated_at_ms = EXCLUDED.updated_at_ms
+    RETURNING 1
+), purchase_rows AS (
+    INSERT INTO purchases (id, sku, user_id, qty, status, reason, amount_cents,
+                           accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
+                           request_hash, draw_rank, intent_seq)
+    SELECT u.id, u.sku, u.user_id, u.qty, u.status, u.reason, u.amount_cents,
+           u.accepted_at_ms, u.decided_at_ms, u.updated_at_ms, u.expires_at_ms,
+           u.request_hash, u.draw_rank, COALESCE(u.intent_seq, e.intent_seq)
+    FROM unnest($19::text[], $20::text[], $21::text[], $22::int[], $23::text[],
+        $24::text[], $25::bigint[], $26::bigint[], $27::bigint[], $28::bigint[],
+        $29::bigint[], $30::text[], $31::int[], $32::bigint[])
+        WITH ORDINALITY AS u(id, sku, user_id, qty, status, reason, amount_cents,
+                             accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
+                             request_hash, draw_rank, intent_seq, n)
+    LEFT JOIN draw_entries e ON e.id = u.id
+    WHERE EXISTS (SELECT FROM lease)
+    ORDER BY u.n
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM lease) AS renewed, (SELECT count(*) FROM sku_rows) AS skus,
+       ARRAY(SELECT id FROM purchase_rows) AS inserted
+"""
+
+
+async def _write_batch(
+    conn: asyncpg.Connection, shard: int, epoch: int, ttl_ms: int, step: Step, now_ms: int,
+    stored_at: dict[str, int],
+) -> None:
+    """Renew the lease (else Fenced), write the step's SKUs and insert its new purchases (an id
+    Postgres already holds: DecidedElsewhere). The caller's transaction rolls back on either."""
+    skus = list(step.skus.values())
+    rows = sorted(step.inserts, key=lambda d: d.id)
+    written = await conn.fetchrow(
+        _WRITE_BATCH, shard, epoch, ttl_ms, now_ms,
         [s.sku for s in skus], [s.stock for s in skus], [s.reserved for s in skus],
         [s.sold for s in skus], [s.price_cents for s in skus], [s.max_per_user for s in skus],
         [s.payment for s in skus], [s.reservation_ttl_s for s in skus],
-        [s.sale_start_ms for s in skus], [s.sale_end_ms for s in skus], now_ms,
+        [s.sale_start_ms for s in skus], [s.sale_end_ms for s in skus],
         [s.draw_window_s for s in skus], [s.draw_seed for s in skus],
         [s.drawn_at_ms for s in skus], [s.draw_entries for s in skus],
-    )
-
-
-async def _insert_purchases(
-    conn: asyncpg.Connection, decisions: list[Decision], stored_at: dict[str, int]
-) -> None:
-    # In id order: two writers inserting one id (a key reused across shards) then wait for
-    # each other in one order only, so they never deadlock; the second finds the first's row.
-    # A purchase decided by a draw was taken by an earlier batch: its draw entry (deleted later
-    # in this transaction) knows where its intent is stored.
-    rows = sorted(decisions, key=lambda d: d.id)
-    inserted = await conn.fetch(
-        """
-        INSERT INTO purchases (id, sku, user_id, qty, status, reason, amount_cents,
-                               accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
-                               request_hash, draw_rank, intent_seq)
-        SELECT u.id, u.sku, u.user_id, u.qty, u.status, u.reason, u.amount_cents,
-               u.accepted_at_ms, u.decided_at_ms, u.updated_at_ms, u.expires_at_ms,
-               u.request_hash, u.draw_rank, COALESCE(u.intent_seq, e.intent_seq)
-        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
-            $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[],
-            $11::bigint[], $12::text[], $13::int[], $14::bigint[])
-            WITH ORDINALITY AS u(id, sku, user_id, qty, status, reason, amount_cents,
-                                 accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
-                                 request_hash, draw_rank, intent_seq, n)
-        LEFT JOIN draw_entries e ON e.id = u.id
-        ORDER BY u.n
-        ON CONFLICT (id) DO NOTHING
-        RETURNING id
-        """,
         [d.id for d in rows], [d.sku for d in rows], [d.user_id for d in rows],
         [d.qty for d in rows], [d.status for d in rows], [d.reason for d in rows],
         [d.amount_cents for d in rows], [d.accepted_at_ms for d in rows],
@@ -297,11 +308,16 @@ async def _insert_purchases(
         [d.expires_at_ms for d in rows], [d.request_hash for d in rows],
         [d.draw_rank for d in rows], [stored_at.get(d.id) for d in rows],
     )
-    if len(inserted) != len(rows):
+    assert written is not None  # a SELECT without FROM: always one row
+    if written["renewed"] != 1:
+        raise Fenced(f"shard {shard}: epoch {epoch} is no longer the lease holder")
+    if written["skus"] != len(skus):
+        raise CorruptWrite(f"shard {shard}: {len(skus) - written['skus']} SKU rows not written")
+    if len(written["inserted"]) != len(rows):
         # Ids Postgres already has: another shard decided them. Abort the batch (the caller's
         # transaction rolls back) rather than write a second decision.
-        written = {r["id"] for r in inserted}
-        raise DecidedElsewhere([d.id for d in rows if d.id not in written])
+        inserted = set(written["inserted"])
+        raise DecidedElsewhere([d.id for d in rows if d.id not in inserted])
 
 
 async def _insert_draw_entries(
