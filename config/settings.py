@@ -95,6 +95,10 @@ class Settings(msgspec.Struct, kw_only=True):
     # is served on a port of its own on loopback, never on the public port (404 there). Each
     # ingest process needs its own (they may share ingest_port, not this one).
     ingest_metrics_port: int = 0  # 0 = no /metrics; the dev config sets 9180
+    # Ingest processes `flashsale dev` and `flashsale supervisord-conf` run from each ingest line
+    # of the Procfile, all on ingest_port; process i serves /metrics on ingest_metrics_port + i.
+    # 0 = one per 4 cores of the box, at least one (flashsale.supervision.ingest_count).
+    ingest_processes: int = 0
     # Request line + headers ingest reads; a larger head is answered 431 and the connection closed.
     head_max_bytes: int = 16_384
 

@@ -49,10 +49,10 @@ from flashsale.supervision import (
     AlreadyRunning,
     Program,
     Supervisor,
+    app_programs,
     committer_shards,
     end_groups,
     hold_data_dir,
-    procfile_programs,
     write_conf,
 )
 from flashsale.verify import verify_draw
@@ -229,7 +229,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         settings = msgspec.structs.replace(settings, stream_replicas=min(args.nats_cluster, 3),
                                            require_sync_always=False)
     procfile = Path(args.procfile)
-    app = procfile_programs(procfile)
+    app = app_programs(procfile, settings)
     busy = _ports_in_use(settings, servers, app)
     if busy:
         print(f"flashsale: refusing to start: in use already: {', '.join(busy)}. An earlier run may "
@@ -431,7 +431,7 @@ def cmd_embedded_postgres(args: argparse.Namespace) -> int:
 
 def cmd_supervisord_conf(args: argparse.Namespace) -> int:
     """For production: the Procfile's programs only, started at once, restarted like under dev."""
-    conf = write_conf(Path(args.dir).resolve(), [], procfile_programs(Path(args.procfile)),
+    conf = write_conf(Path(args.dir).resolve(), [], app_programs(Path(args.procfile), load()),
                       app_autostart=True)
     print(f"{conf}: run it with `supervisord -c {conf}` (settings from the environment)")
     return 0

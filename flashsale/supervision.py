@@ -11,6 +11,10 @@ purchases), gateways (their payments drain), committers, then everything else (t
 then the embedded servers. supervisord stops the highest priority number first and waits until
 that whole priority is down before the next (`PRIORITY`).
 
+Ingest is stateless and its processes share one port (SO_REUSEPORT): each ingest line runs
+`ingest_count` times (the `ingest_processes` setting; by default one per CORES_PER_INGEST cores),
+named `ingest`, `ingest-2`, ..., each with its own /metrics port (`instance_port`).
+
 Nothing serves unwatched: each program gets SIGTERM when supervisord dies (PR_SET_PDEATHSIG, set by
 util-linux `setpriv` before the program starts), and `flashsale dev`, supervisord's parent, sees
 it die, ends whatever is left of each program's process group (`end_groups`) and exits.
@@ -32,7 +36,7 @@ from typing import IO, Literal, cast
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from config.settings import REPO_ROOT
+from config.settings import REPO_ROOT, Settings, SettingsError
 
 START_S = 2  # a program that lives this long counts as started (its backoff starts again from 1 s)
 START_RETRIES = 30  # quick deaths in a row before supervisord gives up: 1 + 2 + ... + 30 s ≈ 8 min
@@ -61,6 +65,7 @@ class Program:
     command: str  # a shell command line, as in a Procfile
     stop_signal: Literal["TERM", "INT"] = "TERM"
     role: Role | None = None  # None: read from the command
+    env: tuple[tuple[str, str], ...] = ()  # set for this program only, over the common environment
 
     @property
     def runs_as(self) -> Role:
@@ -71,8 +76,54 @@ class Program:
 
     @property
     def ports(self) -> list[int]:
-        """The ports its command line names (--port, --metrics-port, --status-port ...)."""
-        return [int(p) for p in _PORT_OPTION.findall(self.command)]
+        """The ports its command line names (--port, --metrics-port, --status-port ...) and
+        those its own environment sets (FLASHSALE_..._PORT)."""
+        return [int(p) for p in _PORT_OPTION.findall(self.command)] + [
+            int(v) for k, v in self.env if k.endswith("_PORT") and v.isdigit() and int(v)]
+
+
+# Cores per ingest process when `ingest_processes` is 0. Each ingest batches only its own
+# intents, so a second process halves the batches (and doubles the fsyncs per purchase); it pays
+# only where ingest's CPU, not the store's latency, limits and there are cores to spare beside
+# nats-server, Postgres and the committers. On 2 cores a second ingest cost a third of the
+# accepted path's throughput (docs/benchmarks.md, "Ingest processes").
+CORES_PER_INGEST = 4
+
+
+def ingest_count(settings: Settings) -> int:
+    """How many ingest processes share `ingest_port`: `ingest_processes`, or with 0 one per
+    CORES_PER_INGEST cores of this box (at least one)."""
+    if settings.ingest_processes < 0:
+        raise SettingsError(f"setting ingest_processes: {settings.ingest_processes} is below 0")
+    return settings.ingest_processes or max(1, (os.cpu_count() or 1) // CORES_PER_INGEST)
+
+
+def instance_name(name: str, i: int) -> str:
+    """Process `i` (from 0) of several run from one line: name, name-2, name-3, ..."""
+    return name if i == 0 else f"{name}-{i + 1}"
+
+
+def instance_port(port: int, i: int) -> int:
+    """Process `i`'s own status or metrics port: `port` + i (a scrape must reach one process,
+    so these are never shared); 0 (none) stays 0."""
+    return port + i if port else 0
+
+
+def with_ingests(app: list[Program], count: int, metrics_port: int) -> list[Program]:
+    """`app` with every ingest line run `count` times on the shared ingest port, as
+    `instance_name`s, each serving /metrics on its own `instance_port` of `metrics_port`."""
+    out: list[Program] = []
+    ingests = 0
+    for p in app:
+        if p.runs_as != "ingest" or count <= 1:
+            out.append(p)
+            continue
+        for i in range(count):
+            port = instance_port(metrics_port, ingests)
+            ingests += 1
+            out.append(dataclasses.replace(p, name=instance_name(p.name, i),
+                                           env=(*p.env, ("FLASHSALE_INGEST_METRICS_PORT", str(port)))))
+    return out
 
 
 def committer_shards(app: list[Program]) -> dict[int, list[str]]:
@@ -93,6 +144,11 @@ def procfile_programs(procfile: Path) -> list[Program]:
         if match:
             programs.append(Program(match[1], match[2].strip()))
     return programs
+
+
+def app_programs(procfile: Path, settings: Settings) -> list[Program]:
+    """What runs of the Procfile: its lines, each ingest line `ingest_count` times."""
+    return with_ingests(procfile_programs(procfile), ingest_count(settings), settings.ingest_metrics_port)
 
 
 def conf_path(state_dir: Path) -> Path:
@@ -151,8 +207,10 @@ def dies_with_supervisor(command: str) -> str:
 def _program(p: Program, autostart: bool) -> str:
     # supervisord expands %(name)s: % is escaped.
     command = dies_with_supervisor(shell_command(p.command)).replace("%", "%%")
+    env = ",".join(f'{k}="{v}"' for k, v in p.env).replace("%", "%%")
     return f"""[program:{p.name}]
 command={command}
+{f"environment={env}" if env else ""}
 directory={REPO_ROOT}
 autostart={str(autostart).lower()}
 priority={PRIORITY[p.runs_as]}

@@ -1,7 +1,8 @@
 """`flashsale dev` (make run) as a real process.
 
-- kill -9 of ingest, of the SKU's committer, of nats-server and of the postmaster, one after the
-  other: each comes back under supervisord while the others keep running, and purchases are
+- kill -9 of ingest (one of the two sharing the port), of the SKU's committer, of nats-server
+  and of the postmaster, one after the other: each comes back under supervisord while the
+  others keep running, and purchases are
   decided again; every accepted purchase is decided in the end. The unavailability window of
   each kill (kill -> next purchase decided) is printed.
 - The supervisor is supervised: a second run on the same data directory (or on the same ports)
@@ -82,7 +83,9 @@ class Dev:
             "FLASHSALE_NATS_MONITOR_PORT": str(free_port()),
             "FLASHSALE_PG_PORT": str(free_port()),
             "FLASHSALE_COMMITTER_METRICS_PORT": str(self.committer_port),
-            "FLASHSALE_INGEST_METRICS_PORT": str(free_port()),
+            # Two ingest processes on the one port (ingest, ingest-2), each with its /metrics.
+            "FLASHSALE_INGEST_PROCESSES": "2",
+            "FLASHSALE_INGEST_METRICS_PORT": str(free_port_block(2)),
             "FLASHSALE_SHARDS": str(SHARDS),
             "FLASHSALE_PSP_URL": f"http://127.0.0.1:{psp_port}",
             **(extra_env or {}),
@@ -235,6 +238,7 @@ def test_every_killed_process_comes_back_and_purchases_resume(dev: Dev):
                            ("postmaster", "postgres")]:
         _wait("every program RUNNING", lambda: all(dev.pids().values()), dev)
         before = dev.pids()
+        assert "ingest-2" in before  # FLASHSALE_INGEST_PROCESSES=2: a second one on the port
         victim = before[program]
         windows[label] = buyer.window_after(lambda: os.kill(victim, signal.SIGKILL))  # noqa: B023
         _wait("every program RUNNING again", lambda: all(dev.pids().values()), dev)
@@ -368,10 +372,10 @@ def test_a_stop_during_paid_purchases_loses_no_payment(tmp_path_factory):
                 b.join()
         log = dev.log.read_text(errors="replace")
         stopped = [m[1] for m in re.finditer(r" stopped: (\S+) \(", log)]
-        ranks = [next(i for i, r in enumerate(STOP_ORDER) if re.fullmatch(rf"{r}\d*", name))
+        ranks = [next(i for i, r in enumerate(STOP_ORDER) if re.fullmatch(rf"{r}\d*(-\d+)?", name))
                  for name in stopped]
         print(f"{len(accepted)} purchases accepted; stop order: {stopped}")
-        assert len(stopped) == 7, log[-3000:]
+        assert len(stopped) == 8, log[-3000:]  # ingest, ingest-2, gateway, 2 committers, fakepsp, 2 servers
         assert ranks == sorted(ranks), f"stopped out of dependency order: {stopped}"
         handed_back = log.count("handed back unsettled")
 

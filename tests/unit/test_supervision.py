@@ -12,16 +12,19 @@ import time
 
 import pytest
 
-from config.settings import REPO_ROOT
+from config.settings import REPO_ROOT, SettingsError, load
 from flashsale.supervision import (
     PRIORITY,
     AlreadyRunning,
     Program,
+    app_programs,
     committer_shards,
     end_groups,
     hold_data_dir,
+    ingest_count,
     procfile_programs,
     shell_command,
+    with_ingests,
     write_conf,
 )
 
@@ -85,6 +88,36 @@ def test_programs_stop_in_dependency_order():
     assert sorted(order, key=lambda r: -PRIORITY[r]) == order
     assert Program("x", "python -m gateway.fakepsp --port 1").runs_as == "other"
     assert Program("x", "/venv/bin/python -m gateway --metrics-port 9200").ports == [9200]
+
+
+def test_each_ingest_line_runs_as_many_processes_each_with_its_own_metrics_port(tmp_path):
+    app = [Program("ingest", "python -m ingest"), Program("committer0", "python -m committer --shard 0")]
+    assert with_ingests(app, 1, 9180) == app  # one process: the line as it is
+    three = with_ingests(app, 3, 9180)
+    assert [(p.name, p.runs_as, p.ports) for p in three] == [
+        ("ingest", "ingest", [9180]), ("ingest-2", "ingest", [9181]), ("ingest-3", "ingest", [9182]),
+        ("committer0", "committer", [])]
+    # Each one's port reaches its process through supervisord's environment line.
+    conf = configparser.RawConfigParser()
+    conf.read(write_conf(tmp_path, [], three))
+    assert conf["program:ingest-3"]["environment"] == 'FLASHSALE_INGEST_METRICS_PORT="9182"'
+    assert "environment" not in conf["program:committer0"]
+    # No /metrics (port 0) stays none for every process.
+    assert [p.ports for p in with_ingests(app, 2, 0)] == [[], [], []]
+
+
+def test_ingest_processes_default_to_the_cores_and_can_be_set(tmp_path, monkeypatch):
+    for cores, ingests in [(1, 1), (2, 1), (4, 1), (8, 2), (16, 4)]:
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert ingest_count(load(env={}, file=None)) == ingests
+    assert ingest_count(load(env={}, file=None, ingest_processes=3)) == 3
+    with pytest.raises(SettingsError, match="ingest_processes"):
+        ingest_count(load(env={}, file=None, ingest_processes=-1))
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("ingest: python -m ingest\ngateway: python -m gateway --metrics-port 9200\n")
+    names = [p.name for p in app_programs(procfile, load(env={}, file=None, ingest_processes=2,
+                                                         ingest_metrics_port=9180))]
+    assert names == ["ingest", "ingest-2", "gateway"]
 
 
 def test_extra_committer_lines_for_a_shard_are_its_standbys():
