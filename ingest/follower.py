@@ -11,7 +11,9 @@ barriers of a shard share one question to the server.
 
 The follower starts at the first intent the shard's writer has not acknowledged (everything
 before it is decided, hence in Postgres); after a reconnect it resumes after the last message
-it read.
+it read. It also remembers every purchase id it reads (`ShardQueues.followed`): after a
+barrier, an id never read here was never stored since the follower started, unless a message
+was deleted before the follower reached it, which it notices (a gap in the stream sequence).
 """
 
 from __future__ import annotations
@@ -113,11 +115,12 @@ class IntentsFollower:
             self._on_msg(shard, msg)
 
         s = self._shards[shard]
+        # Counted as read before the first message can arrive: what comes next is start_seq.
+        s.read_seq = max(s.read_seq, start_seq - 1)
         s.sub = await self.js.subscribe(
             self.names.intents_of_shard(shard), stream=self.names.intents_stream(shard), cb=on_msg,
             ordered_consumer=True, config=config, idle_heartbeat=HEARTBEAT_S,
         )
-        s.read_seq = max(s.read_seq, start_seq - 1)
         self._resolve(s)
 
     def _on_msg(self, shard: int, msg: Msg) -> None:
@@ -128,6 +131,12 @@ class IntentsFollower:
         s = self._shards[shard]
         if seq <= s.read_seq:
             return  # read already (a resubscription overlapping the old one)
+        if seq != s.read_seq + 1 and self.queues.followed.whole:
+            # Deleted before this follower read them (purged or aged out): the ids they held
+            # are unknown here, so the sold-out path asks Postgres about every id from now on.
+            log.warning("intents follower skipped messages",
+                        extra=kv(shard=shard, first_seq=s.read_seq + 1, last_seq=seq - 1))
+            self.queues.skipped()
         try:
             intents = unpacked(stored_decoder.decode(msg.data))
         except msgspec.DecodeError:

@@ -224,14 +224,16 @@ async def _store_or_find(svc: Services, intent: Purchase, key: str, retry: bool)
         return await _existing(svc, existing, intent, key)
     if svc.hub.is_sold_out(intent.sku):
         # Sold-out fast path, but a retry of an accepted purchase still gets that purchase:
-        # pending (read here after a barrier), or decided (Postgres, in batched look-ups).
+        # pending (read here after a barrier), or decided. A decided one is asked of Postgres
+        # only if the follower read its id or it may predate the follower (sold_out_purchase
+        # says why that is exact): a new click is answered from memory.
         existing = await svc.reads.stored_intent(shard, intent.id, intent.request_hash)
         if existing is not None:
             return await _existing(svc, existing, intent, key)
         other = svc.hub.queues.pending(intent.id)
         if other is not None:  # the key's first use, with another body, is pending
             _check_same_request(other.request_hash, intent.request_hash, key)
-        decided = await svc.reads.decided_purchase(intent.id)
+        decided = await svc.reads.sold_out_purchase(intent.id, intent.sku)
         if decided is not None:
             _check_same_request(decided.request_hash, intent.request_hash, key)
             return decided

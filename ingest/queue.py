@@ -25,6 +25,35 @@ from proto.messages import Intent, Purchase
 
 RATE_SMOOTHING = 0.3  # weight of the newest rate sample
 RATE_SAMPLE_MIN_S = 0.05  # progress closer together than this is merged into one sample
+# FollowedIds' size: 2**26 bits (8 MiB). With two bits per id it answers "maybe" for about 2 %
+# of the ids it never held after 5 million purchases, 7 % after 10 million.
+FOLLOWED_BITS_LOG2 = 26
+
+
+class FollowedIds:
+    """Every purchase id the follower has read since this instance started, in a fixed size (a
+    Bloom filter: two bits per id, from the string's hash). `may_hold` is True for every id
+    added, and for a few it never held: False means "never read here", exactly. That is "never
+    stored since the follower started" as long as `whole`: no stream message was skipped unread
+    (deleted before the follower reached it)."""
+
+    def __init__(self, bits_log2: int = FOLLOWED_BITS_LOG2) -> None:
+        self._mask = (1 << bits_log2) - 1
+        self._bits = bytearray(1 << max(0, bits_log2 - 3))
+        self.whole = True
+
+    def add(self, pid: str) -> None:
+        h = hash(pid)
+        bits, mask = self._bits, self._mask
+        low, high = h & mask, (h >> 32) & mask
+        bits[low >> 3] |= 1 << (low & 7)
+        bits[high >> 3] |= 1 << (high & 7)
+
+    def may_hold(self, pid: str) -> bool:
+        h = hash(pid)
+        bits, mask = self._bits, self._mask
+        low, high = h & mask, (h >> 32) & mask
+        return bool(bits[low >> 3] & (1 << (low & 7)) and bits[high >> 3] & (1 << (high & 7)))
 
 
 class QueueView(msgspec.Struct, frozen=True):
@@ -65,13 +94,15 @@ class _Shard:
 
 class ShardQueues:
     def __init__(self, shards: int, positions_max: int, silence_s: float, silent_accept_max: int,
-                 now_s: float) -> None:
+                 now_s: float, followed_bits_log2: int = FOLLOWED_BITS_LOG2) -> None:
         self.positions_max = positions_max
         self.silence_s = silence_s
         self.silent_accept_max = silent_accept_max
         self._shards = [_Shard(now_s) for _ in range(shards)]
         # Purchases followed in the intents streams and not decided yet, by id; oldest first.
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        # Every purchase id followed, decided or not (the sold-out fast path's "never stored").
+        self.followed = FollowedIds(followed_bits_log2)
 
     # -- purchases -----------------------------------------------------------------------------
 
@@ -81,10 +112,12 @@ class ShardQueues:
             return
         s = self._shards[shard]
         pending = self._pending
+        followed = self.followed
         for intent in intents:
             s.ordinal += 1
             if not isinstance(intent, Purchase):
                 continue
+            followed.add(intent.id)
             entry = pending.get(intent.id)
             if entry is None:
                 pending[intent.id] = _Pending(shard, s.ordinal, intent)
@@ -102,6 +135,11 @@ class ShardQueues:
         s.advance()
         while len(pending) > self.positions_max:
             pending.popitem(last=False)
+
+    def skipped(self) -> None:
+        """The follower found a shard's stream messages deleted before it read them: the ids
+        they held are unknown here, so `followed` no longer answers "never stored"."""
+        self.followed.whole = False
 
     def decided(self, pid: str) -> None:
         self._pending.pop(pid, None)

@@ -5,6 +5,7 @@ makes is here."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 
@@ -12,12 +13,15 @@ import asyncpg
 import msgspec
 
 from committer.schema import PURCHASE_COLUMNS, SKU_COLUMNS, decision_of, sku_state_of
+from flashsale.logs import kv
 from ingest import problems
 from ingest.follower import IntentsFollower
 from ingest.ratelimit import RateLimiter
 from ingest.results import SKUS_MAX, PurchaseState, ResultsHub
 from proto.messages import Decision, Purchase, SkuState
 from proto.subjects import Names
+
+log = logging.getLogger("ingest.readmodel")
 
 DB_TIMEOUT_S = 2.0
 UNKNOWN_SKU_TTL_S = 1.0
@@ -57,6 +61,9 @@ class ReadModel:
         self._unknown_skus: OrderedDict[str, float] = OrderedDict()
         # Purchase ids for the next batched Postgres lookup, and whether one is out now.
         self._next_lookup: dict[str, asyncio.Future[Decision | None]] = {}
+        # The SKUs with a purchase or draw entry in Postgres once the follower had started (None:
+        # not known): every purchase of any other SKU is one the follower reads.
+        self.skus_before_follower: frozenset[str] | None = None
         self._looking_up = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -101,6 +108,40 @@ class ReadModel:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(fut)
+
+    async def load_skus_before_follower(self) -> None:
+        """Read which SKUs have purchases or draw entries. Called once the follower has started:
+        every purchase of a SKU without any then is read by the follower (sold_out_purchase).
+        Left unknown (every sold-out click asks Postgres) when they are more than SKUS_MAX or
+        Postgres does not answer in time."""
+        try:
+            rows = await self.pool.fetch(_SKUS_WITH_ROWS, SKUS_MAX + 1, timeout=DB_TIMEOUT_S)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            log.warning("SKUs with purchases not read", extra=kv(error=repr(exc)))
+            return
+        if len(rows) > SKUS_MAX:
+            log.warning("more SKUs with purchases than remembered", extra=kv(skus_max=SKUS_MAX))
+            return
+        self.skus_before_follower = frozenset(row["sku"] for row in rows)
+
+    async def sold_out_purchase(self, pid: str, sku: str) -> Decision | None:
+        """For the sold-out fast path, after its barrier on the SKU's shard and with `pid` not
+        pending: the decided purchase `pid` names if it may be a purchase of `sku`, else None.
+
+        Postgres is asked only when it may hold one. It cannot when the follower never read
+        `pid` and `sku` had no purchase or draw entry once the follower had started: a decided
+        purchase of `sku` was decided from a stored intent of `sku`; one stored before the
+        follower's start sequence was acknowledged, so committed, by then (`sku` would have
+        had a row); one stored after it was read by the follower (every one up to the
+        barrier), unless a message was deleted unread (then `FollowedIds.whole` is False). A
+        purchase of another SKU under the same key (a reuse with another body) that the
+        follower never read is not visible here, as at the edge: the click is a 409, which
+        creates nothing."""
+        followed = self.hub.queues.followed
+        before = self.skus_before_follower
+        if before is None or sku in before or not followed.whole or followed.may_hold(pid):
+            return await self.decided_purchase(pid)
+        return None
 
     async def _look_up(self) -> None:
         self._looking_up = True
@@ -202,6 +243,21 @@ class ReadModel:
         state = sku_state_of(row)
         self.hub.remember_sku(state)
         return self.hub.skus.get(sku, state)
+
+# The distinct SKUs of purchases (one index probe per SKU: a loose scan of purchases_sku_user)
+# and of draw entries (only those waiting), in one snapshot, at most $1 of them.
+_SKUS_WITH_ROWS = """
+    WITH RECURSIVE decided(sku) AS (
+        (SELECT sku FROM purchases ORDER BY sku LIMIT 1)
+        UNION ALL
+        SELECT (SELECT p.sku FROM purchases p WHERE p.sku > d.sku ORDER BY p.sku LIMIT 1)
+        FROM decided d WHERE d.sku IS NOT NULL
+    )
+    SELECT sku FROM decided WHERE sku IS NOT NULL
+    UNION
+    SELECT DISTINCT sku FROM draw_entries
+    LIMIT $1
+"""
 
 
 def _too_many_misses(wait_s: float) -> problems.Rejection:

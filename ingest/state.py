@@ -129,6 +129,7 @@ class Services:
         )
         reads = ReadModel(settings.names, settings.shards, pool, follower, hub, misses)
         await reads.load_skus()
+        await reads.load_skus_before_follower()  # after follower.start(), not before
         batcher = IntentBatcher(
             publisher, settings.names, settings.shards, settings.ingest_batch_max, settings.ingest_linger_ms,
             settings.ingest_batches_inflight_max, settings.inflight_max,

@@ -4,11 +4,14 @@ the sold-out fast path, admin refusals, reservations and cancels."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import aiohttp
 import msgspec
 
 from flashsale.embedded import free_port
+from ingest.readmodel import ReadModel
+from ingest.results import ResultsHub
 from tests.auth import bearer
 from tests.auth import pid as purchase_id
 from tests.integration.test_ingest_api import intents_count
@@ -115,6 +118,73 @@ async def test_buy_until_sold_out_then_restock(system, settings, db):
     confirmed = {r["id"] for r in rows if r["status"] == "confirmed"}
     assert confirmed == {p["id"], p3["id"], p4["id"]}
     assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'sneaker-42'") == 3
+
+
+async def until_sold_out(c: Client, sku: str) -> None:
+    for _ in range(100):
+        status, _, public = await c.call("GET", f"/v1/skus/{sku}")
+        if status == 200 and public["sold_out"]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{c.base} never saw {sku} sold out")
+
+
+async def test_after_a_sell_out_every_instance_tells_retries_from_new_clicks(system, settings, db):
+    """On a sold-out SKU a retry of an accepted purchase gets that purchase, the key with another
+    body is a 422, and a new click a 409 that stores nothing, on every instance: one that
+    followed the whole sale but remembers too few decisions to answer from its cache (its
+    follower read the ids, Postgres has them), and one started after the sell-out (its follower
+    never read them: Postgres)."""
+    system.start()
+    def another(**fields):
+        return msgspec.structs.replace(settings, ingest_port=free_port(), ingest_metrics_port=free_port(),
+                                       **fields)
+    forgetful = another(results_cache_max=1)
+    system.start_ingest(settings=forgetful, name="ingest-forgetful")
+    async with aiohttp.ClientSession() as http:
+        c = Client(http, system.base_url, settings.admin_token)
+        assert (await c.put_sku("hot-1", stock=2, payment="none"))[0] == 200
+        assert (await c.put_sku("cold-1", stock=100, payment="none"))[0] == 200
+        bought = {}
+        for user in ("alice", "bob"):
+            status, _, p = await c.buy("hot-1", user, "k1")
+            assert status == 200 and p["status"] == "confirmed", p
+            bought[user] = p["id"]
+        late = another()
+        system.start_ingest(settings=late, name="ingest-late")
+        instances = {
+            "first": c,
+            "forgetful": Client(http, f"http://127.0.0.1:{forgetful.ingest_port}", settings.admin_token),
+            "late": Client(http, f"http://127.0.0.1:{late.ingest_port}", settings.admin_token),
+        }
+        for ci in instances.values():
+            await until_sold_out(ci, "hot-1")
+        # The forgetful instance's one cached decision is now another SKU's.
+        status, _, p = await c.buy("cold-1", "dave", "k1")
+        assert status == 200 and p["status"] == "confirmed", p
+
+        before = await intents_count(settings)
+        for name, ci in instances.items():
+            for user in ("alice", "bob"):
+                # Another body first: not answered from a decision the retry would cache.
+                status, _, reused = await ci.buy("hot-1", user, "k1", qty=2, wait_s=None)
+                assert status == 422 and reused["type"].endswith("/idempotency_key_reused"), (name, reused)
+                status, _, again = await ci.buy("hot-1", user, "k1", wait_s=None)
+                assert status == 202 and again["id"] == bought[user], (name, again)
+                assert again["status"] == "confirmed", (name, again)
+            status, _, problem = await ci.buy("hot-1", f"carol-{name}", "k1")
+            assert status == 409 and problem["type"].endswith("/sold_out"), (name, problem)
+            status, _, _ = await ci.call("GET", f"/v1/purchases/{purchase_id(f'carol-{name}', 'k1')}",
+                                         user=f"carol-{name}")
+            assert status == 404  # nothing was created
+        assert await intents_count(settings) == before  # nor stored
+
+    rows = await db.fetch("SELECT id FROM purchases WHERE sku = 'hot-1'")
+    assert {r["id"] for r in rows} == set(bought.values())
+    # What an instance started now reads at its start: the SKUs with purchases.
+    reads = ReadModel(settings.names, settings.shards, db, cast(Any, None), ResultsHub(10, 10), None)
+    await reads.load_skus_before_follower()
+    assert reads.skus_before_follower == {"hot-1", "cold-1"}
 
 
 async def test_reserve_then_cancel(system, settings):

@@ -75,6 +75,18 @@ async def test_a_wait_for_a_message_not_read_in_time_is_overload(monkeypatch: py
     await f.reached(1, 3)  # read now: no wait at all
 
 
+def test_messages_deleted_before_they_were_read_end_the_followed_ids_being_whole():
+    f, queues = follower(FakePublisher(last_seq=0))
+    f._on_msg(0, message(1, buy("a")))
+    f._on_msg(0, message(2, buy("b")))
+    f._on_msg(0, message(2, buy("b")))  # a resubscription overlapping the old one: no gap
+    f._on_msg(1, message(1, buy("c")))
+    assert queues.followed.whole
+    f._on_msg(0, message(5, buy("e")))  # 3 and 4 were deleted before this follower read them
+    assert not queues.followed.whole
+    assert all(queues.followed.may_hold(p) for p in "abce")
+
+
 class FakePool:
     def __init__(self) -> None:
         self.queries: list[list[str]] = []

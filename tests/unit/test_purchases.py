@@ -85,7 +85,7 @@ class Reads:
     async def purchase_from_db(self, pid: str) -> Decision | None:
         return self.db.get(pid)
 
-    async def decided_purchase(self, pid: str) -> Decision | None:
+    async def sold_out_purchase(self, pid: str, sku: str) -> Decision | None:
         return self.db.get(pid)
 
 

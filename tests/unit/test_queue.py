@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ingest.publisher import Overloaded
-from ingest.queue import ShardQueues
+from ingest.queue import FollowedIds, ShardQueues
 from proto.messages import Cancel, Intent, Purchase
 
 
@@ -139,3 +139,25 @@ def test_every_body_stored_for_a_pending_purchase_is_found():
     assert q.view("p").position == 0  # type: ignore[union-attr]
     q.decided("p")
     assert q.pending("p") is None and q.view("p") is None
+
+
+def test_followed_ids_hold_every_purchase_read_decided_or_not():
+    q = queues()
+    q.stored(0, 1, [purchase("p"), Cancel(id="c")])
+    q.stored(1, 1, [purchase("r", body="h2")])
+    q.decided("p")
+    assert q.followed.may_hold("p") and q.followed.may_hold("r")  # decided: still followed
+    assert not q.followed.may_hold("c")  # a cancel is no purchase
+    assert q.followed.whole
+    q.skipped()
+    assert not q.followed.whole
+
+
+def test_followed_ids_never_miss_one_and_rarely_hold_another():
+    followed = FollowedIds(bits_log2=16)  # 64 Ki bits
+    ids = [f"id-{i}" for i in range(1000)]
+    for pid in ids:
+        followed.add(pid)
+    assert all(followed.may_hold(pid) for pid in ids)
+    # About 0.1 % expected (two bits per id, 2,000 of 65,536 set); a "maybe" only costs a query.
+    assert sum(followed.may_hold(f"other-{i}") for i in range(10_000)) < 100

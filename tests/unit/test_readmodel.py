@@ -1,5 +1,6 @@
 """ReadModel's lookups against small fakes of Postgres and the intents follower: a purchase the
-reader may not read costs what a missing one costs, and the miss budget is spent before the work."""
+reader may not read costs what a missing one costs, and the miss budget is spent before the work;
+the sold-out path asks Postgres about a click only when it may hold the click's purchase."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from ingest import readmodel
 from ingest.follower import IntentsFollower
 from ingest.problems import Rejection
 from ingest.queue import ShardQueues
@@ -33,11 +35,24 @@ class FakePool:
         self.queries = 0
         self.gate = asyncio.Event()
         self.gate.set()
+        self.failing: Exception | None = None  # the SKUs' query raises it
 
     async def fetchrow(self, sql: str, *args: Any, **options: Any) -> dict[str, Any] | None:
         self.queries += 1
         await self.gate.wait()
         return self.rows.get(args[0]) if "FROM purchases" in sql else None
+
+    async def fetch(self, sql: str, arg: Any, **options: Any) -> list[dict[str, Any]]:
+        self.queries += 1
+        await self.gate.wait()
+        if "RECURSIVE" in sql:  # the SKUs with purchases, at most `arg`
+            return await self.fetch_skus_with_rows(arg)
+        return [self.rows[pid] for pid in arg if pid in self.rows]
+
+    async def fetch_skus_with_rows(self, limit: int) -> list[dict[str, Any]]:
+        if self.failing is not None:
+            raise self.failing
+        return [{"sku": sku} for sku in sorted({r["sku"] for r in self.rows.values()})][:limit]
 
 
 class FakeFollower:
@@ -127,3 +142,65 @@ async def test_a_sku_lookup_is_charged_before_its_query():
     pool.gate.set()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert sum(r is None for r in results) == 5
+
+
+# -- the sold-out path (after its barrier, for an id not pending) -------------------------------
+
+NEW_CLICK = purchase_id(KEY, "bob", "new")
+
+
+async def sold_out(started: bool = True) -> tuple[ReadModel, FakePool]:
+    """A read model whose follower started with "tee" decided (DECIDED) and "hot" not sold yet."""
+    model, pool, _ = reads()
+    if started:
+        await model.load_skus_before_follower()
+    return model, pool
+
+
+async def sold_out_cost(model: ReadModel, pool: FakePool, pid: str, sku: str) -> tuple[int, bool]:
+    """(queries, found) of one sold-out lookup."""
+    q = pool.queries
+    found = await model.sold_out_purchase(pid, sku)
+    return pool.queries - q, found is not None
+
+
+async def test_sold_out_answers_a_new_click_from_memory_on_a_sku_new_since_the_start():
+    model, pool = await sold_out()
+    assert model.skus_before_follower == {"tee"}
+    for i in range(50):
+        assert await sold_out_cost(model, pool, purchase_id(KEY, f"u{i}", "k"), "hot") == (0, False)
+
+
+async def test_sold_out_asks_postgres_about_an_id_the_follower_read():
+    model, pool = await sold_out()
+    decided = Purchase(id=NEW_CLICK, sku="hot", qty=1, user_id="bob", request_hash="h",
+                       accepted_at_ms=1)
+    model.hub.queues.stored(0, 1, [decided])
+    model.hub.queues.decided(NEW_CLICK)  # decided, and long gone from the decision cache
+    pool.rows[NEW_CLICK] = row(NEW_CLICK, "bob") | {"sku": "hot"}
+    assert await sold_out_cost(model, pool, NEW_CLICK, "hot") == (1, True)
+
+
+async def test_sold_out_asks_postgres_about_every_click_on_a_sku_decided_before_the_start():
+    model, pool = await sold_out()  # "tee" has a purchase the follower never read
+    assert await sold_out_cost(model, pool, NEW_CLICK, "tee") == (1, False)
+    assert await sold_out_cost(model, pool, DECIDED, "tee") == (1, True)
+
+
+async def test_sold_out_asks_postgres_once_messages_were_skipped():
+    model, pool = await sold_out()
+    model.hub.queues.skipped()  # an id stored since may never have been read
+    assert await sold_out_cost(model, pool, NEW_CLICK, "hot") == (1, False)
+
+
+@pytest.mark.parametrize("why", ["not_asked", "failed", "too_many"])
+async def test_sold_out_asks_postgres_while_the_skus_with_purchases_are_unknown(why, monkeypatch):
+    model, pool = await sold_out(started=False)
+    if why == "failed":
+        pool.failing = TimeoutError()
+    if why == "too_many":
+        monkeypatch.setattr(readmodel, "SKUS_MAX", 0)
+    if why != "not_asked":
+        await model.load_skus_before_follower()
+    assert model.skus_before_follower is None
+    assert await sold_out_cost(model, pool, NEW_CLICK, "hot") == (1, False)
