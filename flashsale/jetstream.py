@@ -13,7 +13,7 @@ import nats
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, PersistMode, RetentionPolicy, StorageType, StreamConfig
 
 from config.settings import Settings
 from flashsale.credentials import CredentialsRefused
@@ -178,6 +178,7 @@ def stream_config(spec: StreamSpec) -> StreamConfig:
         duplicate_window=spec.duplicate_window_s,
         allow_direct=spec.allow_direct or None,
         num_replicas=spec.replicas,
+        persist_mode=PersistMode.ASYNC if spec.persist_async else None,
     )
 
 

@@ -42,6 +42,10 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     duplicate_window_s: float = 0.0  # 0: the server's default
     allow_direct: bool = False
     replicas: int = 1
+    # Acknowledged before it is fsynced (JetStream's `persist_mode: async`, R1 streams only; set
+    # when the stream is created, never changed afterwards): for a stream whose every message
+    # Postgres also holds, so a power failure loses nothing that cannot be read again there.
+    persist_async: bool = False
 
 
 class StreamLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,12 +74,15 @@ def stream_specs(names: Names, limits: StreamLimits, shards: int) -> list[Stream
             allow_direct=True,
             replicas=limits.replicas,
         ) for shard in range(shards)),
-        # Results: a short-lived fan-out log of committed decisions for ingest long-polls.
+        # Results: a short-lived fan-out log of committed decisions for ingest long-polls. Postgres
+        # holds every decision first: waiters fall back to it and reconciliation repairs a lost
+        # refusal, so a result batch is not worth a disk flush of its own.
         StreamSpec(
             name=names.results_stream,
             subjects=[names.results_all()],
             max_age_s=limits.results_max_age_s,
             replicas=limits.replicas,
+            persist_async=limits.replicas == 1,
         ),
         # Payments: reservations waiting to be charged; each consumed once by some gateway.
         StreamSpec(

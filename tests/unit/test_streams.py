@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import time
 
+import msgspec
+
 from proto.clock import now_ms
 from proto.streams import ERR_STORE_FAILED, StreamLimits, is_already_stored, stream_specs
 from proto.subjects import Names
@@ -27,6 +29,16 @@ def test_one_intents_stream_per_shard_one_message_per_subject():
     assert specs[names.payments_stream].retention == "workqueue"
     assert {s.replicas for s in specs.values()} == {3}
     assert len(specs) == 3 + 3  # results, payments, dead letters
+
+
+def test_only_the_results_stream_of_a_single_node_is_acknowledged_before_its_fsync():
+    """Every 202 is an intent on stable storage; results are Postgres's decisions told again."""
+    names = Names("t")
+    for replicas, results_async in ((1, True), (3, False)):  # async persistence is R1 only
+        limits = msgspec.structs.replace(LIMITS, replicas=replicas)
+        specs = {s.name: s for s in stream_specs(names, limits, shards=2)}
+        assert {n for n, s in specs.items() if s.persist_async} == (
+            {names.results_stream} if results_async else set())
 
 
 def test_only_a_per_subject_refusal_means_already_stored():
