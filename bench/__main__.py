@@ -25,15 +25,22 @@ import msgspec
 import psutil
 
 from bench import plots
-from bench.buyers import skipped_limits, verify_cost_us
+from bench.baseline_systems import REDIS_LOSES, Baseline, RedisSeckill
+from bench.buyers import bench_settings, skipped_limits, verify_cost_us
 from bench.disk import Probe
 from bench.drop import DROP_BUYERS, DROP_STOCK, QUICK_BUYERS, QUICK_STOCK, run_drop
+from bench.flashsale_system import Flashsale
+from bench.generators import wrk_available
+from bench.headline import headline
 from bench.paid import PAID_RATE, FlashsalePaid
-from bench.plans import phases_for, plan_systems
-from bench.report import RunResult, headline, render_report
-from bench.runner import SystemRun, db_figures, py_spy, run_phase, wrk_available
-from bench.systems import REDIS_LOSES, Baseline, Flashsale, Place, RedisSeckill, System
+from bench.plans import is_max, phases_for, plan_systems
+from bench.report import render_report
+from bench.results import RunResult, SystemRun
+from bench.runner import db_figures, py_spy, run_phase
+from bench.systems import NatsServers, Place, System
+from flashsale.cluster import start_cluster
 from flashsale.embedded import Embedded, start_nats, start_postgres
+from flashsale.supervision import ingest_count
 from flashsale.testing import Process
 
 SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm", "paid", "drop"]
@@ -52,13 +59,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"comma list of {SCENARIOS} (default: all; with --quick all but paid)")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {SYSTEMS}")
     ap.add_argument("--shards", default=None, help="committer counts for the many-skus sweep (default 1,2,4)")
-    ap.add_argument("--ingests", type=int, default=1,
-                    help="flashsale ingest processes sharing the port (SO_REUSEPORT)")
+    ap.add_argument("--ingests", type=int, default=None,
+                    help="flashsale ingest processes sharing the port (SO_REUSEPORT); default as "
+                         "under `flashsale dev`: the ingest_processes setting's rule for this box")
+    ap.add_argument("--nats-cluster", default="1",
+                    help="NATS nodes flashsale runs on, a comma list: 1 = the embedded single node "
+                         "(R1, fsync before each ack), 3 = a local cluster with R3 streams; "
+                         "flashsale runs once per entry")
     ap.add_argument("--hot-shards", type=int, default=2, help="committers for hot-sku and retry-storm")
     ap.add_argument("--duration-s", type=float, default=None, help="seconds per phase (default 10; quick 3)")
     ap.add_argument("--fractions", default=None,
                     help="open-loop rates as fractions of the max (default 0.25,0.5,0.8,1.0; quick 0.8)")
-    ap.add_argument("--connections", type=int, default=64, help="closed-loop connections")
+    ap.add_argument("--connections", default="64",
+                    help="closed-loop connections, a comma list: every scenario's `max` at the first; "
+                         "the accepted path also at each further one (phase max-c<N>)")
     ap.add_argument("--paid-rate", type=float, default=PAID_RATE,
                     help=f"paid scenario: buyers/s, open loop (default {PAID_RATE:g})")
     ap.add_argument("--drop-buyers", type=int, default=None,
@@ -73,7 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="py-spy flame graphs of flashsale's processes during its max phases "
                          "(pip install py-spy)")
     ap.add_argument("--out", default=None, help="results directory (default bench/results/<timestamp>)")
-    args = ap.parse_args(argv)
+    return _resolve(ap, ap.parse_args(argv))
+
+
+def _resolve(ap: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The parsed options as lists and numbers, with --quick's and the box's defaults filled in;
+    an unknown or impossible one ends the command (ap.error)."""
     if args.scenarios is None:
         args.scenarios = ",".join(QUICK_SCENARIOS if args.quick else SCENARIOS)
     args.scenarios = [s for s in args.scenarios.split(",") if s]
@@ -87,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if s not in SYSTEMS:
             ap.error(f"unknown system {s!r}")
     args.shards = [int(x) for x in (args.shards or ("1,2" if args.quick else "1,2,4")).split(",")]
+    args.connections = [int(x) for x in args.connections.split(",") if x]
+    args.nats_cluster = [int(x) for x in args.nats_cluster.split(",") if x]
+    if min(args.connections or [0]) < 1 or min(args.nats_cluster or [0]) < 1:
+        ap.error("--connections and --nats-cluster need counts of at least 1")
+    if args.ingests is None:
+        args.ingests = ingest_count(bench_settings())
     args.duration_s = args.duration_s or (3.0 if args.quick else 10.0)
     fractions = args.fractions or ("0.8" if args.quick else "0.25,0.5,0.8,1.0")
     args.fractions = [float(x) for x in fractions.split(",")]
@@ -140,8 +165,8 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
         tag = f"r{n}{plan.phase.replace('@', '').replace('-', '')}"
         result, phase_ids = await run_phase(sut, scenario, plan, work, tag, probe, DRAIN_TIMEOUT_S,
                                             out_dir if profile else None)
-        if plan.phase == "max":
-            max_rate = result.answered_per_s
+        if is_max(plan.phase):
+            max_rate = max(max_rate or 0.0, result.answered_per_s)
         ids |= phase_ids
         run.drained = result.drained and run.drained
         await db_figures(sut, result)
@@ -204,15 +229,19 @@ async def amain(args: argparse.Namespace) -> Path:
     skip_unavailable(args, session.result)
     print(f"bench: servers under {root}, results in {out_dir}", file=sys.stderr)
     nats = start_nats(root / "nats")
+    clusters = [start_cluster(root / f"nats-cluster{n}", n) for n in sorted(set(args.nats_cluster) - {1})]
     pg = start_postgres(root / "pg")
+    servers = {1: NatsServers.single(nats), **{len(c.nodes): NatsServers.of_cluster(c) for c in clusters}}
     if "paid" in args.scenarios and set(args.systems) - {"flashsale"}:
         session.result.notes.append("paid: flashsale only (echo, naive and rowlock have no payment path)")
     if "drop" in args.scenarios and set(args.systems) - {"flashsale"}:
         session.result.notes.append("drop: flashsale only (the baselines have no draw)")
     try:
-        await run_all(session, pg, nats)
+        await run_all(session, pg, servers)
     finally:
         nats.stop()
+        for c in clusters:
+            c.stop()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
     write_outputs(session.result, out_dir)
@@ -235,7 +264,8 @@ def new_result(args: argparse.Namespace, probe: Probe) -> RunResult:
             "generator": args.generator + ("" if args.generator == "wrk" else
                                            " (wrk not installed: Python generator for closed loop)"),
             "phase seconds": f"{args.duration_s:g}",
-            "closed-loop connections": str(args.connections),
+            "closed-loop connections": ",".join(map(str, args.connections)),
+            "ingest processes (flashsale)": str(args.ingests),
             "buyers": "JWT (HS256) per buyer, verified by ingest.auth.BuyerVerifier in flashsale, naive, "
                       "rowlock and redis (echo ignores it); a new buyer per click unless the phase says "
                       "repeat",
@@ -262,12 +292,14 @@ def skip_unavailable(args: argparse.Namespace, result: RunResult) -> None:
         args.systems = [s for s in args.systems if s != "flashsale"]
 
 
-async def run_all(session: Session, pg: Embedded, nats: Embedded) -> None:
+async def run_all(session: Session, pg: Embedded, nats: dict[int, NatsServers]) -> None:
+    """Every planned system of every scenario, in turn; `nats`: the servers by node count."""
     n = 0
     for scenario in session.args.scenarios:
-        for name, shards in plan_systems(scenario, session.args):
+        for planned in plan_systems(scenario, session.args):
             n += 1
-            await run_one(session, Place(name, session.root, pg, nats), shards, scenario, n)
+            place = Place(planned.name, session.root, pg, nats[planned.nats_nodes])
+            await run_one(session, place, planned.shards, scenario, n)
             # After every system: a crash keeps what was measured.
             write_outputs(session.result, session.out_dir)
 

@@ -10,8 +10,6 @@ from typing import Protocol
 
 import psutil
 
-from bench.systems import cpu_delta, cpu_snapshot
-
 
 class CpuTimes(Protocol):
     """psutil.cpu_times(): a named tuple of seconds whose fields depend on the platform."""
@@ -66,3 +64,34 @@ class CpuMark:
         cpu["bench harness"] = round(100 * (self_cpu() - self.self_s) / wall_s, 1)
         box_busy, steal = box_usage(self.box, psutil.cpu_times())
         return cpu, box_busy, steal
+
+
+def cpu_snapshot(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) per process: these processes and their live descendants.
+
+    Key -pid holds what a root has collected from its children that already exited (postgres
+    reaps its backends and autovacuum workers), so a process that ends during a phase still
+    counts: see cpu_delta.
+    """
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            t = root.cpu_times()
+            out[-pid] = t.children_user + t.children_system
+            for q in [root, *root.children(recursive=True)]:
+                try:
+                    t = q.cpu_times()
+                    out[q.pid] = t.user + t.system
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+    return out
+
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds used between two snapshots. A process gone by `after` shows up again, whole, in
+    its root's reaped-children total, so what it had used before the phase is taken off; a new
+    process counts from zero."""
+    gone = sum(v for k, v in before.items() if k > 0 and k not in after)
+    return sum(v - before.get(k, 0.0) for k, v in after.items()) - gone

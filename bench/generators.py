@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from bench.loadgen import GenSpec
+from bench.genspec import GenSpec
 from bench.systems import System
 
 WRK_SCRIPT = Path(__file__).resolve().parent / "wrk" / "purchases.lua"

@@ -25,18 +25,18 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Literal, NamedTuple
 
 import msgspec
 import uvloop
 
 from bench.buyers import read_tokens
+from bench.genspec import GenResult, GenSpec
+from bench.httpconn import Answer, HttpConn, decode_answer
 from bench.stats import arrival_offset
 
 # uvloop's loop.time() has millisecond resolution: latencies need the perf counter.
 now = time.perf_counter
 
-Mode = Literal["open", "closed", "retry"]
 ACCEPTED = (200, 201, 202)
 # flashsale's sold-out fast path answers 409 without creating a purchase: a definitive answer
 # (the buyer is told "rejected: sold out"), so it counts as answered and decided, not accepted.
@@ -47,113 +47,16 @@ DECIDED = frozenset({"reserved", "confirmed", "rejected", "expired", "cancelled"
 STREAMS_MAX = 200  # event streams followed at once per generator process
 
 
-class GenSpec(msgspec.Struct, kw_only=True):
-    host: str = "127.0.0.1"
-    port: int
-    mode: Mode
-    duration_s: float
-    start_at: float  # epoch seconds: every process of a phase starts at the same instant
-    tag: str  # user-id prefix, unique per process and phase: one buyer per logical purchase
-    skus: list[str]
-    rate: float = 0.0  # open loop, requests/s for this process
-    concurrency: int = 64  # closed/retry: connections; open: most connections in flight
-    wait_every: int = 0  # every Nth request carries `Prefer: wait=wait_s` (0 = none)
-    wait_s: int = 5
-    # Every Nth request without Prefer: wait is followed through its event stream
-    # (GET /v1/purchases/{id}/events) to its decision, as a buyer's app would (0 = none).
-    stream_every: int = 0
-    timeout_s: float = 10.0  # per request; past this it counts as an error (open/closed)
-    retry_timeout_s: float = 0.05  # retry mode: the impatient buyer's timeout
-    retry_attempts: int = 5
-    resend_every: int = 0  # retry mode: every Nth purchase is sent once more after its answer
-    payment_tokens: list[str] = []  # request n carries payment_token tokens[n % len] (paid scenario)
-    tokens_file: str = ""  # buyer tokens, one per line (bench.buyers.write_tokens)
-    # False: request n is buyer n's only click (key k<n>); past the file's end, requests repeat
-    # earlier clicks (same buyer, same key: a retry). True: buyers are reused round-robin, each
-    # request with its own key (repeated buyers: their tokens are verified once, then cached).
-    repeat_buyers: bool = False
 
 
-class GenResult(msgspec.Struct):
-    sent: int = 0
-    accept_ms: list[float] = []  # POST -> 2xx, for requests without Prefer: wait
-    decision_ms: list[float] = []  # POST -> decided state in the answer
-    stream_decision_ms: list[float] = []  # POST -> decided state on the purchase's event stream
-    undecided: int = 0  # Prefer: wait requests still pending when answered
-    statuses: dict[str, int] = {}
-    errors: dict[str, int] = {}
-    accepted_ids: list[str] = []
-    answered: int = 0  # 2xx + 409 sold out: definitive answers
-    per_second: list[int] = []  # definitive answers (2xx + 409) per second since start
-    lag_ms: list[float] = []  # how late requests went out vs their intended time (open loop)
-    cpu_s: float = 0.0
-    wall_s: float = 0.0
-    # retry mode
-    logical: int = 0
-    retries: int = 0
-    gave_up: int = 0
-    id_mismatch: int = 0  # one key answered with two different ids: a duplicate
-    clicks_repeated: int = 0  # requests past the token file's end (sent as retries of earlier clicks)
 
 
-class _Answer(msgspec.Struct):
-    id: str | None = None
-    status: str | None = None
 
 
-_decode_answer = msgspec.json.Decoder(_Answer).decode
 
 
-class _Stream(NamedTuple):
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
 
 
-class HttpConn:
-    """One HTTP/1.1 keep-alive connection; one request at a time. Closed (None) until the first
-    request or `connect()`, and again after the server closes it; the next request reconnects."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._stream: _Stream | None = None
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.writer.close()
-        self._stream = None
-
-    async def connect(self) -> _Stream:
-        self._stream = _Stream(*await asyncio.open_connection(self.host, self.port))
-        return self._stream
-
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        reader, writer = self._stream or await self.connect()
-        writer.write(data)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        lower = head.lower()
-        i = lower.find(b"\r\ncontent-length:")
-        if i >= 0:
-            j = lower.index(b"\r\n", i + 2)
-            body = await reader.readexactly(int(lower[i + 17 : j]))
-        elif b"transfer-encoding: chunked" in lower:
-            body = await self._read_chunked(reader)
-        else:
-            body = b""
-        if b"connection: close" in lower:
-            self.close()
-        return status, body
-
-    @staticmethod
-    async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return b"".join(parts)
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
 
 
 class Generator:
@@ -191,7 +94,7 @@ class Generator:
     def _count(self, table: dict[str, int], key: str) -> None:
         table[key] = table.get(key, 0) + 1
 
-    def _record(self, status: int, body: bytes, latency_ms: float, wait: bool) -> _Answer | None:
+    def _record(self, status: int, body: bytes, latency_ms: float, wait: bool) -> Answer | None:
         r = self.result
         self._count(r.statuses, str(status))
         self.window.append(latency_ms)
@@ -208,8 +111,8 @@ class Generator:
             if not wait:
                 r.accept_ms.append(latency_ms)
             r.decision_ms.append(latency_ms)
-            return _Answer(status="rejected")
-        answer = _decode_answer(body) if body else _Answer()
+            return Answer(status="rejected")
+        answer = decode_answer(body) if body else Answer()
         if answer.id:
             r.accepted_ids.append(answer.id)
         if not wait:
@@ -236,7 +139,7 @@ class Generator:
             self._error(type(e).__name__)
         return None
 
-    def _maybe_follow(self, n: int, wait: bool, answer: _Answer | None, sent_at: float) -> None:
+    def _maybe_follow(self, n: int, wait: bool, answer: Answer | None, sent_at: float) -> None:
         spec = self.spec
         if wait or not spec.stream_every or n % spec.stream_every != spec.stream_every // 2:
             return
@@ -262,7 +165,7 @@ class Generator:
                     writer.write(request)
                     while line := await reader.readline():
                         if line.startswith(b"data:"):
-                            answer = _decode_answer(line[5:].strip())
+                            answer = decode_answer(line[5:].strip())
                             if answer.status in DECIDED:
                                 self.result.stream_decision_ms.append((now() - sent_at) * 1000)
                                 return

@@ -20,8 +20,9 @@ import msgspec
 import nats
 import psutil
 
+from bench.flashsale_system import Flashsale, start_flashsale
 from bench.stats import LatencySummary, summarize
-from bench.systems import Flashsale, Place, _http_put_all, start_flashsale
+from bench.systems import Place, put_skus
 from flashsale.testing import Process, fakepsp_process, gateway_process, gateway_ready_url, spare_port
 from gateway.fakepsp.client import FakePspAdmin
 from gateway.psp import PaymentIntent
@@ -130,7 +131,7 @@ class FlashsalePaid(Flashsale):
         gw = gateway_process(settings, log_dir, metrics_port=metrics_port)
         processes.append(gw.start())
         await asyncio.to_thread(gw.wait_http_ok, gateway_ready_url(settings, metrics_port))
-        nc = await nats.connect(place.nats.url)
+        nc = await nats.connect(servers=place.nats.servers)
         return cls(name=place.name, root=place.root, postgres=place.postgres, nats=place.nats,
                    port=settings.ingest_port, database_url=settings.database_url, processes=processes,
                    shards=shards, ingests=ingests, settings=settings, nc=nc, js=nc.jetstream(),
@@ -138,7 +139,7 @@ class FlashsalePaid(Flashsale):
                    admin=FakePspAdmin(psp_url, settings.psp_api_key))
 
     async def seed(self, stock_by_sku: dict[str, int]) -> None:
-        await _http_put_all(self.base_url, stock_by_sku,
+        await put_skus(self.base_url, stock_by_sku,
                             {"Authorization": f"Bearer {self.settings.admin_token}"},
                             {"payment": "required", "reservation_ttl_s": PAID_TTL_S,
                              "price_cents": PAID_PRICE_CENTS})

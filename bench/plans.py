@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from bench.paid import PAID_SKU, PAID_STOCK, PAID_TOKENS
 from bench.runner import PhasePlan
@@ -26,11 +27,37 @@ SAMPLER_RATE = 20.0  # buyers/s who wait for their decision beside a closed-loop
 Stock = dict[str, int]  # SKU -> stock to seed
 
 
-def plan_systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int | None]]:
-    out: list[tuple[str, int | None]] = []
+@dataclass(frozen=True)
+class Planned:
+    """One system to start for a scenario: its name, committer shards (flashsale) and the NATS
+    nodes it runs on (flashsale: 1 = the embedded single node, 3 = a local cluster, R3 streams)."""
+
+    name: str
+    shards: int | None = None
+    nats_nodes: int = 1
+
+
+def max_phase_name(connections: int, first: bool) -> str:
+    """The closed-loop maximum at `connections`: `max` for the run's first count, `max-c256` ..."""
+    return "max" if first else f"max-c{connections}"
+
+
+def is_max(phase: str) -> bool:
+    """A closed-loop maximum with new buyers (not `max-repeat`): open loops run at F x the best."""
+    return phase == "max" or phase.startswith("max-c")
+
+
+def plan_systems(scenario: str, args: argparse.Namespace) -> list[Planned]:
     if scenario in ("paid", "drop"):
         # The baselines have no payment path and no draw: flashsale only.
-        return [("flashsale", args.hot_shards)] if "flashsale" in args.systems else []
+        return [Planned("flashsale", args.hot_shards)] if "flashsale" in args.systems else []
+    return [planned for name, shards in _systems(scenario, args)
+            for planned in ([Planned(name, shards, nodes) for nodes in args.nats_cluster]
+                            if name == "flashsale" else [Planned(name, shards)])]
+
+
+def _systems(scenario: str, args: argparse.Namespace) -> list[tuple[str, int | None]]:
+    out: list[tuple[str, int | None]] = []
     for name in args.systems:
         if name == "echo" and scenario not in ("hot-sku", "accepted"):
             continue  # echo keeps no state: only its HTTP limit on the headline scenarios means anything
@@ -67,12 +94,16 @@ def phases_for(scenario: str, system: str, args: argparse.Namespace) -> tuple[St
 def _accepted(system: str, args: argparse.Namespace) -> tuple[Stock, list[PhasePlan]]:
     # One hot SKU per phase that never sells out, a new buyer per request: every request
     # becomes an order, so this is the accepted path (publish + fsync, decide, commit).
+    # SKUs: one per open phase (acc-1 ...), then max-repeat's, then one per connection count.
     n_skus = 2 + len(args.fractions)
-    stock = {f"acc-{i}": ACCEPTED_STOCK for i in range(n_skus)}
+    stock = {f"acc-{i}": ACCEPTED_STOCK for i in range(n_skus + len(args.connections) - 1)}
     plans = [_max_phase(["acc-0"], system, args, repeat_buyers=_echo_pool(system))]
+    plans += [_max_phase([f"acc-{n_skus + i}"], system, args, repeat_buyers=_echo_pool(system),
+                         connections=c)
+              for i, c in enumerate(args.connections[1:])]
     if system == "flashsale":
         plans.append(PhasePlan("max-repeat", "closed", [f"acc-{n_skus - 1}"], args.duration_s,
-                               connections=args.connections, sampler_rate=_sampler_rate(system),
+                               connections=args.connections[0], sampler_rate=_sampler_rate(system),
                                use_wrk=args.generator == "wrk", repeat_buyers=REPEAT_BUYERS))
     return stock, plans + _open_phases("acc", system, args)
 
@@ -91,8 +122,12 @@ def _many_skus(system: str, args: argparse.Namespace) -> tuple[Stock, list[Phase
             [_max_phase(skus, system, args), PhasePlan("open@0.8", "open", skus, args.duration_s)])
 
 
-def _max_phase(skus: list[str], system: str, args: argparse.Namespace, repeat_buyers: int = 0) -> PhasePlan:
-    return PhasePlan("max", "closed", skus, args.duration_s, connections=args.connections,
+def _max_phase(skus: list[str], system: str, args: argparse.Namespace, repeat_buyers: int = 0,
+               connections: int | None = None) -> PhasePlan:
+    """The closed loop at `connections` (default: the run's first count, phase `max`)."""
+    first = args.connections[0]
+    c = first if connections is None else connections
+    return PhasePlan(max_phase_name(c, connections is None), "closed", skus, args.duration_s, connections=c,
                      sampler_rate=_sampler_rate(system), use_wrk=args.generator == "wrk",
                      rate_guess=_rate_guess(system), repeat_buyers=repeat_buyers)
 

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.runner import SystemRun
+from bench.results import SystemRun
 
 
 def _gap(ms: float | None) -> float:

@@ -7,10 +7,10 @@ import msgspec
 
 from bench.disk import FlushFigures
 from bench.drop import DropFigures
-from bench.loadgen import Mode
+from bench.genspec import Mode
+from bench.invariants import Invariants
 from bench.paid import PaidFigures
 from bench.stats import LatencySummary
-from bench.systems import Invariants
 
 
 class GroupCommit(msgspec.Struct, kw_only=True):
@@ -19,6 +19,9 @@ class GroupCommit(msgspec.Struct, kw_only=True):
     batches_per_s: float
     intents_per_batch: float
     store_ms_per_batch: float  # first publish of a batch to JetStream's answer, mean
+    # The committers' batches (one Postgres transaction each), from their own histogram.
+    commits_per_s: float | None = None
+    intents_per_commit: float | None = None
 
 
 class PhaseResult(msgspec.Struct, kw_only=True):
@@ -67,3 +70,39 @@ class SystemRun(msgspec.Struct, kw_only=True):
     drained: bool = True
     paid: PaidFigures | None = None  # the paid scenario: payment outcomes and money checks
     drop: DropFigures | None = None  # the drop scenario: each group's share of the stock
+
+
+class Headline(msgspec.Struct):
+    """The SPEC's targets, from one run. The accepted path (`acc_*`: scenario `accepted`, every
+    request an order) and sell-out (hot-sku) are separate figures, never mixed.
+
+    hot-sku figures are definitive answers per second (2xx + 409 sold out): once the hot SKU is
+    sold out, flashsale answers 409 at the edge while naive/rowlock answer 200 "rejected" after a
+    transaction; both tell the buyer the outcome. many-skus never sells out, so its figures are
+    purchases accepted per second through the whole accept path (publish, commit).
+    """
+
+    hot_answered_per_s: dict[str, float] = {}
+    many_accepted_per_s: dict[str, float] = {}
+    vs_naive: float | None = None
+    vs_echo: float | None = None
+    many_vs_naive: float | None = None
+    p99_decision_at_80pct_ms: float | None = None
+    many_p99_decision_at_80pct_ms: dict[str, float | None] = {}
+    invariant_violations: int = 0
+    # The accepted path (scenario `accepted`): every request becomes an order.
+    acc_accepted_per_s: dict[str, float] = {}
+    acc_vs_naive: float | None = None
+    acc_vs_echo: float | None = None
+    acc_p99_decision_at_80pct_ms: float | None = None
+    acc_flushes_per_accepted: float | None = None  # flashsale, max phase
+
+class RunResult(msgspec.Struct, kw_only=True):
+    started: str
+    command: str
+    machine: dict[str, str]
+    settings: dict[str, str]
+    runs: list[SystemRun] = []
+    headline: Headline = msgspec.field(default_factory=Headline)
+    notes: list[str] = []
+    verify_us: dict[str, float] = {}  # in-process BuyerVerifier: new token / already verified

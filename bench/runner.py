@@ -20,17 +20,12 @@ import msgspec
 from bench.buyers import write_tokens
 from bench.cpu import CpuMark
 from bench.disk import Probe, Window
-from bench.generators import GenProcess, Live, show_progress, spawn_gen, spawn_wrk, wrk_available
-from bench.loadgen import GenSpec, Mode
-from bench.results import GroupCommit, PhaseResult, SystemRun
+from bench.generators import GenProcess, Live, show_progress, spawn_gen, spawn_wrk
+from bench.genspec import GenSpec, Mode
+from bench.results import GroupCommit, PhaseResult
 from bench.stats import split_rate, summarize
 from bench.systems import BatchCounters, System
 from bench.tally import Tally, add_generators, add_totals, add_wrk
-
-# PhaseResult, SystemRun and wrk_available have their homes elsewhere; importers of this module
-# (bench.__main__, bench.report, bench.plots, tests) keep finding them here.
-__all__ = ["GEN_PROCESSES", "OPEN_CONNECTIONS", "PhasePlan", "PhaseResult", "SystemRun", "db_figures",
-           "finish_phase", "py_spy", "run_phase", "tokens_needed", "wrk_available"]
 
 GEN_PROCESSES = 2  # one per core: more Python processes only fight over the same two cores
 # Open-loop connections per generator process. Like the closed loop's 64, so an open phase at
@@ -126,9 +121,13 @@ def group_commit(before: BatchCounters | None, after: BatchCounters | None,
     if before is None or after is None or after.batches <= before.batches:
         return None
     batches = after.batches - before.batches
+    commits = after.commits - before.commits
     return GroupCommit(batches_per_s=batches / duration_s,
                        intents_per_batch=(after.intents - before.intents) / batches,
-                       store_ms_per_batch=1000 * (after.store_s - before.store_s) / batches)
+                       store_ms_per_batch=1000 * (after.store_s - before.store_s) / batches,
+                       commits_per_s=commits / duration_s if commits > 0 else None,
+                       intents_per_commit=((after.committed_intents - before.committed_intents) / commits
+                                           if commits > 0 else None))
 
 
 @dataclass

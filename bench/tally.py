@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from bench.generators import GenProcess, parse_wrk
-from bench.loadgen import GenResult, Mode
+from bench.genspec import GenResult, Mode
 from bench.results import PhaseResult
 from bench.stats import LatencySummary, summarize
 

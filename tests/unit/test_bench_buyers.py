@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bench.buyers import bench_overrides, bench_settings, read_tokens, write_tokens
-from bench.loadgen import GenSpec, Mode
+from bench.genspec import GenSpec, Mode
 from bench.runner import GEN_PROCESSES, PhasePlan, tokens_needed
 from config.settings import Settings
 from ingest.auth import BuyerVerifier

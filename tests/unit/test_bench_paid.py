@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from bench.headline import headline
 from bench.paid import PAID_TOKENS, PaidFigures, money_check, token_mix
-from bench.report import RunResult, headline, render_report
-from bench.runner import PhaseResult, SystemRun
+from bench.report import render_report
+from bench.results import PhaseResult, RunResult, SystemRun
 from bench.stats import summarize
 from gateway.psp import PaymentIntent
 

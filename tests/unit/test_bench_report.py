@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bench.disk import FlushFigures
-from bench.report import (
-    RunResult,
-    cpu_us_per_request,
-    front_names,
-    headline,
-    projection,
-    render_group_commit,
-    render_report,
-    render_streams,
-    render_table,
-)
-from bench.results import GroupCommit
-from bench.runner import PhaseResult, SystemRun, group_commit
+from bench.headline import cpu_us_per_request, front_names, headline
+from bench.invariants import Invariants
+from bench.markdown import render_table
+from bench.report import render_group_commit, render_report
+from bench.report_accepted import loses, projection, render_connections, render_cost_per_purchase
+from bench.report_scenarios import render_streams
+from bench.results import GroupCommit, PhaseResult, RunResult, SystemRun
+from bench.runner import group_commit
 from bench.stats import summarize
-from bench.systems import BatchCounters, Invariants
+from bench.systems import BatchCounters
 
 
 def _phase(system: str, phase: str, answered: float, accepted: float, p99s: list[float]) -> PhaseResult:
@@ -155,6 +152,10 @@ def test_group_commit_figures_come_from_the_counters_difference():
     assert g == GroupCommit(batches_per_s=50.0, intents_per_batch=60.0, store_ms_per_batch=6.0)
     assert group_commit(after, after, 2.0) is None  # no batch in the window: nothing to say
     assert group_commit(None, after, 2.0) is None  # a system without the counters
+    # The committers' batches: 40 transactions of 6,000 intents in 2 s.
+    after = BatchCounters(batches=110, intents=6_500, store_s=0.65, commits=50, committed_intents=6_500)
+    g = group_commit(dataclasses.replace(before, commits=10, committed_intents=500), after, 2.0)
+    assert g is not None and (g.commits_per_s, g.intents_per_commit) == (20.0, 150.0)
 
 
 def test_the_group_commit_table_appears_only_for_phases_that_have_it():
@@ -164,3 +165,29 @@ def test_the_group_commit_table_appears_only_for_phases_that_have_it():
     table = "\n".join(render_group_commit(runs))
     assert "## Group commit" in table
     assert "| hot-sku | flashsale/2sh | max | 300 | 50 | 60 | 6 |" in table
+
+
+def test_every_connection_count_gets_its_columns_per_system():
+    runs = _accepted_runs()
+    assert render_connections(runs) == []  # one count: the systems table says it all
+    c256 = _acc("flashsale/2sh", "max-c256", 12000, 3000, {"ingest": 90.0, "postgres": 30.0})
+    runs[2].phases.insert(1, c256)
+    table = "\n".join(render_connections(runs))
+    assert "| system | accepted/s (max) | flushes / accepted (max) | server CPU us / accepted (max) | " \
+           "accepted/s (max-c256) |" in table
+    assert "| flashsale/2sh | 8,000 | 0.050 | 138 | 12,000 | 0.025 | 100 |" in table
+    assert "| naive | 1,000 | 1.000 | 1,000 | - | - | - |" in table  # not measured at 256
+
+
+def test_cpu_of_each_process_per_accepted_purchase():
+    table = "\n".join(render_cost_per_purchase(_accepted_runs()))
+    assert "| system | phase | accepted/s | flushes / accepted | server CPU us | echo | naive | postgres | " \
+           "ingest | nats-server |" in table  # the generator is the load's, not the system's
+    assert "| flashsale/2sh | max | 8,000 | 0.050 | 138 | - | - | - | 100 | 38 |" in table
+    assert "| naive | max | 1,000 | 1.000 | 1,000 | - | 500 | 500 | - | - |" in table
+
+
+def test_a_cluster_loses_what_a_quorum_does():
+    assert loses("flashsale/2sh").startswith("nothing (202 after the JetStream ack")
+    assert loses("flashsale/2sh/r3").startswith("nothing while 2 of 3 nodes survive")
+    assert loses("redis-everysec") == "up to ~1 s of answered orders"

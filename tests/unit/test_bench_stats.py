@@ -53,7 +53,7 @@ def test_ratio_handles_missing_and_zero() -> None:
 
 
 def test_cpu_delta_keeps_processes_that_exited() -> None:
-    from bench.systems import cpu_delta
+    from bench.cpu import cpu_delta
 
     # Root 10 with a backend 11 that exits during the phase (2 s before it, 3 s in all when it
     # ends: the 3 s move into the root's reaped-children total, key -10) and a backend 12 that
