@@ -28,6 +28,7 @@ def _baseline_env() -> dict[str, str]:
     """The baselines load the bench's identity settings (the same as flashsale's) from here."""
     return {**os.environ, **to_env(bench_settings())}
 
+
 @dataclass(kw_only=True)
 class Baseline(System):
     """echo, naive or rowlock: `python -m bench.baselines.<name>`."""
@@ -97,6 +98,7 @@ REDIS_LOSES = {
     "everysec": "up to ~1 s of answered orders (AOF fsynced once a second)",
 }
 
+
 def redis_conf(port: int, data_dir: Path, appendfsync: AppendFsync) -> str:
     """redis-server's config: AOF only (no RDB snapshots), loopback, in the foreground."""
     return "\n".join([
@@ -104,6 +106,7 @@ def redis_conf(port: int, data_dir: Path, appendfsync: AppendFsync) -> str:
         'save ""', "appendonly yes", f"appendfsync {appendfsync}", "aof-use-rdb-preamble yes",
         f'logfile "{data_dir / "redis.log"}"', "",
     ])
+
 
 @dataclass(kw_only=True)
 class RedisSeckill(Baseline):

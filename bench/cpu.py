@@ -89,6 +89,7 @@ def cpu_snapshot(pids: list[int]) -> dict[int, float]:
             pass
     return out
 
+
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds used between two snapshots. A process gone by `after` shows up again, whole, in
     its root's reaped-children total, so what it had used before the phase is taken off; a new

@@ -33,6 +33,7 @@ _BATCH_SERIES = {
 # The committer's histogram of intents per committed batch: its count and sum, every shard.
 _COMMIT_SERIES = {"flashsale_batch_size_count": "commits", "flashsale_batch_size_sum": "committed_intents"}
 
+
 def batch_counters(ingest_lines: list[str], committer_lines: list[str]) -> BatchCounters:
     """The batch counters in every ingest's and every committer's /metrics text, summed."""
     totals = dict.fromkeys([*_BATCH_SERIES.values(), *_COMMIT_SERIES.values()], 0.0)
@@ -79,6 +80,7 @@ async def start_flashsale(place: Place, processes: list[procs.Process], shards: 
         # so each is checked before the next one starts.
         await wait_ready(ingest, procs.ingest_ready_url(s))
     return s, log_dir, metrics_urls
+
 
 @dataclass(kw_only=True)
 class Flashsale(System):

@@ -10,6 +10,7 @@ import msgspec
 
 Mode = Literal["open", "closed", "retry"]
 
+
 class GenSpec(msgspec.Struct, kw_only=True):
     host: str = "127.0.0.1"
     port: int
@@ -35,6 +36,7 @@ class GenSpec(msgspec.Struct, kw_only=True):
     # earlier clicks (same buyer, same key: a retry). True: buyers are reused round-robin, each
     # request with its own key (repeated buyers: their tokens are verified once, then cached).
     repeat_buyers: bool = False
+
 
 class GenResult(msgspec.Struct):
     sent: int = 0

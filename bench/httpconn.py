@@ -16,9 +16,11 @@ class Answer(msgspec.Struct):
 
 decode_answer = msgspec.json.Decoder(Answer).decode
 
+
 class _Stream(NamedTuple):
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+
 
 class HttpConn:
     """One HTTP/1.1 keep-alive connection; one request at a time. Closed (None) until the first

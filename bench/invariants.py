@@ -8,6 +8,7 @@ import msgspec
 
 FINAL_OR_RESERVED = ["reserved", "confirmed", "rejected", "expired", "cancelled"]
 
+
 class Invariants(msgspec.Struct):
     """All must be 0. See docs/benchmarks.md for exactly what each one counts."""
 
@@ -19,6 +20,7 @@ class Invariants(msgspec.Struct):
     rows: int = 0  # order rows in the database
     sold: int = 0  # units confirmed or reserved
     stock: int = 0  # units offered
+
 
 async def check_invariants(conn: asyncpg.Connection, accepted_ids: set[str], stock: int, skus: str,
                  orders: str, oversold_cond: str, sold_expr: str, repeat_skus: list[str]) -> Invariants:
@@ -45,6 +47,7 @@ async def check_invariants(conn: asyncpg.Connection, accepted_ids: set[str], sto
     inv.rows = await conn.fetchval(f"SELECT count(*) FROM {orders}")
     inv.sold = await conn.fetchval(f"SELECT coalesce(sum({sold_expr}), 0)::bigint FROM {skus} s")
     return inv
+
 
 async def db_decisions(url: str, orders: str, start_ms: int,
                        end_ms: int) -> tuple[int, list[float], list[int]]:

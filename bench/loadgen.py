@@ -47,18 +47,6 @@ DECIDED = frozenset({"reserved", "confirmed", "rejected", "expired", "cancelled"
 STREAMS_MAX = 200  # event streams followed at once per generator process
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 class Generator:
     def __init__(self, spec: GenSpec) -> None:
         self.spec = spec

@@ -14,6 +14,7 @@ def fmt(v: float | int | None, digits: int = 1) -> str:
         return f"{int(v):,}"
     return f"{v:,.{digits}f}"
 
+
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub markdown table; numbers right-aligned, None shown as '-'."""
     def cell(v: object) -> str:
@@ -28,6 +29,7 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     for row in rows:
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(lines)
+
 
 def section(title: str, intro: str, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     """A `##` section of one table, or nothing when there are no rows."""

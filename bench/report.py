@@ -117,6 +117,7 @@ def render_group_commit(runs: Sequence[SystemRun]) -> list[str]:
         ["scenario", "system", "phase", "accepted/s", "batches/s", "intents / batch",
          "store ms / batch", "commits/s", "intents / commit", "acc p50"], rows)
 
+
 def render_flushes(runs: Sequence[SystemRun]) -> list[str]:
     rows = []
     for run in runs:
@@ -136,6 +137,7 @@ def render_flushes(runs: Sequence[SystemRun]) -> list[str]:
         "device's time flushing / flushes (field 17).",
         ["scenario", "system", "phase", "accepted", "flushes", "flushes/s", "flushes / accepted",
          "idle/s", "ms/flush", "source"], rows)
+
 
 def _errors(p: PhaseResult) -> str:
     bad = {k: v for k, v in p.statuses.items() if not k.startswith("2") and k != "409"}

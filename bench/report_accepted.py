@@ -8,10 +8,12 @@ from collections.abc import Sequence
 
 from bench.disk import ceiling_per_s
 from bench.headline import (
+    TARGET_CPU_VS_REDIS,
     TARGET_FLUSHES_PER_ACCEPTED,
     TARGET_P99_MS,
     TARGET_VS_ECHO,
     TARGET_VS_NAIVE,
+    TARGET_VS_REDIS,
     cpu_us_per_request,
     flushes_per_accepted,
     server_names,
@@ -52,6 +54,7 @@ def projection(runs: Sequence[SystemRun], flush_ms: float = PROJECTION_FLUSH_MS)
             lines.append(f"{p.system}: {fmt(fpp, 3)} flushes per accepted purchase -> at most "
                          f"{fmt(round(ceiling))} purchases/s on a disk with {flush_ms:g} ms flushes")
     return lines
+
 
 def _target(value: float | None, ok: bool | None, target: str, digits: int = 2) -> list[object]:
     return [fmt(value, digits), target, verdict(ok)]
@@ -94,7 +97,14 @@ def render_accepted(result: RunResult) -> list[str]:
 def render_accepted_targets(result: RunResult) -> list[str]:
     h = result.headline
     fpp, p99 = h.acc_flushes_per_accepted, h.acc_p99_decision_at_80pct_ms
+    vs_redis, cpu_redis = h.acc_vs_redis_always, h.acc_cpu_vs_redis_always
     rows: list[Sequence[object]] = [
+        ["accepted/s flashsale / redis-always",
+         *_target(vs_redis, None if vs_redis is None else vs_redis >= TARGET_VS_REDIS,
+                  f">= {TARGET_VS_REDIS:g}")],
+        ["server CPU per accepted purchase flashsale / redis-always",
+         *_target(cpu_redis, None if cpu_redis is None else cpu_redis <= TARGET_CPU_VS_REDIS,
+                  f"<= {TARGET_CPU_VS_REDIS:g}")],
         ["accepted/s flashsale / naive",
          *_target(h.acc_vs_naive, None if h.acc_vs_naive is None else h.acc_vs_naive >= TARGET_VS_NAIVE,
                   f">= {TARGET_VS_NAIVE:g}")],
@@ -107,13 +117,15 @@ def render_accepted_targets(result: RunResult) -> list[str]:
         ["p99 POST -> decided at 0.8 x max, flashsale (ms)",
          *_target(p99, None if p99 is None else p99 <= TARGET_P99_MS, f"<= {TARGET_P99_MS:g}", 1)],
     ]
-    return [render_table(["figure", "value", "target", "verdict"], rows)]
+    return [render_table(["figure", "value", "target", "verdict"], rows), "",
+            f"flashsale: {h.acc_system or '-'} (its fastest topology in this run), at `max`."]
 
 
 def render_accepted_systems(result: RunResult) -> str:
     """One row per system: its `max`, ratios, p99 at 0.8 x max, flushes, CPU, what it loses."""
     echo = result.headline.acc_accepted_per_s.get("echo")
     naive = result.headline.acc_accepted_per_s.get("naive")
+    redis = result.headline.acc_accepted_per_s.get("redis-always")
     rows = []
     for run in result.runs:
         for p in run.phases:
@@ -121,12 +133,13 @@ def render_accepted_systems(result: RunResult) -> str:
                 continue
             o = next((q for q in run.phases if q.phase == "open@0.8"), None)
             fp = flushes_per_accepted(p)
-            rows.append([p.system, p.accepted_per_s, fmt(ratio(p.accepted_per_s, naive), 2),
+            rows.append([p.system, p.accepted_per_s, fmt(ratio(p.accepted_per_s, redis), 2),
+                         fmt(ratio(p.accepted_per_s, naive), 2),
                          fmt(ratio(p.accepted_per_s, echo), 2), o.decision.p99 if o else None,
                          fmt(fp, 3), "-" if p.system == "echo" else _ceiling(fp),
                          fmt(cpu_us_per_request(p, server_names(p)), 0),
                          fmt(cpu_us_per_request(p), 0), loses(p.system)])
-    return render_table(["system", "accepted/s (max)", "x naive", "x echo",
+    return render_table(["system", "accepted/s (max)", "x redis-always", "x naive", "x echo",
                          "p99 decided at 0.8 x max (ms)",
                          "flushes / accepted", f"ceiling @ {PROJECTION_FLUSH_MS:g} ms flush (/s)",
                          "server CPU us / accepted", "front CPU us / accepted",

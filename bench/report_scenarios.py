@@ -35,6 +35,7 @@ def render_sellout_targets(h: Headline) -> list[str]:
         "answer); accepted = 2xx (a purchase exists).", ""]
     return out
 
+
 def render_streams(runs: Sequence[SystemRun]) -> list[str]:
     """Time to the decision as a buyer's app sees it without polling: every 10th request of
     flashsale's open-loop phases is followed on its event stream, beside the long-polled ones."""
@@ -89,6 +90,7 @@ def render_drop(runs: Sequence[SystemRun]) -> list[str]:
                 + ". Generator lateness p99: " + ", ".join(
                     f"{v} {ms:.0f} ms" for v, ms in f.late_ms_p99.items()) + "."]
     return out
+
 
 def render_paid(runs: Sequence[SystemRun]) -> list[str]:
     """The paid scenario's section: decision and payment latency, outcomes, money checks."""

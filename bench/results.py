@@ -96,6 +96,10 @@ class Headline(msgspec.Struct):
     acc_vs_echo: float | None = None
     acc_p99_decision_at_80pct_ms: float | None = None
     acc_flushes_per_accepted: float | None = None  # flashsale, max phase
+    acc_system: str | None = None  # the flashsale (topology) the acc_ figures are of: the fastest
+    acc_vs_redis_always: float | None = None
+    acc_cpu_vs_redis_always: float | None = None  # server CPU per accepted purchase
+
 
 class RunResult(msgspec.Struct, kw_only=True):
     started: str

@@ -25,6 +25,7 @@ from flashsale.embedded import Embedded
 
 run_numbers = itertools.count(1)
 
+
 @dataclass(frozen=True)
 class NatsServers:
     """The NATS flashsale runs on: the embedded single node (streams R1, fsynced before each
@@ -50,6 +51,7 @@ class NatsServers:
     def replicas(self) -> int:
         return min(self.nodes, 3)
 
+
 @dataclass(frozen=True)
 class BatchCounters:
     """flashsale's monotonic batch counters: ingest's intent batches (one JetStream message
@@ -70,6 +72,7 @@ class Place:
     root: Path
     postgres: Embedded
     nats: NatsServers
+
 
 @dataclass(kw_only=True)
 class System:
@@ -136,10 +139,12 @@ class System:
         decisions per second) from the database's own timestamps."""
         return 0, [], []
 
+
 async def new_database(postgres: Embedded, name: str) -> str:
     url = postgres.url.rpartition("/")[0] + "/" + name
     await ensure_database(url)
     return url
+
 
 async def put_skus(base_url: str, stock_by_sku: dict[str, int], headers: dict[str, str],
                         body_extra: dict[str, object]) -> None:
@@ -157,6 +162,7 @@ async def put_skus(base_url: str, stock_by_sku: dict[str, int], headers: dict[st
                     await asyncio.sleep(0.1 * (attempt + 1))
                 raise RuntimeError(f"seeding {sku} failed: {r.status} {text[:300]}")
         await asyncio.gather(*(put(s, n) for s, n in stock_by_sku.items()))
+
 
 async def wait_ready(p: procs.Process, url: str, timeout_s: float = 60.0) -> None:
     await asyncio.to_thread(p.wait_http_ok, url, timeout_s)
