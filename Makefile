@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m flashsale dev
+	$(PY) -m launch dev
 
 # The gates run first: a type or lint error fails the build before any service starts.
 test: lint typecheck strace chromium

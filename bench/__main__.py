@@ -38,10 +38,12 @@ from bench.report import render_report
 from bench.results import RunResult, SystemRun
 from bench.runner import db_figures, py_spy, run_phase
 from bench.systems import NatsServers, Place, System
-from flashsale.cluster import start_cluster
-from flashsale.embedded import Embedded, start_nats, start_postgres
 from flashsale.supervision import ingest_count
-from flashsale.testing import Process
+from launch.cluster import start_cluster
+from launch.embedded import Embedded
+from launch.nats_server import start_nats
+from launch.postgres_server import start_postgres
+from launch.processes import Process
 
 SCENARIOS = ["hot-sku", "accepted", "many-skus", "retry-storm", "paid", "drop"]
 # --quick leaves out `paid` (~10 s more) and `drop` to stay short; the full run has them.

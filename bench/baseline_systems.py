@@ -20,8 +20,8 @@ from bench.buyers import bench_settings
 from bench.invariants import Invariants, check_invariants, db_decisions
 from bench.systems import Place, System, new_database, run_numbers, wait_ready
 from config.settings import to_env
-from flashsale import testing as procs
-from flashsale.embedded import free_port, wait_for_port
+from flashsale.ports import free_port, wait_for_port
+from launch import processes as procs
 
 
 def _baseline_env() -> dict[str, str]:

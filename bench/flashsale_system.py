@@ -20,9 +20,9 @@ from bench.invariants import Invariants, check_invariants, db_decisions
 from bench.systems import BatchCounters, Place, System, new_database, put_skus, run_numbers, wait_ready
 from committer.schema import apply_schema
 from config.settings import Settings
-from flashsale import testing as procs
-from flashsale.embedded import free_port, free_port_block
+from flashsale.ports import free_port, free_port_block
 from flashsale.supervision import instance_name, instance_port
+from launch import processes as procs
 
 _BATCH_SERIES = {
     "flashsale_ingest_intent_batches": "batches",

@@ -35,7 +35,7 @@ from committer.loop import decide
 from committer.machine import Machine, Sku, Step
 from committer.schema import apply_schema
 from flashsale.db import ensure_database
-from flashsale.embedded import start_postgres
+from launch.postgres_server import start_postgres
 from proto.messages import Decision, Purchase
 
 SHARD = 0

@@ -38,9 +38,10 @@ import uvloop
 
 from bench.disk import block_device_of, read_device
 from config.settings import load
-from flashsale.embedded import Embedded, start_nats
 from flashsale.jetstream import ensure_streams
 from ingest.publisher import Publisher
+from launch.embedded import Embedded
+from launch.nats_server import start_nats
 from proto.messages import IntentBatch, Purchase, encode
 from proto.subjects import Names
 

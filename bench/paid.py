@@ -2,7 +2,7 @@
 
 flashsale only (the baselines have no payment path). Beside ingest and the committers it starts
 the payment gateway (`python -m gateway`) and the fake PSP (`python -m gateway.fakepsp`) as real
-processes (flashsale/testing.py's launchers). One open-loop phase of buyers who each POST once with a
+processes (launch/processes.py's launchers). One open-loop phase of buyers who each POST once with a
 card token and `Prefer: wait=5` (so every answer carries `reserved`: the decision latency); then
 the harness waits until no purchase is `reserved` (bounded by the reservation TTL), takes the
 payment latency and outcomes from Postgres and checks the money against the fake PSP's ledger.
@@ -23,9 +23,9 @@ import psutil
 from bench.flashsale_system import Flashsale, start_flashsale
 from bench.stats import LatencySummary, summarize
 from bench.systems import Place, put_skus
-from flashsale.testing import Process, fakepsp_process, gateway_process, gateway_ready_url, spare_port
 from gateway.fakepsp.client import FakePspAdmin
 from gateway.psp import PaymentIntent
+from launch.processes import Process, fakepsp_process, gateway_process, gateway_ready_url, spare_port
 
 PAID_SKU = "paid-0"
 PAID_STOCK = 2_000

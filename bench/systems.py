@@ -18,10 +18,10 @@ import aiohttp
 import psutil
 
 from bench.invariants import Invariants
-from flashsale import testing as procs
-from flashsale.cluster import Cluster
 from flashsale.db import ensure_database
-from flashsale.embedded import Embedded
+from launch import processes as procs
+from launch.cluster import Cluster
+from launch.embedded import Embedded
 
 run_numbers = itertools.count(1)
 

@@ -12,9 +12,9 @@ from nats.js import JetStreamContext
 from committer.recovery import Dependency, DependencyName
 from config.settings import Settings
 from flashsale.credentials import POSTGRES_REFUSED, CredentialsRefused
-from flashsale.embedded import without_password
 from flashsale.jetstream import connect_or_refuse, ensure_streams
 from flashsale.logs import kv
+from flashsale.urls import without_password
 
 log = logging.getLogger("committer")
 

@@ -13,13 +13,11 @@ from typing import Any
 
 import msgspec
 
+from config.errors import SettingsError
 from proto.subjects import Names
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
-
-class SettingsError(ValueError):
-    """Settings that name no field or hold a value of the wrong type."""
 
 REPO_ROOT = CONFIG_DIR.parent
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from flashsale.embedded import without_password
+from flashsale.urls import without_password
 
 # How a process started by hand gets the credentials of `flashsale dev`'s servers.
 HAND_STARTED_HINT = 'under `make run`, start it with the environment of `eval "$(.venv/bin/flashsale env)"`'

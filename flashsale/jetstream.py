@@ -17,8 +17,8 @@ from nats.js.api import DiscardPolicy, PersistMode, RetentionPolicy, StorageType
 
 from config.settings import Settings
 from flashsale.credentials import CredentialsRefused
-from flashsale.embedded import without_password
 from flashsale.logs import kv
+from flashsale.urls import without_password
 from proto.streams import StreamLimits, StreamSpec, stream_specs
 
 log = logging.getLogger("flashsale.jetstream")

@@ -36,7 +36,8 @@ from typing import IO, Literal, cast
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from config.settings import REPO_ROOT, Settings, SettingsError
+from config.errors import SettingsError
+from config.settings import REPO_ROOT, Settings
 
 START_S = 2  # a program that lives this long counts as started (its backoff starts again from 1 s)
 START_RETRIES = 30  # quick deaths in a row before supervisord gives up: 1 + 2 + ... + 30 s ≈ 8 min

@@ -177,15 +177,16 @@ async def _repair(settings: Settings, psp: PaymentProvider, report: Report, purc
     log.warning("repaired", extra=kv(purchase_id=purchase_id, psp_ref=intent.id, action=action))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     """`flashsale reconcile [--dry-run] [--grace-s S] [--every S]`; prints one JSON report per
-    run; exit status 1 if something needs a human (flagged or failed)."""
+    run; exit status 1 if something needs a human (flagged or failed). `settings`: those of the
+    caller (`flashsale reconcile` next to `flashsale dev`); None: loaded from the environment."""
     parser = argparse.ArgumentParser(prog="flashsale reconcile")
     parser.add_argument("--dry-run", action="store_true", help="report only, move no money")
     parser.add_argument("--grace-s", type=float, help="leave captures younger than this alone")
     parser.add_argument("--every", type=float, metavar="S", help="run again every S seconds")
     args = parser.parse_args(argv)
-    settings = load()
+    settings = settings or load()
     setup_logs("reconcile", settings.log_level)
 
     async def loop() -> int:

@@ -23,6 +23,7 @@ import jwt
 import msgspec
 from aiohttp import web
 
+from config.errors import ConfigError
 from config.settings import Settings
 from ingest import problems
 from ingest.ratelimit import RateLimiter
@@ -38,10 +39,6 @@ DEV_TOKEN_TTL_S = 3600
 ADMIN_TOKEN_MIN_BYTES = 32
 ADMIN_CLIENTS_MAX = 10_000  # addresses whose failures are remembered (the quietest forgotten)
 _REQUIRED_CLAIMS = ["exp", "sub", "iss", "aud"]
-
-
-class ConfigError(ValueError):
-    """No way to verify buyers: ingest refuses to start rather than trust anyone."""
 
 
 def _unauthorized(detail: str) -> problems.Rejection:

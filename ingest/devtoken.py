@@ -15,9 +15,10 @@ import ipaddress
 import msgspec
 from aiohttp import web
 
+from config.errors import ConfigError
 from config.settings import Settings
 from ingest import bodies, problems
-from ingest.auth import DEV_TOKEN_TTL_S, ConfigError, dev_tokens
+from ingest.auth import DEV_TOKEN_TTL_S, dev_tokens
 from ingest.schemas import UserId
 from ingest.state import STATE
 

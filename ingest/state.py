@@ -15,14 +15,15 @@ import msgspec
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from config.errors import ConfigError
 from config.settings import Settings
 from flashsale import shardmap
 from flashsale.credentials import postgres_pool
-from flashsale.embedded import without_password
 from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
+from flashsale.urls import without_password
 from ingest import metrics
-from ingest.auth import AdminGate, BuyerVerifier, ConfigError
+from ingest.auth import AdminGate, BuyerVerifier
 from ingest.batcher import IntentBatcher
 from ingest.edge.process import Edge
 from ingest.follower import IntentsFollower

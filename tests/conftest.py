@@ -16,11 +16,14 @@ import pytest
 
 from committer.schema import apply_schema
 from config.settings import Settings, load
-from flashsale import testing as procs
 from flashsale.db import ensure_database
-from flashsale.embedded import Embedded, free_port, free_port_block, start_nats, start_postgres
-from flashsale.testing import fakepsp_process
+from flashsale.ports import free_port, free_port_block
 from gateway.fakepsp.client import FakePspAdmin
+from launch import processes as procs
+from launch.embedded import Embedded
+from launch.nats_server import start_nats
+from launch.postgres_server import start_postgres
+from launch.processes import fakepsp_process
 from tests.auth import AUTH_SETTINGS
 
 _counter = itertools.count(1)

@@ -20,10 +20,10 @@ import msgspec
 import pytest
 
 from config.settings import Settings
-from flashsale.cluster import Cluster, start_cluster
 from flashsale.db import ensure_database
-from flashsale.embedded import free_port
 from flashsale.jetstream import connect_nats, ensure_streams
+from flashsale.ports import free_port
+from launch.cluster import Cluster, start_cluster
 from proto.sharding import shard_of
 from tests.auth import bearer
 from tests.chaos import scaled

@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from flashsale.testing import committer_ready_url
+from launch.processes import committer_ready_url
 from proto.sharding import shard_of
 from tests.chaos import scaled
 from tests.chaos.test_committer_kill import wait_rows

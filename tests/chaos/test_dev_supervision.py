@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import CONFIG_DIR, REPO_ROOT, load
-from flashsale.embedded import free_port, free_port_block, port_open
+from flashsale.ports import free_port, free_port_block, port_open
 from ingest.auth import dev_tokens
 from proto.sharding import shard_of
 
@@ -97,7 +97,7 @@ class Dev:
         self.log = self.root / f"dev{self.run}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "flashsale", "dev", "--procfile", str(self.procfile), "--sale", "",
+                [sys.executable, "-m", "launch", "dev", "--procfile", str(self.procfile), "--sale", "",
                  *self.args],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )

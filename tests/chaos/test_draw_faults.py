@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from committer.recovery import EXIT_FENCED
-from flashsale.testing import spare_port
-from flashsale.verify import verify_draw
+from launch.processes import spare_port
+from launch.verify_draw import verify_draw
 from proto.clock import now_ms
 from proto.sharding import shard_of
 from tests.chaos.test_standby import wait_log

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from flashsale.testing import spare_port
+from launch.processes import spare_port
 from tests.hostile import still_deciding
 from tests.integration.test_gateway_e2e import (
     SKU,

@@ -14,8 +14,8 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
-from flashsale.embedded import start_nats
 from ingest.publisher import PUBLISH_TIMEOUT_S, SWEEP_EVERY_S
+from launch.nats_server import start_nats
 from tests.auth import bearer
 from tests.auth import pid as purchase_id
 from tests.conftest import seed_sku

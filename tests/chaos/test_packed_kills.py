@@ -12,7 +12,8 @@ import msgspec
 import pytest
 
 from config.settings import Settings
-from flashsale.embedded import Embedded, start_nats
+from launch.embedded import Embedded
+from launch.nats_server import start_nats
 from proto.sharding import shard_of
 from tests.chaos import scaled
 from tests.chaos.test_committer_kill import wait_rows

@@ -19,8 +19,8 @@ import time
 import msgspec
 import pytest
 
-from flashsale.testing import Process, fakepsp_process, spare_port
 from gateway.fakepsp.client import FakePspAdmin
+from launch.processes import Process, fakepsp_process, spare_port
 from tests.hostile import still_deciding
 from tests.integration.test_gateway_e2e import SKU, Saga, saga_settings
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from committer.recovery import EXIT_FENCED
-from flashsale.testing import Process, committer_ready_url, spare_port
+from launch.processes import Process, committer_ready_url, spare_port
 from proto.sharding import shard_of
 from tests.auth import bearer
 from tests.chaos import scaled

@@ -17,7 +17,7 @@ from tests.integration.test_draw import Drop, enter, until, wait_decided
 
 def flashsale(settings, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **to_env(settings)}
-    return subprocess.run([sys.executable, "-m", "flashsale", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "launch", *args], env=env,
                           capture_output=True, text=True, timeout=60)
 
 

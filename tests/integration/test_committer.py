@@ -13,8 +13,8 @@ import pytest
 
 from committer import store
 from committer.links import postgres_session
-from flashsale.embedded import free_port
-from flashsale.testing import committer_ready_url
+from flashsale.ports import free_port
+from launch.processes import committer_ready_url
 from proto.messages import IntentBatch, Purchase, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 from tests.util import eventually

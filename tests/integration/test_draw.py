@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import asyncpg
 
-from flashsale.verify import verify_draw
 from ingest.schemas import iso_ms
+from launch.verify_draw import verify_draw
 from proto.clock import now_ms
 from proto.draw import DRAW_GRACE_MS, draw_order
 from tests.auth import bearer

@@ -14,7 +14,7 @@ from typing import Literal
 import aiohttp
 import msgspec
 
-from flashsale import testing as procs
+from launch import processes as procs
 from tests.auth import bearer, token
 from tests.conftest import seed_sku
 from tests.integration.test_ingest_api import intents_count

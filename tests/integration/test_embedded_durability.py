@@ -22,17 +22,12 @@ from nats.js.errors import NotFoundError
 
 from config.settings import CONFIG_DIR, Settings, load
 from flashsale.durability import DurabilityError, check_durability, read_jetstream_config, verify
-from flashsale.embedded import (
-    Embedded,
-    free_port,
-    monitor_url,
-    nats_server_binary,
-    nats_url,
-    start_nats,
-    start_postgres,
-    wait_for_port,
-)
 from flashsale.jetstream import ensure_streams
+from flashsale.ports import free_port, wait_for_port
+from flashsale.urls import monitor_url, nats_url
+from launch.embedded import Embedded
+from launch.nats_server import nats_server_binary, start_nats
+from launch.postgres_server import start_postgres
 
 
 def _lax_nats(data_dir: Path) -> Embedded:
@@ -100,7 +95,7 @@ def test_dev_refuses_to_serve_without_sync_always(lax_nats, tmp_path):
     env = {**os.environ, "NATS_URL": lax_nats.url, "FLASHSALE_NATS_MONITOR_URL": lax_nats.monitor_url,
            "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/unused",
            "FLASHSALE_DATA_DIR": str(tmp_path / "data")}
-    out = subprocess.run([sys.executable, "-m", "flashsale", "dev", "--sale", ""], env=env,
+    out = subprocess.run([sys.executable, "-m", "launch", "dev", "--sale", ""], env=env,
                          capture_output=True, text=True, timeout=60)
     print(out.stdout[-2000:], out.stderr[-2000:])
     assert out.returncode == 2

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from flashsale.testing import ingest_metrics_url
 from ingest.events import event_order
+from launch.processes import ingest_metrics_url
 from tests.auth import bearer
 from tests.auth import pid as purchase_id
 from tests.conftest import seed_sku

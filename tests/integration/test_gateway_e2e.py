@@ -16,9 +16,9 @@ import nats
 import pytest
 
 from config.settings import Settings
-from flashsale.testing import fakepsp_process, gateway_process, gateway_ready_url, spare_port
 from gateway.fakepsp.client import FakePspAdmin
 from gateway.reconcile import reconcile
+from launch.processes import fakepsp_process, gateway_process, gateway_ready_url, spare_port
 from proto.messages import Purchase, SkuUpsert, encode
 from proto.sharding import shard_of
 from tests.util import eventually

@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from config.settings import REPO_ROOT, Settings, to_env
-from flashsale.embedded import PASSWORD_FILE, PG_SERVICE_ROLE, SERVICE_PASSWORD_FILE, nats_url, postgres_url
+from flashsale.urls import PASSWORD_FILE, PG_SERVICE_ROLE, SERVICE_PASSWORD_FILE, nats_url, postgres_url
 
 
 def _without_credentials(settings: Settings, which: str) -> Settings:
@@ -71,7 +71,7 @@ def test_flashsale_env_hands_out_the_embedded_servers_credentials(tmp_path: Path
         (data / server / file).write_text(secret + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     env.update(FLASHSALE_DATA_DIR=str(data), FLASHSALE_NATS_PORT="14001", FLASHSALE_PG_PORT="14002")
-    out = subprocess.run([sys.executable, "-m", "flashsale", "env"], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "launch", "env"], env=env, capture_output=True,
                          text=True, timeout=30, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
     exported = dict(shlex.split(line)[1].split("=", 1) for line in out.stdout.splitlines())

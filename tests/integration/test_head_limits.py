@@ -14,7 +14,7 @@ import json
 import aiohttp
 import msgspec
 
-from flashsale.testing import (
+from launch.processes import (
     committer_status_port,
     fakepsp_process,
     gateway_process,

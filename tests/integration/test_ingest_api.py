@@ -11,8 +11,8 @@ import msgspec
 import nats
 from multidict import CIMultiDict
 
-from flashsale.embedded import free_port
-from flashsale.testing import ingest_metrics_url
+from flashsale.ports import free_port
+from launch.processes import ingest_metrics_url
 from tests.auth import bearer, pid
 from tests.conftest import seed_sku
 

@@ -9,7 +9,7 @@ from typing import Any, cast
 import aiohttp
 import msgspec
 
-from flashsale.embedded import free_port
+from flashsale.ports import free_port
 from ingest.readmodel import ReadModel
 from ingest.results import ResultsHub
 from tests.auth import bearer

@@ -9,8 +9,9 @@ import time
 import aiohttp
 import msgspec
 
-from flashsale.embedded import free_port, start_nats
-from flashsale.testing import ingest_metrics_url
+from flashsale.ports import free_port
+from launch.nats_server import start_nats
+from launch.processes import ingest_metrics_url
 from tests.auth import bearer
 from tests.conftest import seed_sku
 from tests.integration.test_ingest_api import intents_count

@@ -20,19 +20,12 @@ import nats.errors
 import pytest
 
 from config.settings import REPO_ROOT, Settings
-from flashsale import testing as procs
-from flashsale.embedded import (
-    NATS_USER,
-    PASSWORD_FILE,
-    Embedded,
-    nats_url,
-    password,
-    postgres_url,
-    start_nats,
-    start_postgres,
-    without_password,
-)
 from flashsale.jetstream import connect_nats, ensure_streams
+from flashsale.urls import NATS_USER, PASSWORD_FILE, nats_url, password, postgres_url, without_password
+from launch import processes as procs
+from launch.embedded import Embedded
+from launch.nats_server import start_nats
+from launch.postgres_server import start_postgres
 from tests.conftest import Servers
 
 

@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from flashsale.embedded import free_port
+from flashsale.ports import free_port
 from proto.sharding import shard_of
 from tests.auth import pid
 from tests.integration.test_ingest_flow import Client

@@ -12,7 +12,7 @@ import aiohttp
 import msgspec
 import nats
 
-from flashsale.embedded import free_port
+from flashsale.ports import free_port
 from proto.messages import Purchase, stored_decoder, unpacked
 from proto.sharding import shard_of
 from tests.integration.test_ingest_flow import Client

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from config.settings import load
-from flashsale.testing import fakepsp_process
 from gateway.psp import CardDeclined, PspError, StripeLikePsp
+from launch.processes import fakepsp_process
 
 CALM = dict(latency_ms=0, decline_rate=0, timeout_rate=0, lost_rate=0, hang_s=0.6)
 

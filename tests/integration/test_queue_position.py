@@ -9,7 +9,7 @@ import signal
 import aiohttp
 import msgspec
 
-from flashsale.embedded import free_port
+from flashsale.ports import free_port
 from proto.sharding import shard_of
 from tests.integration.test_ingest_flow import Client
 

@@ -15,10 +15,10 @@ import msgspec
 import pytest
 
 from config.settings import Settings, to_env
-from flashsale.testing import fakepsp_process
 from gateway.fakepsp.client import FakePspAdmin
 from gateway.psp import StripeLikePsp
 from gateway.reconcile import reconcile
+from launch.processes import fakepsp_process
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """What the database can reveal and what the services may do in it: the embedded servers start
 with a scrubbed environment (no secret of the stack's is theirs to hand out), and the services
-connect as a role that owns nothing, not as the superuser (flashsale/embedded.py,
+connect as a role that owns nothing, not as the superuser (launch/postgres_server.py,
 committer/schema.py)."""
 
 from __future__ import annotations
@@ -23,16 +23,10 @@ import pytest
 from committer.schema import SERVICE_READS, SERVICE_WRITES, TABLES, apply_schema
 from config.settings import REPO_ROOT, Settings
 from flashsale.db import split_database_url
-from flashsale.embedded import (
-    PG_SERVICE_ROLE,
-    SERVICE_PASSWORD_FILE,
-    free_port,
-    password,
-    postgres_ready,
-    postgres_url,
-    start_nats,
-    wait_for_port,
-)
+from flashsale.ports import free_port, wait_for_port
+from flashsale.urls import PG_SERVICE_ROLE, SERVICE_PASSWORD_FILE, password, postgres_url
+from launch.nats_server import start_nats
+from launch.postgres_server import postgres_ready
 from tests.conftest import Servers, System
 from tests.integration.test_cli import flashsale
 from tests.integration.test_ingest_flow import Client
@@ -77,7 +71,7 @@ def test_servers_started_by_make_run_hold_no_secret_of_the_stack(data_dir: Path)
     pg_read_binary_file('/proc/<postmaster>/environ') then reads nothing secret."""
     env = {**os.environ, **SECRETS}
     nats_port, monitor_port, pg_port = free_port(), free_port(), free_port()
-    me = [sys.executable, "-m", "flashsale"]
+    me = [sys.executable, "-m", "launch"]
     nats = subprocess.Popen([*me, "embedded-nats", "--data-dir", str(data_dir / "nats"), "--port",
                              str(nats_port), "--monitor-port", str(monitor_port)], env=env, cwd=REPO_ROOT)
     pg = subprocess.Popen([*me, "embedded-postgres", "--data-dir", str(data_dir / "pg"), "--port",

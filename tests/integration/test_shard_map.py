@@ -10,7 +10,7 @@ import time
 import msgspec
 import nats
 
-from flashsale import testing as procs
+from launch import processes as procs
 from proto.messages import Cancel, Purchase, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 from tests.conftest import System

@@ -12,8 +12,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from config.errors import ConfigError
 from config.settings import load
-from ingest.auth import AdminGate, BuyerVerifier, ConfigError, b64url_decode, dev_tokens
+from ingest.auth import AdminGate, BuyerVerifier, b64url_decode, dev_tokens
 from ingest.problems import Rejection
 from ingest.ratelimit import RateLimiter
 from proto.ids import id_key, purchase_id

@@ -14,7 +14,7 @@ import pytest
 
 from config.settings import Settings
 from flashsale.durability import DurabilityError, check_durability, read_jetstream_config, verify
-from flashsale.embedded import free_port
+from flashsale.ports import free_port
 
 MIB = 1 << 20
 SYNC_ALWAYS = {"server_name": "n1", "jetstream": {"config": {

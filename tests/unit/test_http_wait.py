@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from flashsale.embedded import free_port, http_ok, wait_http_ok
+from flashsale.ports import free_port, http_ok, wait_http_ok
 
 
 class Scripted(BaseHTTPRequestHandler):

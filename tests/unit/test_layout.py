@@ -1,5 +1,16 @@
-"""Imports go one way: proto (the wire contract) and the committer's pure machine import nothing
-that does I/O; plumbing (flashsale/) never imports the services built on it."""
+"""Imports go one way, down the layers of docs/architecture.md, with no exemption:
+
+    launch/, bench/          entry points and launchers (the CLI, dev, tests' and the bench's
+       |                     process launchers): may import any package below
+    ingest/ committer/ gateway/   the services
+       |
+    flashsale/               plumbing the services share
+       |
+    config/                  settings and their errors
+       |
+    proto/                   the wire contract: pure, imports nothing of the project
+
+The committer's machine is pure too, and nothing in production imports the tests."""
 
 from __future__ import annotations
 
@@ -13,9 +24,18 @@ import pytest
 from config.settings import REPO_ROOT
 
 IO_MODULES = ("asyncio", "nats", "asyncpg", "aiohttp", "socket", "subprocess", "ssl", "selectors")
-SERVICES = {"ingest", "committer", "gateway", "bench"}
-# Entry points and launchers may start any service; the rest of flashsale/ is plumbing.
-FLASHSALE_ENTRY_POINTS = {"cli.py", "__main__.py", "testing.py"}
+SERVICES = {"ingest", "committer", "gateway"}
+BELOW_SERVICES = {"proto", "config", "flashsale"}
+# What each top-level package may import of the project (itself included).
+MAY_IMPORT: dict[str, set[str]] = {
+    "proto": {"proto"},
+    "config": {"config", "proto"},
+    "flashsale": BELOW_SERVICES,
+    **{service: BELOW_SERVICES | SERVICES for service in SERVICES},
+    "launch": BELOW_SERVICES | SERVICES | {"launch"},
+    "bench": BELOW_SERVICES | SERVICES | {"launch", "bench"},
+}
+PROJECT = set(MAY_IMPORT) | {"tests"}
 
 
 def project_imports(path: Path) -> set[str]:
@@ -26,7 +46,11 @@ def project_imports(path: Path) -> set[str]:
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module.split(".")[0])
-    return found & (SERVICES | {"proto", "config", "flashsale", "tests"})
+    return found & PROJECT
+
+
+def modules_of(package: str) -> list[Path]:
+    return sorted(p for p in (REPO_ROOT / package).rglob("*.py") if "results" not in p.parts)
 
 
 def pure_modules() -> list[str]:
@@ -43,18 +67,16 @@ def test_pure_modules_load_no_io(module: str):
     assert out.stdout.strip() == "", f"{module} pulls in {out.stdout.strip()}"
 
 
-def test_proto_imports_nothing_of_the_project():
-    for path in (REPO_ROOT / "proto").glob("*.py"):
-        assert project_imports(path) <= {"proto"}, path.name
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_imports_go_down_the_layers(package: str):
+    wrong = {
+        str(path.relative_to(REPO_ROOT)): sorted(project_imports(path) - MAY_IMPORT[package])
+        for path in modules_of(package)
+    }
+    assert {path: found for path, found in wrong.items() if found} == {}
 
 
-def test_plumbing_does_not_import_services():
-    for path in (REPO_ROOT / "flashsale").glob("*.py"):
-        if path.name not in FLASHSALE_ENTRY_POINTS:
-            assert not project_imports(path) & SERVICES, path.name
+def test_every_package_has_its_place_in_the_layers():
+    packages = {p.parent.name for p in REPO_ROOT.glob("*/__init__.py")}
+    assert packages - {"tests"} == set(MAY_IMPORT)
 
-
-def test_production_code_never_imports_tests():
-    for package in (*SERVICES, "proto", "config", "flashsale"):
-        for path in (REPO_ROOT / package).rglob("*.py"):
-            assert "tests" not in project_imports(path), path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flashsale.embedded import free_port, free_port_block
+from flashsale.ports import free_port, free_port_block
 
 
 def test_ports_handed_out_are_never_handed_out_again():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import SettingsError, load
-from flashsale.cli import main
+from config.errors import SettingsError
+from config.settings import load
+from launch.cli import main
 
 
 def test_the_environment_overrides_and_converts():

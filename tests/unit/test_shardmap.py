@@ -1,10 +1,10 @@
 """The shard map check (flashsale/shardmap.py) and the scrubbed environment of the embedded
-servers (flashsale/embedded.py): pure parts."""
+servers (launch/embedded.py): pure parts."""
 
 from __future__ import annotations
 
-from flashsale.embedded import server_env
 from flashsale.shardmap import ShardMap, mismatch
+from launch.embedded import server_env
 from proto.sharding import SHARD_FUNCTION
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from flashsale.embedded import free_port
+from flashsale.ports import free_port
 from flashsale.status import serve_status
 
 

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from config.settings import REPO_ROOT, SettingsError, load
+from config.errors import SettingsError
+from config.settings import REPO_ROOT, load
 from flashsale.supervision import (
     PRIORITY,
     AlreadyRunning,

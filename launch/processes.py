@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import REPO_ROOT, Settings, to_env
-from flashsale.embedded import free_port, wait_http_ok
+from flashsale.ports import free_port, wait_http_ok
 
 
 @dataclass

@@ -17,17 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from flashsale.embedded import (
-    NATS_USER,
-    Embedded,
-    free_port_block,
-    http_ok,
-    nats_server_binary,
-    password,
-    server_env,
-    wait_for_port,
-    wait_http_ok,
-)
+from flashsale.ports import free_port_block, http_ok, wait_for_port, wait_http_ok
+from flashsale.urls import NATS_USER, password
+from launch.embedded import Embedded, server_env, write_secret
+from launch.nats_server import nats_server_binary
 
 CLUSTER_NAME = "flashsale"
 
@@ -183,9 +176,7 @@ def run_node(data_dir: Path, index: int, nodes: list[NodePorts], secret_dir: Pat
     conf = node_dir / "nats.conf"
     text = node_config(name, nodes[index], nodes, node_dir / "jetstream") + (
         f'authorization {{ user: "{NATS_USER}", password: "{password(secret_dir)}" }}\n')
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    write_secret(conf, text)  # it holds the password
     argv = [nats_server_binary(), "-c", str(conf)]
     sys.stdout.flush()
     os.execve(argv[0], argv, server_env())

@@ -1,5 +1,0 @@
-import sys
-
-from flashsale.cli import main
-
-sys.exit(main())
