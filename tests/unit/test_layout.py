@@ -10,7 +10,8 @@
        |
     proto/                   the wire contract: pure, imports nothing of the project
 
-The committer's machine is pure too, and nothing in production imports the tests."""
+The committer's machine is pure too, and nothing in production imports the tests. Every module of
+the packages in UNIT_TESTED is imported (a `__main__`, run) by at least one unit test."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "bench": BELOW_SERVICES | SERVICES | {"launch", "bench"},
 }
 PROJECT = set(MAY_IMPORT) | {"tests"}
+# The packages whose every module a unit test reaches (the services join once theirs all do).
+UNIT_TESTED = ("proto", "config", "flashsale", "launch")
 
 
 def project_imports(path: Path) -> set[str]:
@@ -80,3 +83,26 @@ def test_every_package_has_its_place_in_the_layers():
     packages = {p.parent.name for p in REPO_ROOT.glob("*/__init__.py")}
     assert packages - {"tests"} == set(MAY_IMPORT)
 
+
+def unit_tested_modules() -> set[str]:
+    """Modules the unit tests import, or run as `python -m` does (runpy.run_module)."""
+    reached: set[str] = set()
+    for path in (REPO_ROOT / "tests" / "unit").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                reached.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                reached.add(node.module)
+                reached.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif (isinstance(node, ast.Call) and ast.unparse(node.func) == "runpy.run_module"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                reached.add(f"{node.args[0].value}.__main__")
+    return reached
+
+
+@pytest.mark.parametrize("package", UNIT_TESTED)
+def test_every_module_is_reached_by_a_unit_test(package: str):
+    reached = unit_tested_modules()
+    modules = {".".join(p.relative_to(REPO_ROOT).with_suffix("").parts) for p in modules_of(package)
+               if p.stem != "__init__"}
+    assert sorted(modules - reached) == []
