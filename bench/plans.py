@@ -105,13 +105,14 @@ def _accepted(system: str, args: argparse.Namespace) -> tuple[Stock, list[PhaseP
         plans.append(PhasePlan("max-repeat", "closed", [f"acc-{n_skus - 1}"], args.duration_s,
                                connections=args.connections[0], sampler_rate=_sampler_rate(system),
                                use_wrk=args.generator == "wrk", repeat_buyers=REPEAT_BUYERS))
-    return stock, plans + _open_phases("acc", system, args)
+    # The open loops follow the best max, which the most connections are likely to reach.
+    return stock, plans + _open_phases("acc", system, args, max(args.connections))
 
 
 def _hot_sku(system: str, args: argparse.Namespace) -> tuple[Stock, list[PhasePlan]]:
     stock = {f"hot-{i}": HOT_STOCK for i in range(1 + len(args.fractions))}
     plans = [_max_phase(["hot-0"], system, args, repeat_buyers=_echo_pool(system))]
-    return stock, plans + _open_phases("hot", system, args)
+    return stock, plans + _open_phases("hot", system, args, args.connections[0])
 
 
 def _many_skus(system: str, args: argparse.Namespace) -> tuple[Stock, list[PhasePlan]]:
@@ -132,15 +133,17 @@ def _max_phase(skus: list[str], system: str, args: argparse.Namespace, repeat_bu
                      rate_guess=_rate_guess(system), repeat_buyers=repeat_buyers)
 
 
-def _open_phases(prefix: str, system: str, args: argparse.Namespace) -> list[PhasePlan]:
-    """One open-loop phase per fraction of the max, each on its own SKU `<prefix>-1`, `-2`, ..."""
+def _open_phases(prefix: str, system: str, args: argparse.Namespace,
+                 connections: int = 64) -> list[PhasePlan]:
+    """One open-loop phase per fraction of the max, each on its own SKU `<prefix>-1`, `-2`, ...;
+    `connections`: those of the closed loop whose max they follow (the generators open as many)."""
     # echo decides nothing: no request of its open-loop phases waits for a decision.
     wait_every = 0 if system == "echo" else 10
     # Only flashsale has event streams: every 10th of its requests (between the long-polled
     # ones) is followed on its stream to the decision, as a buyer's app would.
     stream_every = 10 if system == "flashsale" else 0
     return [PhasePlan(f"open@{f:g}", "open", [f"{prefix}-{i + 1}"], args.duration_s,
-                      wait_every=wait_every, stream_every=stream_every,
+                      wait_every=wait_every, stream_every=stream_every, connections=connections,
                       repeat_buyers=_echo_pool(system))
             for i, f in enumerate(args.fractions)]
 

@@ -42,7 +42,7 @@ class PhasePlan:
     skus: list[str]
     duration_s: float
     rate: float | None = None  # open loop, total over all generator processes
-    connections: int = 64  # closed loop / retry: total
+    connections: int = 64  # closed loop / retry: total; open loop: of the max it follows
     wait_every: int = 10  # open loop: every Nth request waits for its decision
     stream_every: int = 0  # open loop: every Nth request is followed on its event stream
     sampler_rate: float = 0.0  # closed loop: decision-latency sampler beside the load
@@ -180,7 +180,9 @@ class _Phase:
         specs: list[GenSpec] = []
         if plan.mode == "open":
             assert plan.rate
-            specs = [spec(i, mode="open", rate=r, concurrency=OPEN_CONNECTIONS, wait_every=plan.wait_every,
+            # At least the closed loop's connections whose max it follows, over the processes.
+            open_connections = max(OPEN_CONNECTIONS, plan.connections // GEN_PROCESSES)
+            specs = [spec(i, mode="open", rate=r, concurrency=open_connections, wait_every=plan.wait_every,
                           stream_every=plan.stream_every)
                      for i, r in enumerate(split_rate(plan.rate, GEN_PROCESSES))]
         elif plan.mode == "retry":

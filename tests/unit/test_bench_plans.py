@@ -4,7 +4,9 @@ servers)."""
 from __future__ import annotations
 
 from bench.__main__ import parse_args
+from bench.generators import Live
 from bench.plans import Planned, is_max, max_phase_name, phases_for, plan_systems
+from bench.runner import GEN_PROCESSES, _Phase
 
 
 def _args(*argv: str):
@@ -61,3 +63,28 @@ def test_options_become_lists_and_the_ingests_follow_the_box():
     assert (args.duration_s, args.fractions) == (3.0, [0.8])
     assert args.ingests >= 1  # flashsale.supervision.ingest_count: as under flashsale dev
     assert _args("--ingests", "2").ingests == 2
+
+
+class _Sut:
+    """What a phase's generator specs read of the system: its port and its label."""
+
+    port = 1
+
+    def label(self) -> str:
+        return "flashsale/2sh"
+
+
+def test_open_loops_open_as_many_connections_as_the_max_they_follow(tmp_path):
+    _, plans = phases_for("accepted", "flashsale", _args("--connections", "64,256", "--fractions", "0.8"))
+    open_plan = next(p for p in plans if p.mode == "open")
+    assert open_plan.connections == 256
+    open_plan.rate = 1000.0
+    specs = _Phase(_Sut(), "accepted", open_plan, tmp_path, "t", Live("x")).gen_specs()
+    assert [s.concurrency for s in specs] == [256 // GEN_PROCESSES] * GEN_PROCESSES
+    assert sum(s.rate for s in specs) == 1000.0
+    # At the default 64 each generator process keeps its 64.
+    _, plans = phases_for("hot-sku", "flashsale", _args("--connections", "64,256", "--fractions", "0.8"))
+    hot_open = next(p for p in plans if p.mode == "open")
+    hot_open.rate = 1000.0
+    specs = _Phase(_Sut(), "hot-sku", hot_open, tmp_path, "t", Live("x")).gen_specs()
+    assert [s.concurrency for s in specs] == [64] * GEN_PROCESSES

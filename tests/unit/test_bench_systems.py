@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
+from bench.baseline_systems import redis_conf
 from bench.flashsale_system import batch_counters
 from bench.genspec import GenSpec
 from bench.systems import BatchCounters, NatsServers
@@ -44,3 +45,9 @@ def test_a_cluster_is_every_node_with_r3_streams():
 def test_a_generator_spec_survives_its_trip_through_the_command_line():
     spec = GenSpec(port=1, mode="open", duration_s=2, start_at=0.0, tag="t", skus=["a"], rate=50)
     assert msgspec.json.decode(msgspec.json.encode(spec), type=GenSpec) == spec
+
+
+def test_redis_keeps_an_append_only_file_only_with_the_asked_fsync(tmp_path):
+    conf = redis_conf(6399, tmp_path, "always").splitlines()
+    assert {"port 6399", "bind 127.0.0.1", 'save ""', "appendonly yes", "appendfsync always"} <= set(conf)
+    assert "appendfsync everysec" in redis_conf(6399, tmp_path, "everysec")
