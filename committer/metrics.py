@@ -4,6 +4,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from flashsale.metrics import observe_many
 from proto.messages import Decision
 
 DECISIONS = Counter(
@@ -61,5 +62,4 @@ def observe_decision_latency(shard: str, now_ms: float, accepted_at_ms: Iterable
     child = _latency_children.get(shard)
     if child is None:
         child = _latency_children[shard] = DECISION_LATENCY.labels(shard)
-    for accepted in accepted_at_ms:
-        child.observe(max(0.0, now_ms - accepted) / 1000)
+    observe_many(child, [max(0.0, now_ms - accepted) / 1000 for accepted in accepted_at_ms])

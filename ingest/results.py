@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import msgspec
 
+from flashsale.metrics import observe_many
 from ingest import metrics
 from ingest.edge.refusals import note_refusal
 from ingest.edge.waits import WaitBudget
@@ -166,10 +167,11 @@ class ResultsHub:
         self.queues.results(batch.shard, batch.decided_seq, time.monotonic())
         for state in batch.skus:
             self.put_sku(state)
+        # First decision of a purchase (not a later confirm/expiry): the buyer-visible latency.
+        observe_many(metrics.DECISION_LATENCY, [
+            max(0, arrived_ms - d.accepted_at_ms) / 1000.0
+            for d in batch.decisions if d.decided_at_ms == d.updated_at_ms])
         for d in batch.decisions:
-            # First decision of a purchase (not a later confirm/expiry): the buyer-visible latency.
-            if d.decided_at_ms == d.updated_at_ms:
-                metrics.DECISION_LATENCY.observe(max(0, arrived_ms - d.accepted_at_ms) / 1000.0)
             self.put_decision(d)
             self.pending.pop(d.id, None)
             self.queues.decided(d.id)
