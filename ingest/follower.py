@@ -19,6 +19,7 @@ was deleted before the follower reached it, which it notices (a gap in the strea
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import msgspec
@@ -49,9 +50,10 @@ class _Shard:
         self.sub: JetStreamContext.PushSubscription | None = None
         # Futures of waits for the follower to reach a sequence, by that sequence.
         self.reaching: dict[int, asyncio.Future[None]] = {}
-        # The next question for the stream's last sequence (None: nobody waits for one yet),
-        # and whether one is on its way now.
-        self.next_ask: asyncio.Future[int] | None = None
+        # The next barrier round (None: nobody waits for one yet): its callers are answered
+        # once a question for the stream's last sequence, sent after they joined, is answered
+        # and the follower has read that far. And whether a question is on its way now.
+        self.next_round: asyncio.Future[None] | None = None
         self.asking = False
 
 
@@ -86,7 +88,7 @@ class IntentsFollower:
                 except Exception:  # closing anyway; the server drops ephemeral consumers itself
                     pass
                 s.sub = None
-            for fut in s.reaching.values():
+            for fut in [*s.reaching.values(), *([s.next_round] if s.next_round else [])]:
                 if not fut.done():
                     fut.cancel()
 
@@ -161,49 +163,48 @@ class IntentsFollower:
         s = self._shards[shard]
         if s.read_seq >= seq:
             return
-        fut = s.reaching.get(seq)
-        if fut is None:
-            fut = s.reaching[seq] = asyncio.get_running_loop().create_future()
-            timer = asyncio.get_running_loop().call_later(FOLLOW_TIMEOUT_S, _behind, s, seq)
-            fut.add_done_callback(lambda _: timer.cancel())
-        await asyncio.shield(fut)
+        await asyncio.shield(_reaching(s, seq))
 
     async def barrier(self, shard: int) -> None:
         """Returns once everything the shard's stream held when this was called has been read:
         a purchase acknowledged anywhere before is known (pending) or decided by then. Raises
-        Overloaded when that takes PUBLISH_TIMEOUT_S (a question that joined one already out
-        waits for it and then its own: bounded all the same)."""
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await self.reached(shard, await self._last_seq(shard))
-        except TimeoutError:
-            raise Overloaded("publish_timeout") from None
-
-    async def _last_seq(self, shard: int) -> int:
+        Overloaded when that takes PUBLISH_TIMEOUT_S. Concurrent callers share one round: one
+        question to the server, one future, one timer (the sold-out path waits here for every
+        click)."""
         s = self._shards[shard]
-        if s.next_ask is None:
-            s.next_ask = asyncio.get_running_loop().create_future()
+        fut = s.next_round
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = s.next_round = loop.create_future()
+            timer = loop.call_later(PUBLISH_TIMEOUT_S, _fail, fut, "publish_timeout")
+            fut.add_done_callback(lambda _: timer.cancel())
             if not s.asking:
                 task = asyncio.create_task(self._ask(shard))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        return await asyncio.shield(s.next_ask)
+        await asyncio.shield(fut)
 
     async def _ask(self, shard: int) -> None:
-        """Answer every waiting question with one request sent after they were asked."""
+        """Start every waiting round with one request sent after its callers joined it."""
         s = self._shards[shard]
         s.asking = True
         try:
-            while s.next_ask is not None:
-                fut, s.next_ask = s.next_ask, None
+            while s.next_round is not None:
+                fut, s.next_round = s.next_round, None
                 try:
-                    fut.set_result(await self.publisher.stream_last_seq(self.names.intents_stream(shard)))
+                    last_seq = await self.publisher.stream_last_seq(self.names.intents_stream(shard))
                 except Overloaded as exc:
-                    fut.set_exception(exc)
+                    _fail(fut, exc.cause)
+                    continue
                 except Exception as exc:
-                    fut.set_exception(Overloaded("jetstream_refused"))
+                    _fail(fut, "jetstream_refused")
                     log.warning("stream last sequence failed", extra=kv(shard=shard, error=repr(exc)))
-                fut.add_done_callback(_retrieve)
+                    continue
+                if s.read_seq >= last_seq:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    _reaching(s, last_seq).add_done_callback(functools.partial(_pass_on, fut))
         finally:
             s.asking = False
 
@@ -239,6 +240,37 @@ class IntentsFollower:
                     delay_s = min(delay_s * 2, RESUBSCRIBE_BACKOFF_MAX_S)
 
 
+def _reaching(s: _Shard, seq: int) -> asyncio.Future[None]:
+    """The wait for the follower to read the shard's stream up to `seq`, shared by everyone who
+    waits for that sequence; it fails after FOLLOW_TIMEOUT_S."""
+    fut = s.reaching.get(seq)
+    if fut is None:
+        loop = asyncio.get_running_loop()
+        fut = s.reaching[seq] = loop.create_future()
+        timer = loop.call_later(FOLLOW_TIMEOUT_S, _behind, s, seq)
+        fut.add_done_callback(lambda _: timer.cancel())
+    return fut
+
+
+def _pass_on(fut: asyncio.Future[None], read: asyncio.Future[None]) -> None:
+    """A barrier round ends as the wait for its sequence did (unless its own timer ended it)."""
+    if fut.done():
+        return
+    if read.cancelled():
+        fut.cancel()
+    elif (exc := read.exception()) is not None:
+        fut.set_exception(exc)
+        fut.add_done_callback(_retrieve)
+    else:
+        fut.set_result(None)
+
+
+def _fail(fut: asyncio.Future[None], cause: str) -> None:
+    if not fut.done():
+        fut.set_exception(Overloaded(cause))
+        fut.add_done_callback(_retrieve)
+
+
 def _behind(s: _Shard, seq: int) -> None:
     fut = s.reaching.pop(seq, None)
     if fut is not None and not fut.done():
@@ -246,6 +278,6 @@ def _behind(s: _Shard, seq: int) -> None:
         fut.add_done_callback(_retrieve)
 
 
-def _retrieve(fut: asyncio.Future[int] | asyncio.Future[None]) -> None:
+def _retrieve(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled():
         fut.exception()

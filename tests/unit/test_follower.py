@@ -30,8 +30,9 @@ class FakePublisher:
 
     async def stream_last_seq(self, stream: str) -> int:
         self.asked += 1
+        last_seq = self.last_seq  # what the stream held when the question arrived
         await asyncio.sleep(0.01)
-        return self.last_seq
+        return last_seq
 
 
 def follower(publisher: FakePublisher) -> tuple[IntentsFollower, ShardQueues]:
@@ -73,6 +74,40 @@ async def test_a_wait_for_a_message_not_read_in_time_is_overload(monkeypatch: py
     assert exc.value.cause == "intents_follower_behind"
     f._on_msg(1, message(3, buy("late")))
     await f.reached(1, 3)  # read now: no wait at all
+
+
+async def test_a_barrier_joined_while_a_question_is_out_waits_for_a_question_of_its_own():
+    publisher = FakePublisher(last_seq=0)
+    f, _ = follower(publisher)
+    first = asyncio.create_task(f.barrier(0))
+    await asyncio.sleep(0.005)  # its question is out
+    publisher.last_seq = 1  # stored meanwhile: the joiner must see it
+    joined = [asyncio.create_task(f.barrier(0)) for _ in range(10)]
+    await first
+    await asyncio.sleep(0.02)
+    assert publisher.asked == 2 and not any(j.done() for j in joined)
+    joined[0].cancel()  # a caller that leaves takes nobody else with it
+    f._on_msg(0, message(1, buy("a")))
+    await asyncio.gather(*joined[1:])
+
+
+@pytest.mark.parametrize("cause", ["publish_timeout", "no_stream", "intents_follower_behind"])
+async def test_a_barrier_round_that_cannot_end_is_overload_for_its_callers(cause, monkeypatch):
+    monkeypatch.setattr(follower_module, "PUBLISH_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(follower_module, "FOLLOW_TIMEOUT_S", 0.02)
+    publisher = FakePublisher(last_seq=3)  # never read: the follower is behind
+    f, _ = follower(publisher)
+    if cause == "publish_timeout":
+        publisher.stream_last_seq = lambda stream: asyncio.sleep(0.1, 3)  # type: ignore[method-assign]
+    if cause == "no_stream":
+        async def refused(stream: str) -> int:
+            raise Overloaded("no_stream")
+        publisher.stream_last_seq = refused  # type: ignore[method-assign]
+    results = await asyncio.gather(*(f.barrier(1) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, Overloaded) and r.cause == cause for r in results), results
+    publisher.stream_last_seq = FakePublisher(last_seq=0).stream_last_seq  # type: ignore[method-assign]
+    monkeypatch.setattr(follower_module, "PUBLISH_TIMEOUT_S", 1.0)
+    await f.barrier(1)  # the next round asks again
 
 
 def test_messages_deleted_before_they_were_read_end_the_followed_ids_being_whole():
