@@ -10,6 +10,7 @@
        |
     proto/                   the wire contract: pure, imports nothing of the project
 
+A service reads another only through the committer's tables' one home (committer/schema.py).
 The committer's machine is pure too, and nothing in production imports the tests. Every module of
 the packages in UNIT_TESTED is imported (a `__main__`, run) by at least one unit test."""
 
@@ -32,11 +33,13 @@ MAY_IMPORT: dict[str, set[str]] = {
     "proto": {"proto"},
     "config": {"config", "proto"},
     "flashsale": BELOW_SERVICES,
-    **{service: BELOW_SERVICES | SERVICES for service in SERVICES},
+    **{service: BELOW_SERVICES | SERVICES for service in SERVICES},  # see SHARED_BY_SERVICES
     "launch": BELOW_SERVICES | SERVICES | {"launch"},
     "bench": BELOW_SERVICES | SERVICES | {"launch", "bench"},
 }
 PROJECT = set(MAY_IMPORT) | {"tests"}
+# What one service may import of another: the committer's tables, read through their one home.
+SHARED_BY_SERVICES = {"committer.schema"}
 # The packages whose every module a unit test reaches (the services join once theirs all do).
 UNIT_TESTED = ("proto", "config", "flashsale", "launch")
 
@@ -50,6 +53,17 @@ def project_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module.split(".")[0])
     return found & PROJECT
+
+
+def project_modules_imported(path: Path) -> set[str]:
+    """Project modules (dotted) a module imports, `from a.b import c` counting as a.b."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return {m for m in found if m.split(".")[0] in PROJECT}
 
 
 def modules_of(package: str) -> list[Path]:
@@ -75,6 +89,17 @@ def test_imports_go_down_the_layers(package: str):
     wrong = {
         str(path.relative_to(REPO_ROOT)): sorted(project_imports(path) - MAY_IMPORT[package])
         for path in modules_of(package)
+    }
+    assert {path: found for path, found in wrong.items() if found} == {}
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_a_service_reads_another_only_through_the_tables_schema(service: str):
+    wrong = {
+        str(path.relative_to(REPO_ROOT)): sorted(
+            m for m in project_modules_imported(path)
+            if m.split(".")[0] in SERVICES - {service} and m not in SHARED_BY_SERVICES)
+        for path in modules_of(service)
     }
     assert {path: found for path, found in wrong.items() if found} == {}
 
