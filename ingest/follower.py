@@ -142,7 +142,9 @@ class IntentsFollower:
         try:
             intents = unpacked(stored_decoder.decode(msg.data))
         except msgspec.DecodeError:
+            # Its ids are unknown here too (a writer of a newer version may decide them).
             log.error("undecodable intents message", extra=kv(subject=msg.subject, seq=seq))
+            self.queues.skipped()
             intents = []
         self.queues.stored(shard, seq, intents)
         s.read_seq = seq

@@ -122,6 +122,15 @@ def test_messages_deleted_before_they_were_read_end_the_followed_ids_being_whole
     assert all(queues.followed.may_hold(p) for p in "abce")
 
 
+def test_a_message_the_follower_cannot_read_ends_the_followed_ids_being_whole():
+    f, queues = follower(FakePublisher(last_seq=0))
+    f._on_msg(0, SimpleNamespace(subject="t.intents.0.b.y", data=b"\x00 not an intent batch",
+                                 metadata=SimpleNamespace(sequence=SimpleNamespace(stream=1))))
+    assert not queues.followed.whole
+    f._on_msg(0, message(2, buy("a")))  # read on as before
+    assert queues.pending("a") is not None
+
+
 class FakePool:
     def __init__(self) -> None:
         self.queries: list[list[str]] = []
