@@ -12,6 +12,7 @@ from typing import Any
 import nats
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, PersistMode, RetentionPolicy, StorageType, StreamConfig
 
@@ -273,3 +274,15 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             entry["kept_above_settings"] = merge.kept
         done[str(wanted.name)] = entry
     log.info("streams ensured", extra=kv(replicas_wanted=settings.stream_replicas, streams=done))
+
+
+async def unsubscribe_quietly(sub: Subscription | None) -> None:
+    """End a push consumer's subscription, whatever the server says: it is closed or replaced
+    because the process stops or the connection came back, and the server drops an ephemeral
+    consumer by itself (or it went with the old connection)."""
+    if sub is None:
+        return
+    try:
+        await sub.unsubscribe()
+    except Exception:  # closing anyway
+        pass

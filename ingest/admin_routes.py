@@ -13,7 +13,7 @@ from flashsale.sku_changes import AdminError, make_upsert
 from ingest import bodies, problems
 from ingest.auth import bearer_token
 from ingest.edge.clients import client_of
-from ingest.publisher import Overloaded
+from ingest.errors import Overloaded
 from ingest.schemas import SkuUpsertRequest, sku_upsert_decoder, sku_view_of
 from ingest.state import STATE, Services
 from proto.identifiers import SKU

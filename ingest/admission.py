@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ingest import metrics, problems
-from ingest.publisher import Overloaded
+from ingest.errors import Overloaded
 
 log = logging.getLogger("ingest.admission")
 

@@ -26,7 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from flashsale.logs import kv
-from ingest.publisher import PUBLISH_TIMEOUT_S, SWEEP_EVERY_S, Overloaded, Publisher
+from ingest.errors import Overloaded
+from ingest.publisher import PUBLISH_TIMEOUT_S, SWEEP_EVERY_S, Publisher
 from proto.messages import Intent, IntentBatch, encode
 from proto.streams import PACKED_BATCH_MAX
 from proto.subjects import Names

@@ -29,8 +29,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from flashsale.jetstream import unsubscribe_quietly
 from flashsale.logs import kv
-from ingest.publisher import PUBLISH_TIMEOUT_S, Overloaded, Publisher
+from ingest.errors import Overloaded
+from ingest.publisher import PUBLISH_TIMEOUT_S, Publisher
 from ingest.queue import ShardQueues
 from proto.messages import stored_decoder, unpacked
 from proto.subjects import Names
@@ -82,12 +84,8 @@ class IntentsFollower:
         for task in self._tasks:
             task.cancel()
         for s in self._shards:
-            if s.sub is not None:
-                try:
-                    await s.sub.unsubscribe()
-                except Exception:  # closing anyway; the server drops ephemeral consumers itself
-                    pass
-                s.sub = None
+            await unsubscribe_quietly(s.sub)
+            s.sub = None
             for fut in [*s.reaching.values(), *([s.next_round] if s.next_round else [])]:
                 if not fut.done():
                     fut.cancel()
@@ -220,11 +218,7 @@ class IntentsFollower:
     async def _resubscribe(self) -> None:
         for shard, s in enumerate(self._shards):
             old, s.sub = s.sub, None
-            if old is not None:
-                try:
-                    await old.unsubscribe()
-                except Exception:  # the old consumer is likely gone with the old connection
-                    pass
+            await unsubscribe_quietly(old)
             delay_s = 0.1
             failing = False
             while s.sub is None:

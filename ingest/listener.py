@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from flashsale.jetstream import unsubscribe_quietly
 from flashsale.logs import kv
 from ingest.results import ResultsHub
 from proto.messages import progress_decoder, result_decoder
@@ -95,11 +96,7 @@ class ResultsListener:
 
     async def _resubscribe(self) -> None:
         old, self._sub = self._sub, None
-        if old is not None:
-            try:
-                await old.unsubscribe()
-            except Exception:  # the old consumer is likely gone with the old connection
-                pass
+        await unsubscribe_quietly(old)
         delay_s = RESUBSCRIBE_BACKOFF_MIN_S
         failing = False
         while True:
@@ -121,12 +118,8 @@ class ResultsListener:
             self._watchdog.cancel()
         if self._resubscribing is not None:
             self._resubscribing.cancel()
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:  # closing anyway; the server drops ephemeral consumers itself
-                pass
-            self._sub = None
+        await unsubscribe_quietly(self._sub)
+        self._sub = None
 
     async def _on_msg(self, msg: Msg) -> None:
         self._last_result_s = time.monotonic()

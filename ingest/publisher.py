@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from typing import TypeVar
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from ingest.errors import OverloadCause, Overloaded
 from proto.streams import ERR_STORE_FAILED, is_already_stored
 
 # Every wait on JetStream (a publish's ack, a stream info) ends within this (plus one sweep):
@@ -31,14 +33,6 @@ SWEEP_EVERY_S = 0.25
 # by default): what a server that stopped reading (paused, or a dead peer not detected yet) leads
 # to. Below that, a publish is refused instead (503), so no request ever waits on that buffer.
 NATS_BUFFER_MAX_BYTES = 1 << 20
-
-
-class Overloaded(Exception):
-    """The intent could not be stored right now; answer 503 + Retry-After."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
 
 
 class _AckError(msgspec.Struct):
@@ -54,23 +48,12 @@ class _PubAck(msgspec.Struct):
     error: _AckError | None = None
 
 
-_ack_decoder = msgspec.json.Decoder(_PubAck)
 _NO_RESPONDERS = b""  # JetStream answers an unknown subject with an empty "503" status message
-
-
-def ack_stored_now(data: bytes) -> int:
-    """Parse a JetStream PubAck: the stream sequence of the message stored now, or 0 when its
-    subject already holds its one message (a retry, or a concurrent request for the same key).
-    Raises Overloaded when nothing was stored (no stream, stream full, no leader...)."""
-    if data == _NO_RESPONDERS:
-        raise Overloaded("no_stream")
-    ack = _ack_decoder.decode(data)
-    if ack.error is None:
-        return 0 if ack.duplicate else ack.seq
-    err = ack.error
-    if is_already_stored(err.err_code, err.description):
-        return 0
-    raise Overloaded("stream_full" if err.err_code == ERR_STORE_FAILED else "jetstream_refused")
+# What nats-py raises from a publish when the connection cannot take it: nothing was sent.
+NATS_UNAVAILABLE = (
+    nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError,
+)
 
 
 class _StreamState(msgspec.Struct):
@@ -82,14 +65,34 @@ class _StreamInfo(msgspec.Struct):
     error: _AckError | None = None
 
 
+_Reply = TypeVar("_Reply", _PubAck, _StreamInfo)
+_ack_decoder = msgspec.json.Decoder(_PubAck)
 _info_decoder = msgspec.json.Decoder(_StreamInfo)
+
+
+def _decode_reply(data: bytes, decoder: msgspec.json.Decoder[_Reply]) -> _Reply:
+    """A JetStream API reply; Overloaded when no stream answered at all."""
+    if data == _NO_RESPONDERS:
+        raise Overloaded("no_stream")
+    return decoder.decode(data)
+
+
+def ack_stored_now(data: bytes) -> int:
+    """Parse a JetStream PubAck: the stream sequence of the message stored now, or 0 when its
+    subject already holds its one message (a retry, or a concurrent request for the same key).
+    Raises Overloaded when nothing was stored (no stream, stream full, no leader...)."""
+    ack = _decode_reply(data, _ack_decoder)
+    if ack.error is None:
+        return 0 if ack.duplicate else ack.seq
+    err = ack.error
+    if is_already_stored(err.err_code, err.description):
+        return 0
+    raise Overloaded("stream_full" if err.err_code == ERR_STORE_FAILED else "jetstream_refused")
 
 
 def stream_last_seq(data: bytes) -> int:
     """Parse a JetStream stream info reply: the stream's last sequence. Raises Overloaded."""
-    if data == _NO_RESPONDERS:
-        raise Overloaded("no_stream")
-    info = _info_decoder.decode(data)
+    info = _decode_reply(data, _info_decoder)
     if info.error is not None or info.state is None:
         raise Overloaded("jetstream_refused")
     return info.state.last_seq
@@ -129,7 +132,7 @@ class PendingReplies:
                 fut.set_exception(Overloaded("publish_timeout"))
         return len(expired)
 
-    def fail_all(self, cause: str) -> None:
+    def fail_all(self, cause: OverloadCause) -> None:
         for fut, _ in self._pending.values():
             if not fut.done():
                 fut.set_exception(Overloaded(cause))
@@ -183,8 +186,7 @@ class Publisher:
         self._pending.add(reply, fut, time.monotonic() + PUBLISH_TIMEOUT_S)
         try:
             await self.nc.publish(subject, payload, reply=reply, headers=headers)
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.OutboundBufferLimitError, nats.errors.StaleConnectionError) as exc:
+        except NATS_UNAVAILABLE as exc:
             self._pending.discard(reply)
             raise Overloaded("nats_disconnected") from exc
         except BaseException:

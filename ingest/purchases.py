@@ -14,7 +14,7 @@ from aiohttp import web
 from ingest import bodies, prefer, problems
 from ingest.auth import bearer_token, looks_like_jwt
 from ingest.edge.clients import client_of
-from ingest.publisher import Overloaded
+from ingest.errors import Overloaded
 from ingest.ratelimit import RateLimiter
 from ingest.readmodel import OPERATOR, Reader
 from ingest.results import Awaits, PurchaseState, Watch, is_decided, is_final, status_of

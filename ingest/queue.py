@@ -20,7 +20,7 @@ from collections import OrderedDict, deque
 
 import msgspec
 
-from ingest.publisher import Overloaded
+from ingest.errors import Overloaded
 from proto.messages import Intent, Purchase
 
 RATE_SMOOTHING = 0.3  # weight of the newest rate sample

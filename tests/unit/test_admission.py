@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from ingest import admission, metrics, problems
-from ingest.publisher import Overloaded
+from ingest.errors import Overloaded
 
 BODY_MAX_BYTES = 64
 RETRY_AFTER_S = 2

@@ -11,7 +11,8 @@ from typing import Any, cast
 import pytest
 
 from ingest.batcher import IntentBatcher
-from ingest.publisher import PUBLISH_TIMEOUT_S, Overloaded, Publisher
+from ingest.errors import Overloaded
+from ingest.publisher import PUBLISH_TIMEOUT_S, Publisher
 from proto.messages import IntentBatch, Purchase, stored_decoder
 from proto.subjects import Names
 

@@ -12,8 +12,8 @@ from typing import Any, cast
 import pytest
 
 from ingest import follower as follower_module
+from ingest.errors import Overloaded
 from ingest.follower import IntentsFollower
-from ingest.publisher import Overloaded
 from ingest.queue import ShardQueues
 from ingest.readmodel import ReadModel
 from ingest.results import ResultsHub

@@ -1,16 +1,18 @@
 """Stream configs from settings, and how an existing stream's config is merged with them: what
-the code defines wins, what protects data (replicas, retention, dedupe window) never shrinks."""
+the code defines wins, what protects data (replicas, retention, dedupe window) never shrinks; a
+subscription ends quietly."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
+import nats.errors
 import pytest
 from nats.js.api import DiscardPolicy, StreamConfig
 
 from config.settings import load
-from flashsale.jetstream import merge_config, nats_servers, stream_configs
+from flashsale.jetstream import merge_config, nats_servers, stream_configs, unsubscribe_quietly
 
 
 def test_nats_url_is_one_server_or_a_comma_separated_list():
@@ -88,3 +90,23 @@ def test_what_the_code_defines_wins_and_the_rest_of_the_server_config_is_kept():
                              "discard": [DiscardPolicy.OLD, DiscardPolicy.NEW]}
     assert merge.config.description == "set by an operator"
     assert merge.config.metadata == {"team": "sales"}
+
+
+class Subscription:
+    def __init__(self, fails: bool) -> None:
+        self.fails = fails
+        self.unsubscribed = 0
+
+    async def unsubscribe(self) -> None:
+        self.unsubscribed += 1
+        if self.fails:
+            raise nats.errors.ConnectionClosedError
+
+
+async def test_a_subscription_ends_quietly_whatever_the_server_says():
+    for fails in (False, True):
+        sub = Subscription(fails)
+        await unsubscribe_quietly(sub)  # type: ignore[arg-type]
+        assert sub.unsubscribed == 1
+    await unsubscribe_quietly(None)
+

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from ingest.publisher import Overloaded, PendingReplies, ack_stored_now, stream_last_seq
+from ingest.errors import Overloaded
+from ingest.publisher import PendingReplies, ack_stored_now, stream_last_seq
 
 
 def test_a_new_message_is_stored_now_at_its_sequence():

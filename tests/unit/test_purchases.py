@@ -18,7 +18,7 @@ import pytest
 from config.settings import Settings
 from ingest import problems
 from ingest.batcher import Place
-from ingest.publisher import Overloaded
+from ingest.errors import Overloaded
 from ingest.purchases import _submit
 from ingest.queue import ShardQueues
 from ingest.results import ResultsHub

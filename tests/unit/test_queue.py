@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.publisher import Overloaded
+from ingest.errors import Overloaded
 from ingest.queue import FollowedIds, ShardQueues
 from proto.messages import Cancel, Intent, Purchase
 
