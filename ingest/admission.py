@@ -9,41 +9,26 @@
   parsed body, so the purchase handler applies them itself (see purchases.create_purchase);
   they are documented with the rest of admission here.
 
-The same middleware answers every `problems.Rejection` a handler raises (counting it by slug),
-turns every other error into problem+json, infrastructure failures into 503s
-rather than 500s, and counts requests for /metrics.
+The same middleware answers every error a handler raises as problem+json (`ingest.failures`:
+infrastructure failures as 503s rather than 500s) and counts requests for /metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import asyncpg
-import nats.errors
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ingest import metrics, problems
-from ingest.errors import Overloaded
-
-log = logging.getLogger("ingest.admission")
+from ingest.failures import problem_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Routes that publish an intent and so are shed when publishing cannot keep up.
 _PUBLISHING_ROUTES = frozenset(
     {"/v1/purchases", "/v1/purchases/{id}/cancel", "/v1/admin/skus/{sku}"}
-)
-_HTTP_SLUGS = {
-    400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large",
-    415: "unsupported_media_type",
-}
-# Failures of NATS or Postgres: the request may succeed if retried later.
-_DEPENDENCY_ERRORS = (
-    nats.errors.Error, asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError,
 )
 
 
@@ -59,33 +44,8 @@ def middleware(
         route = resource.canonical if resource is not None else "unmatched"
         try:
             response = await _admit(request, handler, route)
-        except web.HTTPException as exc:
-            # Router 404/405 and aiohttp's own 413 for an oversized chunked body.
-            response = problems.Rejection(
-                exc.status, _HTTP_SLUGS.get(exc.status, "http_error"), exc.reason,
-                exc.text or exc.reason,
-            ).response()
-            if exc.status == 405 and "Allow" in exc.headers:
-                response.headers["Allow"] = exc.headers["Allow"]
-        except problems.Rejection as exc:
-            if exc.status < 500:
-                metrics.REJECTS.labels(exc.slug).inc()
-            response = exc.response()
-        except Overloaded as exc:
-            metrics.SHEDS.labels(exc.cause).inc()
-            response = problems.overloaded(f"cannot accept right now ({exc.cause})", retry_after_s)
-        except _DEPENDENCY_ERRORS as exc:
-            metrics.SHEDS.labels("dependency_error").inc()
-            log.warning("dependency error on %s %s: %r", request.method, route, exc)
-            response = problems.Rejection(
-                503, "dependency_unavailable", "Dependency unavailable",
-                "a backing service did not answer; retry later", retry_after_s=retry_after_s,
-            ).response()
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, route)
-            response = problems.Rejection(
-                500, "internal", "Internal error", "unexpected error; it has been logged"
-            ).response()
+        except Exception as exc:  # each kind answered as its problem (ingest.failures)
+            response = problem_response(exc, request.method, route, retry_after_s)
         metrics.count_request(route, response.status)
         if route == "/v1/purchases" and response.status == 202:
             metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)

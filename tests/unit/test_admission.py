@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from ingest import admission, metrics, problems
+from ingest import admission, failures, metrics, problems
 from ingest.errors import Overloaded
 
 BODY_MAX_BYTES = 64
@@ -139,3 +139,13 @@ async def test_requests_are_counted_by_route_template_never_by_path(client):
     labels = {s.labels["route"] for m in metrics.REGISTRY.collect() for s in m.samples
               if s.name == "flashsale_ingest_requests_total"}
     assert not any(label.startswith("/no/") or label.endswith("/a") for label in labels)
+
+
+def test_a_router_405_keeps_its_allow_header_and_an_unknown_status_its_own_slug():
+    allowed = failures.problem_response(web.HTTPMethodNotAllowed("PUT", ["GET", "HEAD"]), "PUT",
+                                        "/v1/skus/{sku}", RETRY_AFTER_S)
+    assert allowed.status == 405 and allowed.headers["Allow"] == "GET,HEAD"
+    teapot = failures.problem_response(web.HTTPRequestRangeNotSatisfiable(), "GET", "/", RETRY_AFTER_S)
+    assert teapot.status == 416 and teapot.content_type == PROBLEM
+    assert b"/problems/http_error" in teapot.body  # type: ignore[operator]
+
