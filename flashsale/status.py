@@ -7,7 +7,8 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from flashsale.serving import Served, problem_middleware, serve_app
+from flashsale.problem_json import problem_middleware
+from flashsale.serving import Served, serve_app
 
 
 async def serve_status(port: int, is_ready: Callable[[], bool], host: str = "127.0.0.1") -> Served:

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
-from flashsale import serving
+from flashsale.problem_json import problem_middleware
 from ingest import admission, bodies, devtoken, events, metrics, page, problems
 from ingest.admin_routes import put_sku
 from ingest.edge import process as edge
@@ -80,7 +80,7 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
 def create_metrics_app() -> web.Application:
     """/metrics alone, for `ingest_metrics_port` on loopback: what operators scrape is not on
     the public port, where it would tell anyone the load and the refusals."""
-    app = web.Application(middlewares=[serving.problem_middleware])
+    app = web.Application(middlewares=[problem_middleware])
     app.router.add_get("/metrics", metrics_endpoint)
     return app
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from flashsale.serving import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, FieldError, Problem, encode_problem
+from flashsale.problem_json import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, FieldError, Problem, encode_problem
 
 __all__ = ["PROBLEM_BASE", "PROBLEM_CONTENT_TYPE", "FieldError", "Problem", "Rejection"]
 

@@ -10,7 +10,8 @@ import signal
 
 import uvloop
 
-from flashsale.serving import problem_middleware, serve_app
+from flashsale.problem_json import problem_middleware
+from flashsale.serving import serve_app
 from gateway.fakepsp.app import FakePspConfig, create_app
 
 

@@ -7,7 +7,7 @@ and the file-descriptor budget every cap is sized from.
   (an RST: no request is parsed, nothing is answered) when the process or that peer already
   holds its cap of connections (`connections.ConnectionGuard`); behind it, every request head
   of the connection is held to `head_max_bytes` (431) and HTTP/1.x as every port's are
-  (flashsale.serving.HeadGuard);
+  (flashsale.head_guard.HeadGuard);
 - `refusals`: every refusal counted in `flashsale_ingest_edge_refusals_total{reason}` and logged
   at most once per client per interval; `BadRequestLog` turns aiohttp's traceback for a request
   it cannot parse into such a refusal;

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from config.settings import Settings
-from flashsale import serving
+from flashsale.head_guard import guard_answers
 from ingest import metrics, problems
 from ingest.edge.clients import CLIENT, Trusted, client_ip
 from ingest.edge.connections import ConnectionGuard
@@ -40,7 +40,7 @@ class Edge:
         self.connections = ConnectionGuard(limits, self.trusted)
         self.waits = WaitBudget.for_limits(limits, settings.retry_after_s)
         self.head_max_bytes = settings.head_max_bytes
-        self.guard_answers = serving.guard_answers(settings.head_max_bytes)
+        self.guard_answers = guard_answers(settings.head_max_bytes)
         self.client_rate_per_s = settings.client_rate_per_s
         # None when configured off (client_rate_per_s = 0): load tests run from one address.
         self.rate = (

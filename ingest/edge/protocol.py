@@ -6,18 +6,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from flashsale import serving
+from flashsale.head_guard import HeadGuard, Refusal, reset
+from flashsale.problem_json import ProblemRequestHandler
 from ingest.edge.process import Edge
 from ingest.edge.refusals import note_refusal
 
 
-class GuardedProtocol(serving.HeadGuard):
+class GuardedProtocol(HeadGuard):
     """One accepted connection: closed at once (an RST: nothing parsed, nothing answered) when
     its peer already holds its cap of connections, or the process does and none is idle (see
-    ConnectionGuard); else served behind the head guard every port has (serving.HeadGuard),
+    ConnectionGuard); else served behind the head guard every port has (flashsale.head_guard),
     its refusals counted here, and offered to the ConnectionGuard whenever it is idle."""
 
-    def __init__(self, make_handler: Callable[[], serving.ProblemRequestHandler], edge: Edge) -> None:
+    def __init__(self, make_handler: Callable[[], ProblemRequestHandler], edge: Edge) -> None:
         super().__init__(make_handler, edge.head_max_bytes, edge.guard_answers)
         self._edge = edge
         self.peer = ""
@@ -27,7 +28,7 @@ class GuardedProtocol(serving.HeadGuard):
         peername = transport.get_extra_info("peername")
         self.peer = str(peername[0]) if peername else ""
         if not self._edge.admit_connection(self.peer):
-            serving.reset(transport)
+            reset(transport)
             return False
         self._edge.connections.idle(self)  # nothing asked yet
         return True
@@ -51,7 +52,7 @@ class GuardedProtocol(serving.HeadGuard):
             else:
                 self._transport.close()
 
-    def refused(self, reason: serving.Refusal) -> None:
+    def refused(self, reason: Refusal) -> None:
         detail = f"more than {self._edge.head_max_bytes} bytes before the blank line" \
             if reason == "head_too_large" else ""
         note_refusal(reason, self.peer, detail=detail)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from flashsale.serving import HeadGuard, body_length, chunk_size, guard_answers
+from flashsale.head_guard import HeadGuard, body_length, chunk_size, guard_answers
 
 LIMIT = 1024
 
