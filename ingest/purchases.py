@@ -67,6 +67,7 @@ async def create_purchase(request: web.Request) -> web.Response:
             headers["Preference-Applied"] = prefer.preference_applied(wait_s)
             if watch.refusal is not None:  # the key's purchase is another request's
                 raise _key_reused(key)
+    assert current.id == intent.id, "the purchase answered is the one the buyer and key name"
     if isinstance(current, Decision):
         # Decided while this request waited: for this body, or the key's first use elsewhere.
         _check_same_request(current.request_hash, intent.request_hash, key)
@@ -312,6 +313,8 @@ async def owned_purchase(svc: Services, pid: str, reader: Reader, client: str) -
     current = await svc.reads.lookup(pid, reader, client)
     if current is None:
         raise problems.not_found(f"no purchase {pid}")
+    assert current.id == pid, (current.id, pid)
+    assert reader.may_read(current.user_id), "lookup never answers with another buyer's purchase"
     return current
 
 

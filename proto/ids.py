@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from proto.identifiers import PURCHASE_ID, PURCHASE_ID_PREFIX
+from proto.identifiers import IDEMPOTENCY_KEY, PURCHASE_ID, PURCHASE_ID_PREFIX
 
 ID_KEY_BYTES = 32  # the blake2b key of purchase ids: SHA-256 of `id_secret`
 PURCHASE_ID_DIGEST_BYTES = 15  # 120 bits, 30 hex characters
@@ -50,4 +50,8 @@ def request_hash(canonical_body: bytes) -> str:
 
 
 def new_idempotency_key() -> str:
-    return "srv_" + secrets.token_urlsafe(18)
+    """A key for a request that sent none: in the grammar a client's key is held to, so
+    `purchase_id` takes it like any other."""
+    key = "srv_" + secrets.token_urlsafe(18)
+    assert IDEMPOTENCY_KEY.matches(key), key
+    return key

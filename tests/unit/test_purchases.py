@@ -4,7 +4,8 @@ is stored once and queued; a retry of the same click, however it arrives (decide
 here, in flight here, read in the stream, in Postgres), is that purchase and stores nothing; the
 same key with another body is a 422 wherever the first use is seen; the sold-out fast path never
 hides an accepted purchase; a retry whose first copy nobody can read is stored again (the writer
-decides the id once), and a twin whose first failed is a retryable 503."""
+decides the id once), a twin whose first failed is a retryable 503, and a purchase stored while
+its follower is behind is accepted all the same."""
 
 from __future__ import annotations
 
@@ -69,8 +70,13 @@ class Stream:
 
 
 class Follower:
+    """The shard's follower; `behind`: it cannot catch up within its deadline."""
+
+    behind = False
+
     async def reached(self, shard: int, seq: int) -> None:
-        pass
+        if self.behind:
+            raise Overloaded("intents_follower_behind")
 
 
 class Reads:
@@ -121,6 +127,13 @@ async def test_a_new_purchase_is_stored_once_and_queued():
     assert svc.batcher.stores == 1 and svc.hub.pending[PID] == intent()
     assert svc.hub.queues.view(PID) is not None  # it has a place in its shard's queue
     assert svc.submitting == {}
+
+
+async def test_a_stored_purchase_is_accepted_though_its_follower_is_behind():
+    svc = services()
+    svc.follower.behind = True
+    assert await submit(svc, intent()) == intent()  # stored: a 202, without a queue position
+    assert svc.batcher.stores == 1 and svc.hub.pending[PID] == intent()
 
 
 async def test_a_retry_found_in_the_stream_is_that_purchase():
