@@ -196,7 +196,7 @@ async def _submit(svc: Services, intent: Purchase, key: str) -> PurchaseState:
     followed = svc.hub.queues.pending(intent.id, intent.request_hash)
     if followed is not None:  # a retry of a stored intent (on any instance): nothing to store
         return await _existing(svc, followed, intent, key)
-    first = svc.hub.pending.get(intent.id) or svc.hub.queues.pending(intent.id)
+    first = svc.hub.stored_here.get(intent.id) or svc.hub.queues.pending(intent.id)
     if first is not None:
         _check_same_request(first.request_hash, intent.request_hash, key)
     twin = svc.submitting.get(intent.id)

@@ -155,8 +155,9 @@ class ResultsHub:
         self.waits = waits or WaitBudget(waiters_max, waiters_max)
         self.decisions: OrderedDict[str, Decision] = OrderedDict()
         # Purchase intents this instance stored that it has not seen decided: the first use of
-        # their keys, visible here (a reuse with another body is a 422 at once).
-        self.pending: OrderedDict[str, Purchase] = OrderedDict()
+        # their keys, visible here (a reuse with another body is a 422 at once) before the
+        # follower reads them into queues.pending, which holds every instance's, in stream order.
+        self.stored_here: OrderedDict[str, Purchase] = OrderedDict()
         self.skus: OrderedDict[str, SkuState] = OrderedDict()
         self.watches: dict[str, set[Watch]] = {}
         self.watch_count = 0  # read by the metrics gauge at scrape time
@@ -173,7 +174,7 @@ class ResultsHub:
             for d in batch.decisions if d.decided_at_ms == d.updated_at_ms])
         for d in batch.decisions:
             self.put_decision(d)
-            self.pending.pop(d.id, None)
+            self.stored_here.pop(d.id, None)
             self.queues.decided(d.id)
             for w in self.watches.get(d.id, ()):
                 w.decided(d)
@@ -182,9 +183,9 @@ class ResultsHub:
                 self._answer_admin(r.key, r)
                 continue
             if r.kind == "purchase":
-                mine = self.pending.get(r.key)
+                mine = self.stored_here.get(r.key)
                 if mine is not None and mine.request_hash == r.request_hash:
-                    del self.pending[r.key]  # refused: its key names another request's purchase
+                    del self.stored_here[r.key]  # refused: its key names another request's purchase
             for w in self.watches.get(r.key, ()):
                 w.refused(r)
         for request_id in batch.admin_applied:
@@ -224,9 +225,9 @@ class ResultsHub:
         reuse of its key with another body is answered here."""
         if intent.id in self.decisions:
             return
-        self.pending[intent.id] = intent
-        if len(self.pending) > self.cache_max:
-            self.pending.popitem(last=False)
+        self.stored_here[intent.id] = intent
+        if len(self.stored_here) > self.cache_max:
+            self.stored_here.popitem(last=False)
 
     # -- SKUs ------------------------------------------------------------------------------
 

@@ -105,7 +105,7 @@ def services() -> Any:
 
 def forget_pending(svc: Any) -> None:
     """This instance did not store it (another did): only its follower knows it."""
-    svc.hub.pending.clear()
+    svc.hub.stored_here.clear()
 
 
 async def submit(svc: Any, purchase: Purchase) -> Any:
@@ -124,7 +124,7 @@ def reused(exc: pytest.ExceptionInfo[problems.Rejection]) -> bool:
 async def test_a_new_purchase_is_stored_once_and_queued():
     svc = services()
     assert await submit(svc, intent()) == intent()
-    assert svc.batcher.stores == 1 and svc.hub.pending[PID] == intent()
+    assert svc.batcher.stores == 1 and svc.hub.stored_here[PID] == intent()
     assert svc.hub.queues.view(PID) is not None  # it has a place in its shard's queue
     assert svc.submitting == {}
 
@@ -133,7 +133,7 @@ async def test_a_stored_purchase_is_accepted_though_its_follower_is_behind():
     svc = services()
     svc.follower.behind = True
     assert await submit(svc, intent()) == intent()  # stored: a 202, without a queue position
-    assert svc.batcher.stores == 1 and svc.hub.pending[PID] == intent()
+    assert svc.batcher.stores == 1 and svc.hub.stored_here[PID] == intent()
 
 
 async def test_a_retry_found_in_the_stream_is_that_purchase():

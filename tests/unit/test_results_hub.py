@@ -118,15 +118,15 @@ def test_a_purchase_stored_here_is_pending_until_decided_or_refused():
     hub = ResultsHub(cache_max=10, waiters_max=10)
     for pid in ("p1", "p2"):
         hub.stored(Purchase(id=pid, sku="hot", qty=1, user_id="u", request_hash="h1", accepted_at_ms=0))
-    assert set(hub.pending) == {"p1", "p2"}
+    assert set(hub.stored_here) == {"p1", "p2"}
     hub.apply(ResultBatch(shard=0, epoch=1, decisions=[decision("p1", "confirmed")], refusals=[
         Refusal(kind="purchase", key="p2", reason="idempotency_key_reused", request_hash="other")]))
-    assert set(hub.pending) == {"p2"}  # another request's intent refused: this one still pending
+    assert set(hub.stored_here) == {"p2"}  # another request's intent refused: this one still pending
     hub.apply(ResultBatch(shard=0, epoch=1, refusals=[
         Refusal(kind="purchase", key="p2", reason="idempotency_key_reused", request_hash="h1")]))
-    assert not hub.pending
+    assert not hub.stored_here
     hub.stored(Purchase(id="p1", sku="hot", qty=1, user_id="u", request_hash="h1", accepted_at_ms=0))
-    assert not hub.pending  # decided already
+    assert not hub.stored_here  # decided already
 
 
 async def test_waiters_are_bounded():
