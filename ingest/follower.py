@@ -31,7 +31,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from flashsale.jetstream import unsubscribe_quietly
 from flashsale.logs import kv
-from ingest.errors import Overloaded
+from ingest.errors import OverloadCause, Overloaded
 from ingest.publisher import PUBLISH_TIMEOUT_S, Publisher
 from ingest.queue import ShardQueues
 from proto.messages import stored_decoder, unpacked
@@ -261,7 +261,7 @@ def _pass_on(fut: asyncio.Future[None], read: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _fail(fut: asyncio.Future[None], cause: str) -> None:
+def _fail(fut: asyncio.Future[None], cause: OverloadCause) -> None:
     if not fut.done():
         fut.set_exception(Overloaded(cause))
         fut.add_done_callback(_retrieve)
