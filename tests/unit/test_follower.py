@@ -91,6 +91,31 @@ async def test_a_barrier_joined_while_a_question_is_out_waits_for_a_question_of_
     await asyncio.gather(*joined[1:])
 
 
+async def test_back_to_back_questions_are_spaced_so_that_callers_share_them(monkeypatch):
+    monkeypatch.setattr(follower_module, "BARRIER_SPACING_S", 0.05)
+    publisher = FakePublisher(last_seq=0)
+    asked_at: list[float] = []
+    ask = publisher.stream_last_seq
+
+    async def timed(stream: str) -> int:
+        asked_at.append(time.monotonic())
+        return await ask(stream)
+
+    publisher.stream_last_seq = timed  # type: ignore[method-assign]
+    f, _ = follower(publisher)
+    await f.barrier(0)  # the first question goes out at once
+    callers = []
+    for _ in range(5):  # clicks arriving one by one while the next question waits its turn
+        callers.append(asyncio.create_task(f.barrier(0)))
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*callers)
+    assert publisher.asked == 2 and asked_at[1] - asked_at[0] >= 0.05
+    await asyncio.sleep(0.06)
+    started = time.monotonic()
+    await f.barrier(0)  # a quiet shard: asked at once
+    assert publisher.asked == 3 and asked_at[2] - started < 0.04
+
+
 @pytest.mark.parametrize("cause", ["publish_timeout", "no_stream", "intents_follower_behind"])
 async def test_a_barrier_round_that_cannot_end_is_overload_for_its_callers(cause, monkeypatch):
     monkeypatch.setattr(follower_module, "PUBLISH_TIMEOUT_S", 0.05)
