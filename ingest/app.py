@@ -17,9 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config.settings import Settings
 from flashsale.problem_json import problem_middleware
-from ingest import admission, bodies, devtoken, events, metrics, page, problems
+from ingest import admission, bodies, devtoken, metrics, page, problems
 from ingest.admin_routes import put_sku
 from ingest.edge import process as edge
+from ingest.events import routes as event_routes
 from ingest.purchases import cancel_purchase, create_purchase, get_purchase
 from ingest.skus import get_draw, get_sku, list_skus
 from ingest.state import STATE, Services
@@ -71,7 +72,7 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi_json)
     app.router.add_get("/openapi.yaml", openapi_yaml)
-    events.setup(app, settings)
+    event_routes.setup(app, settings)
     page.setup(app, settings)
     devtoken.setup(app, settings)
     return app

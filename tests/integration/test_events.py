@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from ingest.sse import event_order
+from ingest.events.sse import event_order
 from launch.processes import ingest_metrics_url
 from tests.auth import bearer
 from tests.auth import pid as purchase_id

@@ -3,7 +3,7 @@ purchase's history, so a resume sends only what is newer."""
 
 from __future__ import annotations
 
-from ingest.sse import event_order, is_news
+from ingest.events.sse import event_order, is_news
 
 HISTORY = ["pending", "pending.7", "pending.7.1200", "pending.3.400", "pending.0",
            "reserved.1764600000100", "confirmed.1764600000200"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import msgspec
 
+from ingest.events.sku_feeds import SKU_STREAM_BACKLOG_MAX_BYTES, Listener, SkuFeed
+from ingest.events.sse import HEARTBEAT_FRAMES, Frames
 from ingest.results import ResultsHub
-from ingest.sku_feeds import SKU_STREAM_BACKLOG_MAX_BYTES, Listener, SkuFeed
-from ingest.sse import HEARTBEAT_FRAMES, Frames
 from proto.messages import SkuState
 
 STATE = SkuState(sku="tee", stock=10, reserved=0, sold=0, price_cents=100, max_per_user=None,

@@ -28,12 +28,12 @@ from ingest import metrics, problems
 from ingest.edge.clients import client_of
 from ingest.edge.process import EDGE
 from ingest.edge.refusals import note_refusal
+from ingest.events.sku_feeds import STREAMS, Ending, Listener, Streams
+from ingest.events.sse import HEARTBEAT, event, event_id, held_event_id, is_news, open_stream
 from ingest.purchases import owned_purchase, purchase_id_in_path, purchase_view, reader_of
 from ingest.results import PurchaseState, Watch, is_final, newer, status_of
 from ingest.schemas import PurchaseView, encode_json
-from ingest.sku_feeds import STREAMS, Ending, Listener, Streams
 from ingest.skus import known_sku
-from ingest.sse import HEARTBEAT, event, event_id, held_event_id, is_news, open_stream
 from ingest.state import STATE, Services
 
 GONE_CHECK_S = 1.0  # `pending` without a position: before any placed pending state

@@ -9,13 +9,13 @@ import asyncio
 from aiohttp import web
 
 from config.settings import Settings
-from ingest import events
-from ingest.sku_feeds import Listener
+from ingest.events import routes
+from ingest.events.sku_feeds import Listener
 
 
 def test_both_streams_are_mounted_get_only():
     app = web.Application()
-    events.setup(app, Settings())
+    routes.setup(app, Settings())
     methods = {(r.resource.canonical, r.method) for r in app.router.routes() if r.resource}
     assert methods == {("/v1/purchases/{id}/events", "GET"), ("/v1/skus/{sku}/events", "GET")}
 
@@ -28,8 +28,8 @@ class Transport:
 async def test_a_sku_stream_ends_for_its_feed_the_server_or_its_time():
     closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     listener = Listener(Transport(), chunked=True)  # type: ignore[arg-type]
-    assert await events._sku_stream_ends(listener, closed, max_s=0.01) == "done"
+    assert await routes._sku_stream_ends(listener, closed, max_s=0.01) == "done"
     closed.set_result(None)
-    assert await events._sku_stream_ends(listener, closed, max_s=10) == "closed"
+    assert await routes._sku_stream_ends(listener, closed, max_s=10) == "closed"
     listener.end("slow")
-    assert await events._sku_stream_ends(listener, closed, max_s=10) == "slow"
+    assert await routes._sku_stream_ends(listener, closed, max_s=10) == "slow"

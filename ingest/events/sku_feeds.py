@@ -16,8 +16,8 @@ from aiohttp import web
 from ingest import metrics, problems
 from ingest.edge.refusals import note_refusal
 from ingest.edge.waits import WaitBudget
+from ingest.events.sse import HEARTBEAT_FRAMES, Frames, sku_event
 from ingest.results import ResultsHub
-from ingest.sse import HEARTBEAT_FRAMES, Frames, sku_event
 from proto.messages import SkuState
 
 # A SKU stream whose client has this much unread (queued in its transport) is dropped: a reader
