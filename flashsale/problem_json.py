@@ -13,13 +13,14 @@ traceback and never an echo of what was sent.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -101,9 +102,7 @@ class ProblemRequestHandler(RequestHandler):
 
 
 @web.middleware
-async def problem_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own HTTP errors (router 404 and 405, 413) as problems, for the small apps that
     have no error handling of their own."""
     try:

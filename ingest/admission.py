@@ -16,15 +16,13 @@ infrastructure failures as 503s rather than 500s) and counts requests for /metri
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from ingest import metrics, problems
 from ingest.failures import problem_response
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Routes that publish an intent and so are shed when publishing cannot keep up.
 _PUBLISHING_ROUTES = frozenset(

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from config.settings import Settings
 from flashsale.head_guard import guard_answers
@@ -25,8 +24,6 @@ from ingest.ratelimit import RateLimiter
 # Probes are never rate limited: an orchestrator must see the process as it is. (/metrics is not
 # on this port at all: ingest_metrics_port.)
 RATE_EXEMPT_PATHS = frozenset({"/healthz", "/readyz"})
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Edge:
