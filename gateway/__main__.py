@@ -17,7 +17,7 @@ from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
 from flashsale.status import serve_status
 from gateway.psp import StripeLikePsp
-from gateway.worker import Gateway
+from gateway.worker import PaymentWorker
 
 log = logging.getLogger("gateway")
 
@@ -36,12 +36,12 @@ async def run(settings: Settings) -> None:
     psp = StripeLikePsp(settings.psp_url, settings.psp_api_key, timeout_s=settings.psp_timeout_s,
                         currency=settings.psp_currency,
                         connections_max=max(10, settings.gateway_concurrency))
-    gateway = Gateway(settings, js, psp, db)
-    jobs, refusals = await gateway.subscribe(nc)
+    worker = PaymentWorker(settings, js, psp, db)
+    jobs, refusals = await worker.subscribe(nc)
     ready.set()
     log.info("gateway ready", extra=kv(psp_url=settings.psp_url, concurrency=settings.gateway_concurrency))
     try:
-        await asyncio.gather(gateway.run_jobs(jobs, stop), gateway.run_refusals(refusals, stop))
+        await asyncio.gather(worker.run_jobs(jobs, stop), worker.run_refusals(refusals, stop))
     finally:
         await psp.close()
         await db.close()

@@ -76,7 +76,10 @@ SKIPPED: Mapping[Status, Outcome] = {
 }
 
 
-class Gateway:
+class PaymentWorker:
+    """Settles payment jobs (one reservation each) and refunds refused confirms; as many run
+    as there are gateway processes, sharing the durable consumers."""
+
     def __init__(self, settings: Settings, js: JetStreamContext, psp: PaymentProvider,
                  db: asyncpg.Pool | None = None) -> None:
         self.settings = settings

@@ -18,7 +18,7 @@ from flashsale.jetstream import ensure_streams
 from gateway.fakepsp.client import FakePspAdmin
 from gateway.messages import deadletter_decoder
 from gateway.psp import StripeLikePsp
-from gateway.worker import Gateway
+from gateway.worker import PaymentWorker
 from proto.messages import (
     Confirm,
     PaymentJob,
@@ -38,7 +38,7 @@ class Harness:
         self.js = js
         self.psp = psp
         self.admin = admin
-        self.gateway = Gateway(settings, js, psp)
+        self.gateway = PaymentWorker(settings, js, psp)
 
     async def job(self, token: str | None, ttl_s: float = 30, amount_cents: int = 1500) -> PaymentJob:
         job = PaymentJob(id="p_" + secrets.token_hex(8), sku="hot", user_id="u",

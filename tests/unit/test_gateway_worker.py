@@ -14,7 +14,7 @@ import pytest
 from config.settings import Settings
 from gateway.messages import deadletter_decoder
 from gateway.psp import CardDeclined, PaymentIntent, PspError, Refund
-from gateway.worker import Gateway
+from gateway.worker import PaymentWorker
 from proto.clock import now_ms
 from proto.messages import (
     Confirm,
@@ -141,9 +141,9 @@ class FakeDb:
 
 
 @pytest.fixture
-async def parts() -> AsyncIterator[tuple[Gateway, FakePsp, FakeJetStream, FakeDb]]:
+async def parts() -> AsyncIterator[tuple[PaymentWorker, FakePsp, FakeJetStream, FakeDb]]:
     psp, js, db = FakePsp(), FakeJetStream(), FakeDb()
-    yield Gateway(SETTINGS, js, psp, db), psp, js, db  # type: ignore[arg-type]
+    yield PaymentWorker(SETTINGS, js, psp, db), psp, js, db  # type: ignore[arg-type]
 
 
 async def test_a_reservation_is_authorized_captured_and_confirmed(parts):
