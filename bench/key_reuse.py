@@ -16,7 +16,7 @@ running) and the committer's own machine and store. Per batch size, the median o
 - `twin met at insert`: the same id, nothing asked first (what the writer does; with the
   question, a race where the other shard commits after it): the insert meets the row, the
   transaction rolls back, the row is read, the step is undone and the batch decided and
-  committed again (`committer.loop.decide`).
+  committed again (`committer.batch.decide`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import asyncpg
 import uvloop
 
 from committer import store
-from committer.loop import decide
+from committer.batch import decide
 from committer.machine import Machine, Sku, Step
 from committer.schema import apply_schema
 from flashsale.db import ensure_database

@@ -20,8 +20,8 @@ import sys
 import uvloop
 
 from committer import metrics, store
+from committer.faults import with_faults
 from committer.links import Health, Links, Unreachable
-from committer.loop import Committer
 from committer.recovery import (
     EXIT_CONFIG,
     EXIT_CORRUPT,
@@ -31,6 +31,8 @@ from committer.recovery import (
     dependency_of,
     verdict_of,
 )
+from committer.shard_rows import PostgresShardRows
+from committer.writer import ShardWriter
 from config.settings import Settings, load
 from flashsale import shardmap
 from flashsale.logs import kv, setup
@@ -55,7 +57,7 @@ class Shard:
         # A restarted process is a new owner: it waits for its predecessor's lease to expire.
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.epoch: int | None = None
-        self.writer: Committer | None = None  # the running writer, for /readyz only
+        self.writer: ShardWriter | None = None  # the running writer, for /readyz only
         self.health = Health(shard)
         # Both reset when a writer starts.
         self.backoff = Backoff(FIRST_RETRY_S, settings.rebuild_backoff_max_s)
@@ -105,7 +107,9 @@ class Shard:
             except shardmap.ShardMapError:
                 await store.release_lease(links.conn, self.shard, epoch)
                 raise
-            self.writer = await Committer.start(self.settings, self.shard, epoch, links)
+            ttl_ms = int(self.settings.lease_ttl_s * 1000)
+            rows = with_faults(self.settings, PostgresShardRows(links.conn, self.shard, epoch, ttl_ms))
+            self.writer = await ShardWriter.start(self.settings, self.shard, epoch, links, rows)
             self.backoff.reset()
             self.unexpected.clear()
             metrics.WRITER.labels(str(self.shard)).set(1)

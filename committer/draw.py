@@ -10,7 +10,7 @@ A SKU with `draw_window_s > 0` does not sell first come first served in its firs
   first come first served starts only once the draw is decided.
 - At `decides_at = closes_at + DRAW_GRACE_MS` (proto/draw.py: the grace lets intents still on
   their way from ingest arrive), in the first step at or after it that the shell does not hold
-  (committer/loop.py holds a due draw until it has taken every intent stored so far), the writer
+  (committer/draw_hold.py holds a due draw until it has taken every intent stored so far), the writer
   decides every entry in one step, in the order of `proto.draw.draw_order(seed, entry ids)` with
   the ordinary rules (stock, caps), then the waiting purchases in their arrival order; each
   entry's decision carries its rank. A purchase clicked in the window that reaches the writer

@@ -2,7 +2,7 @@
 
 Feed it intents and the clock; it returns a `Step`: the rows to write, the results to publish
 and the payment jobs to hand to the gateway. It owns the stock of its shard's SKUs, so it decides
-without locks; the I/O shell (`committer/loop.py`) commits each Step in one Postgres transaction
+without locks; the I/O shell (`committer/writer.py`) commits each Step in one Postgres transaction
 before anything it describes becomes visible.
 
 It decides only its own shard's SKUs (`shard_of` under the system's shard map): a purchase or SKU

@@ -1,11 +1,18 @@
 """Prometheus metrics of a committer (the SLIs it owns)."""
 
+import itertools
+import time
 from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from committer.machine import Step
 from flashsale.metrics import observe_many
-from proto.messages import Decision
+from proto.messages import Decision, Intent, Purchase
+
+# Of a refusal's reason, as a label: an upsert's refusal explains itself in a sentence, and
+# a label value must stay short and of a bounded set.
+REFUSAL_REASON_LABEL_MAX_CHARS = 40
 
 DECISIONS = Counter(
     "flashsale_decisions_total", "Purchase decisions committed", ["shard", "status", "reason"]
@@ -63,3 +70,22 @@ def observe_decision_latency(shard: str, now_ms: float, accepted_at_ms: Iterable
     if child is None:
         child = _latency_children[shard] = DECISION_LATENCY.labels(shard)
     observe_many(child, [max(0.0, now_ms - accepted) / 1000 for accepted in accepted_at_ms])
+
+
+def observe_step(shard: str, step: Step, intents: list[Intent]) -> None:
+    """A committed step's decisions, latencies, duplicates, refusals and stock."""
+    new_ids = {d.id for d in step.inserts}
+    t = time.time() * 1000
+    drawn = set(step.drawn)
+    count_decisions(shard, itertools.chain(step.inserts, step.updates.values()))
+    # A draw's purchases wait for it on purpose.
+    observe_decision_latency(shard, t, (d.accepted_at_ms for d in step.inserts if d.sku not in drawn))
+    refused = {r.key for r in step.refusals if r.kind == "purchase"}
+    dupes = sum(1 for i in intents
+                if isinstance(i, Purchase) and i.id not in new_ids and i.id not in refused)
+    if dupes:
+        DUPLICATES.labels(shard).inc(dupes)
+    for r in step.refusals:
+        REFUSALS.labels(shard, r.kind, r.reason[:REFUSAL_REASON_LABEL_MAX_CHARS]).inc()
+    for sku in step.skus.values():
+        STOCK_REMAINING.labels(sku.sku).set(sku.remaining)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from committer import store
-from committer.loop import decide
+from committer.batch import decide
 from committer.machine import Machine, Step
 from committer.schema import PURCHASE_COLUMNS, decision_of
 from config.settings import Settings

@@ -1,11 +1,11 @@
-"""The writer's hold on a due draw (committer/loop.py `_draws_held`), against a fake consumer."""
+"""The writer's hold on a due draw (committer/draw_hold.py), against a fake consumer."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
-from committer.loop import DRAW_HOLD_MAX_MS, Committer
+from committer.draw_hold import DRAW_HOLD_MAX_MS, DrawHold
 from committer.machine import Machine, Sku
 from config.settings import load
 from proto.draw import DRAW_GRACE_MS
@@ -27,38 +27,46 @@ class FakeJs:
                                num_pending=self.pending, num_ack_pending=self.ack_pending)
 
 
-def committer(js: FakeJs) -> Committer:
+def due_draw() -> int | None:
     m = Machine(shard=0)
     m.load_sku(Sku(sku="s", stock=1, sale_start_ms=T0, draw_window_s=2, draw_seed="ab" * 32))
-    links: Any = SimpleNamespace(js=js)
-    return Committer(load(env={}, file=None), 0, 1, links, m, puller=None, decided_seq=0)  # type: ignore[arg-type]
+    return m.next_draw_ms()
 
 
-async def test_a_draw_not_due_is_not_held():
+def hold(js: FakeJs) -> DrawHold:
+    return DrawHold(js, load(env={}, file=None).names, 0)
+
+
+async def test_the_machines_draw_is_due_at_its_grace():
+    assert due_draw() == DUE
+
+
+async def test_no_draw_or_a_draw_not_due_is_not_held():
     js = FakeJs()
     js.pending = 5
-    assert not await committer(js)._draws_held(DUE - 1, 0)
+    assert not await hold(js).held(None, DUE, 0)
+    assert not await hold(js).held(DUE, DUE - 1, 0)
 
 
 async def test_held_until_everything_stored_when_due_is_taken_not_what_comes_after():
     js = FakeJs()
-    c = committer(js)
+    h = hold(js)
     js.delivered, js.pending, js.ack_pending = 100, 20, 10  # the cut: sequence 120
-    assert await c._draws_held(DUE, 10)
+    assert await h.held(DUE, DUE, 10)
     js.delivered, js.pending, js.ack_pending = 120, 500, 20  # more keeps arriving after the cut
-    assert not await c._draws_held(DUE + 50, 20)
+    assert not await h.held(DUE, DUE + 50, 20)
 
 
 async def test_held_while_a_crashed_writers_batch_is_unacked():
     js = FakeJs()
-    c = committer(js)
+    h = hold(js)
     js.delivered, js.pending, js.ack_pending = 100, 0, 30  # 30 out with a crashed writer
-    assert await c._draws_held(DUE, 0)
+    assert await h.held(DUE, DUE, 0)
     js.ack_pending = 30  # redelivered to this writer: the batch in hand
-    assert not await c._draws_held(DUE + 50, 30)
+    assert not await h.held(DUE, DUE + 50, 30)
 
 
 async def test_the_hold_is_bounded():
     js = FakeJs()
     js.delivered, js.pending = 0, 10**6
-    assert not await committer(js)._draws_held(DUE + DRAW_HOLD_MAX_MS + 1, 0)
+    assert not await hold(js).held(DUE, DUE + DRAW_HOLD_MAX_MS + 1, 0)
