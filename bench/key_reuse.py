@@ -32,8 +32,9 @@ import uvloop
 
 from committer import store
 from committer.batch import decide
-from committer.machine import Machine, Sku, Step
+from committer.machine import Machine
 from committer.schema import apply_schema
+from committer.step import Sku, Step
 from flashsale.db import ensure_database
 from launch.postgres_server import start_postgres
 from proto.messages import Decision, Purchase

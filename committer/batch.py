@@ -16,7 +16,8 @@ import msgspec
 from nats.aio.msg import Msg
 
 from committer import store
-from committer.machine import Machine, Step
+from committer.machine import Machine
+from committer.step import Step
 from flashsale.logs import kv
 from proto.messages import Decision, Intent, Purchase, stored_decoder, unpacked
 

@@ -34,7 +34,7 @@ from proto.draw import DRAW_ENTRIES_MAX, DRAW_GRACE_MS, valid_seed
 from proto.messages import TIME_MAX_MS, Purchase, Reason, SkuUpsert
 
 if TYPE_CHECKING:
-    from committer.machine import Sku
+    from committer.step import Sku
 
 __all__ = ["DRAW_ENTRIES_MAX", "DRAW_GRACE_MS", "Draw", "Entry"]
 

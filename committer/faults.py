@@ -12,8 +12,8 @@ import os
 
 import asyncpg
 
-from committer.machine import Step
 from committer.shard_rows import ShardRows
+from committer.step import Step
 from config.settings import Settings
 from flashsale.logs import kv
 from proto.messages import Decision, Purchase

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from committer.machine import Step
+from committer.step import Step
 from flashsale.metrics import observe_many
 from proto.messages import Decision, Intent, Purchase
 

@@ -17,8 +17,9 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from committer.machine import Machine, Sku, Step
+from committer.machine import Machine
 from committer.shard_rows import ShardRows
+from committer.step import Sku, Step
 from flashsale.logs import kv
 from proto.messages import (
     PaymentJob,

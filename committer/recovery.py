@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from committer.machine import InvariantViolation
+from committer.step import InvariantViolation
 from committer.store import CorruptWrite, Fenced
 from flashsale.shardmap import ShardMapError
 

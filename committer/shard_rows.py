@@ -12,7 +12,7 @@ from typing import Protocol
 import asyncpg
 
 from committer import store
-from committer.machine import Step
+from committer.step import Step
 from proto.messages import Decision, Purchase
 
 

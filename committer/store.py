@@ -10,8 +10,9 @@ import asyncpg
 import msgspec
 
 from committer.draw import Entry
-from committer.machine import Machine, Sku, Step
+from committer.machine import Machine
 from committer.schema import PURCHASE_COLUMNS, decision_of
+from committer.step import Sku, Step
 from flashsale.db import DB_NOW_MS
 from proto.messages import Decision, Purchase
 

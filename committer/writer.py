@@ -20,9 +20,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from committer import batch, metrics, store
 from committer.draw_hold import DrawHold
 from committer.links import Links
-from committer.machine import Machine, Step
+from committer.machine import Machine
 from committer.outbox import Outbox, pending_payment_jobs
 from committer.shard_rows import ShardRows
+from committer.step import Step
 from config.settings import Settings
 from flashsale.logs import kv
 from flashsale.pull import Puller

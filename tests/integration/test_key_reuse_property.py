@@ -14,8 +14,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from committer import store
 from committer.batch import decide
-from committer.machine import Machine, Step
+from committer.machine import Machine
 from committer.schema import PURCHASE_COLUMNS, decision_of
+from committer.step import Step
 from config.settings import Settings
 from proto.messages import (
     KEY_REUSED,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 import nats.errors
 
-from committer.machine import InvariantViolation
 from committer.recovery import Backoff, Dependency, dependency_of, verdict_of
+from committer.step import InvariantViolation
 from committer.store import CorruptWrite, Fenced
 
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from committer import draw as draw_module
 from committer.draw import DRAW_GRACE_MS, Entry
-from committer.machine import Machine, Sku, Step
+from committer.machine import Machine
+from committer.step import Sku, Step
 from proto.draw import commitment_of, draw_order
 from proto.messages import TIME_MAX_MS, Decision, Purchase, SkuUpsert
 

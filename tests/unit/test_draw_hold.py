@@ -6,7 +6,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from committer.draw_hold import DRAW_HOLD_MAX_MS, DrawHold
-from committer.machine import Machine, Sku
+from committer.machine import Machine
+from committer.step import Sku
 from config.settings import load
 from proto.draw import DRAW_GRACE_MS
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from committer.machine import WRONG_SHARD, InvariantViolation, Machine, Sku
+from committer.machine import WRONG_SHARD, Machine
+from committer.step import InvariantViolation, Sku
 from proto.messages import KEY_REUSED, Cancel, Confirm, Decision, Purchase, Refusal, Release, SkuUpsert
 from proto.sharding import shard_of
 
