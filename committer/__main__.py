@@ -40,7 +40,7 @@ from flashsale.status import serve_status
 
 log = logging.getLogger("committer")
 
-__all__ = ["EXIT_CONFIG", "EXIT_CORRUPT", "EXIT_FENCED", "EXIT_STOPPED", "cli", "main"]
+__all__ = ["EXIT_CONFIG", "EXIT_CORRUPT", "EXIT_FENCED", "EXIT_STOPPED", "cli", "main", "parse"]
 
 FIRST_RETRY_S = 0.1
 STOP_GRACE_S = 10.0  # a writer's time to finish after SIGTERM; below supervision.STOP_WAIT_S
@@ -54,6 +54,7 @@ class Shard:
             raise ValueError(f"shard {shard} outside 0..{settings.shards - 1}")
         self.settings = settings
         self.shard = shard
+        self.ttl_ms = int(settings.lease_ttl_s * 1000)
         # A restarted process is a new owner: it waits for its predecessor's lease to expire.
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.epoch: int | None = None
@@ -69,14 +70,13 @@ class Shard:
     async def claim(self, links: Links, stopping: asyncio.Event) -> int | None:
         """Our epoch: taken once the lease is free or expired (standby until then), or the one
         we held before a rebuild (Fenced if someone took it meanwhile). None: stopping."""
-        ttl_ms = int(self.settings.lease_ttl_s * 1000)
         if self.epoch is not None:
-            await store.renew_lease(links.conn, self.shard, self.epoch, ttl_ms)
+            await store.renew_lease(links.conn, self.shard, self.epoch, self.ttl_ms)
             self.health.back("postgres")  # it took a write, not only a connection
             return self.epoch
         waiting = False
         while not stopping.is_set():
-            epoch, lease = await store.acquire_lease(links.conn, self.shard, self.owner, ttl_ms)
+            epoch, lease = await store.acquire_lease(links.conn, self.shard, self.owner, self.ttl_ms)
             self.health.back("postgres")  # it took a write, not only a connection
             if epoch is not None:
                 if waiting:
@@ -107,8 +107,8 @@ class Shard:
             except shardmap.ShardMapError:
                 await store.release_lease(links.conn, self.shard, epoch)
                 raise
-            ttl_ms = int(self.settings.lease_ttl_s * 1000)
-            rows = with_faults(self.settings, PostgresShardRows(links.conn, self.shard, epoch, ttl_ms))
+            rows = with_faults(self.settings,
+                               PostgresShardRows(links.conn, self.shard, epoch, self.ttl_ms))
             self.writer = await ShardWriter.start(self.settings, self.shard, epoch, links, rows)
             self.backoff.reset()
             self.unexpected.clear()
@@ -191,7 +191,8 @@ async def main(settings: Settings, shard: int, status_port: int) -> int:
             await runner.cleanup()
 
 
-def cli(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None, settings: Settings) -> tuple[int, int]:
+    """(shard, status port; 0: none) from the command line."""
     parser = argparse.ArgumentParser(prog="python -m committer")
     parser.add_argument("--shard", type=int, required=True)
     parser.add_argument(
@@ -199,12 +200,17 @@ def cli(argv: list[str] | None = None) -> None:
         help="port for /metrics, /healthz, /readyz (default: committer_metrics_port + shard; 0: none)",
     )
     args = parser.parse_args(argv)
-    settings = load()
     port = args.status_port
     if port is None:
         port = settings.committer_metrics_port + args.shard if settings.committer_metrics_port else 0
-    setup(f"committer-{args.shard}", settings.log_level)
-    sys.exit(uvloop.run(main(settings, args.shard, port)))
+    return args.shard, port
+
+
+def cli(argv: list[str] | None = None) -> None:
+    settings = load()
+    shard, port = parse(argv, settings)
+    setup(f"committer-{shard}", settings.log_level)
+    sys.exit(uvloop.run(main(settings, shard, port)))
 
 
 if __name__ == "__main__":

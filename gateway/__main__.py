@@ -21,6 +21,10 @@ from gateway.worker import PaymentWorker
 
 log = logging.getLogger("gateway")
 
+# PSP connections the worker keeps at least, however few payment slots it runs: refund and
+# look-up calls of compensations and reconciliation share the pool with the jobs.
+PSP_CONNECTIONS_MIN = 10
+
 
 async def run(settings: Settings) -> None:
     stop = asyncio.Event()
@@ -35,7 +39,7 @@ async def run(settings: Settings) -> None:
     db = await postgres_pool("gateway", settings.database_url, min_size=1, max_size=4)
     psp = StripeLikePsp(settings.psp_url, settings.psp_api_key, timeout_s=settings.psp_timeout_s,
                         currency=settings.psp_currency,
-                        connections_max=max(10, settings.gateway_concurrency))
+                        connections_max=max(PSP_CONNECTIONS_MIN, settings.gateway_concurrency))
     worker = PaymentWorker(settings, js, psp, db)
     jobs, refusals = await worker.subscribe(nc)
     ready.set()
@@ -53,12 +57,17 @@ async def run(settings: Settings) -> None:
         log.info("gateway stopped")
 
 
-def main(argv: list[str] | None = None) -> None:
+def settings_of(argv: list[str] | None, env: dict[str, str] | None = None) -> Settings:
+    """The settings (defaults < TOML < environment), with the command line's overrides."""
     parser = argparse.ArgumentParser(prog="python -m gateway")
     parser.add_argument("--metrics-port", type=int, help="overrides gateway_metrics_port")
     args = parser.parse_args(argv)
     overrides = {"gateway_metrics_port": args.metrics_port} if args.metrics_port is not None else {}
-    settings = load(**overrides)
+    return load(env, **overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = settings_of(argv)
     setup_logs("gateway", settings.log_level)
     uvloop.run(run(settings))
 

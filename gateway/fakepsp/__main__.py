@@ -27,17 +27,27 @@ async def serve(config: FakePspConfig, host: str, port: int) -> None:
     await served.cleanup()  # flushes the ledger file
 
 
-def main(argv: list[str] | None = None) -> None:
+DEFAULT_PORT = 8090
+
+
+def parse(argv: list[str] | None, env: dict[str, str] | None = None) -> tuple[FakePspConfig, str, int]:
+    """(config, host, port) from the command line over FAKEPSP_* variables."""
+    env = dict(os.environ if env is None else env)
     parser = argparse.ArgumentParser(prog="python -m gateway.fakepsp")
-    parser.add_argument("--host", default=os.environ.get("FAKEPSP_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("FAKEPSP_PORT", 8090)))
+    parser.add_argument("--host", default=env.get("FAKEPSP_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env.get("FAKEPSP_PORT", DEFAULT_PORT)))
     parser.add_argument("--ledger", help="JSON file the ledger is kept in across restarts")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s fakepsp %(levelname)s %(message)s")
-    config = FakePspConfig.from_env()
+    config = FakePspConfig.from_env(env)
     if args.ledger:
         config.ledger_path = args.ledger
-    uvloop.run(serve(config, args.host, args.port))
+    return config, args.host, args.port
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, host, port = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s fakepsp %(levelname)s %(message)s")
+    uvloop.run(serve(config, host, port))
 
 
 if __name__ == "__main__":

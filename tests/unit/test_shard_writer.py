@@ -13,9 +13,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from committer import faults, store
-from committer.machine import Machine, Sku, Step
+from committer import batch, faults, store
+from committer.machine import Machine
 from committer.outbox import RESULTS_PER_MESSAGE_MAX
+from committer.shard_rows import ShardRows
+from committer.step import Sku, Step
 from committer.writer import ShardWriter
 from config.settings import Settings
 from proto.clock import now_ms
@@ -165,6 +167,12 @@ def parts() -> Parts:
     return Parts(log, writer, puller, rows, js)
 
 
+def test_the_fake_rows_answer_everything_the_writer_asks_of_postgres():
+    asked = {name for name in vars(ShardRows) if not name.startswith("_")}
+    assert asked == {"lookup", "commit", "renew_lease", "intent_seqs"}
+    assert asked <= set(vars(FakeRows))
+
+
 async def test_a_batch_is_committed_then_acked_then_announced(parts: Parts):
     parts.deliver([purchase("p1"), purchase("p2", "paid")], [purchase("p3")])
     await parts.writer.run_once()
@@ -235,6 +243,7 @@ async def test_a_batch_stops_at_batch_max_intents_and_leaves_the_rest_for_the_ne
 async def test_an_idle_batch_commits_nothing_and_announces_nothing(parts: Parts):
     await parts.writer.run_once()
     assert parts.log == []
+    assert (await batch.read([], SETTINGS.batch_max, parts.puller)).last_seq is None
 
 
 async def test_a_big_step_goes_out_in_several_messages_the_sku_states_last(parts: Parts):
