@@ -100,8 +100,9 @@ class PaymentWorker:
             if status != "confirmed":
                 await self._compensate_purchase(job.id, status, "closed_before_charge")
             return skipped
-        charge_by_ms = self.charge_by_ms(job)
-        if now_ms() >= charge_by_ms:
+        # Money moves only for an open reservation (or one whose state cannot be read).
+        assert status in (None, "reserved"), (job.id, status)
+        if now_ms() >= self.charge_by_ms(job):
             # The committer expires it on its own; charging now would only be refunded.
             log.info("job expired before charging", extra=kv(purchase_id=job.id))
             return "skipped_expired"
@@ -109,6 +110,22 @@ class PaymentWorker:
         if not token:
             await self._publish_intent(job.shard, Release(job.id, "payment_declined"))
             return "declined"
+        paid = await self._pay(job, token)
+        if isinstance(paid, str):
+            return paid
+        if paid.status != "succeeded" or paid.amount_received <= 0:
+            await self._give_up(job, GiveUp("capture", "psp_rejected",
+                                            f"unexpected intent status {paid.status}", 1))
+            return "failed"
+        # An order is confirmed only with money captured, by an intent of this very purchase.
+        assert paid.status == "succeeded" and paid.amount_received > 0 and paid.id
+        assert paid.purchase_id in (None, job.id), (paid.id, paid.purchase_id, job.id)
+        await self._publish_intent(job.shard, Confirm(job.id, paid.id, paid.amount_received))
+        return "confirmed"
+
+    async def _pay(self, job: PaymentJob, token: str) -> PaymentIntent | Outcome:
+        """Authorize the reservation's amount, then capture it: the PSP's intent, or how the
+        job ended without one (the release is sent)."""
         try:
             intent = await self._until_charge_by(
                 job, "authorize", lambda: self.psp.authorize(job.id, job.amount_cents, token),
@@ -119,31 +136,26 @@ class PaymentWorker:
         except GiveUp as e:
             await self._give_up(job, e)
             return "failed"
-        if intent.status == "requires_capture":
-            if now_ms() >= job.expires_at_ms or await self._purchase_status(job.id) not in (None, "reserved"):
-                # Stock is already back on sale: let go of the hold instead of capturing.
-                await self._void_quietly(job.id, intent)
-                return "closed_before_capture"
-            authorized = intent
-            try:
-                intent = await self._until_charge_by(
-                    job, "capture", lambda: self.psp.capture(job.id, authorized.id),
-                    happened=lambda found: found.status == "succeeded")
-            except GiveUp as e:
-                # Frees the buyer's hold now. Should a capture still land after this (one stuck
-                # at the PSP), the void fails and reconciliation refunds it.
-                await self._void_quietly(job.id, authorized)
-                await self._give_up(job, e)
-                return "failed"
-        if intent.status != "succeeded" or intent.amount_received <= 0:
-            await self._give_up(job, GiveUp("capture", "psp_rejected",
-                                            f"unexpected intent status {intent.status}", 1))
-            return "failed"
-        # An order is confirmed only with money captured, by an intent of this very purchase.
-        assert intent.status == "succeeded" and intent.amount_received > 0 and intent.id
+        # What the PSP holds is this purchase's, and exactly what the reservation costs.
         assert intent.purchase_id in (None, job.id), (intent.id, intent.purchase_id, job.id)
-        await self._publish_intent(job.shard, Confirm(job.id, intent.id, intent.amount_received))
-        return "confirmed"
+        assert intent.amount == job.amount_cents, (intent.id, intent.amount, job.amount_cents)
+        if intent.status != "requires_capture":
+            return intent  # captured already (a replay of an earlier run), or unexpected
+        if now_ms() >= job.expires_at_ms or await self._purchase_status(job.id) not in (None, "reserved"):
+            # Stock is already back on sale: let go of the hold instead of capturing.
+            await self._void_quietly(job.id, intent)
+            return "closed_before_capture"
+        authorized = intent
+        try:
+            return await self._until_charge_by(
+                job, "capture", lambda: self.psp.capture(job.id, authorized.id),
+                happened=lambda found: found.status == "succeeded")
+        except GiveUp as e:
+            # Frees the buyer's hold now. Should a capture still land after this (one stuck
+            # at the PSP), the void fails and reconciliation refunds it.
+            await self._void_quietly(job.id, authorized)
+            await self._give_up(job, e)
+            return "failed"
 
     def charge_by_ms(self, job: PaymentJob) -> int:
         """The last moment to send a PSP call for this reservation: its deadline less the margin
@@ -195,7 +207,9 @@ class PaymentWorker:
         # Only our own authorize key creates intents for a purchase in normal operation, so
         # there is at most one; prefer a capture should there ever be more.
         live.sort(key=lambda i: i.status != "succeeded")
-        return live[0] if live else None
+        found = live[0] if live else None
+        assert found is None or found.purchase_id == purchase_id, (purchase_id, found)
+        return found
 
     async def _intents_of(self, purchase_id: str) -> list[PaymentIntent]:
         """The PSP's intents for the purchase, by its search (retried). Only the ones whose
@@ -205,6 +219,8 @@ class PaymentWorker:
         return [i for i in found if i.purchase_id == purchase_id]
 
     async def _void_quietly(self, purchase_id: str, intent: PaymentIntent) -> None:
+        # Only this purchase's hold is ever let go.
+        assert intent.purchase_id in (None, purchase_id), (intent.id, intent.purchase_id, purchase_id)
         try:
             await retrying(self.settings, "void", lambda: self.psp.void(purchase_id, intent.id))
         except (GiveUp, PspError) as e:
@@ -259,6 +275,8 @@ class PaymentWorker:
         # An order's money is never given back: callers skip confirmed purchases.
         assert status != "confirmed", purchase_id
         for intent in await self._intents_of(purchase_id):
+            # Money goes back only from this purchase's own intents (_intents_of filters).
+            assert intent.purchase_id == purchase_id, (intent.id, intent.purchase_id, purchase_id)
             if intent.net_captured_cents > 0:
                 await retrying(self.settings, "refund", partial(self.psp.refund, purchase_id, intent.id))
                 COMPENSATIONS.labels("refund").inc()
