@@ -55,6 +55,11 @@ def _chain(error: BaseException) -> list[BaseException]:
     return out
 
 
+# Doublings counted at most: past this the delay is max_s anyway, and 2.0 ** failures must
+# not overflow in a streak that lasts days.
+DOUBLINGS_MAX = 30
+
+
 class Backoff:
     """Retry delays: first_s doubling up to max_s; `reset` after a success."""
 
@@ -64,7 +69,7 @@ class Backoff:
         self.failures = 0
 
     def next_s(self) -> float:
-        delay_s = min(self.max_s, self.first_s * 2.0 ** min(self.failures, 30))
+        delay_s = min(self.max_s, self.first_s * 2.0 ** min(self.failures, DOUBLINGS_MAX))
         self.failures += 1
         return delay_s
 

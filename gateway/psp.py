@@ -170,6 +170,8 @@ def idempotency_key(purchase_id: str, step: str, intent_id: str | None = None) -
     return f"{purchase_id}:{step}" if intent_id is None else f"{purchase_id}:{step}:{intent_id}"
 
 
+# Of an error answer that is not Stripe-shaped JSON, what is kept as its message.
+ERROR_BODY_MAX_CHARS = 200
 # The PSP's error code for a step the intent's state does not allow (captured, voided already).
 UNEXPECTED_STATE = "payment_intent_unexpected_state"
 _PATH = {"capture": "capture", "void": "cancel"}  # /v1/payment_intents/{id}/<path>
@@ -216,7 +218,7 @@ class StripeLikePsp:
         try:
             err = _error_decoder.decode(body).error
         except msgspec.DecodeError:
-            err = _ErrorBody(message=body[:200].decode(errors="replace"))
+            err = _ErrorBody(message=body[:ERROR_BODY_MAX_CHARS].decode(errors="replace"))
         if status == 402 and err.type == "card_error":
             PSP_CALLS.labels(op, "declined").inc()
             raise CardDeclined(err.message, err.payment_intent)

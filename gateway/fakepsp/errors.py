@@ -18,6 +18,9 @@ def error_response(status: int, type_: str, message: str, **extra: Any) -> web.R
     return web.json_response({"error": {"type": type_, "message": message, **extra}}, status=status)
 
 
+QUOTED_VALUE_MAX_CHARS = 50  # of a malformed parameter, quoted back in the error
+
+
 def int_param(params: dict[str, str], name: str, default: int) -> int:
     """An integer form or query parameter; a malformed one is the caller's error (400)."""
     raw = params.get(name)
@@ -26,5 +29,5 @@ def int_param(params: dict[str, str], name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ApiError(400, "invalid_request_error", f"Invalid integer: {raw[:50]!r}",
+        raise ApiError(400, "invalid_request_error", f"Invalid integer: {raw[:QUOTED_VALUE_MAX_CHARS]!r}",
                        param=name) from None
