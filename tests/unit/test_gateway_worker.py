@@ -23,6 +23,7 @@ from proto.messages import (
     Release,
     ResultBatch,
     Status,
+    encode,
     intent_decoder,
 )
 from proto.streams import ERR_STORE_FAILED
@@ -251,3 +252,51 @@ async def test_an_order_s_money_is_never_compensated(parts):
     gw, _, _, _ = parts
     with pytest.raises(AssertionError):
         await gw._compensate_purchase(PID, "confirmed", "unit test")
+
+
+class FakeJobMsg:
+    """A payment job as delivered: what was sent before its ack, nak or term."""
+
+    def __init__(self, js: FakeJetStream, data: bytes) -> None:
+        self.js = js
+        self.data = data
+        self.subject = "unit.payments.1"
+        self.acked_after: list[object] | None = None
+        self.naks = 0
+        self.terms = 0
+
+    async def ack(self) -> None:
+        self.acked_after = self.js.intents()
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naks += 1
+
+    async def term(self) -> None:
+        self.terms += 1
+
+    async def in_progress(self) -> None:
+        pass
+
+
+async def test_a_job_is_acked_only_after_its_confirm_is_sent(parts):
+    gw, _, js, _ = parts
+    msg = FakeJobMsg(js, encode(job()))
+    await gw._on_job(msg)
+    assert msg.acked_after is not None and [type(i) for i in msg.acked_after] == [Confirm]
+    assert msg.naks == 0
+
+
+async def test_a_job_that_fails_is_handed_back_not_acked(parts):
+    gw, psp, js, _ = parts
+    psp.failing["search"] = 10**6  # a job of a closed purchase needs a search: it never answers
+    gw.db.status = "cancelled"
+    msg = FakeJobMsg(js, encode(job()))
+    await gw._on_job(msg)
+    assert (msg.acked_after, msg.naks) == (None, 1)
+
+
+async def test_an_undecodable_job_is_terminated(parts):
+    gw, _, js, _ = parts
+    msg = FakeJobMsg(js, b"\xc1")
+    await gw._on_job(msg)
+    assert (msg.terms, msg.acked_after, msg.naks) == (1, None, 0)
