@@ -16,6 +16,7 @@ from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
 from flashsale.logs import setup as setup_logs
 from flashsale.status import serve_status
+from gateway import consumers
 from gateway.psp import StripeLikePsp
 from gateway.worker import PaymentWorker
 
@@ -41,11 +42,12 @@ async def run(settings: Settings) -> None:
                         currency=settings.psp_currency,
                         connections_max=max(PSP_CONNECTIONS_MIN, settings.gateway_concurrency))
     worker = PaymentWorker(settings, js, psp, db)
-    jobs, refusals = await worker.subscribe(nc)
+    jobs, refusals = await consumers.subscribe(worker, nc)
     ready.set()
     log.info("gateway ready", extra=kv(psp_url=settings.psp_url, concurrency=settings.gateway_concurrency))
     try:
-        await asyncio.gather(worker.run_jobs(jobs, stop), worker.run_refusals(refusals, stop))
+        await asyncio.gather(consumers.run_jobs(worker, jobs, stop),
+                             consumers.run_refusals(worker, refusals, stop))
     finally:
         await psp.close()
         await db.close()

@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Literal, cast
 
 import asyncpg
-import msgspec
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from config.settings import Settings
 from flashsale.logs import kv
-from flashsale.pull import Puller
 from gateway.messages import DeadLetter, PspStep, encode_deadletter
-from gateway.metrics import COMPENSATIONS, DEADLETTERS, JOB_SECONDS, JOBS, JOBS_INFLIGHT
+from gateway.metrics import COMPENSATIONS, DEADLETTERS
 from gateway.psp import CardDeclined, GiveUp, PaymentIntent, PaymentProvider, PspError, backoff_s, retrying
 from proto.clock import now_ms
 from proto.messages import (
@@ -45,24 +39,14 @@ from proto.messages import (
     ResultBatch,
     Status,
     encode,
-    payment_decoder,
-    result_decoder,
 )
 from proto.streams import is_already_stored
 
 log = logging.getLogger("gateway.worker")
 
 
-PAYMENTS_DURABLE = "gateway"
-FETCH_WAIT_S = 1.0  # idle wait per fetch; a message returns it at once
-REFUSALS_DURABLE = "gateway-refusals"
 PUBLISH_ATTEMPTS_MAX = 5
 DEADLETTER_ERROR_MAX_CHARS = 500  # of the PSP's error text kept in a dead letter
-# Jobs handed to this gateway and not acked yet: a few per slot, so the next job is already here.
-JOBS_UNACKED_PER_SLOT = 4
-JOBS_UNACKED_MIN = 1000
-KEEP_ALIVES_PER_ACK_WAIT = 3  # "still working" signals sent per payment_ack_wait_s of a long job
-REFUSAL_BATCHES_PER_FETCH = 100
 
 # How one payment job ended (the label of gateway_jobs_total).
 Outcome = Literal[
@@ -287,110 +271,3 @@ class PaymentWorker:
                 COMPENSATIONS.labels("void").inc()
                 log.info("voided", extra=kv(purchase_id=purchase_id, psp_ref=intent.id, status=status,
                                             why=why))
-
-    # -- consumers -----------------------------------------------------------------------------
-
-    async def subscribe(self, nc: Client) -> tuple[Puller, Puller]:
-        s = self.settings
-        await self.js.add_consumer(self.names.payments_stream, ConsumerConfig(
-            durable_name=PAYMENTS_DURABLE,
-            filter_subject=self.names.payments_all(),
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=s.payment_ack_wait_s,
-            max_deliver=-1,  # a job is never dropped: it ends in confirm, release or DLQ
-            max_ack_pending=max(s.gateway_concurrency * JOBS_UNACKED_PER_SLOT, JOBS_UNACKED_MIN),
-        ))
-        await self.js.add_consumer(self.names.results_stream, ConsumerConfig(
-            durable_name=REFUSALS_DURABLE,
-            filter_subject=self.names.results_all(),
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=s.payment_ack_wait_s,
-            max_deliver=-1,
-        ))
-        jobs = await Puller.open(nc, self.names.payments_stream, PAYMENTS_DURABLE)
-        refusals = await Puller.open(nc, self.names.results_stream, REFUSALS_DURABLE)
-        return jobs, refusals
-
-    async def run_jobs(self, sub: Puller, stop: asyncio.Event) -> None:
-        inflight: set[asyncio.Task[None]] = set()
-        while not stop.is_set():
-            free = self.settings.gateway_concurrency - len(inflight)
-            if free <= 0:
-                await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            for msg in await sub.fetch(free, FETCH_WAIT_S):
-                task = asyncio.create_task(self._on_job(msg))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
-        if inflight:
-            # A stop drains: the jobs in flight get `gateway_drain_s` to finish, and the rest are
-            # handed back unsettled (their reservations stay open) for the next gateway to
-            # replay with the same idempotency keys. A stop never releases a reservation.
-            _, unfinished = await asyncio.wait(inflight, timeout=self.settings.gateway_drain_s)
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
-
-    async def _on_job(self, msg: Msg) -> None:
-        try:
-            job = payment_decoder.decode(msg.data)
-        except msgspec.DecodeError:
-            log.error("undecodable payment job, terminating it", extra=kv(subject=msg.subject))
-            await msg.term()
-            return
-        started = time.perf_counter()
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
-        JOBS_INFLIGHT.inc()
-        try:
-            outcome = await self.settle(job)
-        except asyncio.CancelledError:
-            log.info("payment job handed back unsettled (stopping)", extra=kv(purchase_id=job.id))
-            await _quietly(msg.nak())
-            raise
-        except Exception as e:
-            JOBS.labels("error").inc()
-            log.exception("payment job failed, will be redelivered",
-                          extra=kv(purchase_id=job.id, error=str(e)))
-            await _quietly(msg.nak(delay=self.settings.payment_backoff_max_s))
-            return
-        finally:
-            heartbeat.cancel()
-            JOBS_INFLIGHT.dec()
-        # Only now: the confirm/release is stored in JetStream, so losing this ack costs a replay.
-        await _quietly(msg.ack())
-        JOBS.labels(outcome).inc()
-        JOB_SECONDS.observe(time.perf_counter() - started)
-        log.info("payment job done", extra=kv(purchase_id=job.id, outcome=outcome, shard=job.shard))
-
-    async def _keep_alive(self, msg: Msg) -> None:
-        # Retries can outlast ack_wait; tell JetStream we are still on it so it is not handed
-        # to another gateway mid-charge.
-        while True:
-            await asyncio.sleep(self.settings.payment_ack_wait_s / KEEP_ALIVES_PER_ACK_WAIT)
-            await _quietly(msg.in_progress())
-
-    async def run_refusals(self, sub: Puller, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            for msg in await sub.fetch(REFUSAL_BATCHES_PER_FETCH, FETCH_WAIT_S):
-                try:
-                    batch = result_decoder.decode(msg.data)
-                except msgspec.DecodeError:
-                    await msg.term()
-                    continue
-                try:
-                    await self.compensate(batch)
-                except (GiveUp, PspError) as e:
-                    log.warning("compensation failed, will retry", extra=kv(error=str(e)))
-                    await _quietly(msg.nak(delay=self.settings.payment_backoff_max_s))
-                    continue
-                await _quietly(msg.ack())
-
-
-async def _quietly(aw: Awaitable[object]) -> None:
-    # Ack/nak failures only mean a redelivery, which every step here tolerates.
-    try:
-        await aw
-    except Exception as e:
-        log.debug("ack-type call failed", extra=kv(error=str(e)))
-

@@ -15,6 +15,7 @@ import pytest
 
 from config.settings import Settings
 from flashsale.jetstream import ensure_streams
+from gateway import consumers
 from gateway.fakepsp.client import FakePspAdmin
 from gateway.messages import deadletter_decoder
 from gateway.psp import StripeLikePsp
@@ -80,10 +81,10 @@ async def harness(settings: Settings, fake):
     await ensure_streams(js, s)
     psp = StripeLikePsp(url, s.psp_api_key, timeout_s=s.psp_timeout_s)
     h = Harness(s, js, psp, admin)
-    jobs, refusals = await h.gateway.subscribe(nc)
+    jobs, refusals = await consumers.subscribe(h.gateway, nc)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(h.gateway.run_jobs(jobs, stop)),
-             asyncio.create_task(h.gateway.run_refusals(refusals, stop))]
+    tasks = [asyncio.create_task(consumers.run_jobs(h.gateway, jobs, stop)),
+             asyncio.create_task(consumers.run_refusals(h.gateway, refusals, stop))]
     yield h
     stop.set()
     await asyncio.wait(tasks, timeout=5)

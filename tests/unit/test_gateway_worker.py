@@ -12,6 +12,7 @@ import nats.js.errors
 import pytest
 
 from config.settings import Settings
+from gateway import consumers
 from gateway.messages import deadletter_decoder
 from gateway.psp import CardDeclined, PaymentIntent, PspError, Refund
 from gateway.worker import PaymentWorker
@@ -281,7 +282,7 @@ class FakeJobMsg:
 async def test_a_job_is_acked_only_after_its_confirm_is_sent(parts):
     gw, _, js, _ = parts
     msg = FakeJobMsg(js, encode(job()))
-    await gw._on_job(msg)
+    await consumers.on_job(gw, msg)
     assert msg.acked_after is not None and [type(i) for i in msg.acked_after] == [Confirm]
     assert msg.naks == 0
 
@@ -291,12 +292,12 @@ async def test_a_job_that_fails_is_handed_back_not_acked(parts):
     psp.failing["search"] = 10**6  # a job of a closed purchase needs a search: it never answers
     gw.db.status = "cancelled"
     msg = FakeJobMsg(js, encode(job()))
-    await gw._on_job(msg)
+    await consumers.on_job(gw, msg)
     assert (msg.acked_after, msg.naks) == (None, 1)
 
 
 async def test_an_undecodable_job_is_terminated(parts):
     gw, _, js, _ = parts
     msg = FakeJobMsg(js, b"\xc1")
-    await gw._on_job(msg)
+    await consumers.on_job(gw, msg)
     assert (msg.terms, msg.acked_after, msg.naks) == (1, None, 0)
