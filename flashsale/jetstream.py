@@ -232,6 +232,11 @@ def merge_config(existing: StreamConfig, wanted: StreamConfig) -> Merge:
             changes[f] = want
         elif size_have > size_want:
             kept[f] = have
+    # The server fixes a stream's persist mode at creation and replicates only synchronously
+    # persisted streams, so a stream created asynchronous keeps its single copy.
+    if existing.persist_mode == PersistMode.ASYNC and "num_replicas" in changes:
+        del changes["num_replicas"]
+        kept["persist_mode"] = PersistMode.ASYNC
     # Starting from the server's config keeps whatever else an operator set (placement,
     # compression, metadata, ...).
     return Merge(
@@ -272,6 +277,12 @@ async def ensure_streams(js: JetStreamContext, settings: Settings) -> None:
             entry["changed"] = merge.changed
         if merge is not None and merge.kept:
             entry["kept_above_settings"] = merge.kept
+        if merge is not None and "persist_mode" in merge.kept:
+            log.warning("stream keeps one copy", extra=kv(
+                stream=wanted.name, replicas_wanted=settings.stream_replicas,
+                why="created with asynchronous persistence, which the server cannot replicate",
+                fix="delete it between sales (Postgres holds every result); the next start "
+                    "creates it replicated"))
         done[str(wanted.name)] = entry
     log.info("streams ensured", extra=kv(replicas_wanted=settings.stream_replicas, streams=done))
 

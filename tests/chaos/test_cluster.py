@@ -96,7 +96,15 @@ async def test_a_starting_process_never_scales_a_stream_down(cluster_settings, c
         js = nc.jetstream()
         await ensure_streams(js, r1)
         assert set((await replicas(js, r1)).values()) == {1}
-        await ensure_streams(js, cluster_settings)  # an operator moves to R3
+        with caplog.at_level(logging.INFO, logger="flashsale.jetstream"):
+            await ensure_streams(js, cluster_settings)  # an operator moves to R3
+        results = r1.names.results_stream
+        # The results stream was created asynchronous: it keeps one copy and says how to fix it.
+        assert {s: n for s, n in (await replicas(js, r1)).items() if n != 3} == {results: 1}
+        [warning] = [r for r in caplog.records if r.getMessage() == "stream keeps one copy"]
+        assert warning.__dict__["stream"] == results
+        await js.delete_stream(results)
+        await ensure_streams(js, cluster_settings)
         assert set((await replicas(js, r1)).values()) == {3}
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="flashsale.jetstream"):

@@ -9,7 +9,7 @@ import math
 
 import nats.errors
 import pytest
-from nats.js.api import DiscardPolicy, StreamConfig
+from nats.js.api import DiscardPolicy, PersistMode, StreamConfig
 
 from config.settings import load
 from flashsale.jetstream import merge_config, nats_servers, stream_configs, unsubscribe_quietly
@@ -64,6 +64,19 @@ def test_an_r1_stream_is_raised_to_r3():
     merge = merge_config(as_server_reports(intents(1)), intents(3))
     assert merge.changed == {"num_replicas": [1, 3]}
     assert merge.config.num_replicas == 3
+
+
+def results(replicas: int) -> StreamConfig:
+    s = load(env={}, file=None, stream_replicas=replicas)
+    return next(c for c in stream_configs(s) if c.name == s.names.results_stream)
+
+
+def test_a_stream_persisted_asynchronously_keeps_its_single_copy():
+    assert results(1).persist_mode == PersistMode.ASYNC and results(3).persist_mode is None
+    kept_async = merge_config(as_server_reports(results(1)), results(3))
+    assert kept_async.changed == {} and kept_async.kept == {"persist_mode": PersistMode.ASYNC}
+    kept = merge_config(as_server_reports(results(3)), results(1))
+    assert kept.changed == {} and kept.config.persist_mode is None
 
 
 def test_limits_an_operator_raised_are_kept_and_lower_ones_raised():
