@@ -5,10 +5,13 @@ writes it from `shards` (committer/schema.py), and only `flashsale reshard` chan
 sales. Every process and command that routes or decides by shard (committers, ingest, `set-sku`,
 `load-sale`, `flashsale dev`) compares its configured `shards` and its `shard_of` with the stored
 map before it acts, and refuses with one line on a mismatch: a shell with another count must
-not send a SKU change to a committer that does not own the SKU.
+not send a SKU change to a committer that does not own the SKU. A running ingest reads the map
+again every few seconds and stops on a change.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 import msgspec
@@ -79,6 +82,21 @@ async def check_at(database_url: str, shards: int) -> ShardMap:
         return await check(conn, shards)
     finally:
         await conn.close()
+
+
+async def changed(database_url: str, shards: int, interval_s: float) -> ShardMapError:
+    """Returns once the stored map stops agreeing with `shards`: for a long-running process that
+    routes by the count it started with (resharding needs no committer running, but an ingest
+    left running would route SKUs by the old count). A Postgres that does not answer is not a
+    change: the map is read again next round."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.wait_for(check_at(database_url, shards), interval_s)
+        except ShardMapError as e:
+            return e
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            continue
 
 
 class ReshardRefused(ShardMapError):

@@ -15,7 +15,7 @@ import msgspec
 import uvloop
 
 from config.settings import Settings, load
-from flashsale import serving
+from flashsale import serving, shardmap
 from flashsale.logs import kv, setup
 from flashsale.shardmap import ShardMapError
 from ingest.app import create_app, create_metrics_app
@@ -29,6 +29,9 @@ log = logging.getLogger("ingest")
 SHUTDOWN_TIMEOUT_S = 5.0
 METRICS_HOST = "127.0.0.1"
 EXIT_CONFIG = 2  # cannot serve as configured (the metrics port is taken, another shard map)
+# How soon a running ingest notices a reshard it was not restarted for (it would route SKUs by
+# the old count meanwhile).
+SHARD_MAP_CHECK_S = 5.0
 
 
 def main() -> None:
@@ -53,7 +56,7 @@ def main() -> None:
                   extra=kv(port=e.port, error=repr(e.__cause__)))
         raise SystemExit(EXIT_CONFIG) from None
     except ShardMapError as e:
-        log.error(f"refusing to start: {e}")
+        log.error(f"refusing to serve: {e}")
         raise SystemExit(EXIT_CONFIG) from None
 
 
@@ -99,13 +102,20 @@ async def serve(settings: Settings, limits: EdgeLimits) -> None:
         reuse_port=True, backlog=ACCEPT_BACKLOG,
     )
     log.info("ingest listening", extra=kv(host=settings.ingest_host, port=settings.ingest_port))
+    resharded = asyncio.create_task(
+        shardmap.changed(settings.database_url, settings.shards, SHARD_MAP_CHECK_S))
+    stopped = asyncio.create_task(stop.wait())
     try:
-        await stop.wait()
+        await asyncio.wait((resharded, stopped), return_when=asyncio.FIRST_COMPLETED)
     finally:
         log.info("ingest stopping")
+        for task in (resharded, stopped):
+            task.cancel()
         await served.cleanup()
         if metrics_served is not None:
             await metrics_served.cleanup()
+    if resharded.done() and not resharded.cancelled():
+        raise resharded.result()
 
 
 if __name__ == "__main__":

@@ -164,3 +164,17 @@ async def test_reshard_only_between_sales(system, settings, db):
         assert flashsale(settings, "set-sku", "paid", "--stock", "8").returncode == 2
     finally:
         resharded.stop()
+
+
+async def test_a_running_ingest_stops_when_the_map_changes_under_it(settings, db, tmp_path):
+    """Resharding needs no committer running, but an ingest left running would route SKUs by
+    the old count: it notices the change and stops, saying why."""
+    ingest = procs.ingest(settings, tmp_path / "logs", "ingest-of-2").start()
+    try:
+        ingest.wait_http_ok(procs.ingest_ready_url(settings))
+        out = flashsale(settings, "reshard", "3")
+        assert out.returncode == 0, out.stderr
+        assert exits(ingest) == 2
+        assert MISMATCH in ingest.log_tail() and "Traceback" not in ingest.log_tail()
+    finally:
+        ingest.stop()
