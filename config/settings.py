@@ -20,6 +20,7 @@ CONFIG_DIR = Path(__file__).resolve().parent
 
 
 REPO_ROOT = CONFIG_DIR.parent
+HS256_SECRET_MIN_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -68,7 +69,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # ingest that was not configured refuses to start instead of trusting anyone.
     jwt_issuer: str = ""
     jwt_audience: str = "flashsale"
-    jwt_hs256_secrets: list[str] = []  # shared secrets; the first signs `flashsale token`
+    # Shared secrets (each >= HS256_SECRET_MIN_BYTES); the first signs `flashsale token`.
+    jwt_hs256_secrets: list[str] = []
     jwt_jwks_file: str = ""  # the identity provider's public keys (RS256, ES256, EdDSA)
     jwt_leeway_s: float = 30.0  # clock skew allowed on exp/nbf
     id_secret: str = ""  # keys the purchase id hash; the same on every ingest instance
@@ -202,6 +204,7 @@ class Settings(msgspec.Struct, kw_only=True):
 _LIST_FIELDS = {
     f.name for f in msgspec.structs.fields(Settings) if getattr(f.type, "__origin__", None) is list
 }
+_SECRET_LISTS = {"jwt_hs256_secrets"}
 _ENV_ALIASES = {"NATS_URL": "nats_url", "DATABASE_URL": "database_url", "PSP_URL": "psp_url"}
 
 
@@ -230,14 +233,39 @@ def load(env: dict[str, str] | None = None, file: Path | None = None, **override
     if unknown:
         raise SettingsError(f"unknown settings: {sorted(unknown)}")
     for name in _LIST_FIELDS & set(values):
-        if isinstance(values[name], str):  # from the environment: comma-separated
-            values[name] = [part.strip() for part in values[name].split(",") if part.strip()]
+        if isinstance(values[name], str):  # from the environment
+            values[name] = _env_list(name, values[name])
     # strict=False lets "8080" from the environment become an int.
     try:
-        return msgspec.convert(values, Settings, strict=False)
+        settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as e:  # "Expected `int`, got `str` - at `$.shards`"
         message, _, at = str(e).rpartition(" - at ")
         raise SettingsError(f"setting {at.strip('`').removeprefix('$.')}: {message}") from None
+    _check_secrets(settings)
+    return settings
+
+
+def _env_list(name: str, text: str) -> list[str]:
+    """A list setting as the environment gives it: comma-separated, no brackets or quotes (the
+    value is never echoed: it may be a secret). The secrets must name at least one: an empty
+    value there is a template or a variable gone wrong, not a wish for none (leave it unset)."""
+    if text.strip().startswith(("[", '"', "'")):
+        raise SettingsError(f"setting {name}: in the environment a list is comma-separated, "
+                            "without brackets or quotes")
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts and name in _SECRET_LISTS:
+        raise SettingsError(f"setting {name}: set but names no secret; leave it unset for none")
+    return parts
+
+
+def _check_secrets(settings: Settings) -> None:
+    """Secrets too short to be secret are refused wherever they came from, before any process
+    uses one (ingest verifying, `flashsale token` signing), and never echoed."""
+    for i, secret in enumerate(settings.jwt_hs256_secrets, start=1):
+        if len(secret.encode()) < HS256_SECRET_MIN_BYTES:
+            raise SettingsError(
+                f"setting jwt_hs256_secrets: secret {i} of {len(settings.jwt_hs256_secrets)} has "
+                f"{len(secret.encode())} bytes; each needs at least {HS256_SECRET_MIN_BYTES}")
 
 
 def to_env(settings: Settings) -> dict[str, str]:

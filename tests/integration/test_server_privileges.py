@@ -34,7 +34,7 @@ from tests.integration.test_ingest_flow import Client
 SECRETS = {
     "FLASHSALE_ID_SECRET": "id-secret-1f0c9a",
     "FLASHSALE_ADMIN_TOKEN": "admin-token-77b2e1",
-    "FLASHSALE_JWT_HS256_SECRETS": "jwt-secret-5d3a08",
+    "FLASHSALE_JWT_HS256_SECRETS": "jwt-secret-5d3a08-of-at-least-32-bytes",
     "NATS_URL": "nats://flashsale:nats-password-c4e7@127.0.0.1:1",
     "FLASHSALE_PSP_API_KEY": "sk_live_psp_key_9e21",
 }
