@@ -10,12 +10,14 @@ import asyncpg
 import msgspec
 import nats
 import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from committer import store
 from committer.links import postgres_session
 from flashsale.ports import free_port
 from launch.processes import committer_ready_url
-from proto.messages import IntentBatch, Purchase, SkuUpsert, encode, result_decoder
+from proto.messages import IntentBatch, Purchase, ResultBatch, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
 from tests.util import eventually
 
@@ -25,16 +27,22 @@ async def publish_intent(js, settings, intent, kind: str, key: str, sku: str) ->
     await js.publish(subject, encode(intent), headers={"Nats-Msg-Id": f"{kind}:{key}"})
 
 
-async def test_decides_commits_and_announces(system, settings, db):
-    system.start(ingest=False)
+async def listen_to_results(settings) -> tuple[NATS, JetStreamContext, list[ResultBatch]]:
+    """A NATS client of the stack, its JetStream (to publish intents with), and the list each
+    ResultBatch it hears is added to (closing the client ends it)."""
     nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
-    results = []
+    results: list[ResultBatch] = []
 
     async def on_result(msg):
         results.append(result_decoder.decode(msg.data))
 
-    sub = await nc.subscribe(settings.names.results_all(), cb=on_result)
+    await nc.subscribe(settings.names.results_all(), cb=on_result)
+    return nc, nc.jetstream(), results
+
+
+async def test_decides_commits_and_announces(system, settings, db):
+    system.start(ingest=False)
+    nc, js, results = await listen_to_results(settings)
     upsert = SkuUpsert(request_id="r1", sku="hot", stock=3, price_cents=250)
     await publish_intent(js, settings, upsert, "sku_upsert", "r1", "hot")
     now = int(time.time() * 1000)
@@ -48,7 +56,6 @@ async def test_decides_commits_and_announces(system, settings, db):
     assert await db.fetchval("SELECT sold FROM skus WHERE sku = 'hot'") == 3
     await eventually(lambda: asyncio.sleep(0, sum(len(b.decisions) for b in results) >= 5))
     assert any("r1" in b.admin_applied for b in results)
-    await sub.unsubscribe()
     await nc.close()
 
 
@@ -60,14 +67,7 @@ async def test_packed_messages_are_decided_as_units_and_each_id_once(system, set
     intents), the rest of a fetch waits."""
     system.settings = msgspec.structs.replace(settings, batch_max=2)
     system.start(ingest=False)
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
-    results = []
-
-    async def on_result(msg):
-        results.append(result_decoder.decode(msg.data))
-
-    sub = await nc.subscribe(settings.names.results_all(), cb=on_result)
+    nc, js, results = await listen_to_results(settings)
     shard = shard_of("hot", settings.shards)
     await publish_intent(js, settings, SkuUpsert(request_id="r1", sku="hot", stock=10), "sku_upsert",
                          "r1", "hot")
@@ -98,7 +98,6 @@ async def test_packed_messages_are_decided_as_units_and_each_id_once(system, set
     refused = [r for b in results for r in b.refusals]
     assert sorted((r.kind, r.key, r.request_hash) for r in refused) == [
         ("purchase", "p2", "other"), ("purchase", "p4", "other")]
-    await sub.unsubscribe()
     await nc.close()
 
 
@@ -140,14 +139,7 @@ async def test_idle_writer_heartbeats_with_its_progress(system, settings):
     """Every ResultBatch says how far the writer got (decided_seq: INTENTS stream sequence); an
     idle writer sends empty ones about every heartbeat_s, so readers can tell it is alive."""
     system.start(ingest=False)
-    nc = await nats.connect(settings.nats_url)
-    js = nc.jetstream()
-    batches = []
-
-    async def on_result(msg):
-        batches.append(result_decoder.decode(msg.data))
-
-    sub = await nc.subscribe(settings.names.results_all(), cb=on_result)
+    nc, js, batches = await listen_to_results(settings)
     shard = shard_of("hot", settings.shards)
     upsert = SkuUpsert(request_id="r1", sku="hot", stock=5)
     await publish_intent(js, settings, upsert, "sku_upsert", "r1", "hot")
@@ -164,7 +156,6 @@ async def test_idle_writer_heartbeats_with_its_progress(system, settings):
     await eventually(lambda: asyncio.sleep(0, len([b for b in batches if b.shard != shard]) >= 2))
     idle = [b for b in batches if b.shard != shard]
     assert all(not b.decisions and b.decided_seq == 0 for b in idle)
-    await sub.unsubscribe()
     await nc.close()
 
 

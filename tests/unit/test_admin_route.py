@@ -11,18 +11,15 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import Settings
-from ingest import admin_routes, admission
+from ingest import admin_routes
 from ingest.auth import AdminGate
-from ingest.edge.clients import CLIENT
-from ingest.edge.process import EDGE
 from ingest.results import ResultsHub
-from ingest.state import STATE
 from proto.messages import Refusal, ResultBatch, SkuState, SkuUpsert, intent_decoder
 from proto.sharding import shard_of
+from tests.unit.ingest_app import ingest_app
 
 TOKEN = "unit-admin-token-of-at-least-32-bytes"
 SETTINGS = Settings(shards=2, admin_token=TOKEN)
@@ -76,16 +73,7 @@ async def world(monkeypatch) -> AsyncIterator[tuple[TestClient, Writer]]:
     svc = SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, hub=hub, publisher=writer,
                           admin=AdminGate.from_settings(SETTINGS), reads=SimpleNamespace(sku_state=no_state))
 
-    @web.middleware
-    async def loopback_client(request: web.Request, handler: Any) -> web.StreamResponse:
-        request[CLIENT] = "127.0.0.1"
-        return await handler(request)
-
-    app = web.Application(middlewares=[
-        admission.middleware(lambda: None, SETTINGS.body_max_bytes, SETTINGS.retry_after_s),
-        loopback_client])
-    app[STATE] = svc  # type: ignore[assignment]
-    app[EDGE] = SimpleNamespace(body_timeout_s=BODY_TIMEOUT_S)  # type: ignore[assignment]
+    app = ingest_app(SETTINGS, svc, body_timeout_s=BODY_TIMEOUT_S)
     app.router.add_put("/v1/admin/skus/{sku}", admin_routes.put_sku)
     async with TestClient(TestServer(app)) as client:
         yield client, writer

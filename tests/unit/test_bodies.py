@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import Settings
-from ingest import admission, bodies
-from ingest.edge.process import EDGE
+from ingest import bodies
 from ingest.schemas import purchase_request_decoder
+from tests.unit.ingest_app import ingest_app
 
 SETTINGS = Settings()
 BODY_TIMEOUT_S = 0.2
@@ -28,9 +27,7 @@ async def echo(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def client() -> AsyncIterator[TestClient]:
-    app = web.Application(middlewares=[
-        admission.middleware(lambda: None, SETTINGS.body_max_bytes, SETTINGS.retry_after_s)])
-    app[EDGE] = SimpleNamespace(body_timeout_s=BODY_TIMEOUT_S)  # type: ignore[assignment]
+    app = ingest_app(SETTINGS, body_timeout_s=BODY_TIMEOUT_S)
     app.router.add_post("/echo", echo)
     async with TestClient(TestServer(app)) as client:
         yield client

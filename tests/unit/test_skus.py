@@ -6,18 +6,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import Settings
-from ingest import admission, skus
-from ingest.edge.clients import CLIENT
+from ingest import skus
 from ingest.results import ResultsHub
-from ingest.state import STATE
 from proto.messages import SkuState
+from tests.unit.ingest_app import LOOPBACK, ingest_app
 
 SETTINGS = Settings()
 
@@ -50,16 +47,7 @@ async def world() -> AsyncIterator[tuple[TestClient, Reads]]:
     for name in ("sku-c", "sku-a", "sku-b"):
         hub.put_sku(sku_state(name))
     reads = Reads(hub)
-
-    @web.middleware
-    async def loopback_client(request: web.Request, handler: Any) -> web.StreamResponse:
-        request[CLIENT] = "127.0.0.1"
-        return await handler(request)
-
-    app = web.Application(middlewares=[
-        admission.middleware(lambda: None, SETTINGS.body_max_bytes, SETTINGS.retry_after_s),
-        loopback_client])
-    app[STATE] = SimpleNamespace(settings=SETTINGS, hub=hub, reads=reads)  # type: ignore[assignment]
+    app = ingest_app(SETTINGS, SimpleNamespace(settings=SETTINGS, hub=hub, reads=reads))
     app.router.add_get("/v1/skus", skus.list_skus)
     app.router.add_get("/v1/skus/{sku}", skus.get_sku)
     app.router.add_get("/v1/skus/{sku}/draw", skus.get_draw)
@@ -72,9 +60,9 @@ async def test_a_known_sku_is_answered_and_an_unknown_one_is_a_charged_404(world
     resp = await client.get("/v1/skus/sku-a")
     assert resp.status == 200 and (await resp.json())["sku"] == "sku-a"
     resp = await client.get("/v1/skus/nope")
-    assert resp.status == 404 and reads.charged == ["127.0.0.1"]
+    assert resp.status == 404 and reads.charged == [LOOPBACK]
     resp = await client.get("/v1/skus/" + "x" * 300)  # outside the grammar: no lookup at all
-    assert resp.status == 404 and reads.charged == ["127.0.0.1", "127.0.0.1"]
+    assert resp.status == 404 and reads.charged == [LOOPBACK, LOOPBACK]
 
 
 async def test_the_list_pages_by_name(world):
