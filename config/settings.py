@@ -54,7 +54,7 @@ class Settings(msgspec.Struct, kw_only=True):
     # Group commit of intents (ingest/batcher.py): the intents that arrive while a batch is being
     # stored go out together packed into one message, one disk flush for all.
     ingest_batch_max: int = 500  # intents per packed message (at most 1000)
-    ingest_linger_ms: float = 5.0  # under load, a batch waits this long to fill (0: never)
+    ingest_linger_ms: float = 2.0  # under load, a batch waits this long to fill (0: never)
     ingest_batches_inflight_max: int = 1  # batches awaiting their ack at once, per shard
     # A shard whose writer sent no result or heartbeat for shard_silence_s has no live writer:
     # ingest then accepts at most shard_silent_accept_max more intents for it (503 beyond).
