@@ -56,6 +56,7 @@ _ROLE = re.compile(r"(?:^|\s)-m\s+(ingest|gateway|committer)(?:\s|$)")  # `-m ga
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")  # the format honcho and foreman read
 # A program name first (not an assignment `A=b cmd`, not `{`, `!` or a subshell), then arguments.
 _SIMPLE_COMMAND = re.compile(r"[A-Za-z0-9_./-]+(\s.*)?", re.S)
+_PROGRAM_SECTION = re.compile(r"^\[program:([^\]]+)\]$", re.MULTILINE)  # as `_program` writes it
 _PORT_OPTION = re.compile(r"--[a-z-]*port[= ](\d+)\b")
 _SHARD_OPTION = re.compile(r"--shard[= ](\d+)\b")
 
@@ -89,6 +90,7 @@ class Program:
 # nats-server, Postgres and the committers. On 2 cores a second ingest cost a third of the
 # accepted path's throughput (docs/benchmarks.md, "Ingest processes").
 CORES_PER_INGEST = 4
+_INGEST_METRICS_PORT_ENV = "FLASHSALE_INGEST_METRICS_PORT"
 
 
 def ingest_count(settings: Settings) -> int:
@@ -112,7 +114,8 @@ def instance_port(port: int, i: int) -> int:
 
 def with_ingests(app: list[Program], count: int, metrics_port: int) -> list[Program]:
     """`app` with every ingest line run `count` times on the shared ingest port, as
-    `instance_name`s, each serving /metrics on its own `instance_port` of `metrics_port`."""
+    `instance_name`s, each serving /metrics and /readyz on its own `instance_port` of
+    `metrics_port`."""
     out: list[Program] = []
     ingests = 0
     for p in app:
@@ -123,8 +126,14 @@ def with_ingests(app: list[Program], count: int, metrics_port: int) -> list[Prog
             port = instance_port(metrics_port, ingests)
             ingests += 1
             out.append(dataclasses.replace(p, name=instance_name(p.name, i),
-                                           env=(*p.env, ("FLASHSALE_INGEST_METRICS_PORT", str(port)))))
+                                           env=(*p.env, (_INGEST_METRICS_PORT_ENV, str(port)))))
     return out
+
+
+def ingest_metrics_port(p: Program, settings: Settings) -> int:
+    """The ingest_metrics_port ingest program `p` runs with (0: none): its own, where it is one
+    of several (`with_ingests`), else the settings'."""
+    return int(dict(p.env).get(_INGEST_METRICS_PORT_ENV, settings.ingest_metrics_port))
 
 
 def committer_shards(app: list[Program]) -> dict[int, list[str]]:
@@ -154,6 +163,15 @@ def app_programs(procfile: Path, settings: Settings) -> list[Program]:
 
 def conf_path(state_dir: Path) -> Path:
     return state_dir / "supervisord.conf"
+
+
+def conf_programs(state_dir: Path) -> list[str]:
+    """The programs of the supervisord.conf under `state_dir` (none: no conf written yet)."""
+    try:
+        conf = conf_path(state_dir).read_text()
+    except FileNotFoundError:
+        return []
+    return _PROGRAM_SECTION.findall(conf)
 
 
 def write_conf(state_dir: Path, servers: list[Program], app: list[Program],

@@ -2,7 +2,8 @@
 
 The app runs behind `edge.protocol.GuardedProtocol` (connection caps, request heads) on a server made by
 flashsale.serving rather than `web.run_app`, so that every accepted connection is counted before
-aiohttp sees it. /metrics is served apart, on `ingest_metrics_port` on loopback (0: not at all).
+aiohttp sees it. /metrics is served apart, with this process's own /readyz, on
+`ingest_metrics_port` on loopback (0: not at all).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 
 import msgspec
 import uvloop
+from aiohttp import web
 
 from config.settings import Settings, load
 from flashsale import serving, shardmap
@@ -66,13 +68,14 @@ class MetricsPortTaken(Exception):
         self.port = port
 
 
-async def serve_metrics(port: int) -> serving.Served | None:
-    """/metrics on `port` on loopback (None: port 0, no /metrics). Not SO_REUSEPORT: with
-    several processes on one port a scrape would read whichever answered."""
+async def serve_metrics(port: int, app: web.Application, retry_after_s: int) -> serving.Served | None:
+    """/metrics and /readyz of this process (`app`: the one create_app made) on `port` on
+    loopback (None: port 0, neither). Not SO_REUSEPORT: with several processes on one port a
+    scrape or a readiness probe would read whichever answered."""
     if not port:
         return None
     try:
-        served = await serving.serve_app(create_metrics_app(), METRICS_HOST, port)
+        served = await serving.serve_app(create_metrics_app(app, retry_after_s), METRICS_HOST, port)
     except OSError as e:
         raise MetricsPortTaken(port) from e
     log.info("ingest metrics listening", extra=kv(host=METRICS_HOST, port=port))
@@ -82,14 +85,15 @@ async def serve_metrics(port: int) -> serving.Served | None:
 async def serve(settings: Settings, limits: EdgeLimits) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish requests and disconnect."""
     front = Edge(settings, limits)
-    metrics_served = await serve_metrics(settings.ingest_metrics_port)
+    app = create_app(settings, front)
+    metrics_served = await serve_metrics(settings.ingest_metrics_port, app, settings.retry_after_s)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # The app's startup connects NATS and Postgres (its cleanup context).
     served = await serving.serve_app(
-        create_app(settings, front), settings.ingest_host, settings.ingest_port,
+        app, settings.ingest_host, settings.ingest_port,
         head_max_bytes=settings.head_max_bytes,
         guard=lambda make_handler, _: GuardedProtocol(make_handler, front),
         # Closes a connection idle this long, and one whose request head is not complete this

@@ -78,11 +78,23 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
     return app
 
 
-def create_metrics_app() -> web.Application:
-    """/metrics alone, for `ingest_metrics_port` on loopback: what operators scrape is not on
-    the public port, where it would tell anyone the load and the refusals."""
+# On the status app: the app whose services its /readyz asks about.
+SERVED = web.AppKey("served", web.Application)
+
+
+def create_metrics_app(served: web.Application, retry_after_s: int) -> web.Application:
+    """This process's /metrics and /readyz, for `ingest_metrics_port` on loopback: what operators
+    scrape is not on the public port, where it would tell anyone the load and the refusals; and
+    on the public port, which several processes share, /readyz answers for whichever one the
+    kernel picked, here for this one (`served`, the app create_app made)."""
     app = web.Application(middlewares=[problem_middleware])
+    app[SERVED] = served
+
+    async def process_readyz(request: web.Request) -> web.Response:
+        return await readiness(request.app[SERVED], retry_after_s)
+
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/readyz", process_readyz)
     return app
 
 
@@ -91,13 +103,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    svc = request.app[STATE]
-    if await svc.ready():
+    return await readiness(request.app, request.app[STATE].settings.retry_after_s)
+
+
+async def readiness(app: web.Application, retry_after_s: int) -> web.Response:
+    """200 once `app`'s services are connected and answer, else a 503 `not_ready`."""
+    svc = app.get(STATE)
+    if svc is not None and await svc.ready():
         return bodies.json_response({"status": "ready"})
-    raise problems.Rejection(
+    return problems.Rejection(
         503, "not_ready", "Not ready", "NATS, the streams or Postgres are not available",
-        retry_after_s=svc.settings.retry_after_s,
-    )
+        retry_after_s=retry_after_s,
+    ).response()
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -1,9 +1,10 @@
-"""The end of `flashsale dev`'s start: once ingest is ready, the demo sale's new SKUs, then
-"ready" and how to try it."""
+"""The end of `flashsale dev`'s start: once every ingest process is ready, the demo sale's new
+SKUs, then "ready" and how to try it."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import asyncpg
@@ -17,7 +18,7 @@ from proto.messages import Refusal, SkuState
 
 DEMO_SALE = CONFIG_DIR / "sales" / "demo.toml"
 DEMO_LOAD_WAIT_S = 30.0  # for the shards' writers (whichever holds each lease) to apply the demo sale
-INGEST_READY_WAIT_S = 60.0  # for ingest's /readyz to answer 200 once its process runs
+INGEST_READY_WAIT_S = 60.0  # for every ingest's /readyz to answer 200 once their processes run
 
 
 async def first_load(settings: Settings, path: Path) -> tuple[list[str], list[SkuState | Refusal]]:
@@ -48,11 +49,22 @@ def try_it(base: str) -> str:
             "-H 'Prefer: wait=5' -d '{\"sku\": \"sneaker-42\", \"qty\": 1}'")
 
 
-def load_demo(settings: Settings, path: Path | None) -> None:
-    """Once ingest is ready: the sale file's new SKUs (`path`; None: none), then "ready"."""
+def not_ready(readiness: dict[str, str], timeout_s: float) -> list[str]:
+    """Those of `readiness` (what -> its /readyz URL) that did not answer 200 by one deadline
+    `timeout_s` away, as 'what (URL)'."""
+    deadline = time.monotonic() + timeout_s
+    return [f"{what} ({url})" for what, url in readiness.items()
+            if wait_http_ok(url, max(0.0, deadline - time.monotonic())) != "ok"]
+
+
+def load_demo(settings: Settings, path: Path | None, readiness: dict[str, str]) -> None:
+    """Once every one of `readiness` (what -> its /readyz URL: launch.dev_checks.ingest_readiness)
+    says ready: the sale file's new SKUs (`path`; None: none), then "ready"."""
     base = f"http://{settings.ingest_host}:{settings.ingest_port}"
-    if wait_http_ok(f"{base}/readyz", INGEST_READY_WAIT_S) != "ok":
-        print("flashsale: ingest not ready; demo sale not loaded. Not ready.", flush=True)
+    waiting = not_ready(readiness, INGEST_READY_WAIT_S)
+    if waiting:
+        print(f"flashsale: ingest not ready: {', '.join(waiting)}; demo sale not loaded. Not ready.",
+              flush=True)
         return
     if path is None:
         print(f"flashsale: ready: {base}/", flush=True)

@@ -42,7 +42,7 @@ from flashsale.supervision import (
 from flashsale.urls import without_password
 from launch.cluster import dev_node_ports, healthy
 from launch.demo import load_demo
-from launch.dev_checks import committer_warnings, ports_in_use
+from launch.dev_checks import committer_warnings, ingest_readiness, ports_in_use
 from launch.dev_servers import NATS_NODE_PREFIX, embedded_programs
 from launch.operations import prepare
 from launch.postgres_server import postgres_ready
@@ -173,7 +173,8 @@ def _supervise(run: Run, sale: Path | None) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         if _serve(run):
-            threading.Thread(target=load_demo, args=(run.settings, sale), daemon=True).start()
+            readiness = ingest_readiness(run.settings, run.app)
+            threading.Thread(target=load_demo, args=(run.settings, sale, readiness), daemon=True).start()
         return _watch(run)
     except DevError as e:
         print(f"flashsale: {e}", file=sys.stderr, flush=True)

@@ -1,5 +1,6 @@
-"""What `flashsale dev` checks before it starts anything: the ports it will listen on are free,
-and the Procfile has one writing committer per shard (more lines for a shard stand by)."""
+"""What `flashsale dev` checks: before it starts anything, the ports it will listen on are free
+and the Procfile has one writing committer per shard (more lines for a shard stand by); before
+it says ready, where each ingest process says it is."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from config.settings import Settings
 from flashsale.ports import port_open
-from flashsale.supervision import Program, committer_shards
+from flashsale.supervision import Program, committer_shards, ingest_metrics_port
 from launch.cluster import dev_node_ports
 from launch.dev_servers import NATS_NODE_PREFIX
 
@@ -66,3 +67,16 @@ def committer_warnings(settings: Settings, procfile: Path, app: list[Program]) -
             said.append(f"warning: {', '.join(shared)} would share shard {shard}'s status "
                         "port: give standbys their own --status-port")
     return said
+
+
+def ingest_readiness(settings: Settings, app: list[Program]) -> dict[str, str]:
+    """What must say ready before `flashsale dev` does, what -> its /readyz URL: the public port,
+    which any ingest process may answer (they share it), and each ingest process's own status
+    port on loopback (its ingest_metrics_port), which only that one answers. A process without
+    one (ingest_metrics_port 0) is seen through the public port only."""
+    urls = {"ingest_port": f"http://{settings.ingest_host}:{settings.ingest_port}/readyz"}
+    for p in app:
+        port = ingest_metrics_port(p, settings) if p.runs_as == "ingest" else 0
+        if port:
+            urls[p.name] = f"http://127.0.0.1:{port}/readyz"  # ingest serves it on loopback only
+    return urls

@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from config.settings import Settings, load
-from flashsale.supervision import Program, app_programs, write_conf
+from flashsale.supervision import Program, app_programs, conf_programs, write_conf
 from flashsale.urls import (
     PG_SERVICE_ROLE,
     SERVICE_PASSWORD_FILE,
@@ -29,14 +29,17 @@ from launch.postgres_server import run_postgres
 NATS_NODE_PREFIX = "nats-n"  # the programs of `dev --nats-cluster N`: nats-n1, nats-n2, ...
 
 
-def embedded_urls(settings: Settings, data: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+def embedded_urls(settings: Settings, data: Path, environ: dict[str, str] | None = None,
+                  nats_nodes: int = 1) -> dict[str, str]:
     """The settings that point a process at the embedded servers under `data` (those that
     NATS_URL / DATABASE_URL in `environ`, the process's environment by default, do not replace),
-    with their generated credentials."""
+    with their generated credentials. `nats_nodes` > 1: every node of a local cluster."""
     environ = dict(os.environ) if environ is None else environ
     overrides = {}
     if "NATS_URL" not in environ:
-        overrides["nats_url"] = nats_url(settings.nats_port, password(data / "nats"))
+        secret = password(data / "nats")
+        ports = [n.client for n in dev_node_ports(nats_nodes, settings.nats_port, settings.nats_monitor_port)]
+        overrides["nats_url"] = ",".join(nats_url(port, secret) for port in ports)
         overrides["nats_monitor_url"] = monitor_url(settings.nats_monitor_port)
     if "DATABASE_URL" not in environ:
         pg = data / "postgres"
@@ -46,11 +49,20 @@ def embedded_urls(settings: Settings, data: Path, environ: dict[str, str] | None
     return overrides
 
 
+def dev_nats_nodes(data: Path) -> int:
+    """How many NATS nodes the latest `flashsale dev` under `data` runs: the supervisord.conf it
+    wrote has a program per node of a local cluster (1: a single node, or no run yet)."""
+    nodes = [p for p in conf_programs(data / "supervisor") if p.startswith(NATS_NODE_PREFIX)]
+    return max(1, len(nodes))
+
+
 def settings_next_to_dev() -> Settings:
     """The settings of a command run next to `flashsale dev` (schema, load-sale, set-sku,
-    reconcile): its embedded servers, with their credentials, unless the environment names others."""
+    reconcile, env): its embedded servers, every node of its NATS cluster, with their
+    credentials, unless the environment names others."""
     settings = load()
-    return msgspec.structs.replace(settings, **embedded_urls(settings, Path(settings.data_dir).resolve()))
+    data = Path(settings.data_dir).resolve()
+    return msgspec.structs.replace(settings, **embedded_urls(settings, data, nats_nodes=dev_nats_nodes(data)))
 
 
 def embedded_programs(settings: Settings, data: Path,
@@ -61,11 +73,8 @@ def embedded_programs(settings: Settings, data: Path,
     `nats_nodes` > 1: a local NATS cluster of that many nodes instead of the single node."""
     me = f"{shlex.quote(sys.executable)} -m launch"
     servers = []
-    overrides = embedded_urls(settings, data)
+    overrides = embedded_urls(settings, data, nats_nodes=nats_nodes)
     if "nats_url" in overrides and nats_nodes > 1:
-        secret = password(data / "nats")
-        nodes = dev_node_ports(nats_nodes, settings.nats_port, settings.nats_monitor_port)
-        overrides["nats_url"] = ",".join(nats_url(n.client, secret) for n in nodes)
         servers += [Program(f"{NATS_NODE_PREFIX}{i + 1}", f"{me} embedded-nats-node --node {i} "
                             f"--size {nats_nodes} --data-dir {shlex.quote(str(data / 'nats-cluster'))}",
                             role="server") for i in range(nats_nodes)]

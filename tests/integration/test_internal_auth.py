@@ -181,6 +181,9 @@ async def test_metrics_are_on_their_own_loopback_port_only(system, settings: Set
         async with http.get(procs.ingest_metrics_url(settings)) as r:
             assert r.status == 200
             assert "flashsale_ingest_requests_total" in await r.text()
+        # And this process's own readiness, which the shared public port cannot tell.
+        async with http.get(f"http://127.0.0.1:{settings.ingest_metrics_port}/readyz") as r:
+            assert r.status == 200 and await r.json() == {"status": "ready"}
     # Bound to 127.0.0.1 only: another loopback address (another host, as it were) gets nothing.
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.2", settings.ingest_metrics_port)

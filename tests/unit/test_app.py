@@ -1,7 +1,7 @@
 """The ingest app's shape without a server: every route it serves is in the OpenAPI
 document and every documented path is served (one contract, no drift), the document carries
 this process's limits and names the dev token route only where it exists, and /metrics is only
-on its own app."""
+on its own app, with a /readyz of this process."""
 
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ import json
 import re
 from types import SimpleNamespace
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import Settings
 from ingest.app import create_app, create_metrics_app, openapi_document
+from ingest.state import STATE
 
 SETTINGS = Settings(qty_max=3)
 HS256_SECRET = "unit-hs256-secret-of-at-least-32-bytes"
+RETRY_AFTER_S = 2
 # Served but not in the document: the page's assets and the document itself.
 NOT_DOCUMENTED = re.compile(r"^/(static/|openapi\.)")
 
@@ -42,9 +45,32 @@ def test_the_document_carries_this_process_s_limits():
 
 async def test_metrics_are_served_on_their_own_app_only():
     assert "/metrics" not in served_paths(SETTINGS)
-    async with TestClient(TestServer(create_metrics_app())) as client:
+    async with TestClient(TestServer(create_metrics_app(web.Application(), RETRY_AFTER_S))) as client:
         resp = await client.get("/metrics")
         assert resp.status == 200 and "flashsale_ingest_requests_total" in await resp.text()
         resp = await client.get("/v1/purchases")
         assert resp.status == 404
         assert resp.headers["Content-Type"].startswith("application/problem+json")
+
+
+class Services:
+    def __init__(self, ready: bool) -> None:
+        self.is_ready = ready
+
+    async def ready(self) -> bool:
+        return self.is_ready
+
+
+async def test_the_status_port_says_whether_this_process_is_ready():
+    """Its /readyz asks the services of this process's app: not ready before they are connected
+    (or while they do not answer), ready once they do."""
+    served = web.Application()
+    async with TestClient(TestServer(create_metrics_app(served, RETRY_AFTER_S))) as client:
+        resp = await client.get("/readyz")  # the app's start has not connected its services yet
+        assert resp.status == 503 and resp.headers["Retry-After"] == str(RETRY_AFTER_S)
+        assert (await resp.json())["type"].endswith("/not_ready")
+        served[STATE] = Services(ready=False)  # type: ignore[assignment]
+        assert (await client.get("/readyz")).status == 503
+        served[STATE] = Services(ready=True)  # type: ignore[assignment]
+        resp = await client.get("/readyz")
+        assert resp.status == 200 and await resp.json() == {"status": "ready"}

@@ -1,5 +1,6 @@
-"""The end of `flashsale dev`'s start, against a fake ingest: "ready" only once ingest says so,
-the demo sale loaded only then, and a sale that cannot be loaded said in one line, not raised."""
+"""The end of `flashsale dev`'s start, against fake ingests: "ready" only once every ingest
+process says so, the demo sale loaded only then, and a sale that cannot be loaded said in one
+line, not raised."""
 
 from __future__ import annotations
 
@@ -40,20 +41,40 @@ def test_ready_says_where_the_page_is_and_how_to_buy():
     assert "curl -si -X POST http://127.0.0.1:8080/v1/purchases" in said and "Idempotency-Key" in said
 
 
+def readyz(port: int) -> str:
+    return f"http://127.0.0.1:{port}/readyz"
+
+
 def test_not_ready_while_ingest_is_not(monkeypatch, capsys):
     monkeypatch.setattr(demo, "INGEST_READY_WAIT_S", 0.1)
-    load_demo(load(env={}, file=None, ingest_host="127.0.0.1", ingest_port=free_port()), DEMO_SALE)
-    assert capsys.readouterr().out == "flashsale: ingest not ready; demo sale not loaded. Not ready.\n"
+    port = free_port()
+    load_demo(load(env={}, file=None, ingest_host="127.0.0.1", ingest_port=port), DEMO_SALE,
+              {"ingest_port": readyz(port)})
+    assert capsys.readouterr().out == (f"flashsale: ingest not ready: ingest_port ({readyz(port)}); "
+                                       "demo sale not loaded. Not ready.\n")
+
+
+def test_not_ready_until_every_ingest_process_is(ingest_port, monkeypatch, capsys):
+    """The public port answers for whichever process the kernel picks: each one's own status
+    port must say ready too."""
+    monkeypatch.setattr(demo, "INGEST_READY_WAIT_S", 0.1)
+    silent = free_port()
+    settings = load(env={}, file=None, ingest_host="127.0.0.1", ingest_port=ingest_port)
+    load_demo(settings, None, {"ingest_port": readyz(ingest_port), "ingest": readyz(ingest_port),
+                               "ingest-2": readyz(silent)})
+    assert capsys.readouterr().out == (f"flashsale: ingest not ready: ingest-2 ({readyz(silent)}); "
+                                       "demo sale not loaded. Not ready.\n")
 
 
 def test_ready_without_a_sale_once_ingest_is(ingest_port, capsys):
-    load_demo(load(env={}, file=None, ingest_host="127.0.0.1", ingest_port=ingest_port), None)
+    load_demo(load(env={}, file=None, ingest_host="127.0.0.1", ingest_port=ingest_port), None,
+              {"ingest_port": readyz(ingest_port), "ingest": readyz(ingest_port)})
     assert capsys.readouterr().out == f"flashsale: ready: http://127.0.0.1:{ingest_port}/\n"
 
 
 def test_a_sale_that_cannot_be_loaded_is_one_line_and_no_ready(ingest_port, capsys):
     nowhere = f"postgresql://flashsale:pw@127.0.0.1:{free_port()}/flashsale"
     settings = load(env={}, file=None, ingest_host="127.0.0.1", ingest_port=ingest_port, database_url=nowhere)
-    load_demo(settings, DEMO_SALE)
+    load_demo(settings, DEMO_SALE, {"ingest_port": readyz(ingest_port)})
     [line] = capsys.readouterr().out.splitlines()
     assert line.startswith("flashsale: demo sale not loaded: ")

@@ -1,13 +1,16 @@
 """What `flashsale dev` checks before it starts: every port it will listen on, named, and the
-Procfile's committers (one writer per shard, the others standbys with their own status port)."""
+Procfile's committers (one writer per shard, the others standbys with their own status port);
+and before it says ready, each ingest process's own /readyz as well as the shared port's."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
+
 from config.settings import load
-from flashsale.supervision import Program
-from launch.dev_checks import committer_warnings, ports_in_use, wanted_ports
+from flashsale.supervision import Program, app_programs
+from launch.dev_checks import committer_warnings, ingest_readiness, ports_in_use, wanted_ports
 
 SETTINGS = load(env={}, file=None, ingest_port=8080, ingest_metrics_port=9100, gateway_metrics_port=9200,
                 committer_metrics_port=9110, shards=2, nats_port=14222, nats_monitor_port=18222,
@@ -70,3 +73,26 @@ def test_standbys_are_named_and_must_have_their_own_status_port():
     app[1] = Program("c1", "python -m committer --shard 0 --status-port 9300")
     assert committer_warnings(SETTINGS, PROCFILE, app) == [
         "shard 0: c0, c1 (whichever holds the lease writes, the other stand by)"]
+
+
+def test_each_ingest_process_is_asked_on_its_own_status_port(tmp_path):
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("ingest: python -m ingest\ncommitter0: python -m committer --shard 0\n")
+    settings = msgspec.structs.replace(SETTINGS, ingest_processes=3)
+    assert ingest_readiness(settings, app_programs(procfile, settings)) == {
+        "ingest_port": "http://127.0.0.1:8080/readyz",
+        "ingest": "http://127.0.0.1:9100/readyz",
+        "ingest-2": "http://127.0.0.1:9101/readyz",
+        "ingest-3": "http://127.0.0.1:9102/readyz",
+    }
+    one = msgspec.structs.replace(SETTINGS, ingest_processes=1)
+    assert list(ingest_readiness(one, app_programs(procfile, one)).values()) == [
+        "http://127.0.0.1:8080/readyz", "http://127.0.0.1:9100/readyz"]
+
+
+def test_ingest_processes_without_a_status_port_are_seen_through_the_shared_one(tmp_path):
+    procfile = tmp_path / "Procfile"
+    procfile.write_text("ingest: python -m ingest\n")
+    settings = msgspec.structs.replace(SETTINGS, ingest_processes=2, ingest_metrics_port=0)
+    assert ingest_readiness(settings, app_programs(procfile, settings)) == {
+        "ingest_port": "http://127.0.0.1:8080/readyz"}

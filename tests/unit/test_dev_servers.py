@@ -1,5 +1,6 @@
 """The embedded servers under `flashsale dev`: which programs run them, and the settings (with
-generated credentials) that point every process at them, unless the environment names others."""
+generated credentials) that point every process at them, unless the environment names others;
+and `flashsale env`, which points a process started by hand at the same servers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import shlex
 import sys
 
 from config.settings import load
+from flashsale.supervision import write_conf
 from flashsale.urls import PG_SERVICE_ROLE, SERVICE_PASSWORD_FILE, password
+from launch.cli import main
 from launch.dev_servers import embedded_programs, embedded_urls, settings_next_to_dev
 
 SETTINGS = load(env={}, file=None, nats_port=14222, nats_monitor_port=18222, pg_port=15432)
@@ -57,3 +60,20 @@ def test_a_command_next_to_dev_reaches_its_servers(monkeypatch, tmp_path):
     settings = settings_next_to_dev()
     assert settings.database_url == "postgresql://elsewhere/db"
     assert password(tmp_path / "nats") in settings.nats_url
+
+
+def test_env_names_every_node_of_devs_nats_cluster(monkeypatch, tmp_path, capsys):
+    """`flashsale env` points a process started by hand where dev's own processes point: under
+    `dev --nats-cluster 3`, at every node (with one down, it still reaches the cluster)."""
+    data = tmp_path.resolve()
+    monkeypatch.setenv("FLASHSALE_DATA_DIR", str(data))
+    monkeypatch.delenv("NATS_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    servers, overrides = embedded_programs(load(), data, nats_nodes=3)
+    nodes = overrides["nats_url"].split(",")
+    assert len(nodes) == 3
+    assert main(["env"]) == 0  # no run yet: the single node
+    assert f"export NATS_URL={shlex.quote(nodes[0])}\n" in capsys.readouterr().out
+    write_conf(data / "supervisor", servers, [])  # as `flashsale dev --nats-cluster 3` does
+    assert main(["env"]) == 0
+    assert f"export NATS_URL={shlex.quote(overrides['nats_url'])}\n" in capsys.readouterr().out

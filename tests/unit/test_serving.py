@@ -15,6 +15,8 @@ from flashsale.problem_json import PROBLEM_CONTENT_TYPE, SERVER, problem_middlew
 from flashsale.serving import Served, serve_app
 from ingest.__main__ import MetricsPortTaken, serve_metrics
 
+RETRY_AFTER_S = 1
+
 
 async def hello(_: web.Request) -> web.Response:
     return web.Response(text="hello")
@@ -68,11 +70,11 @@ async def test_what_aiohttp_cannot_parse_and_http_0_9_are_400_problems():
 
 
 async def test_metrics_port_0_serves_none_and_a_taken_port_is_a_clear_error():
-    assert await serve_metrics(0) is None
+    assert await serve_metrics(0, web.Application(), RETRY_AFTER_S) is None
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(MetricsPortTaken) as exc:
-            await serve_metrics(port)
+            await serve_metrics(port, web.Application(), RETRY_AFTER_S)
         assert exc.value.port == port
