@@ -1,7 +1,7 @@
 """The ingest app's shape without a server: every route it serves is in the OpenAPI
 document and every documented path is served (one contract, no drift), the document carries
-this process's limits and names the dev token route only where it exists, and /metrics is only
-on its own app, with a /readyz of this process."""
+this process's limits and names the dev token route only where it exists, every operation may be
+answered by the head guard, and /metrics is only on its own app, with a /readyz of this process."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from config.settings import Settings
+from flashsale.head_guard import HEAD_END, guard_answers
 from ingest.app import create_app, create_metrics_app, openapi_document
 from ingest.state import STATE
 
@@ -41,6 +42,26 @@ def test_the_document_carries_this_process_s_limits():
     assert doc["components"]["schemas"]["PurchaseRequest"]["properties"]["qty"]["maximum"] == 3
     assert "/dev/token" not in doc["paths"]
     assert "/dev/token" in json.loads(openapi_document(Settings(dev_token_endpoint=True)))["paths"]
+
+
+def test_every_operation_documents_the_head_guard_s_answers():
+    """The guard answers before any route (431 for a head over head_max_bytes, 400 for a request
+    it cannot parse), so every operation may get either, as the problem the guard sends."""
+    doc = json.loads(openapi_document(Settings(dev_token_endpoint=True, jwt_hs256_secrets=[HS256_SECRET])))
+    missing = {"description": ""}
+
+    def description(response: dict[str, str]) -> str:
+        if "$ref" in response:
+            response = doc["components"]["responses"][response["$ref"].rpartition("/")[2]]
+        return response["description"]
+
+    for answer in guard_answers(SETTINGS.head_max_bytes).values():
+        problem = json.loads(answer.partition(HEAD_END)[2])
+        status, slug = str(problem["status"]), problem["type"].rpartition("/")[2]
+        undocumented = [f"{method} {path}" for path, operations in doc["paths"].items()
+                        for method, operation in operations.items()
+                        if f"`{slug}`" not in description(operation["responses"].get(status, missing))]
+        assert undocumented == [], (status, slug)
 
 
 async def test_metrics_are_served_on_their_own_app_only():
