@@ -33,7 +33,7 @@ from committer.recovery import (
 )
 from committer.shard_rows import PostgresShardRows
 from committer.writer import ShardWriter
-from config.settings import Settings, load
+from config.settings import Settings, load_or_exit
 from flashsale import shardmap
 from flashsale.logs import kv, setup
 from flashsale.status import serve_status
@@ -207,7 +207,7 @@ def parse(argv: list[str] | None, settings: Settings) -> tuple[int, int]:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    settings = load()
+    settings = load_or_exit("committer")
     shard, port = parse(argv, settings)
     setup(f"committer-{shard}", settings.log_level)
     sys.exit(uvloop.run(main(settings, shard, port)))

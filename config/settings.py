@@ -7,6 +7,7 @@ Precedence: defaults < TOML file named by FLASHSALE_CONFIG (default config/dev.t
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,19 @@ def load(env: dict[str, str] | None = None, file: Path | None = None, **override
         raise SettingsError(f"setting {at.strip('`').removeprefix('$.')}: {message}") from None
     _check_secrets(settings)
     return settings
+
+
+EXIT_SETTINGS = 2  # as the CLI: settings a process cannot run with
+
+
+def load_or_exit(program: str, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """`load` for a service's entry point: bad settings end it with one line on stderr and exit
+    code 2, as the CLI does, not with a traceback."""
+    try:
+        return load(env, **overrides)
+    except SettingsError as e:
+        print(f"{program}: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_SETTINGS) from None
 
 
 def _env_list(name: str, text: str) -> list[str]:

@@ -10,7 +10,7 @@ import signal
 
 import uvloop
 
-from config.settings import Settings, load
+from config.settings import Settings, load_or_exit
 from flashsale.credentials import postgres_pool
 from flashsale.jetstream import connect_nats, ensure_streams
 from flashsale.logs import kv
@@ -65,7 +65,7 @@ def settings_of(argv: list[str] | None, env: dict[str, str] | None = None) -> Se
     parser.add_argument("--metrics-port", type=int, help="overrides gateway_metrics_port")
     args = parser.parse_args(argv)
     overrides = {"gateway_metrics_port": args.metrics_port} if args.metrics_port is not None else {}
-    return load(env, **overrides)
+    return load_or_exit("gateway", env, **overrides)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ import msgspec
 import uvloop
 from aiohttp import web
 
-from config.settings import Settings, load
+from config.settings import Settings, load_or_exit
 from flashsale import serving, shardmap
 from flashsale.logs import kv, setup
 from flashsale.shardmap import ShardMapError
@@ -37,7 +37,7 @@ SHARD_MAP_CHECK_S = 5.0
 
 
 def main() -> None:
-    settings = load()
+    settings = load_or_exit("ingest")
     setup("ingest", settings.log_level)
     # Per-request access logs would cost more than the request itself at peak.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -4,10 +4,14 @@ refused wherever it comes from and never echoed."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from config.errors import SettingsError
-from config.settings import HS256_SECRET_MIN_BYTES, load
+from config.settings import HS256_SECRET_MIN_BYTES, REPO_ROOT, load
 from launch.cli import main
 
 SECRET = "s" * HS256_SECRET_MIN_BYTES
@@ -78,3 +82,14 @@ def test_no_token_is_signed_with_a_malformed_secret(monkeypatch, capsys):
     out = capsys.readouterr()
     assert out.out == "" and out.err == ("flashsale: setting jwt_hs256_secrets: in the environment a "
                                          "list is comma-separated, without brackets or quotes\n")
+
+
+@pytest.mark.parametrize("service", ["ingest", "committer", "gateway"])
+def test_a_service_with_bad_settings_exits_with_one_line(service: str):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    args = ["--shard", "0"] if service == "committer" else []
+    done = subprocess.run([sys.executable, "-m", service, *args],
+                          env={**env, "FLASHSALE_SHARDS": "many"}, capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"{service}: setting shards: Expected `int`, got `str`"]
