@@ -15,7 +15,7 @@ from typing import Protocol
 import msgspec
 from nats.aio.msg import Msg
 
-from committer import store
+from committer import metrics, store
 from committer.machine import Machine
 from committer.step import Step
 from flashsale.logs import kv
@@ -73,10 +73,12 @@ async def decide(
     lookup: Callable[[list[str]], Awaitable[list[Decision | Purchase]]], draws_held: bool = False,
 ) -> Step:
     """Decide a batch and commit it. A purchase id that Postgres turns out to hold already
-    (another shard decided it: a key reused with another SKU) is read back, the step taken back
-    and the batch decided again, that intent refused. Every round learns at least one id of
-    the batch that the next round no longer inserts, so this ends within the batch's size."""
-    learned: list[Decision | Purchase] = []
+    (another shard decided it, or holds it in its draw: a key reused with another SKU) is read
+    back, the step taken back and the batch decided again, that intent refused. Every round
+    learns at least one id of the batch that the next round no longer inserts, so this ends
+    within the batch's size; a round that meets only ids already learned would repeat forever,
+    and stops the writer instead (CorruptWrite: the machine ignored what Postgres holds)."""
+    learned: dict[str, Decision | Purchase] = {}
     while True:
         step = machine.step(intents, t, draws_held=draws_held)
         try:
@@ -84,12 +86,17 @@ async def decide(
             return step
         except store.DecidedElsewhere as e:
             machine.undo()
+            if learned.keys() >= set(e.ids):
+                metrics.CONFLICTS_UNRESOLVED.labels(str(machine.shard)).inc()
+                log.critical("a batch meets again ids it was told Postgres holds",
+                             extra=kv(shard=machine.shard, ids=e.ids[:10], count=len(e.ids)))
+                raise store.CorruptWrite(f"ids {e.ids[:10]} conflict again after being read") from e
             found = await lookup(e.ids)
             if len(found) != len(e.ids):
                 # The insert met these rows, so they are committed: unreadable means broken.
                 raise store.CorruptWrite(f"ids {e.ids} conflict but cannot be read") from e
-            learned += found
-            machine.found_in_postgres(learned)
+            learned.update((d.id, d) for d in found)
+            machine.found_in_postgres(list(learned.values()))
 
 
 def announces(step: Step) -> bool:

@@ -15,9 +15,11 @@ are asserted here (a violation would cost money) and tested exhaustively in test
 
 A purchase id is one buyer's Idempotency-Key, and a key reused with a SKU of another shard sends
 a second purchase intent with that id to another writer. Whichever writer commits the id first
-decides it; the other learns it from Postgres (`found_in_postgres`: before deciding, or when its
-batch insert meets the row), takes back the step it decided (`undo`) and decides the batch
-again, refusing that intent: no stock moves, its waiters are told. No request can stop a writer.
+(a decision, or an entry in a draw) holds it; the other learns it from Postgres
+(`found_in_postgres`: before deciding, or when its batch insert meets the row), takes back the
+step it decided (`undo`) and decides the batch again, refusing that intent: no stock moves, its
+waiters are told. A draw that meets another shard's decision of one of its entries refuses that
+entry the same way. No request can stop a writer.
 """
 
 from __future__ import annotations
@@ -217,15 +219,21 @@ class Machine(Memory):
 
     def _decide_draw(self, sku: Sku, draw: Draw, now_ms: int, step: Step) -> None:
         """Every entry in the draw's order, then the purchases that waited, first come first
-        served; all with the ordinary rules. Drawn first, so none of them enters a draw again."""
+        served; all with the ordinary rules. Drawn first, so none of them enters a draw again.
+
+        An entry whose id another shard decided (one key reused there, both committed at the
+        same moment; `found_in_postgres`) is no entry: not ranked nor counted, it is refused
+        as any intent with that id is (`_answered`), and its row goes with the others."""
         assert sku.draw_seed is not None  # upsert_refusal: no window without a seed
         self._save_sku(sku.sku)
         sku.drawn_at_ms = now_ms
-        order = draw_order(sku.draw_seed, draw.ranked_ids())
+        ranked = draw.ranked_ids()
+        order = draw_order(sku.draw_seed, [pid for pid in ranked if pid not in self.stored])
         sku.draw_entries = len(order)
         for rank, pid in enumerate(order, start=1):
             self._purchase(draw.entries[pid].purchase, now_ms, step, draw_rank=rank)
-        for entry in draw.waiting():
+        decided_elsewhere = [draw.entries[pid] for pid in ranked if pid in self.stored]
+        for entry in decided_elsewhere + draw.waiting():
             self._purchase(entry.purchase, now_ms, step)
         step.drawn.append(sku.sku)
         step.skus[sku.sku] = sku

@@ -97,10 +97,16 @@ class Memory:
     def found_in_postgres(self, rows: Sequence[Decision | Purchase]) -> None:
         """What Postgres holds of ids this machine does not (another shard's decisions and draw
         entries, its own forgotten decisions): purchase intents with these ids are answered from
-        them from now on."""
+        them from now on.
+
+        A decision for an id waiting in one of this machine's draws is another shard's (one key
+        reused, both committed at the same moment): it is the purchase, and the entry is refused
+        when the draw is decided, never decided (`Machine._decide_draw`)."""
         for d in rows:
-            if d.id in self.decisions or self._entry_of(d.id) is not None:
-                continue  # its own: decided, or waiting in one of its draws
+            if d.id in self.decisions:
+                continue  # its own decision
+            if isinstance(d, Purchase) and self._entry_of(d.id) is not None:
+                continue  # its own entry, waiting in one of its draws
             self.stored[d.id] = d
             self.stored.move_to_end(d.id)
         # Forgetting one costs a second look in Postgres, never a second decision; the rows

@@ -34,6 +34,12 @@ COMMIT_SECONDS = Histogram(
 )
 BACKLOG = Gauge("flashsale_backlog_intents", "Intents waiting or unacked for this shard", ["shard"])
 REFUSALS = Counter("flashsale_refusals_total", "Intents refused", ["shard", "kind", "reason"])
+CONFLICTS_UNRESOLVED = Counter(
+    "flashsale_conflicts_unresolved_total",
+    "Batches whose insert met again purchase ids the writer had read back from Postgres (it "
+    "stops: deciding the batch again would meet them forever)",
+    ["shard"],
+)
 DUPLICATES = Counter(
     "flashsale_duplicate_intents_total", "Redelivered or retried intents answered from memory",
     ["shard"],

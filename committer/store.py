@@ -239,7 +239,8 @@ async def commit(
 # Purchases go in id order: two writers inserting one id (a key reused across shards) then wait
 # for each other in one order only, so they never deadlock; the second finds the first's row.
 # A purchase decided by a draw was taken by an earlier batch: its draw entry (deleted later in
-# this transaction) knows where its intent is stored.
+# this transaction) knows where its intent is stored. An entry of another SKU holds the id as a
+# row of purchases would (one key reused, waiting in another shard's draw): not inserted either.
 _WRITE_BATCH = f"""
 WITH lease AS (
     UPDATE shard_leases SET renewed_at_ms = {_DB_NOW_MS}, expires_at_ms = {_DB_NOW_MS} + $3
@@ -276,7 +277,7 @@ WITH lease AS (
                              accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
                              request_hash, draw_rank, intent_seq, n)
     LEFT JOIN draw_entries e ON e.id = u.id
-    WHERE EXISTS (SELECT FROM lease)
+    WHERE EXISTS (SELECT FROM lease) AND (e.id IS NULL OR e.sku = u.sku)
     ORDER BY u.n
     ON CONFLICT (id) DO NOTHING
     RETURNING id
@@ -325,12 +326,17 @@ async def _insert_draw_entries(
     conn: asyncpg.Connection, taken: list[Entry], stored_at: dict[str, int]
 ) -> None:
     entries = sorted(taken, key=lambda e: e.purchase.id)  # in id order, as purchases
+    # An id in purchases for another SKU is decided (by another shard: its key reused): no entry
+    # for it. One of this SKU is the entry's own, decided by its draw in this very step.
     inserted = await conn.fetch(
         """
         INSERT INTO draw_entries (id, sku, user_id, qty, request_hash, accepted_at_ms,
                                   clicked_at_ms, arrival, ranked, intent_seq)
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],
             $6::bigint[], $7::bigint[], $8::int[], $9::bool[], $10::bigint[])
+            AS u(id, sku, user_id, qty, request_hash, accepted_at_ms, clicked_at_ms, arrival,
+                 ranked, intent_seq)
+        WHERE NOT EXISTS (SELECT FROM purchases p WHERE p.id = u.id AND p.sku <> u.sku)
         ON CONFLICT (id) DO NOTHING
         RETURNING id
         """,
@@ -341,7 +347,7 @@ async def _insert_draw_entries(
         [e.ranked for e in entries], [stored_at.get(e.purchase.id) for e in entries],
     )
     if len(inserted) != len(entries):
-        # Another shard's draw holds these ids (one key, draw SKUs of two shards).
+        # Another shard holds these ids (one key, a SKU of each), decided or in its draw.
         written = {r["id"] for r in inserted}
         raise DecidedElsewhere([e.purchase.id for e in entries if e.purchase.id not in written])
 

@@ -18,6 +18,7 @@ import pytest
 from flashsale.ports import free_port
 from proto.sharding import shard_of
 from tests.auth import pid
+from tests.integration.test_draw import open_drop, until, wait_decided
 from tests.integration.test_ingest_flow import Client
 
 # Two SKUs of each shard (crc32 % 2).
@@ -141,4 +142,48 @@ async def test_a_key_reused_across_shards_is_one_purchase(system, settings, db, 
     for sku in ("A1", "B1"):
         assert sold[sku] == sum(1 for won in winners.values() if won == sku), (sku, sold, winners)
     assert sold["A2"] == sold["B2"] == 4
+    assert all(p.alive for p in system.processes.values())
+
+
+async def test_a_key_reused_for_a_draw_entry_and_a_purchase_of_another_shard(system, settings, db):
+    """One key for a first-come-first-served purchase on one shard and an entry in a draw on
+    the other, in both orders, through an instance that did not see the first use: the id is
+    decided once, the other request learns 422, the draw decides its other entries, and the
+    draw's writer goes on deciding."""
+    drop = next(f"drop-{i}" for i in range(100) if shard_of(f"drop-{i}", settings.shards) == 0)
+    first_come = ON_SHARD[1][0]
+    system.start()
+    async with aiohttp.ClientSession() as http:
+        c = Client(http, system.base_url, settings.admin_token)
+        assert (await c.put_sku(first_come, stock=10, payment="none"))[0] == 200
+        status, _, bought = await c.buy(first_come, "mallory", "k-bought-first", wait_s=5)
+        assert status == 200 and bought["status"] == "confirmed", bought
+        late = msgspec.structs.replace(settings, ingest_port=free_port(), ingest_metrics_port=free_port())
+        system.start_ingest(settings=late, name="ingest-late")
+        c2 = Client(http, f"http://127.0.0.1:{late.ingest_port}", settings.admin_token)
+        window = await open_drop(system.base_url, settings.admin_token, drop, stock=5, window_s=3)
+        await until(window.start_ms + 50)
+        entered = {}
+        for user, key in (("trudy", "k-entered-first"), ("b1", "k-b1"), ("b2", "k-b2")):
+            status, _, body = await c.buy(drop, user, key, wait_s=None)
+            assert status == 202 and body["status"] == "pending", body
+            entered[body["id"]] = user
+        # The second use of each key, on the other shard.
+        assert is_reused(*(await c2.buy(drop, "mallory", "k-bought-first", wait_s=5))[::2])
+        assert is_reused(*(await c2.buy(first_come, "trudy", "k-entered-first", wait_s=5))[::2])
+
+        await wait_decided(db, set(entered), timeout_s=60)
+        status, _, after = await c.buy(drop, "b3", "k-after", wait_s=10)
+        assert status == 200 and after["status"] == "confirmed", after
+
+    rows = {r["id"]: r for r in await db.fetch(
+        "SELECT id, sku, status, draw_rank FROM purchases WHERE user_id IN ('mallory', 'trudy')")}
+    assert {i: (r["sku"], r["status"]) for i, r in rows.items()} == {
+        pid("mallory", "k-bought-first"): (first_come, "confirmed"),
+        pid("trudy", "k-entered-first"): (drop, "confirmed")}
+    assert sorted(r["draw_rank"] for r in await db.fetch(
+        "SELECT draw_rank FROM purchases WHERE sku = $1 AND id = ANY($2)", drop, list(entered))) == [1, 2, 3]
+    assert await db.fetchval("SELECT count(*) FROM draw_entries") == 0
+    sold = {r["sku"]: r["sold"] for r in await db.fetch("SELECT sku, sold FROM skus")}
+    assert (sold[first_come], sold[drop]) == (1, 4)
     assert all(p.alive for p in system.processes.values())

@@ -252,3 +252,76 @@ def test_one_key_in_the_draws_of_two_shards_is_one_entry(settings: Settings) -> 
                 await conn.close()
 
     asyncio.run(scenario())
+
+
+async def _blocked_on_a_lock(db: asyncpg.Connection, conn: asyncpg.Connection) -> None:
+    pid_ = conn.get_server_pid()
+    for _ in range(1000):
+        if await db.fetchval("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid_):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the writer never waited for the lock")
+
+
+def test_an_entry_and_a_purchase_of_one_key_committed_at_once_are_one_decision(settings: Settings) -> None:
+    """One key: a purchase on one shard and an entry in the other shard's draw, committed at the
+    same moment, so neither insert sees the other's row. The draw meets the purchase when it is
+    decided: it refuses that entry (its waiters learn 422), ranks the others, and the writer goes
+    on deciding; Postgres holds one decision for the id. Bounded: a writer that decided the draw
+    again without end fails here instead of hanging."""
+
+    async def scenario() -> None:
+        conns = [await asyncpg.connect(settings.database_url) for _ in range(SHARDS + 1)]
+        db = conns[SHARDS]
+        try:
+            writers = []
+            for shard in range(SHARDS):
+                epoch, _ = await store.acquire_lease(conns[shard], shard, "test", TTL_MS)
+                assert epoch is not None
+                w = Writer(shard, conns[shard], epoch)
+                free, _, drawn = SKUS[shard]
+                w.stream = [SkuUpsert(request_id=f"r-{free}", sku=free, stock=5),
+                            SkuUpsert(request_id=f"r-{drawn}", sku=drawn, stock=5, sale_start_ms=T0 + 500,
+                                      draw_window_s=5, draw_seed=f"{shard}" * 64)]
+                assert len((await w.take(2, T0)).admin_applied) == 2
+                writers.append(w)
+            free, drawn = SKUS[0][0], SKUS[1][2]
+            writers[0].stream = [Purchase(id="p_twin", sku=free, qty=1, user_id="mallory",
+                                          request_hash="h-bought", accepted_at_ms=T0 + 1000)]
+            writers[1].stream = [
+                Purchase(id=pid_, sku=drawn, qty=1, user_id=user, request_hash=f"h-{pid_}",
+                         accepted_at_ms=T0 + 1000)
+                for pid_, user in (("p_twin", "mallory"), ("p_other", "bob"))]
+            # Shard 0's batch statement takes its snapshot, then waits for its SKU's row (held
+            # here) while shard 1 commits the entries: the purchase is inserted after all.
+            async with db.transaction():
+                await db.execute("SELECT FROM skus WHERE sku = $1 FOR UPDATE", free)
+                buying = asyncio.ensure_future(writers[0].take(1, T0 + 1000))
+                await _blocked_on_a_lock(db, conns[0])
+                entered = await writers[1].take(2, T0 + 1000)
+            bought = await buying
+            assert [(d.id, d.status) for d in bought.inserts] == [("p_twin", "confirmed")]
+            assert sorted(e.purchase.id for e in entered.draw_entries) == ["p_other", "p_twin"]
+
+            drawn_step = await asyncio.wait_for(writers[1].take(0, T0 + 8000), timeout=60)
+            [refusal] = drawn_step.refusals
+            assert (refusal.key, refusal.reason, refusal.status, refusal.request_hash) == (
+                "p_twin", KEY_REUSED, "confirmed", "h-p_twin")
+            assert [(d.id, d.draw_rank) for d in drawn_step.inserts] == [("p_other", 1)]
+            writers[1].stream = [Purchase(id="p_later", sku=drawn, qty=1, user_id="carol",
+                                          request_hash="h-later", accepted_at_ms=T0 + 9000)]
+            later = await asyncio.wait_for(writers[1].take(1, T0 + 9000), timeout=60)
+            assert [(d.id, d.status) for d in later.inserts] == [("p_later", "confirmed")]
+
+            rows = await db.fetch("SELECT id, sku, request_hash FROM purchases ORDER BY id")
+            assert [tuple(r) for r in rows] == [("p_later", drawn, "h-later"),
+                                                ("p_other", drawn, "h-p_other"),
+                                                ("p_twin", free, "h-bought")]
+            assert await db.fetchval("SELECT count(*) FROM draw_entries") == 0
+            assert await db.fetchval("SELECT draw_entries FROM skus WHERE sku = $1", drawn) == 1
+            await check_stored(db)
+        finally:
+            for conn in conns:
+                await conn.close()
+
+    asyncio.run(scenario())

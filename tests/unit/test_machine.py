@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from committer.machine import WRONG_SHARD, Machine
 from committer.step import InvariantViolation, Sku
+from proto.draw import draw_order
 from proto.messages import KEY_REUSED, Cancel, Confirm, Decision, Purchase, Refusal, Release, SkuUpsert
 from proto.sharding import shard_of
 
@@ -216,6 +217,56 @@ def test_undo_then_decide_again_without_the_twin():
     again = m.step(batch, T0 + 1000)
     assert [(d.id, d.status) for d in again.inserts] == [("b", "reserved")]
     assert again.updates["old"].status == "expired" and again.refusals[0].key == "twin"
+
+
+def decide_against(m: Machine, intents: list, now_ms: int, postgres: dict, rounds_max: int = 5):
+    """The shell's rounds (committer/batch.decide) against what Postgres holds already: each
+    insert or entry that meets a row is taken back, read back and the batch decided again."""
+    for _ in range(rounds_max):
+        step = m.step(intents, now_ms)
+        met = [i for i in [*(d.id for d in step.inserts), *(e.purchase.id for e in step.draw_entries)]
+               if i in postgres]
+        if not met:
+            return step
+        m.undo()
+        m.found_in_postgres([postgres[i] for i in met])
+    raise AssertionError(f"the batch met {met} again after {rounds_max} rounds: it would loop")
+
+
+def test_an_entry_whose_id_another_shard_decided_is_refused_when_the_draw_is_decided():
+    """One key reused, both committed at the same moment: an entry in this shard's draw, and a
+    purchase another shard decided. The draw meets that purchase, refuses its entry (its
+    waiters learn 422), ranks and counts only the others, and goes on deciding."""
+    m = Machine(shard=0)
+    m.load_sku(Sku(sku="d", stock=5, sale_start_ms=T0, draw_window_s=2, draw_seed="ab" * 32))
+    entries = [purchase(pid, sku="d", user=pid, at=T0 + 10, request_hash=f"h-{pid}")
+               for pid in ("twin", "b", "c")]
+    late = purchase("late-twin", sku="d", user="z", at=T0 + 2500, request_hash="h-late")
+    assert len(m.step(entries, T0 + 10).draw_entries) == 3
+    assert len(m.step([late], T0 + 2500).draw_entries) == 1  # waits for the draw
+    elsewhere = {pid: stored(pid, status="confirmed") for pid in ("twin", "late-twin")}
+    m.found_in_postgres([entries[0]])  # its own entry, read back: still its own
+    assert "twin" not in m.stored
+    drawn = decide_against(m, [], T0 + 4000, elsewhere)
+    assert [(d.id, d.draw_rank) for d in drawn.inserts] == [(pid, rank) for rank, pid in enumerate(
+        draw_order("ab" * 32, "bc"), start=1)]
+    assert [(r.kind, r.key, r.reason, r.status, r.request_hash) for r in drawn.refusals] == [
+        ("purchase", "twin", KEY_REUSED, "confirmed", "h-twin"),
+        ("purchase", "late-twin", KEY_REUSED, "confirmed", "h-late")]
+    assert drawn.drawn == ["d"] and "d" not in m.draws
+    assert (m.skus["d"].draw_entries, m.skus["d"].sold) == (2, 2)
+    after = m.step([purchase("next", sku="d", user="y", at=T0 + 5000)], T0 + 5000)
+    assert [(d.id, d.status) for d in after.inserts] == [("next", "confirmed")]
+
+
+def test_an_entry_for_an_id_another_shard_decided_is_refused_at_once():
+    """The other order: the id is decided elsewhere before it reaches this shard's draw."""
+    m = Machine(shard=0)
+    m.load_sku(Sku(sku="d", stock=5, sale_start_ms=T0, draw_window_s=2, draw_seed="ab" * 32))
+    step = decide_against(m, [purchase("twin", sku="d", at=T0 + 10, request_hash="h2")], T0 + 10,
+                          {"twin": stored("twin", status="confirmed")})
+    assert not step.draw_entries and not m.draws["d"].entries
+    assert [(r.key, r.reason, r.status) for r in step.refusals] == [("twin", KEY_REUSED, "confirmed")]
 
 
 # -- properties ----------------------------------------------------------------------------

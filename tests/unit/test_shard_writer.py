@@ -224,6 +224,19 @@ async def test_an_id_in_conflict_that_cannot_be_read_stops_the_writer(parts: Par
     assert "ack 1" not in parts.log and parts.results() == []
 
 
+async def test_a_batch_that_meets_again_an_id_it_read_back_stops_the_writer(parts: Parts):
+    """Postgres and the machine disagreeing about an id (it was told the row and inserted it
+    again) would decide the batch again without end: the writer stops instead."""
+    parts.rows.stored["p1"] = Decision(
+        id="p1", sku="other", user_id="alice", qty=1, status="confirmed", reason=None,
+        amount_cents=0, accepted_at_ms=1, decided_at_ms=1, updated_at_ms=1, request_hash="h-other")
+    parts.rows.failing += [store.DecidedElsewhere(["p1"]), store.DecidedElsewhere(["p1"])]
+    parts.deliver([purchase("p1"), purchase("p2")])
+    with pytest.raises(store.CorruptWrite):
+        await parts.writer.run_once()
+    assert parts.log == ["progress", "commit", "commit"] and parts.results() == []
+
+
 async def test_an_undecodable_message_is_terminated_and_the_rest_decided(parts: Parts):
     [bad, _] = parts.deliver([purchase("p1")], [purchase("p2")])
     bad.data = b"\xc1 not msgpack"
