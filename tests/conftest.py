@@ -25,8 +25,17 @@ from launch.nats_server import start_nats
 from launch.postgres_server import start_postgres
 from launch.processes import fakepsp_process
 from tests.auth import AUTH_SETTINGS
+from tests.chaos import TIMEOUT_S as CHAOS_TIMEOUT_S
 
 _counter = itertools.count(1)
+CHAOS_DIR = Path(__file__).parent / "chaos"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Fault scenarios get the chaos bound, unless a test sets its own `timeout` mark."""
+    for item in items:
+        if item.path.is_relative_to(CHAOS_DIR) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(CHAOS_TIMEOUT_S))
 
 
 @dataclass
