@@ -131,7 +131,7 @@ class Machine(Memory):
         else:
             assert sku is not None
             d = self._accept(p, sku, now_ms, draw_rank, step)
-        self._remember(d)
+        self._set_decision(d)
         step.inserts.append(d)
         step.results.append(d)
 
@@ -287,7 +287,7 @@ class Machine(Memory):
         self._finish(_with_status(d, status, reason, now_ms), sku, step)
 
     def _finish(self, d: Decision, sku: Sku, step: Step) -> None:
-        self._remember(d)
+        self._set_decision(d)
         step.updates[d.id] = d
         step.results.append(d)
         step.skus[sku.sku] = sku

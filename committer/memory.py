@@ -1,9 +1,10 @@
 """What the committer's machine remembers, and how a step's changes to it are taken back.
 
-Every change a step makes goes through the journaled writes here (`_remember`, `_set_reserved`,
-`_add_user_qty`, `_save_sku`, `_set_draw`, `_evict`), so that a step whose batch is not
-committed can be undone (`undo`). Rebuilding from Postgres (`load_*`, `found_in_postgres`) is
-here too. The rules that decide live in committer/machine.py. Pure: no I/O.
+Every change a step makes goes through the journaled writes here (`_set_decision`,
+`_set_reserved`, `_add_user_qty`, `_save_sku`, `_set_draw`, `_evict`), which `_remember` what
+they replace, so that a step whose batch is not committed can be undone (`undo`). Rebuilding
+from Postgres (`load_*`, `found_in_postgres`) is here too. The rules that decide live in
+committer/machine.py. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from committer.draw import Draw, Entry, decides_at_ms
 from committer.step import InvariantViolation, Sku
@@ -21,6 +22,8 @@ from proto.messages import Decision, Intent, Purchase
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+# The tables of the memory that a step's journal keeps the replaced values of, by their name.
+_Table = Literal["skus", "decisions", "reserved", "user_qty", "draws"]
 
 
 @dataclass
@@ -172,18 +175,25 @@ class Memory:
 
     # -- journaled writes: every change a step makes goes through these -----------------------
 
-    def _remember(self, d: Decision) -> None:
+    def _remember(self, table: _Table, key: Hashable, was: object) -> None:
+        """Keep for `undo` what `table[key]` was (None: absent) before this step first changed
+        it; a later change in the same step keeps nothing. A SKU is changed in place after
+        this, so it is kept as a copy."""
         j = self._journal
-        if j is not None and d.id not in j.decisions:
-            j.decisions[d.id] = self.decisions.get(d.id)
+        if j is None:
+            return  # outside a step (rebuilding): nothing to take back
+        saved: dict[Hashable, object] = getattr(j, table)
+        if key not in saved:
+            saved[key] = dataclasses.replace(was) if isinstance(was, Sku) else was
+
+    def _set_decision(self, d: Decision) -> None:
+        self._remember("decisions", d.id, self.decisions.get(d.id))
         self.decisions[d.id] = d
 
     def _set_reserved(self, pid: str, d: Decision | None) -> Decision | None:
         """Reserve `pid` as `d`, or (None) close its reservation: the reservation it replaced."""
-        j = self._journal
         was = self.reserved.get(pid)
-        if j is not None and pid not in j.reserved:
-            j.reserved[pid] = was
+        self._remember("reserved", pid, was)
         if d is None:
             self.reserved.pop(pid, None)
         else:
@@ -207,28 +217,22 @@ class Memory:
         return closed
 
     def _add_user_qty(self, key: tuple[str, str], qty: int) -> None:
-        j = self._journal
         was = self.user_qty.get(key)
-        if j is not None and key not in j.user_qty:
-            j.user_qty[key] = was
+        self._remember("user_qty", key, was)
         self.user_qty[key] = (was or 0) + qty
         if self.user_qty[key] < 0:
             raise InvariantViolation(f"negative user quantity for {key}")
 
     def _save_sku(self, name: str) -> Sku:
         """The SKU, its state before this step kept for `undo` (the first time it changes)."""
-        j = self._journal
         sku = self.skus.get(name)
-        if j is not None and name not in j.skus:
-            j.skus[name] = dataclasses.replace(sku) if sku is not None else None
+        self._remember("skus", name, sku)
         return sku  # type: ignore[return-value]  # None only for an upsert creating it
 
     def _set_draw(self, name: str, draw: Draw | None) -> Draw:
         """Open a SKU's draw, or (None) close it: the draw it replaced (its entries intact)."""
-        j = self._journal
         was = self.draws.get(name)
-        if j is not None and name not in j.draws:
-            j.draws[name] = was
+        self._remember("draws", name, was)
         if draw is None:
             self.draws.pop(name, None)
         else:
@@ -256,9 +260,7 @@ class Memory:
                 if len(self.reserved) >= self.seen_max:
                     break
                 continue
-            j = self._journal
-            if j is not None and pid not in j.decisions:
-                j.decisions[pid] = self.decisions[pid]
+            self._remember("decisions", pid, self.decisions[pid])
             del self.decisions[pid]
             self.forgot_any = True
 

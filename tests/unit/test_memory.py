@@ -27,7 +27,7 @@ def test_a_step_taken_back_leaves_the_memory_as_it_was():
     sku.reserved += 1
     d = reservation("p1", T0 + 1_000)
     mem._set_reserved("p1", d)
-    mem._remember(d)
+    mem._set_decision(d)
     mem._add_user_qty(("s", "u"), 1)
     assert mem.next_expiry_ms() == T0 + 1_000
     mem.undo()
