@@ -36,7 +36,7 @@ from bench.paid import PAID_RATE, FlashsalePaid
 from bench.plans import is_max, phases_for, plan_systems
 from bench.report import render_report
 from bench.results import RunResult, SystemRun
-from bench.runner import db_figures, py_spy, run_phase
+from bench.runner import Profiling, db_figures, py_spy, run_phase
 from bench.systems import NatsServers, Place, System
 from flashsale.supervision import ingest_count
 from launch.cluster import start_cluster
@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy flame graphs of flashsale's processes during its max phases "
                          "(pip install py-spy)")
+    ap.add_argument("--profile-rate-hz", type=int, default=100,
+                    help="--profile: py-spy samples per second (default 100)")
+    ap.add_argument("--profile-format", choices=["flamegraph", "raw"], default="flamegraph",
+                    help="--profile: SVG flame graphs, or raw collapsed stacks (.txt) to sum")
     ap.add_argument("--out", default=None, help="results directory (default bench/results/<timestamp>)")
     return _resolve(ap, ap.parse_args(argv))
 
@@ -165,8 +169,9 @@ async def run_system(sut: System, scenario: str, args: argparse.Namespace, work:
             plan.rate = round(max_rate * float(plan.phase.split("@")[1]), 1)
         profile = args.profile and sut.name == "flashsale" and plan.phase == "max"
         tag = f"r{n}{plan.phase.replace('@', '').replace('-', '')}"
+        profiling = Profiling(out_dir, args.profile_rate_hz, args.profile_format) if profile else None
         result, phase_ids = await run_phase(sut, scenario, plan, work, tag, probe, DRAIN_TIMEOUT_S,
-                                            out_dir if profile else None)
+                                            profiling)
         if is_max(plan.phase):
             max_rate = max(max_rate or 0.0, result.answered_per_s)
         ids |= phase_ids

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -71,19 +71,36 @@ def py_spy() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-async def _start_profiles(sut: System, plan: PhasePlan, out_dir: Path,
+ProfileFormat = Literal["flamegraph", "raw"]
+# What py-spy writes for each format: an SVG flame graph, or collapsed stacks (one line a stack,
+# its sample count last) for scripts to sum.
+_PROFILE_SUFFIXES: dict[ProfileFormat, str] = {"flamegraph": "svg", "raw": "txt"}
+
+
+@dataclass(frozen=True)
+class Profiling:
+    """py-spy profiles of the system's processes: where, how often a second, in which format."""
+
+    out_dir: Path
+    rate_hz: int = 100
+    format: ProfileFormat = "flamegraph"
+
+
+async def _start_profiles(sut: System, plan: PhasePlan, profiling: Profiling,
                           prefix: str) -> list[asyncio.subprocess.Process]:
-    """py-spy flame graphs of every Python process of the system over the load window."""
+    """py-spy profiles of every Python process of the system over the load window."""
     exe = py_spy()
     if exe is None:
         return []
     spies = []
+    suffix = _PROFILE_SUFFIXES[profiling.format]
     for p in sut.processes:
         if p.proc is None:
             continue
         spies.append(await asyncio.create_subprocess_exec(
-            exe, "record", "--rate", "100", "--duration", str(max(1, int(plan.duration_s))),
-            "--output", str(out_dir / f"{prefix}-{p.name}.svg"), "--pid", str(p.proc.pid),
+            exe, "record", "--rate", str(profiling.rate_hz), "--format", profiling.format,
+            "--duration", str(max(1, int(plan.duration_s))),
+            "--output", str(profiling.out_dir / f"{prefix}-{p.name}.{suffix}"), "--pid", str(p.proc.pid),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         ))
     return spies
@@ -91,7 +108,7 @@ async def _start_profiles(sut: System, plan: PhasePlan, out_dir: Path,
 
 async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path, tag: str,
                     probe: Probe, drain_timeout_s: float,
-                    profile_dir: Path | None = None) -> tuple[PhaseResult, set[str]]:
+                    profiling: Profiling | None = None) -> tuple[PhaseResult, set[str]]:
     """Load, then drain; CPU over the load window, disk flushes from the load's start to the
     end of the drain (the commits of what the load accepted belong to it)."""
     phase = _Phase(sut, scenario, plan, work_dir, tag, Live(f"[{scenario} {sut.label()} {plan.phase}]"))
@@ -101,7 +118,7 @@ async def run_phase(sut: System, scenario: str, plan: PhasePlan, work_dir: Path,
     flushes = Window(probe, sut.syncing_pids())
     await flushes.attach(work_dir)
     batches_before = await sut.batch_counters()
-    load = await phase.load(specs, wrk_tokens, flushes, profile_dir)
+    load = await phase.load(specs, wrk_tokens, flushes, profiling)
     result = phase.result(load)
     result.group_commit = group_commit(batches_before, await sut.batch_counters(), plan.duration_s)
     tally = Tally()
@@ -213,7 +230,7 @@ class _Phase:
         return self.wrk_tokens_path
 
     async def load(self, specs: list[GenSpec], wrk_tokens: Path | None, flushes: Window,
-                   profile_dir: Path | None) -> _Load:
+                   profiling: Profiling | None) -> _Load:
         """Starts every generator at one common instant and waits for all of them to finish."""
         # Time for the generators to start and connect before the common start instant.
         start_at = time.time() + 1.5
@@ -230,7 +247,7 @@ class _Phase:
             plan = self.plan
             wrk_proc = await spawn_wrk(self.sut, wrk_tokens, plan.repeat_buyers > 0, plan.skus,
                                        plan.duration_s, plan.connections, start_at)
-        spies = await self.start_profiles(profile_dir)
+        spies = await self.start_profiles(profiling)
         wrk_out = await self.wait(gens, wrk_proc, spies)
         end_ms = int(time.time() * 1000)
         cpu_pct, box_busy, steal = cpu.usage(max(0.001, (end_ms - start_ms) / 1000))
@@ -240,11 +257,11 @@ class _Phase:
     async def spawn_gen(self, i: int, spec: GenSpec) -> GenProcess:
         return await spawn_gen(spec, self.work_dir / f"{self.tag}-{i}.gen", i, self.live, self.sink)
 
-    async def start_profiles(self, profile_dir: Path | None) -> list[asyncio.subprocess.Process]:
-        if profile_dir is None:
+    async def start_profiles(self, profiling: Profiling | None) -> list[asyncio.subprocess.Process]:
+        if profiling is None:
             return []
         label = self.sut.label().replace("/", "-")
-        return await _start_profiles(self.sut, self.plan, profile_dir,
+        return await _start_profiles(self.sut, self.plan, profiling,
                                      f"profile-{self.scenario}-{label}-{self.plan.phase}")
 
     async def wait(self, gens: list[GenProcess], wrk_proc: asyncio.subprocess.Process | None,
@@ -273,7 +290,7 @@ class _Phase:
                              ended_ms=load.end_ms, box_busy_pct=load.box_busy_pct,
                              steal_pct=load.steal_pct, buyers="repeat" if plan.repeat_buyers else "new")
         if load.profiled:
-            result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*.svg")
+            result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*.svg (or .txt)")
         return result
 
 
