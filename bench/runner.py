@@ -290,7 +290,7 @@ class _Phase:
                              ended_ms=load.end_ms, box_busy_pct=load.box_busy_pct,
                              steal_pct=load.steal_pct, buyers="repeat" if plan.repeat_buyers else "new")
         if load.profiled:
-            result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*.svg (or .txt)")
+            result.notes.append("profiled with py-spy (its sampling costs some CPU): see profile-*")
         return result
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from config.settings import Settings, load_or_exit
 from flashsale import serving, shardmap
+from flashsale.heap import settle_heap
 from flashsale.logs import kv, setup
 from flashsale.shardmap import ShardMapError
 from ingest.app import create_app, create_metrics_app
@@ -105,6 +106,7 @@ async def serve(settings: Settings, limits: EdgeLimits) -> None:
         # Ingest is stateless: more processes on the same port (SO_REUSEPORT) use more cores.
         reuse_port=True, backlog=ACCEPT_BACKLOG,
     )
+    settle_heap()  # started: what exists now lives as long as the process
     log.info("ingest listening", extra=kv(host=settings.ingest_host, port=settings.ingest_port))
     resharded = asyncio.create_task(
         shardmap.changed(settings.database_url, settings.shards, SHARD_MAP_CHECK_S))
