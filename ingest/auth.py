@@ -3,14 +3,16 @@
 A buyer's id is the verified token's `sub`, never a field of the body. Tokens are checked for
 signature, `exp`, `nbf`, `iss` and `aud` against configured keys: HS256 shared secrets for
 development (several at once, for rotation) and the public keys of a JWKS file (RS256, ES256,
-EdDSA) for production. Verified tokens are remembered (bounded, until they expire), so a buyer
-polling with the same token pays for the signature check once.
+EdDSA) for production. Verified tokens are remembered until they expire (at most
+VERIFIED_TOKENS_MAX, the least recently used forgotten first), so a buyer polling with the same
+token pays for the signature check once; the secrets are fixed for the life of the process, so
+a remembered token is one they still verify.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
+import hashlib
 import hmac
 import json
 import re
@@ -75,13 +77,15 @@ class BuyerVerifier:
         if any(len(s.encode()) < HS256_SECRET_MIN_BYTES for s in hs256_secrets):
             raise ConfigError(f"every jwt_hs256_secrets entry needs >= {HS256_SECRET_MIN_BYTES} bytes")
         self.hs256_secrets = hs256_secrets
-        self._hs256_keys = [s.encode() for s in hs256_secrets]
+        # Each secret's HMAC keyed once (its padded key hashed in): a token's check copies it.
+        self._hs256_macs = [hmac.new(s.encode(), digestmod=hashlib.sha256) for s in hs256_secrets]
         self._headers: dict[str, dict[str, Any]] = {}  # header segment -> parsed header
         self.public_keys = public_keys
         self.issuer = issuer
         self.audience = audience
         self.leeway_s = leeway_s
-        self._verified: OrderedDict[str, tuple[str, float]] = OrderedDict()  # token -> (sub, exp)
+        # token -> (sub, exp), least recently used first, at most VERIFIED_TOKENS_MAX tokens.
+        self._verified: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BuyerVerifier:
@@ -103,6 +107,7 @@ class BuyerVerifier:
     def subject(self, token: str, now_s: float) -> str:
         known = self._verified.get(token)
         if known is not None and known[1] + self.leeway_s > now_s:
+            self._verified.move_to_end(token)  # a buyer polling with it keeps it remembered
             return known[0]
         if len(token) > TOKEN_LEN_MAX:
             raise _unauthorized("token too long")
@@ -165,13 +170,18 @@ class BuyerVerifier:
         changed byte anywhere fails), then exp/nbf with leeway, iss and aud."""
         if "crit" in header:
             raise jwt.InvalidTokenError("critical header extensions are not understood")
-        head, payload, signature = token.split(".")  # three parts: _header checked
-        signing_input = f"{head}.{payload}".encode()
+        signing_input, _, signature = token.rpartition(".")  # three parts: _header checked
         given = b64url_decode(signature)
+        signed = signing_input.encode()
         # Rotation: every configured secret (the newest first), until their tokens expired.
-        if not any(hmac.compare_digest(hmac.digest(key, signing_input, "sha256"), given)
-                   for key in self._hs256_keys):
+        for keyed in self._hs256_macs:
+            mac = keyed.copy()
+            mac.update(signed)
+            if hmac.compare_digest(mac.digest(), given):
+                break
+        else:
             raise jwt.InvalidSignatureError("Signature verification failed")
+        payload = signing_input.partition(".")[2]
         try:
             claims = _claims_decoder.decode(b64url_decode(payload))
         except msgspec.DecodeError as exc:
@@ -224,6 +234,8 @@ _CANONICAL_LAST = {
     2: frozenset(_B64URL_ALPHABET[::16]),
     3: frozenset(_B64URL_ALPHABET[::4]),
 }
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = {0: b"", 2: b"==", 3: b"="}  # by length % 4 (1 is no encoding at all)
 
 
 def b64url_decode(part: str) -> bytes:
@@ -238,7 +250,8 @@ def b64url_decode(part: str) -> bytes:
     if rest == 1 or (rest and part[-1] not in _CANONICAL_LAST[rest]):
         raise jwt.DecodeError("invalid base64url: not the canonical encoding")
     try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        # The alphabet is checked above: the URL-safe letters as the standard ones, then C.
+        return binascii.a2b_base64(part.encode().translate(_URLSAFE_TO_STANDARD) + _PADDING[rest])
     except (ValueError, binascii.Error):
         raise jwt.DecodeError("invalid base64url") from None
 

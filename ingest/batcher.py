@@ -23,7 +23,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+
+import msgspec
 
 from flashsale.logs import kv
 from ingest.errors import Overloaded
@@ -38,19 +39,20 @@ log = logging.getLogger("ingest.batcher")
 BUSY_WINDOW_S = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
+class Place(msgspec.Struct, frozen=True):
     """Where an intent is stored: its packed message's stream sequence and its index there."""
 
     seq: int
     index: int
 
 
-@dataclass(frozen=True, slots=True)
 class _Item:
-    intent: Intent
-    deadline_s: float  # monotonic: its caller is answered (503) by then at the latest
-    stored: asyncio.Future[Place] = field(compare=False)
+    __slots__ = ("deadline_s", "intent", "stored")
+
+    def __init__(self, intent: Intent, deadline_s: float, stored: asyncio.Future[Place]) -> None:
+        self.intent = intent
+        self.deadline_s = deadline_s  # monotonic: its caller is answered (503) by then at the latest
+        self.stored = stored
 
 
 class IntentBatcher:

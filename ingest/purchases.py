@@ -57,16 +57,20 @@ async def create_purchase(request: web.Request) -> web.Response:
     intent = _intent(svc, req, buyer, key)
     wait_s = prefer.capped_prefer_wait_s(request, svc.settings.wait_max_s)
     headers = {"Location": f"/v1/purchases/{intent.id}", "Idempotency-Key": key}
-    awaits = Awaits(kind="purchase", request_hash=intent.request_hash)
-    with svc.hub.watching(
-        intent.id, wait_s > 0, client=client_of(request), buyer=buyer, awaits=awaits
-    ) as watch:
+    watch = None
+    if wait_s > 0:
+        awaits = Awaits(kind="purchase", request_hash=intent.request_hash)
+        watch = svc.hub.watch(intent.id, client=client_of(request), buyer=buyer, awaits=awaits)
+    try:  # the watch (hub.watching) by hand: most purchases do not wait, and pay nothing for it
         current = await _submit(svc, intent, key)
         if watch is not None:
             current = await watch.until(current, is_decided, wait_s)
             headers["Preference-Applied"] = prefer.preference_applied(wait_s)
             if watch.refusal is not None:  # the key's purchase is another request's
                 raise _key_reused(key)
+    finally:
+        if watch is not None:
+            svc.hub.unwatch(watch)
     assert current.id == intent.id, "the purchase answered is the one the buyer and key name"
     if isinstance(current, Decision):
         # Decided while this request waited: for this body, or the key's first use elsewhere.
@@ -205,15 +209,15 @@ async def _submit(svc: Services, intent: Purchase, key: str) -> PurchaseState:
         # same click waits for the first to store it (or fail), then is answered as a retry,
         # so that the two can never get different answers.
         _check_same_request(twin.request_hash, intent.request_hash, key)
-        await asyncio.shield(twin.done)
+        await asyncio.shield(twin.twin_waits())
         return await _store_or_find(svc, intent, key, retry=True)
-    submitting = Submitting(intent.request_hash, asyncio.get_running_loop().create_future())
+    submitting = Submitting(intent.request_hash)
     svc.submitting[intent.id] = submitting
     try:
         return await _store_or_find(svc, intent, key, retry=False)
     finally:
         del svc.submitting[intent.id]
-        submitting.done.set_result(None)
+        submitting.finished()
 
 
 async def _store_or_find(svc: Services, intent: Purchase, key: str, retry: bool) -> PurchaseState:

@@ -11,7 +11,6 @@ import logging
 import time
 
 import asyncpg
-import msgspec
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
@@ -42,12 +41,25 @@ READY_DB_TIMEOUT_S = 1.0
 JETSTREAM_TIMEOUT_S = 5.0
 
 
-class Submitting(msgspec.Struct, frozen=True):
-    """A purchase this instance is storing right now: its request, and done when stored (or
-    failed)."""
+class Submitting:
+    """A purchase this instance is storing right now: its request, and for the same click sent
+    again meanwhile (rare) a future done when the first is stored (or failed), made by that
+    twin: the first request does not pay for one."""
 
-    request_hash: str
-    done: asyncio.Future[None]
+    __slots__ = ("done", "request_hash")
+
+    def __init__(self, request_hash: str) -> None:
+        self.request_hash = request_hash
+        self.done: asyncio.Future[None] | None = None
+
+    def twin_waits(self) -> asyncio.Future[None]:
+        if self.done is None:
+            self.done = asyncio.get_running_loop().create_future()
+        return self.done
+
+    def finished(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
 
 
 class Services:

@@ -85,10 +85,40 @@ def test_a_verified_token_is_remembered_until_it_expires():
     v = verifier(S1)
     token = jwt.encode(claims(exp=int(time.time()) + 10), S1, "HS256")
     assert v.subject(token, time.time()) == "alice"
-    v._hs256_keys = [RETIRED.encode()]  # from now on only a remembered token passes
+    v._hs256_macs = verifier(RETIRED)._hs256_macs  # from now on only a remembered token passes
     assert v.subject(token, time.time() + 12) == "alice"  # within leeway of its exp
     with pytest.raises(Rejection):
         v.subject(token, time.time() + 60)  # past exp: verified again, and refused
+
+
+def test_remembered_tokens_are_bounded_and_the_least_recently_used_goes_first(
+        monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("ingest.auth.VERIFIED_TOKENS_MAX", 2)
+    v = verifier(S1)
+    a, b, c = (jwt.encode(claims(sub=sub), S1, "HS256") for sub in ("a", "b", "c"))
+    assert v.subject(a, time.time()) == "a"
+    assert v.subject(b, time.time()) == "b"
+    assert v.subject(a, time.time()) == "a"  # used again: b is now the least recently used
+    assert v.subject(c, time.time()) == "c"  # one over the bound: b is forgotten
+    assert len(v._verified) == 2
+    v._hs256_macs = verifier(RETIRED)._hs256_macs  # from now on only a remembered token passes
+    assert v.subject(a, time.time()) == "a"
+    assert v.subject(c, time.time()) == "c"
+    refused(v, b)  # verified again, against secrets that no longer sign it
+
+
+def test_a_secret_of_the_rotation_verifies_only_its_own_tokens():
+    """Several secrets at once: each token is checked against each, and a token signed with one
+    is never taken for a token of another (the keyed states are copied, never shared)."""
+    v = verifier(NEW, OLD)
+    for _ in range(3):  # the same keyed states, used again and again
+        assert v.subject(jwt.encode(claims(sub="n", exp=int(time.time()) + 601), NEW, "HS256"),
+                         time.time()) == "n"
+        assert v.subject(jwt.encode(claims(sub="o", exp=int(time.time()) + 602), OLD, "HS256"),
+                         time.time()) == "o"
+    header, payload, _ = jwt.encode(claims(sub="x"), NEW, "HS256").split(".")
+    _, _, old_signature = jwt.encode(claims(sub="y"), OLD, "HS256").split(".")
+    refused(v, f"{header}.{payload}.{old_signature}")
 
 
 @pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
