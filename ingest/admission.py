@@ -31,9 +31,13 @@ _PUBLISHING_ROUTES = frozenset(
 
 
 def middleware(
-    check_capacity: Callable[[], None], body_max_bytes: int, retry_after_s: int
+    check_capacity: Callable[[], None], body_max_bytes: int, retry_after_s: int,
+    admit_client: Callable[[web.Request], None] | None = None,
 ) -> Middleware:
-    """`check_capacity` raises Overloaded when publishing cannot keep up."""
+    """`check_capacity` raises Overloaded when publishing cannot keep up; `admit_client` finds
+    the request's client and applies its rate (ingest.edge.process.client_step; None: no
+    client step). One layer for all of it: each layer of middleware is one more coroutine per
+    request, which every suspension of the handler passes through."""
 
     @web.middleware
     async def admission(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -41,25 +45,23 @@ def middleware(
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         try:
-            response = await _admit(request, handler, route)
+            if request.method in ("POST", "PUT"):
+                declared = request.content_length
+                if declared is not None and declared > body_max_bytes:
+                    raise problems.Rejection(  # counted in REJECTS by its slug, as every refusal
+                        413, "body_too_large", "Body too large",
+                        f"request body is limited to {body_max_bytes} bytes",
+                    )
+                if route in _PUBLISHING_ROUTES:
+                    check_capacity()
+            if admit_client is not None:
+                admit_client(request)
+            response = await handler(request)
         except Exception as exc:  # each kind answered as its problem (ingest.failures)
             response = problem_response(exc, request.method, route, retry_after_s)
         metrics.count_request(route, response.status)
         if route == "/v1/purchases" and response.status == 202:
             metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
         return response
-
-    async def _admit(request: web.Request, handler: Handler, route: str) -> web.StreamResponse:
-        if request.method in ("POST", "PUT"):
-            declared = request.content_length
-            if declared is not None and declared > body_max_bytes:
-                metrics.REJECTS.labels("body_too_large").inc()
-                return problems.Rejection(
-                    413, "body_too_large", "Body too large",
-                    f"request body is limited to {body_max_bytes} bytes",
-                ).response()
-            if route in _PUBLISHING_ROUTES:
-                check_capacity()
-        return await handler(request)
 
     return admission

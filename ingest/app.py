@@ -44,12 +44,11 @@ def create_app(settings: Settings, front: edge.Edge) -> web.Application:
     app = web.Application(
         client_max_size=settings.body_max_bytes,
         middlewares=[
+            # Admission answers and counts the edge's 429s too.
             admission.middleware(
                 lambda: app[STATE].batcher.check_capacity(), settings.body_max_bytes,
-                settings.retry_after_s,
+                settings.retry_after_s, edge.client_step(front),
             ),
-            # Inside admission, which answers and counts the edge's 429s.
-            edge.middleware(front),
         ],
     )
     app[edge.EDGE] = front

@@ -17,7 +17,8 @@ and the file-descriptor budget every cap is sized from.
 - `waits.WaitBudget` caps the long-polls and event streams one client IP and one buyer hold
   (429), below the process's `waits_max` (beyond which requests are answered without waiting,
   see results.ResultsHub) and `sku_streams_max` (see events.sku_feeds.Streams);
-- `process.middleware` finds the client (`clients`: the peer, or X-Forwarded-For from
-  `trusted_proxies` only) and applies the per-client request rate (429); a client that keeps
-  asking through its 429s has its connections reset for a while (`flooding`).
+- `process.client_step`, a step of the admission middleware, finds the client (`clients`: the
+  peer, or X-Forwarded-For from `trusted_proxies` only) and applies the per-client request rate
+  (429); a client that keeps asking through its 429s has its connections reset for a while
+  (`flooding`).
 """

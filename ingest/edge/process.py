@@ -1,14 +1,14 @@
 """The edge of one process: its sized limits and what each client holds right now; the
-middleware that finds each request's client and applies its rate, and the body deadline."""
+admission step that finds each request's client and applies its rate, and the body deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 
 from config.settings import Settings
 from flashsale.head_guard import guard_answers
@@ -80,20 +80,20 @@ class Edge:
 EDGE = web.AppKey("edge", Edge)
 
 
-def middleware(edge: Edge) -> Middleware:
-    """Finds the client of each request (`client_of`) and applies its request rate. Placed
-    inside the admission middleware, which answers and counts the 429."""
+def client_step(edge: Edge) -> Callable[[web.Request], None]:
+    """The step of the admission middleware that finds the client of each request
+    (`client_of`) and applies its request rate; admission answers and counts the 429. A step,
+    not a middleware of its own: every layer of middleware is one more coroutine that each
+    request creates and that every suspension of its handler passes through."""
 
-    @web.middleware
-    async def client_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def admit_client(request: web.Request) -> None:
         peer = request.remote or ""
         client = client_ip(peer, request.headers.getall("X-Forwarded-For", ()), edge.trusted)
         request[CLIENT] = client
         if request.path not in RATE_EXEMPT_PATHS:
             edge.check_rate(client, direct=client == peer)
-        return await handler(request)
 
-    return client_edge
+    return admit_client
 
 
 async def read_body(request: web.Request) -> bytes:
