@@ -27,7 +27,7 @@ def ingest_app(settings: Settings, services: object = None, body_timeout_s: floa
         request[CLIENT] = client
         return await handler(request)
 
-    app = web.Application(middlewares=[
+    app = web.Application(client_max_size=settings.body_max_bytes, middlewares=[
         admission.middleware(lambda: None, settings.body_max_bytes, settings.retry_after_s),
         from_client])
     if services is not None:

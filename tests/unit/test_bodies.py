@@ -1,6 +1,6 @@
 """Strict JSON request bodies through a route: 415 for another media type, 400 for malformed
-JSON, 422 for an invalid or twice-given key, 408 for a body that does not arrive in time; a
-response is JSON."""
+JSON, 422 for an invalid or twice-given key, 408 for a body that does not arrive in time, 413
+for one larger than body_max_bytes however it is framed; a response is JSON."""
 
 from __future__ import annotations
 
@@ -70,3 +70,29 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408(client):
 
     resp = await client.post("/echo", data=trickle(), headers={"Content-Type": bodies.JSON})
     assert resp.status == 408
+
+
+@pytest.mark.parametrize("pause_s", [0.0, BODY_TIMEOUT_S / 4])
+async def test_a_chunked_body_over_the_limit_is_a_413_whether_it_came_whole_or_not(client, pause_s):
+    """No Content-Length to refuse it by: the body is measured as it is read, from the buffer
+    when it came whole with the head, or as it arrives."""
+    padding = b" " * SETTINGS.body_max_bytes
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"sku": "sneaker-42",'
+        if pause_s:
+            await asyncio.sleep(pause_s)
+        yield padding + b'"qty": 1}'
+
+    resp = await client.post("/echo", data=chunks(), headers={"Content-Type": bodies.JSON})
+    assert resp.status == 413
+    assert (await resp.json())["type"].endswith("/body_too_large")
+
+
+async def test_a_chunked_body_within_the_limit_is_read_whole(client):
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"sku": "sneaker-42",'
+        yield b' "qty": 3}'
+
+    resp = await client.post("/echo", data=chunks(), headers={"Content-Type": bodies.JSON})
+    assert resp.status == 202 and await resp.json() == {"sku": "sneaker-42", "qty": 3}
