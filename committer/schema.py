@@ -35,6 +35,8 @@ PURCHASE_COLUMNS = (
     "id, sku, user_id, qty, status, reason, amount_cents, accepted_at_ms, decided_at_ms, "
     "updated_at_ms, expires_at_ms, request_hash, draw_rank"
 )
+# The primary key of `purchases` (schema.sql, Postgres's default name): one row per purchase id.
+PURCHASES_KEY = "purchases_pkey"
 SKU_COLUMNS = (
     "sku, stock, reserved, sold, price_cents, max_per_user, payment, reservation_ttl_s, "
     "sale_start_ms, sale_end_ms, draw_window_s, draw_seed, drawn_at_ms, draw_entries"

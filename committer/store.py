@@ -11,7 +11,7 @@ import msgspec
 
 from committer.draw import Entry
 from committer.machine import Machine
-from committer.schema import PURCHASE_COLUMNS, decision_of
+from committer.schema import PURCHASE_COLUMNS, PURCHASES_KEY, decision_of
 from committer.step import Sku, Step
 from flashsale.db import DB_NOW_MS
 from proto.messages import Decision, Purchase
@@ -219,33 +219,54 @@ async def commit(
     even one with no writes, so a zombie never acks or announces anything. `stored_at`: where
     the batch's purchase intents are stored (purchase id -> intents stream sequence)."""
     stored_at = stored_at or {}
+    rows = sorted(step.inserts, key=lambda d: d.id)
     try:
+        if not (step.updates or step.draw_entries or step.drawn):
+            # The common batch (new purchases, their SKUs' counters) is one statement, and a
+            # statement is a transaction of its own: one round trip, no BEGIN and COMMIT.
+            await _write_batch(conn, shard, epoch, ttl_ms, step, rows, now_ms, stored_at)
+            return
         async with conn.transaction():
-            await _write_batch(conn, shard, epoch, ttl_ms, step, now_ms, stored_at)
+            await _write_batch(conn, shard, epoch, ttl_ms, step, rows, now_ms, stored_at)
             if step.updates:
                 await _update_purchases(conn, list(step.updates.values()), step.psp_refs)
             if step.draw_entries:
                 await _insert_draw_entries(conn, step.draw_entries, stored_at)
             if step.drawn:
                 await conn.execute("DELETE FROM draw_entries WHERE sku = ANY($1)", step.drawn)
+    except asyncpg.UniqueViolationError as e:
+        if e.constraint_name != PURCHASES_KEY:
+            raise CorruptWrite(f"shard {shard}: Postgres refused the batch: {e}") from e
+        # Another shard's writer inserted one of these ids (one key used with SKUs of two
+        # shards), committed after this statement began. Nothing of the batch was written.
+        held = await conn.fetch("SELECT id FROM purchases WHERE id = ANY($1)", [d.id for d in rows])
+        if not held:
+            raise  # gone again (retention): nothing written, the batch is read and decided anew
+        raise DecidedElsewhere(sorted(r["id"] for r in held)) from e
     except asyncpg.IntegrityConstraintViolationError as e:
         # never_oversell or another CHECK refused the batch: the machine broke an invariant.
         raise CorruptWrite(f"shard {shard}: Postgres refused the batch: {e}") from e
 
 
-# What every batch writes, in one statement (one round trip): the lease renewed as in
-# renew_lease, then, only if it is still ours, the SKUs' rows and the new purchases. The result
-# columns are read in this order, so rows are locked in the order of schema.TABLES.
-# Purchases go in id order: two writers inserting one id (a key reused across shards) then wait
-# for each other in one order only, so they never deadlock; the second finds the first's row.
+# What every batch writes, in one statement (one round trip, all or nothing): the lease renewed
+# as in renew_lease, then, only if it is still ours and no purchase of the batch waits in a
+# draw of another SKU (one key reused, held by another shard's draw: `elsewhere`), the SKUs'
+# rows and the new purchases. The result columns are read in this order, so rows are locked in
+# the order of schema.TABLES. Purchases go in id order: two writers inserting one id (a key
+# reused across shards) then wait for each other in one order only, so they never deadlock;
+# the second fails on the first's row (a unique violation: the whole statement is undone).
 # A purchase decided by a draw was taken by an earlier batch: its draw entry (deleted later in
-# this transaction) knows where its intent is stored. An entry of another SKU holds the id as a
-# row of purchases would (one key reused, waiting in another shard's draw): not inserted either.
+# this transaction) knows where its intent is stored.
 _WRITE_BATCH = f"""
 WITH lease AS (
     UPDATE shard_leases SET renewed_at_ms = {_DB_NOW_MS}, expires_at_ms = {_DB_NOW_MS} + $3
     WHERE shard = $1 AND epoch = $2
     RETURNING 1
+), elsewhere AS (
+    SELECT u.id FROM unnest($19::text[], $20::text[]) AS u(id, sku)
+    JOIN draw_entries e ON e.id = u.id AND e.sku <> u.sku
+), go AS (
+    SELECT FROM lease WHERE NOT EXISTS (SELECT FROM elsewhere)
 ), sku_rows AS (
     INSERT INTO skus (sku, stock, reserved, sold, price_cents, max_per_user, payment,
                       reservation_ttl_s, sale_start_ms, sale_end_ms, draw_window_s, draw_seed,
@@ -253,7 +274,7 @@ WITH lease AS (
     SELECT u.*, $4::bigint FROM unnest($5::text[], $6::int[], $7::int[], $8::int[],
         $9::bigint[], $10::int[], $11::text[], $12::int[], $13::bigint[], $14::bigint[],
         $15::int[], $16::text[], $17::bigint[], $18::int[]) AS u
-    WHERE EXISTS (SELECT FROM lease)
+    WHERE EXISTS (SELECT FROM go)
     ON CONFLICT (sku) DO UPDATE SET
         stock = EXCLUDED.stock, reserved = EXCLUDED.reserved, sold = EXCLUDED.sold,
         price_cents = EXCLUDED.price_cents, max_per_user = EXCLUDED.max_per_user,
@@ -277,24 +298,22 @@ WITH lease AS (
                              accepted_at_ms, decided_at_ms, updated_at_ms, expires_at_ms,
                              request_hash, draw_rank, intent_seq, n)
     LEFT JOIN draw_entries e ON e.id = u.id
-    WHERE EXISTS (SELECT FROM lease) AND (e.id IS NULL OR e.sku = u.sku)
+    WHERE EXISTS (SELECT FROM go)
     ORDER BY u.n
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id
+    RETURNING 1
 )
-SELECT (SELECT count(*) FROM lease) AS renewed, (SELECT count(*) FROM sku_rows) AS skus,
-       ARRAY(SELECT id FROM purchase_rows) AS inserted
+SELECT (SELECT count(*) FROM lease) AS renewed, ARRAY(SELECT id FROM elsewhere) AS elsewhere,
+       (SELECT count(*) FROM sku_rows) AS skus, (SELECT count(*) FROM purchase_rows) AS inserted
 """
 
 
 async def _write_batch(
-    conn: asyncpg.Connection, shard: int, epoch: int, ttl_ms: int, step: Step, now_ms: int,
-    stored_at: dict[str, int],
+    conn: asyncpg.Connection, shard: int, epoch: int, ttl_ms: int, step: Step,
+    rows: list[Decision], now_ms: int, stored_at: dict[str, int],
 ) -> None:
-    """Renew the lease (else Fenced), write the step's SKUs and insert its new purchases (an id
-    Postgres already holds: DecidedElsewhere). The caller's transaction rolls back on either."""
+    """Renew the lease (else Fenced), write the step's SKUs and insert its new purchases `rows`
+    (in id order). An id waiting in another SKU's draw: DecidedElsewhere, nothing written."""
     skus = list(step.skus.values())
-    rows = sorted(step.inserts, key=lambda d: d.id)
     written = await conn.fetchrow(
         _WRITE_BATCH, shard, epoch, ttl_ms, now_ms,
         [s.sku for s in skus], [s.stock for s in skus], [s.reserved for s in skus],
@@ -313,13 +332,13 @@ async def _write_batch(
     assert written is not None  # a SELECT without FROM: always one row
     if written["renewed"] != 1:
         raise Fenced(f"shard {shard}: epoch {epoch} is no longer the lease holder")
-    if written["skus"] != len(skus):
-        raise CorruptWrite(f"shard {shard}: {len(skus) - written['skus']} SKU rows not written")
-    if len(written["inserted"]) != len(rows):
-        # Ids Postgres already has: another shard decided them. Abort the batch (the caller's
-        # transaction rolls back) rather than write a second decision.
-        inserted = set(written["inserted"])
-        raise DecidedElsewhere([d.id for d in rows if d.id not in inserted])
+    if written["elsewhere"]:
+        raise DecidedElsewhere(sorted(written["elsewhere"]))
+    if written["skus"] != len(skus) or written["inserted"] != len(rows):
+        # Not reachable: with the lease ours and nothing elsewhere, every row is written or the
+        # statement fails. Said loudly all the same, as the writer stops on it.
+        raise CorruptWrite(f"shard {shard}: {written['skus']} of {len(skus)} SKU rows and "
+                           f"{written['inserted']} of {len(rows)} purchases written")
 
 
 async def _insert_draw_entries(
