@@ -77,6 +77,7 @@ class IntentBatcher:
         self._wake = asyncio.Event()
         self._slot = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()  # made on the loop it serves, as its tasks are
         # Every item not answered yet, oldest (earliest deadline) first.
         self._unanswered: deque[_Item] = deque()
         self._task = asyncio.create_task(self._run())
@@ -100,8 +101,7 @@ class IntentBatcher:
         """Store the intent in the shard's next packed batch: where it was stored. Raises
         Overloaded (nothing stored, or not known to be)."""
         self.check_capacity()
-        loop = asyncio.get_running_loop()
-        item = _Item(intent, time.monotonic() + PUBLISH_TIMEOUT_S, loop.create_future())
+        item = _Item(intent, time.monotonic() + PUBLISH_TIMEOUT_S, self._loop.create_future())
         self._queues[shard].append(item)
         self._unanswered.append(item)
         self._queued += 1
