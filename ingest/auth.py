@@ -26,7 +26,7 @@ import msgspec
 from aiohttp import web
 
 from config.errors import ConfigError
-from config.settings import Settings
+from config.settings import HS256_SECRET_MIN_BYTES, Settings
 from ingest import problems
 from ingest.ratelimit import RateLimiter
 from proto.identifiers import USER_ID
@@ -36,7 +36,6 @@ PUBLIC_KEY_ALGORITHMS = ["RS256", "ES256", "EdDSA"]
 VERIFIED_TOKENS_MAX = 100_000
 TOKEN_LEN_MAX = 4096
 HEADERS_MAX = 64  # distinct token headers remembered (alg, typ, kid: a handful per issuer)
-HS256_SECRET_MIN_BYTES = 32  # RFC 7518 3.2: a key at least as long as the hash
 DEV_TOKEN_TTL_S = 3600
 ADMIN_TOKEN_MIN_BYTES = 32
 ADMIN_CLIENTS_MAX = 10_000  # addresses whose failures are remembered (the quietest forgotten)
