@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "strace -f -c of the syncing processes (slows them), or none")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy flame graphs of flashsale's processes during its max phases "
-                         "(pip install py-spy)")
+                         "(py-spy, in the bench extras)")
     ap.add_argument("--profile-rate-hz", type=int, default=100,
                     help="--profile: py-spy samples per second (default 100)")
     ap.add_argument("--profile-format", choices=["flamegraph", "raw"], default="flamegraph",
