@@ -1,8 +1,13 @@
 """What a writer tells the world once a batch is committed: results, payment jobs, progress.
 
-Results go to the shard's results stream (stored: the gateway's refunds of refused confirms
-and ingest's catch-up after a reconnect read them from there), payment jobs to the payments
-stream (de-duplicated by purchase id), progress over core NATS (not stored).
+Results go to the shard's results stream (stored: ingest follows them there, and so do the
+gateway's refunds of refused confirms), payment jobs to the payments stream (de-duplicated by
+purchase id), progress over core NATS (not stored).
+
+A result batch is a plain publish that the stream captures, without waiting for the stream's
+answer: it rides in one socket write with the batch's acks, and the server sends nothing back.
+Postgres holds every decision in it first: a lost batch only sends waiters to Postgres, and
+reconciliation repairs a lost refusal.
 """
 
 from __future__ import annotations
@@ -37,8 +42,6 @@ log = logging.getLogger("committer")
 # Decisions per ResultBatch message: a draw decides up to DRAW_ENTRIES_MAX purchases in one step,
 # and one message must stay well under NATS's max_payload (1 MB).
 RESULTS_PER_MESSAGE_MAX = 2_000
-# How long one results publish may wait for the stream's ack before it counts as not stored.
-RESULTS_PUBLISH_TIMEOUT_S = 5.0
 # Card tokens read back from the intents stream at once: thousands of jobs (a restart with many
 # live reservations, a big draw) must not mean thousands of round trips in series, nor at once.
 TOKEN_LOOKUPS_CONCURRENT_MAX = 64
@@ -96,17 +99,15 @@ class Outbox:
                 skus=states[at:at + RESULTS_PER_MESSAGE_MAX], decided_seq=decided_seq,
             ))
 
-    async def results(self, batch: ResultBatch,
-                      timeout_s: float = RESULTS_PUBLISH_TIMEOUT_S) -> None:
-        # Stored by JetStream (one round trip per batch, not per decision).
+    async def results(self, batch: ResultBatch) -> None:
         self.announced_at = time.monotonic()
         try:
-            await self.js.publish(self.names.results(self.shard), encode(batch), timeout=timeout_s)
-        except (TimeoutError, nats.errors.Error) as e:
+            await self.nc.publish(self.names.results(self.shard), encode(batch))
+        except nats.errors.Error as e:  # the connection is closed or its buffer full
             # Decided and committed all the same: long-polls fall back to Postgres,
             # reconciliation repairs a lost refusal.
             if batch.decisions or batch.refusals or batch.skus or batch.admin_applied:
-                log.error("results not stored", extra=kv(shard=self.shard, error=repr(e)))
+                log.error("results not sent", extra=kv(shard=self.shard, error=repr(e)))
 
     async def payments(self, jobs: list[PaymentJob]) -> None:
         if not jobs:

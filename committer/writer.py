@@ -193,11 +193,8 @@ class ShardWriter:
             self.renewed_at = now
         if (now - self.outbox.announced_at >= self.settings.heartbeat_s
                 and self.links.nc.is_connected):
-            # Bounded by the renewal pace: a slow NATS must not let the lease lapse.
             await self.outbox.results(
-                ResultBatch(shard=self.shard, epoch=self.epoch, decided_seq=self.decided_seq),
-                timeout_s=self.renew_every_s,
-            )
+                ResultBatch(shard=self.shard, epoch=self.epoch, decided_seq=self.decided_seq))
 
     async def _fetch(self) -> list[Msg]:
         timeout_s = min(self.settings.fetch_timeout_s, self.renew_every_s, self.settings.heartbeat_s)

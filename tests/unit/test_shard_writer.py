@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import asyncpg
+import nats.errors
 import pytest
 
 from committer import batch, faults, store
@@ -108,8 +109,7 @@ class FakeJetStream:
 
     async def publish(self, subject: str, payload: bytes, timeout: float | None = None,  # noqa: ASYNC109
                       headers: dict[str, str] | None = None) -> None:
-        kind = "results" if subject == NAMES.results(0) else "payment"
-        self.log.append(kind)
+        self.log.append("payment")  # result batches are core publishes (FakeNats)
         self.published.append((subject, payload))
 
     async def consumer_info(self, stream: str, durable: str) -> Any:
@@ -118,11 +118,21 @@ class FakeJetStream:
 
 @dataclass
 class FakeNats:
+    """Core NATS: progress, and result batches (the results stream captures them)."""
+
     log: Log
+    js: FakeJetStream  # holds what was published, streams and core alike
     is_connected: bool = True
+    closed: bool = False  # publishing raises, as nats-py's does on a closed connection
 
     async def publish(self, subject: str, payload: bytes) -> None:
-        self.log.append("progress")
+        if self.closed:
+            raise nats.errors.ConnectionClosedError
+        if subject == NAMES.results(0):
+            self.log.append("results")
+            self.js.published.append((subject, payload))
+        else:
+            self.log.append("progress")
 
 
 def purchase(pid: str, sku: str = "free", request_hash: str = "h1") -> Purchase:
@@ -162,7 +172,7 @@ class Parts:
 def parts() -> Parts:
     log = Log()
     puller, rows, js = FakePuller(), FakeRows(log), FakeJetStream(log)
-    links: Any = SimpleNamespace(nc=FakeNats(log), js=js, alive=True)
+    links: Any = SimpleNamespace(nc=FakeNats(log, js), js=js, alive=True)
     writer = ShardWriter(SETTINGS, 0, 1, links, machine(), puller, rows, decided_seq=0)  # type: ignore[arg-type]
     return Parts(log, writer, puller, rows, js)
 
@@ -184,6 +194,16 @@ async def test_a_batch_is_committed_then_acked_then_announced(parts: Parts):
     assert [j.id for j in parts.payments()] == ["p2"]
     assert parts.payments()[0].payment_token == "tok_visa"
     assert parts.rows.intent_at == {"p1": 1, "p2": 1, "p3": 2}
+
+
+async def test_results_not_sent_leave_the_batch_committed_and_acked(
+        parts: Parts, caplog: pytest.LogCaptureFixture):
+    parts.deliver([purchase("p1")])
+    parts.writer.links.nc.closed = True
+    await parts.writer.run_once()
+    assert parts.log == ["commit", "ack 1"] and parts.results() == []
+    assert "results not sent" in caplog.text
+    assert parts.writer.decided_seq == 1
 
 
 @pytest.mark.parametrize("error", [
