@@ -128,7 +128,9 @@ class Puller:
                 return []
             arrivals.event.clear()
             try:
-                await asyncio.wait_for(arrivals.event.wait(), min(remaining, self.request.expires_s))
+                # A timeout scope, not wait_for: no task per wait (one per batch of a writer).
+                async with asyncio.timeout(min(remaining, self.request.expires_s)):
+                    await arrivals.event.wait()
             except TimeoutError:
                 pass
             msgs = self.request.drain(arrivals.queue, batch_max)
