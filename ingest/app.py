@@ -19,9 +19,10 @@ from config.settings import Settings
 from flashsale.problem_json import problem_middleware
 from ingest import admission, bodies, devtoken, metrics, page, problems
 from ingest.admin_routes import put_sku
+from ingest.create import create_purchase
 from ingest.edge import process as edge
 from ingest.events import routes as event_routes
-from ingest.purchases import cancel_purchase, create_purchase, get_purchase
+from ingest.purchases import cancel_purchase, get_purchase
 from ingest.skus import get_draw, get_sku, list_skus
 from ingest.state import STATE, Services
 

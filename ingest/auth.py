@@ -50,9 +50,13 @@ def _unauthorized(detail: str) -> problems.Rejection:
 
 
 def bearer_token(request: web.Request) -> str | None:
-    """The request's bearer token. Two Authorization headers are none: which one a proxy or a
-    log looked at is not something to guess."""
-    given = request.headers.getall("Authorization", [])
+    """The request's bearer token (`bearer_token_of` its Authorization headers)."""
+    return bearer_token_of(request.headers.getall("Authorization", []))
+
+
+def bearer_token_of(given: list[str]) -> str | None:
+    """The bearer token of a request's Authorization headers. Two headers are none: which one a
+    proxy or a log looked at is not something to guess."""
     if len(given) != 1:
         return None
     scheme, _, token = given[0].partition(" ")
@@ -98,7 +102,11 @@ class BuyerVerifier:
 
     def buyer(self, request: web.Request) -> str:
         """The verified buyer id (`sub`) of the request, or a 401 problem."""
-        token = bearer_token(request)
+        return self.buyer_of(request.headers.getall("Authorization", []))
+
+    def buyer_of(self, authorization: list[str]) -> str:
+        """The verified buyer id (`sub`) of a request's Authorization headers, or a 401 problem."""
+        token = bearer_token_of(authorization)
         if token is None:
             raise _unauthorized("send Authorization: Bearer <token from your identity provider>")
         return self.subject(token, time.time())

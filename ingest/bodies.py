@@ -28,12 +28,21 @@ async def decode_body(request: web.Request, decoder: msgspec.json.Decoder[T]) ->
     """The JSON body, strictly decoded: 415 for another media type, 400 malformed, 422 invalid
     (a key given twice included: which of the two would count is not something to guess),
     408 when it does not arrive within body_timeout_s."""
-    if request.content_type != JSON:
+    check_json(request.content_type)
+    return decode_json(await read_body(request), decoder)
+
+
+def check_json(content_type: str) -> None:
+    """A 415 unless the body is declared JSON."""
+    if content_type != JSON:
         raise problems.Rejection(
             415, "unsupported_media_type", "Unsupported media type",
             f"send the body as {JSON}",
         )
-    body = await read_body(request)
+
+
+def decode_json(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """`body`, strictly decoded (see decode_body)."""
     try:
         value = decoder.decode(body)
     except msgspec.ValidationError as exc:

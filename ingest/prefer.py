@@ -15,9 +15,9 @@ def parse_wait(raw: str) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def prefer_wait(request: web.Request) -> float | None:
-    """`Prefer: wait=N` (RFC 7240). A preference is a hint: a malformed one is ignored."""
-    header = request.headers.get("Prefer")
+def prefer_wait(header: str | None) -> float | None:
+    """`Prefer: wait=N` (RFC 7240) of a request's (first) Prefer header. A preference is a hint:
+    a malformed one is ignored."""
     if not header:
         return None
     for part in header.split(","):
@@ -30,7 +30,12 @@ def prefer_wait(request: web.Request) -> float | None:
 
 def capped_prefer_wait_s(request: web.Request, wait_max_s: float) -> float:
     """Seconds the client prefers to wait (0: answer at once), never more than `wait_max_s`."""
-    wait_s = prefer_wait(request)
+    return capped_wait_s(request.headers.get("Prefer"), wait_max_s)
+
+
+def capped_wait_s(prefer: str | None, wait_max_s: float) -> float:
+    """Seconds a Prefer header asks to wait (0: answer at once), never more than `wait_max_s`."""
+    wait_s = prefer_wait(prefer)
     return min(wait_s, wait_max_s) if wait_s else 0.0
 
 

@@ -19,8 +19,9 @@ import pytest
 from config.settings import Settings
 from ingest import problems
 from ingest.batcher import Place
+from ingest.create import _submit
 from ingest.errors import Overloaded
-from ingest.purchases import _submit
+from ingest.purchases import _check_cancellable
 from ingest.queue import ShardQueues
 from ingest.results import ResultsHub
 from proto.ids import id_key, purchase_id
@@ -248,3 +249,11 @@ async def test_a_twin_whose_first_failed_is_a_retryable_503():
         await twin
     assert shed.value.cause == "intent_missing"  # nothing stored: the client retries
     assert svc.submitting == {}
+
+
+def test_a_confirmed_or_rejected_purchase_cannot_be_cancelled():
+    for status in ("confirmed", "rejected"):
+        with pytest.raises(problems.Rejection) as exc:
+            _check_cancellable("p_1", status, None)
+        assert exc.value.status == 409 and exc.value.slug == "cannot_cancel"
+    _check_cancellable("p_1", "reserved", None)  # a reservation can be given back
