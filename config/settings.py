@@ -81,6 +81,9 @@ class Settings(msgspec.Struct, kw_only=True):
 
     # edge limits: what one client may hold of an ingest process. Each cap is clamped at
     # start to what the process's fd limit allows (ingest.edge.limits.size_limits) and logged.
+    # A plain POST /v1/purchases is answered beside aiohttp (ingest/lean.py): the same answers
+    # for less CPU. false sends every request through aiohttp.
+    lean_purchases: bool = True
     idle_timeout_s: float = 10.0  # idle keep-alive, and the deadline to send a whole request head
     body_timeout_s: float = 10.0  # deadline to send a request body once its head is in (408)
     # Per client IP. Defaults leave room for crowds behind one address (office NAT, carrier NAT).

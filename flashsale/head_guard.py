@@ -104,6 +104,12 @@ class HeadGuard(asyncio.Protocol):
     def requests_changed(self, in_flight: int) -> None:
         """A request head arrived, or a request's answer was written: `in_flight` are open."""
 
+    def lone_request(self, data: bytes) -> bool:
+        """Whether the subclass answers `data` itself: exactly one whole request (head and
+        body), on a connection with nothing else in flight and aiohttp idle. It then calls
+        `response_done` once its answer is written; False hands `data` to aiohttp."""
+        return False
+
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -112,7 +118,7 @@ class HeadGuard(asyncio.Protocol):
             return
         self._transport = transport
         self._handler = self._make_handler()
-        self._handler.on_response_done = self._response_done
+        self._handler.on_response_done = self.response_done
         self._handler.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -129,9 +135,13 @@ class HeadGuard(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._handler is None or self._answered:
             return
+        at_boundary = not self.in_flight and self._mode == "head" and not self._head
         refusal = self._scan(data)
         if refusal is not None:
             self._answer(refusal)
+            return
+        if (at_boundary and self.in_flight == 1 and self._mode == "head" and not self._head
+                and self._handler.idle() and self.lone_request(data)):
             return
         self._handler.data_received(data)
 
@@ -201,7 +211,7 @@ class HeadGuard(asyncio.Protocol):
                     self._mode, self._body_left = "body", length
         return None
 
-    def _response_done(self) -> None:
+    def response_done(self) -> None:
         if self.in_flight:
             self.in_flight -= 1
         self.requests_changed(self.in_flight)

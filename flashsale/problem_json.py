@@ -82,6 +82,30 @@ class ProblemRequestHandler(RequestHandler):
         if self.on_response_done is not None:
             self.on_response_done()
 
+    # A request of this connection answered by someone else (ingest's lean path), with aiohttp
+    # idle in between: aiohttp's own idle deadline must not close the connection under it, and
+    # starts again once it is answered, as after aiohttp's own answers. These read and set
+    # RequestHandler's keep-alive state, which aiohttp keeps in slots of its own.
+
+    def idle(self) -> bool:
+        """No request in aiohttp's hands, nor parsed and queued, and the connection stays open:
+        aiohttp waits for the next request (or is about to)."""
+        return (not self._messages and not self._request_in_progress and not self._close
+                and not self._force_close and not self._upgraded and self._payload_parser is None)
+
+    def answering_elsewhere(self) -> None:
+        if self._keepalive_handle is not None:
+            self._keepalive_handle.cancel()
+            self._keepalive_handle = None
+
+    def answered_elsewhere(self) -> None:
+        if self._keepalive_timeout <= 0 or self._force_close:
+            return
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         # Logged as aiohttp logs it (a filter on its logger may count and thin these lines).

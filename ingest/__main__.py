@@ -26,6 +26,7 @@ from ingest.edge.limits import ACCEPT_BACKLOG, EdgeLimits, raise_fd_limit, size_
 from ingest.edge.process import Edge
 from ingest.edge.protocol import GuardedProtocol
 from ingest.edge.refusals import BadRequestLog
+from ingest.lean import LeanRoute
 
 log = logging.getLogger("ingest")
 
@@ -87,6 +88,7 @@ async def serve(settings: Settings, limits: EdgeLimits) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish requests and disconnect."""
     front = Edge(settings, limits)
     app = create_app(settings, front)
+    lean = LeanRoute(app, front)
     metrics_served = await serve_metrics(settings.ingest_metrics_port, app, settings.retry_after_s)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -96,7 +98,8 @@ async def serve(settings: Settings, limits: EdgeLimits) -> None:
     served = await serving.serve_app(
         app, settings.ingest_host, settings.ingest_port,
         head_max_bytes=settings.head_max_bytes,
-        guard=lambda make_handler, _: GuardedProtocol(make_handler, front),
+        guard=lambda make_handler, _: GuardedProtocol(
+            make_handler, front, lean.take if settings.lean_purchases else None),
         # Closes a connection idle this long, and one whose request head is not complete this
         # long after the connection (or its previous request) ended: the slow-head deadline.
         keepalive_timeout=settings.idle_timeout_s,
@@ -117,6 +120,8 @@ async def serve(settings: Settings, limits: EdgeLimits) -> None:
         log.info("ingest stopping")
         for task in (resharded, stopped):
             task.cancel()
+        served.server.close()
+        await lean.drain(SHUTDOWN_TIMEOUT_S)  # aiohttp waits for the answers it gives, not these
         await served.cleanup()
         if metrics_served is not None:
             await metrics_served.cleanup()

@@ -33,6 +33,11 @@ INTENT_BATCHES = Gauge(
 BATCHED_INTENTS = Gauge(
     "flashsale_ingest_batched_intents", "Intents sent in those batches (monotonic)", registry=REGISTRY
 )
+LEAN_REQUESTS = Gauge(
+    "flashsale_ingest_lean_requests",
+    "POST /v1/purchases answered on the lean path, the rest through aiohttp (monotonic)",
+    registry=REGISTRY,
+)
 INTENT_BATCH_STORE_SECONDS = Gauge(
     "flashsale_ingest_intent_batch_store_seconds",
     "Seconds those batches took from their first publish to JetStream's answer, summed (monotonic)",

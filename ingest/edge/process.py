@@ -37,6 +37,7 @@ class Edge:
         self.connections = ConnectionGuard(limits, self.trusted)
         self.waits = WaitBudget.for_limits(limits, settings.retry_after_s)
         self.head_max_bytes = settings.head_max_bytes
+        self.body_max_bytes = settings.body_max_bytes
         self.guard_answers = guard_answers(settings.head_max_bytes)
         self.client_rate_per_s = settings.client_rate_per_s
         # None when configured off (client_rate_per_s = 0): load tests run from one address.

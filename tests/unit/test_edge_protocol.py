@@ -1,15 +1,18 @@
 """The guarded protocol against fake transports: a peer over its cap of connections is reset at
 accept and never reaches aiohttp, a connection that ends gives its place back, an idle one is
-closed to make room at the process's cap, and a head over the limit is a counted refusal."""
+closed to make room at the process's cap, and a head over the limit is a counted refusal. A lone
+whole request may be taken beside aiohttp (the lean path): what the client sends meanwhile is
+held and handed on after its answer, in order; a client that goes away cancels it."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from config.settings import Settings
 from ingest.edge.limits import size_limits
 from ingest.edge.process import Edge
-from ingest.edge.protocol import GuardedProtocol
+from ingest.edge.protocol import UNREAD_ANSWERS_MAX_BYTES, GuardedProtocol
 
 SETTINGS = Settings(client_connections_max=2)
 
@@ -19,8 +22,15 @@ class Transport:
 
     def __init__(self, peer: str) -> None:
         self.peer = peer
-        self.aborted = self.closed = False
+        self.aborted = self.closed = self.paused = False
         self.written = b""
+        self.buffered = 0  # written, not yet sent
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return (self.peer, 40_000) if name == "peername" else default
@@ -35,7 +45,7 @@ class Transport:
         return self.aborted or self.closed
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.buffered
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -52,6 +62,17 @@ class Handler:
         self.made = 0
         self.fed = b""
         self.lost = 0
+        self.busy = False  # aiohttp has a request of its own in hand
+        self.elsewhere = self.answered_elsewhere_count = 0
+
+    def idle(self) -> bool:
+        return not self.busy
+
+    def answering_elsewhere(self) -> None:
+        self.elsewhere += 1
+
+    def answered_elsewhere(self) -> None:
+        self.answered_elsewhere_count += 1
 
     def connection_made(self, transport: Any) -> None:
         self.made += 1
@@ -67,9 +88,9 @@ def edge(fd_limit: int = 10_000) -> Edge:
     return Edge(SETTINGS, size_limits(SETTINGS, fd_limit))
 
 
-def accept(front: Edge, peer: str) -> tuple[GuardedProtocol, Transport, Handler]:
+def accept(front: Edge, peer: str, take: Any = None) -> tuple[GuardedProtocol, Transport, Handler]:
     handler = Handler()
-    protocol = GuardedProtocol(lambda: handler, front)  # type: ignore[arg-type,return-value]
+    protocol = GuardedProtocol(lambda: handler, front, take)  # type: ignore[arg-type,return-value]
     transport = Transport(peer)
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport, handler
@@ -118,3 +139,95 @@ async def test_a_head_over_the_limit_is_answered_by_the_guard_and_not_handed_on(
     assert handler.fed == b"" and handler.lost == 1
     protocol.connection_lost(None)  # the client goes: its place is free, the linger cancelled
     assert front.connections.open == 0
+
+
+REQUEST = b"POST /v1/purchases HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+NEXT = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+ANSWER = b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n"
+
+
+class Taker:
+    """A lean path that takes every purchase offered (or none), answered when the test says."""
+
+    def __init__(self, takes: bool = True) -> None:
+        self.takes = takes
+        self.offered: list[bytes] = []
+        self.done: Any = None
+        self.task: asyncio.Future[None] | None = None
+
+    def __call__(self, data: bytes, peer: str, done: Any) -> asyncio.Future[None] | None:
+        self.offered.append(data)
+        if not self.takes or not data.startswith(b"POST /v1/purchases "):
+            return None
+        self.done = done
+        self.task = asyncio.get_running_loop().create_future()
+        return self.task
+
+
+async def test_a_lone_request_is_taken_and_what_follows_waits_for_its_answer():
+    front, taker = edge(), Taker()
+    protocol, transport, handler = accept(front, "10.0.0.1", taker)
+    protocol.data_received(REQUEST)
+    assert taker.offered == [REQUEST] and handler.fed == b"" and handler.elsewhere == 1
+    assert protocol.in_flight == 1
+    protocol.data_received(NEXT)  # pipelined behind it
+    assert handler.fed == b""
+    taker.done(ANSWER, False)
+    assert transport.written == ANSWER and handler.answered_elsewhere_count == 1
+    assert handler.fed == NEXT and taker.offered == [REQUEST, NEXT]  # offered, not plain: handed on
+    assert protocol.in_flight == 1  # the GET's
+
+
+async def test_a_request_not_taken_goes_to_aiohttp():
+    protocol, _, handler = accept(edge(), "10.0.0.1", Taker(takes=False))
+    protocol.data_received(REQUEST)
+    assert handler.fed == REQUEST and handler.elsewhere == 0
+
+
+async def test_nothing_is_taken_unless_it_is_one_whole_request_with_aiohttp_idle():
+    taker = Taker()
+    protocol, _, handler = accept(edge(), "10.0.0.1", taker)
+    protocol.data_received(REQUEST + REQUEST)  # two at once
+    protocol.data_received(REQUEST[:-1])  # a part
+    assert taker.offered == [] and handler.fed == REQUEST * 2 + REQUEST[:-1]
+    protocol, _, handler = accept(edge(), "10.0.0.2", taker)
+    handler.busy = True
+    protocol.data_received(REQUEST)
+    assert taker.offered == [] and handler.fed == REQUEST
+
+
+async def test_an_answer_that_closes_the_connection_drops_what_was_held():
+    taker = Taker()
+    protocol, transport, handler = accept(edge(), "10.0.0.1", taker)
+    protocol.data_received(REQUEST)
+    protocol.data_received(NEXT)
+    taker.done(ANSWER, True)
+    assert transport.written == ANSWER and transport.closed and handler.fed == b""
+
+
+async def test_a_client_that_goes_away_cancels_its_taken_request():
+    taker = Taker()
+    protocol, _, handler = accept(edge(), "10.0.0.1", taker)
+    protocol.data_received(REQUEST)
+    protocol.connection_lost(None)
+    assert taker.task is not None and taker.task.cancelled() and handler.lost == 1
+
+
+async def test_reading_pauses_while_more_than_a_request_is_held():
+    front, taker = edge(), Taker()
+    protocol, transport, _ = accept(front, "10.0.0.1", taker)
+    protocol.data_received(REQUEST)
+    protocol.data_received(b"x" * (front.head_max_bytes + front.body_max_bytes + 1))
+    assert transport.paused
+    taker.done(ANSWER, False)
+    assert not transport.paused
+    # Then read as any bytes are: here a head over the limit, refused by the guard.
+    assert transport.written.startswith(ANSWER) and b"HTTP/1.1 431 " in transport.written
+
+
+async def test_nothing_is_taken_while_the_client_leaves_answers_unread():
+    taker = Taker()
+    protocol, transport, handler = accept(edge(), "10.0.0.1", taker)
+    transport.buffered = UNREAD_ANSWERS_MAX_BYTES + 1
+    protocol.data_received(REQUEST)
+    assert taker.offered == [] and handler.fed == REQUEST  # aiohttp waits for the drain
