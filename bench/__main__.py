@@ -26,7 +26,7 @@ import psutil
 
 from bench import plots
 from bench.baseline_systems import REDIS_LOSES, Baseline, RedisSeckill
-from bench.buyers import bench_settings, skipped_limits, verify_cost_us
+from bench.buyers import bench_settings, choose_settings, skipped_limits, verify_cost_us
 from bench.disk import Probe
 from bench.drop import DROP_BUYERS, DROP_STOCK, QUICK_BUYERS, QUICK_STOCK, run_drop
 from bench.flashsale_system import Flashsale
@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ingests", type=int, default=None,
                     help="flashsale ingest processes sharing the port (SO_REUSEPORT); default as "
                          "under `flashsale dev`: the ingest_processes setting's rule for this box")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                    help="a flashsale setting (config/settings.py) for every system of the run, "
+                         "e.g. --set ingest_linger_ms=5 or --set lean_purchases=false; repeatable, "
+                         "named in the report")
     ap.add_argument("--nats-cluster", default="1",
                     help="NATS nodes flashsale runs on, a comma list: 1 = the embedded single node "
                          "(R1, fsync before each ack), 3 = a local cluster with R3 streams; "
@@ -116,6 +120,10 @@ def _resolve(ap: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.
     args.nats_cluster = [int(x) for x in args.nats_cluster.split(",") if x]
     if min(args.connections or [0]) < 1 or min(args.nats_cluster or [0]) < 1:
         ap.error("--connections and --nats-cluster need counts of at least 1")
+    try:
+        choose_settings(args.settings)
+    except ValueError as exc:  # SettingsError is one
+        ap.error(f"--set: {exc}")
     if args.ingests is None:
         args.ingests = ingest_count(bench_settings())
     args.duration_s = args.duration_s or (3.0 if args.quick else 10.0)
@@ -273,6 +281,7 @@ def new_result(args: argparse.Namespace, probe: Probe) -> RunResult:
             "phase seconds": f"{args.duration_s:g}",
             "closed-loop connections": ",".join(map(str, args.connections)),
             "ingest processes (flashsale)": str(args.ingests),
+            "settings given (--set)": ", ".join(args.settings) or "none",
             "buyers": "JWT (HS256) per buyer, verified by ingest.auth.BuyerVerifier in flashsale, naive, "
                       "rowlock and redis (echo ignores it); a new buyer per click unless the phase says "
                       "repeat",

@@ -31,9 +31,27 @@ TOKENS_MAX = 400_000  # per file: ~55 MB and a few seconds of minting
 VERIFY_SAMPLE = 2_000  # tokens for the in-process verification micro-benchmark
 
 
+# Settings the command line gave for the whole run (`--set NAME=VALUE`: choose_settings).
+_CHOSEN: dict[str, str] = {}
+
+
+def choose_settings(pairs: list[str]) -> None:
+    """Take `NAME=VALUE` pairs as settings of every system of the run; a pair that is not a
+    setting, or a value it cannot take, raises SettingsError (ValueError without a `=`)."""
+    chosen = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"{pair!r} is not NAME=VALUE")
+        chosen[name.strip()] = value.strip()
+    load(env={}, file=None, **{**bench_overrides(), **chosen})  # raises what it cannot take
+    _CHOSEN.clear()
+    _CHOSEN.update(chosen)
+
+
 def bench_overrides() -> dict[str, Any]:
     fields = set(Settings.__struct_fields__)
-    return {k: v for k, v in {**BENCH_AUTH, **BENCH_LIMITS}.items() if k in fields}
+    return {k: v for k, v in {**BENCH_AUTH, **BENCH_LIMITS, **_CHOSEN}.items() if k in fields}
 
 
 def bench_settings(**overrides: Any) -> Settings:
