@@ -10,6 +10,9 @@ goes: fewer, larger batches, for a few milliseconds of latency.
 
 A batch is all or nothing: stored (every caller learns its place, the message's stream sequence
 and its index in it) or not (every caller gets Overloaded, a 503, and retries with the same key).
+A stored batch's callers are answered once `followed` says this instance has read it back (its
+purchases then have their place in the queue): one wait per batch, not one per caller; a
+follower that cannot catch up does not hold them back, they are stored all the same.
 
 Each caller waits at most `PUBLISH_TIMEOUT_S` (plus one sweep) from `store`, queueing included:
 an intent still waiting for its batch's turn or its ack then is answered 503, and one still
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -46,6 +50,10 @@ class Place(msgspec.Struct, frozen=True):
     index: int
 
 
+async def _nothing_to_follow(shard: int, seq: int) -> None:
+    return None
+
+
 class _Item:
     __slots__ = ("deadline_s", "intent", "stored")
 
@@ -61,6 +69,7 @@ class IntentBatcher:
     def __init__(
         self, publisher: Publisher, names: Names, shards: int, batch_max: int, linger_ms: float,
         batches_inflight_max: int, inflight_max: int,
+        followed: Callable[[int, int], Awaitable[None]] = _nothing_to_follow,
     ) -> None:
         if not 1 <= batch_max <= PACKED_BATCH_MAX:
             raise ValueError(f"batch_max must be 1..{PACKED_BATCH_MAX}")
@@ -70,6 +79,7 @@ class IntentBatcher:
         self.linger_s = linger_ms / 1000
         self.batches_inflight_max = batches_inflight_max  # per shard
         self.inflight_max = inflight_max
+        self._followed = followed  # (shard, seq): returns once read back; Overloaded if it cannot be
         self._queues: dict[int, list[_Item]] = {shard: [] for shard in range(shards)}
         self._batches_inflight = dict.fromkeys(range(shards), 0)
         self._queued = 0
@@ -98,8 +108,9 @@ class IntentBatcher:
             raise Overloaded("inflight_max")
 
     async def store(self, shard: int, intent: Intent) -> Place:
-        """Store the intent in the shard's next packed batch: where it was stored. Raises
-        Overloaded (nothing stored, or not known to be)."""
+        """Store the intent in the shard's next packed batch: where it was stored, once it is
+        stored and followed (or the follower is behind). Raises Overloaded (nothing stored, or
+        not known to be)."""
         self.check_capacity()
         item = _Item(intent, time.monotonic() + PUBLISH_TIMEOUT_S, self._loop.create_future())
         self._queues[shard].append(item)
@@ -165,33 +176,41 @@ class IntentBatcher:
     async def _send(self, shard: int, batch: list[_Item]) -> None:
         started_s = time.perf_counter()
         try:
-            await self._packed(shard, batch)
-        finally:
+            seq = await self._packed(shard, batch)
+        finally:  # the shard's next batch may go while this one is followed
             self._batches_inflight[shard] -= 1
             self._sending -= len(batch)
             self.batches += 1
             self.intents += len(batch)
             self.store_s += time.perf_counter() - started_s
             self._slot.set()
+        if seq is None:
+            return
+        try:
+            await self._followed(shard, seq)
+        except Overloaded:
+            pass  # stored all the same: answered without a place in the queue
+        for index, item in enumerate(batch):
+            if not item.stored.done():
+                item.stored.set_result(Place(seq, index))
 
-    async def _packed(self, shard: int, batch: list[_Item]) -> None:
+    async def _packed(self, shard: int, batch: list[_Item]) -> int | None:
+        """Publish the batch: its stream sequence, or None when its callers were answered."""
         batch_id = self.publisher.new_batch_id()
         payload = encode(IntentBatch(intents=[i.intent for i in batch]))
         try:
             seq = await self.publisher.publish(self.names.intent_batch(shard, batch_id), payload, batch_id)
         except Overloaded as exc:
             _fail(batch, exc)
-            return
+            return None
         except Exception as exc:  # the connection broke mid-batch: nothing is known stored
             log.warning("intent batch failed", extra=kv(size=len(batch), error=repr(exc)))
             _fail(batch, Overloaded("publish_failed"))
-            return
+            return None
         if not seq:  # its subject and id are new: "already stored" means a broken server
             _fail(batch, Overloaded("jetstream_refused"))
-            return
-        for index, item in enumerate(batch):
-            if not item.stored.done():
-                item.stored.set_result(Place(seq, index))
+            return None
+        return seq
 
 
 def _fail(batch: list[_Item], exc: Overloaded) -> None:

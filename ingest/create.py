@@ -206,14 +206,10 @@ async def _store_or_find(svc: Services, intent: Purchase, key: str, retry: bool)
             headers={"Idempotency-Key": key},
         )
     svc.hub.queues.check_live(shard, time.monotonic())
-    place = await svc.batcher.store(shard, intent)
+    # Answered once stored and read back by this instance's follower: pending, in its place.
+    await svc.batcher.store(shard, intent)
     svc.hub.queues.accepted(shard)
     svc.hub.stored(intent)
-    try:
-        # Known as pending (with its place in the queue) once the follower has read it too.
-        await svc.follower.reached(shard, place.seq)
-    except Overloaded:
-        pass  # stored all the same: answered without a queue position
     return svc.hub.decision(intent.id) or intent
 
 

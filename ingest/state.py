@@ -145,7 +145,7 @@ class Services:
         await reads.load_skus_before_follower()  # after follower.start(), not before
         batcher = IntentBatcher(
             publisher, settings.names, settings.shards, settings.ingest_batch_max, settings.ingest_linger_ms,
-            settings.ingest_batches_inflight_max, settings.inflight_max,
+            settings.ingest_batches_inflight_max, settings.inflight_max, follower.reached,
         )
         metrics.INFLIGHT.set_function(lambda: batcher.inflight)
         metrics.INTENT_BATCHES.set_function(lambda: batcher.batches)

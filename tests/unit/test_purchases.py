@@ -5,7 +5,7 @@ here, in flight here, read in the stream, in Postgres), is that purchase and sto
 same key with another body is a 422 wherever the first use is seen; the sold-out fast path never
 hides an accepted purchase; a retry whose first copy nobody can read is stored again (the writer
 decides the id once), a twin whose first failed is a retryable 503, and a purchase stored while
-its follower is behind is accepted all the same."""
+its follower is behind is accepted all the same (the batcher's business: test_batcher_deadlines)."""
 
 from __future__ import annotations
 
@@ -70,16 +70,6 @@ class Stream:
         return Place(seq, 0)
 
 
-class Follower:
-    """The shard's follower; `behind`: it cannot catch up within its deadline."""
-
-    behind = False
-
-    async def reached(self, shard: int, seq: int) -> None:
-        if self.behind:
-            raise Overloaded("intents_follower_behind")
-
-
 class Reads:
     def __init__(self, queues: ShardQueues) -> None:
         self.queues = queues
@@ -100,7 +90,7 @@ def services() -> Any:
     queues = ShardQueues(SHARDS, CACHE_MAX, silence_s=60.0, silent_accept_max=CACHE_MAX,
                          now_s=time.monotonic())
     return SimpleNamespace(settings=SETTINGS, names=SETTINGS.names, submitting={},
-                           batcher=Stream(queues), follower=Follower(), reads=Reads(queues),
+                           batcher=Stream(queues), reads=Reads(queues),
                            hub=ResultsHub(CACHE_MAX, CACHE_MAX, queues=queues))
 
 
@@ -128,13 +118,6 @@ async def test_a_new_purchase_is_stored_once_and_queued():
     assert svc.batcher.stores == 1 and svc.hub.stored_here[PID] == intent()
     assert svc.hub.queues.view(PID) is not None  # it has a place in its shard's queue
     assert svc.submitting == {}
-
-
-async def test_a_stored_purchase_is_accepted_though_its_follower_is_behind():
-    svc = services()
-    svc.follower.behind = True
-    assert await submit(svc, intent()) == intent()  # stored: a 202, without a queue position
-    assert svc.batcher.stores == 1 and svc.hub.stored_here[PID] == intent()
 
 
 async def test_a_retry_found_in_the_stream_is_that_purchase():
