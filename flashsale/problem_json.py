@@ -69,11 +69,12 @@ class ProblemRequestHandler(RequestHandler):
     """aiohttp's protocol, answering what it cannot parse (and a handler's unexpected error)
     with a problem that says what kind of thing went wrong, never what was sent."""
 
-    __slots__ = ("on_response_done",)
+    __slots__ = ("_elsewhere", "on_response_done")
 
     def __init__(self, manager: web.Server, **options: Any) -> None:
         super().__init__(manager, **options)
         self.on_response_done: Callable[[], None] | None = None
+        self._elsewhere = False  # a request of this connection is being answered elsewhere
 
     def log_access(self, request: BaseRequest, response: web.StreamResponse, time: float | None) -> None:
         # aiohttp calls this once per request, when its answer has been written (or the
@@ -94,17 +95,25 @@ class ProblemRequestHandler(RequestHandler):
                 and not self._force_close and not self._upgraded and self._payload_parser is None)
 
     def answering_elsewhere(self) -> None:
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
+        self._elsewhere = True
 
     def answered_elsewhere(self) -> None:
+        self._elsewhere = False
         if self._keepalive_timeout <= 0 or self._force_close:
             return
+        # As aiohttp after its own answers: the deadline moves, its timer stays (and is
+        # set again when it fires early).
         close_time = self._loop.time() + self._keepalive_timeout
         self._next_keepalive_close_time = close_time
         if self._keepalive_handle is None:
             self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+
+    def _process_keepalive(self) -> None:
+        if self._elsewhere:  # not idle: look again a deadline later
+            later = self._loop.time() + self._keepalive_timeout
+            self._keepalive_handle = self._loop.call_at(later, self._process_keepalive)
+            return
+        super()._process_keepalive()
 
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:

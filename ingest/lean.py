@@ -175,12 +175,15 @@ def render(status: int, headers: dict[str, str], content_type: str, body: bytes)
         # Header values are ours or checked against a grammar, never raw input: a line break
         # here is a defect, answered as one (a 500), never written.
         raise ValueError("a header value holds a line break")
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-             f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
-             f"Date: {http_date()}", f"Server: {SERVER}"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode() + body
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    varying = f"Content-Length: {len(body)}\r\nDate: {http_date()}\r\n{fields}\r\n"
+    return b"".join((_constant_head(status, content_type), varying.encode(), body))
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_head(status: int, content_type: str) -> bytes:
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            f"Content-Type: {content_type}\r\nServer: {SERVER}\r\n").encode()
 
 
 def http_date() -> str:
