@@ -59,9 +59,7 @@ def middleware(
             response = await handler(request)
         except Exception as exc:  # each kind answered as its problem (ingest.failures)
             response = problem_response(exc, request.method, route, retry_after_s)
-        metrics.count_request(route, response.status)
-        if route == "/v1/purchases" and response.status == 202:
-            metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
+        metrics.answered(route, response.status, started)
         return response
 
     return admission

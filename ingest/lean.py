@@ -154,10 +154,8 @@ class LeanRoute:
             response = problem_response(exc, "POST", ROUTE, svc.settings.retry_after_s)
             status = response.status
             answer = rendered(response)
-        metrics.count_request(ROUTE, status)
+        metrics.answered(ROUTE, status, started)
         self.answered += 1
-        if status == 202:
-            metrics.ACCEPT_LATENCY.observe(time.perf_counter() - started)
         done(*answer)
 
 

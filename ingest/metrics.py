@@ -3,6 +3,8 @@ series and process CPU/memory, not whatever an imported library registered globa
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -79,3 +81,11 @@ def count_request(route: str, status: int) -> None:
     if child is None:
         child = _request_children[key] = REQUESTS.labels(route, str(status))
     child.inc()
+
+
+def answered(route: str, status: int, started_s: float) -> None:
+    """A request answered (aiohttp's route or the lean path), `started_s` its perf_counter at
+    admission: counted by route and status, and a purchase's 202 timed."""
+    count_request(route, status)
+    if route == "/v1/purchases" and status == 202:
+        ACCEPT_LATENCY.observe(time.perf_counter() - started_s)
