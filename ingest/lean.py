@@ -19,7 +19,6 @@ import asyncio
 import functools
 import re
 import time
-from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import NamedTuple
@@ -32,6 +31,7 @@ from ingest.bodies import JSON
 from ingest.create import Post, create
 from ingest.edge.clients import client_ip
 from ingest.edge.process import Edge
+from ingest.edge.protocol import Answered
 from ingest.failures import problem_response
 from ingest.schemas import encode_json
 from ingest.state import STATE
@@ -105,9 +105,6 @@ class Answer(NamedTuple):
     close: bool  # the connection closes after it
 
 
-Done = Callable[[bytes, bool], None]  # the answer's bytes, and whether the connection closes
-
-
 class LeanRoute:
     """The lean path of one ingest process: `take` a lone request's bytes, answer them in a task
     of their own, hand the answer to `done`. `drain` waits for the answers in flight when the
@@ -121,7 +118,7 @@ class LeanRoute:
         self.answered = 0
         metrics.LEAN_REQUESTS.set_function(lambda: self.answered)
 
-    def take(self, data: bytes, peer: str, done: Done) -> asyncio.Task[None] | None:
+    def take(self, data: bytes, peer: str, done: Answered) -> asyncio.Task[None] | None:
         """The task answering `data`, or None when it is not plain (or the process stops)."""
         if self._stopping:
             return None
@@ -138,7 +135,7 @@ class LeanRoute:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout_s)
 
-    async def _answer(self, plain: Plain, peer: str, done: Done) -> None:
+    async def _answer(self, plain: Plain, peer: str, done: Answered) -> None:
         # The admission middleware's steps (ingest.admission), in its order.
         started = time.perf_counter()
         svc = self._app[STATE]

@@ -11,9 +11,12 @@ from flashsale.problem_json import ProblemRequestHandler
 from ingest.edge.process import Edge
 from ingest.edge.refusals import note_refusal
 
-# Answers a lone request itself (ingest.lean): its bytes, the peer, and what to call with the
-# answer's bytes and whether the connection closes after them; None when it does not take it.
-Take = Callable[[bytes, str, Callable[[bytes, bool], None]], "asyncio.Task[None] | None"]
+# What a request answered beside aiohttp is answered with: the answer's bytes, and whether the
+# connection closes after them.
+Answered = Callable[[bytes, bool], None]
+# Answers a lone request itself (ingest.lean): its bytes, the peer, and where its answer goes;
+# None when it does not take it.
+Take = Callable[[bytes, str, Answered], "asyncio.Task[None] | None"]
 # Answers written but not yet sent beyond which nothing more is taken beside aiohttp: a client
 # that pipelines requests without reading the answers meets aiohttp's back-pressure instead.
 UNREAD_ANSWERS_MAX_BYTES = 65_536
