@@ -27,9 +27,9 @@ class GuardedProtocol(HeadGuard):
     its peer already holds its cap of connections, or the process does and none is idle (see
     ConnectionGuard); else served behind the head guard every port has (flashsale.head_guard),
     its refusals counted here, and offered to the ConnectionGuard whenever it is idle. A lone
-request that `take` answers is answered before anything the client sends after it is looked
-at: that is read and held (reading pauses beyond a head and a body) until the answer is
-written, then served in turn."""
+    request that `take` answers is answered before anything the client sends after it is looked
+    at: that is read and held (reading pauses beyond a head and a body) until the answer is
+    written, then served in turn."""
 
     def __init__(self, make_handler: Callable[[], ProblemRequestHandler], edge: Edge,
                  take: Take | None = None) -> None:
