@@ -21,7 +21,7 @@ import uvloop
 
 from committer import metrics, store
 from committer.faults import with_faults
-from committer.links import Health, Links, Unreachable
+from committer.links import Health, Links, Unreachable, end_stalled_holder
 from committer.recovery import (
     EXIT_CONFIG,
     EXIT_CORRUPT,
@@ -87,6 +87,11 @@ class Shard:
                 log.info("standby: lease held", extra=kv(shard=self.shard, holder=lease.owner,
                                                          epoch=lease.epoch))
                 waiting = True
+            ended = await end_stalled_holder(links.conn, self.shard)
+            if ended is not None:  # its lease expired, its session stalled holding the row
+                log.warning("standby: ended a stalled holder's session",
+                            extra=kv(shard=self.shard, holder=lease.owner, pid=ended))
+                continue
             await _sleep_unless(stopping, self.settings.standby_poll_s)
         return None
 

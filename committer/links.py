@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 from committer.recovery import Dependency, DependencyName
 from config.settings import Settings
 from flashsale.credentials import POSTGRES_REFUSED, CredentialsRefused
+from flashsale.db import DB_NOW_MS
 from flashsale.jetstream import connect_or_refuse, ensure_streams
 from flashsale.logs import kv
 from flashsale.urls import without_password
@@ -130,6 +131,26 @@ def postgres_session(settings: Settings, shard: int) -> dict[str, str]:
         "idle_in_transaction_session_timeout": ttl_ms,
         "lock_timeout": ttl_ms,
     }
+
+
+# The session whose transaction holds the shard's lease row (an update of it in progress: the
+# row's xmax names that transaction) while the lease it committed last has expired.
+_END_STALLED_HOLDER = f"""
+SELECT pg_terminate_backend(l.pid), l.pid
+FROM shard_leases s
+JOIN pg_locks l ON l.locktype = 'transactionid' AND l.transactionid = s.xmax AND l.granted
+WHERE s.shard = $1 AND s.expires_at_ms <= {DB_NOW_MS} AND l.pid <> pg_backend_pid()
+"""
+
+
+async def end_stalled_holder(conn: asyncpg.Connection, shard: int) -> int | None:
+    """End the Postgres session of a holder whose lease has expired while its transaction still
+    holds the lease row: the pid ended, or None. Postgres ends a session idle inside a
+    transaction by itself (postgres_session), but not one stalled in the middle of the extended
+    protocol: asyncpg prepares a statement with Parse, Describe and Flush, no Sync, and a writer
+    stopped right then keeps the row locked, and a standby out, for as long as it is stopped."""
+    row = await conn.fetchrow(_END_STALLED_HOLDER, shard)
+    return int(row["pid"]) if row is not None and row["pg_terminate_backend"] else None
 
 
 async def _connect_postgres(settings: Settings, shard: int) -> asyncpg.Connection:

@@ -14,11 +14,14 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from committer import store
-from committer.links import postgres_session
+from committer.links import end_stalled_holder, postgres_session
+from committer.schema import apply_schema
 from flashsale.ports import free_port
+from flashsale.urls import PG_SERVICE_ROLE
 from launch.processes import committer_ready_url
 from proto.messages import IntentBatch, Purchase, ResultBatch, SkuUpsert, encode, result_decoder
 from proto.sharding import shard_of
+from tests.integration.test_server_privileges import service_url
 from tests.util import eventually
 
 
@@ -177,6 +180,41 @@ async def test_writer_stalled_inside_a_transaction_is_cut_off(settings, db):
         assert taken == epoch + 1
         # Its session was ended by the server (asyncpg says so one way or another, depending on
         # when it notices: an error from the server, a closed connection, or a confused state).
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
+            await writer.fetchval("SELECT 1")
+    finally:
+        writer.terminate()
+        await standby.close()
+
+
+async def test_a_writer_stalled_where_postgres_waits_on_it_is_ended_by_the_standby(
+        servers, settings, db):
+    """A writer stopped in the middle of the extended protocol (asyncpg prepares a statement with
+    Parse, Describe and Flush, no Sync) is not idle in a transaction for Postgres, whose idle
+    timeout then never ends it: a session with that timeout off stands for it here. While its
+    lease is live nothing happens to it; once the lease has expired the standby ends its session
+    and takes the shard. Both connect as the services do, as the service role."""
+    await apply_schema(settings.database_url, settings.shards, PG_SERVICE_ROLE)
+    url = service_url(servers, settings)
+    ttl_ms = int(settings.lease_ttl_s * 1000)
+    stalls = {**postgres_session(settings, 0), "idle_in_transaction_session_timeout": "0"}
+    writer = await asyncpg.connect(url, server_settings=stalls)
+    standby = await asyncpg.connect(url, server_settings=postgres_session(settings, 0))
+    try:
+        epoch, _ = await store.acquire_lease(writer, 0, "writer", ttl_ms)
+        assert epoch is not None
+        tx = writer.transaction()
+        await tx.start()
+        await store.renew_lease(writer, 0, epoch, ttl_ms)  # the row is locked; then it stalls
+        assert await end_stalled_holder(standby, 0) is None  # its lease is live
+
+        async def take() -> int | None:
+            taken, _ = await store.acquire_lease(standby, 0, "standby", ttl_ms)
+            if taken is None:
+                await end_stalled_holder(standby, 0)
+            return taken
+
+        assert await eventually(take, timeout_s=20) == epoch + 1
         with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)):
             await writer.fetchval("SELECT 1")
     finally:
