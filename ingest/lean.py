@@ -29,7 +29,6 @@ from flashsale.problem_json import SERVER
 from ingest import metrics
 from ingest.bodies import JSON
 from ingest.create import Post, create
-from ingest.edge.clients import client_ip
 from ingest.edge.process import Edge
 from ingest.edge.protocol import Answered
 from ingest.failures import problem_response
@@ -141,8 +140,7 @@ class LeanRoute:
         svc = self._app[STATE]
         try:
             svc.batcher.check_capacity()
-            client = client_ip(peer, plain.forwarded_for, self._edge.trusted)
-            self._edge.check_rate(client, direct=client == peer)
+            client = self._edge.admit(peer, plain.forwarded_for)
             post = Post(plain.authorization, plain.idempotency_keys, plain.prefer, JSON, client,
                         plain.body)
             status, view, headers = await create(svc, post)

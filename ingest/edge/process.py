@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 from aiohttp import web
@@ -60,6 +60,14 @@ class Edge:
         note_refusal(reason, peer)
         return False
 
+    def admit(self, peer: str, forwarded_for: Iterable[str], rated: bool = True) -> str:
+        """The client of a request from `peer` (clients.client_ip), its request rate applied
+        when `rated` (a 429 when it is over)."""
+        client = client_ip(peer, forwarded_for, self.trusted)
+        if rated:
+            self.check_rate(client, direct=client == peer)
+        return client
+
     def check_rate(self, client: str, direct: bool = True) -> None:
         """Apply the client's request rate (`direct`: the client is the connection's peer,
         not a client behind a trusted proxy)."""
@@ -88,11 +96,8 @@ def client_step(edge: Edge) -> Callable[[web.Request], None]:
     request creates and that every suspension of its handler passes through."""
 
     def admit_client(request: web.Request) -> None:
-        peer = request.remote or ""
-        client = client_ip(peer, request.headers.getall("X-Forwarded-For", ()), edge.trusted)
-        request[CLIENT] = client
-        if request.path not in RATE_EXEMPT_PATHS:
-            edge.check_rate(client, direct=client == peer)
+        request[CLIENT] = edge.admit(request.remote or "", request.headers.getall("X-Forwarded-For", ()),
+                                     rated=request.path not in RATE_EXEMPT_PATHS)
 
     return admit_client
 
