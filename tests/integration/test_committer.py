@@ -170,11 +170,7 @@ async def test_writer_stalled_inside_a_transaction_is_cut_off(settings, db):
     writer = await asyncpg.connect(settings.database_url, server_settings=session)
     standby = await asyncpg.connect(settings.database_url, server_settings=session)
     try:
-        epoch, _ = await store.acquire_lease(writer, 0, "writer", ttl_ms)
-        assert epoch is not None
-        tx = writer.transaction()
-        await tx.start()
-        await store.renew_lease(writer, 0, epoch, ttl_ms)  # the row is locked; then it stalls
+        epoch = await stall_holding_the_lease(writer, ttl_ms)
         taken = await eventually(
             lambda: _first(store.acquire_lease(standby, 0, "standby", ttl_ms)), timeout_s=20)
         assert taken == epoch + 1
@@ -201,11 +197,7 @@ async def test_a_writer_stalled_where_postgres_waits_on_it_is_ended_by_the_stand
     writer = await asyncpg.connect(url, server_settings=stalls)
     standby = await asyncpg.connect(url, server_settings=postgres_session(settings, 0))
     try:
-        epoch, _ = await store.acquire_lease(writer, 0, "writer", ttl_ms)
-        assert epoch is not None
-        tx = writer.transaction()
-        await tx.start()
-        await store.renew_lease(writer, 0, epoch, ttl_ms)  # the row is locked; then it stalls
+        epoch = await stall_holding_the_lease(writer, ttl_ms)
         assert await end_stalled_holder(standby, 0) is None  # its lease is live
 
         async def take() -> int | None:
@@ -220,6 +212,16 @@ async def test_a_writer_stalled_where_postgres_waits_on_it_is_ended_by_the_stand
     finally:
         writer.terminate()
         await standby.close()
+
+
+async def stall_holding_the_lease(writer: asyncpg.Connection, ttl_ms: int) -> int:
+    """Take shard 0's lease on `writer`, then stall inside a transaction that holds its row
+    locked (renewed, not committed): the epoch held."""
+    epoch, _ = await store.acquire_lease(writer, 0, "writer", ttl_ms)
+    assert epoch is not None
+    await writer.transaction().start()
+    await store.renew_lease(writer, 0, epoch, ttl_ms)
+    return epoch
 
 
 async def _first(claim):

@@ -6,6 +6,7 @@ No sequence raises an invariant error or CorruptWrite, and no purchase id is dec
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import asyncpg
 from hypothesis import HealthCheck, settings
@@ -225,16 +226,7 @@ def test_one_key_in_the_draws_of_two_shards_is_one_entry(settings: Settings) -> 
     async def scenario() -> None:
         conns = [await asyncpg.connect(settings.database_url) for _ in range(SHARDS)]
         try:
-            writers = []
-            for shard in range(SHARDS):
-                epoch, _ = await store.acquire_lease(conns[shard], shard, "test", TTL_MS)
-                assert epoch is not None
-                w = Writer(shard, conns[shard], epoch)
-                drawn = SKUS[shard][2]
-                w.stream = [SkuUpsert(request_id=f"r-{drawn}", sku=drawn, stock=2, sale_start_ms=T0 + 500,
-                                      draw_window_s=5, draw_seed=f"{shard}" * 64)]
-                assert (await w.take(1, T0)).admin_applied
-                writers.append(w)
+            writers = await leased_writers(conns, lambda shard: [drawn_sku(shard, stock=2)])
             for shard, w in enumerate(writers):
                 w.stream = [Purchase(id="p_twin", sku=SKUS[shard][2], qty=1, user_id="mallory",
                                      request_hash=f"h{shard}", accepted_at_ms=T0 + 1000)]
@@ -252,6 +244,28 @@ def test_one_key_in_the_draws_of_two_shards_is_one_entry(settings: Settings) -> 
                 await conn.close()
 
     asyncio.run(scenario())
+
+
+def drawn_sku(shard: int, stock: int) -> SkuUpsert:
+    """The shard's SKU sold by a draw: its window opens at T0 + 500 ms and lasts 5 s."""
+    drawn = SKUS[shard][2]
+    return SkuUpsert(request_id=f"r-{drawn}", sku=drawn, stock=stock, sale_start_ms=T0 + 500,
+                     draw_window_s=5, draw_seed=f"{shard}" * 64)
+
+
+async def leased_writers(conns: list[asyncpg.Connection],
+                         upserts: Callable[[int], list[SkuUpsert]]) -> list[Writer]:
+    """A Writer per shard on its connection, holding the shard's lease, `upserts(shard)` applied."""
+    writers = []
+    for shard in range(SHARDS):
+        epoch, _ = await store.acquire_lease(conns[shard], shard, "test", TTL_MS)
+        assert epoch is not None
+        w = Writer(shard, conns[shard], epoch)
+        w.stream = upserts(shard)
+        count = len(w.stream)
+        assert len((await w.take(count, T0)).admin_applied) == count
+        writers.append(w)
+    return writers
 
 
 async def _blocked_on_a_lock(db: asyncpg.Connection, conn: asyncpg.Connection) -> None:
@@ -274,17 +288,9 @@ def test_an_entry_and_a_purchase_of_one_key_committed_at_once_are_one_decision(s
         conns = [await asyncpg.connect(settings.database_url) for _ in range(SHARDS + 1)]
         db = conns[SHARDS]
         try:
-            writers = []
-            for shard in range(SHARDS):
-                epoch, _ = await store.acquire_lease(conns[shard], shard, "test", TTL_MS)
-                assert epoch is not None
-                w = Writer(shard, conns[shard], epoch)
-                free, _, drawn = SKUS[shard]
-                w.stream = [SkuUpsert(request_id=f"r-{free}", sku=free, stock=5),
-                            SkuUpsert(request_id=f"r-{drawn}", sku=drawn, stock=5, sale_start_ms=T0 + 500,
-                                      draw_window_s=5, draw_seed=f"{shard}" * 64)]
-                assert len((await w.take(2, T0)).admin_applied) == 2
-                writers.append(w)
+            writers = await leased_writers(conns, lambda shard: [
+                SkuUpsert(request_id=f"r-{SKUS[shard][0]}", sku=SKUS[shard][0], stock=5),
+                drawn_sku(shard, stock=5)])
             free, drawn = SKUS[0][0], SKUS[1][2]
             writers[0].stream = [Purchase(id="p_twin", sku=free, qty=1, user_id="mallory",
                                           request_hash="h-bought", accepted_at_ms=T0 + 1000)]
